@@ -1,0 +1,345 @@
+"""Typed presets for the M3PO notebook series.
+
+A preset is a frozen tree of dataclasses. Every field is checked when the object is built, so a typo or an
+out-of-range value fails at once with a message that names the field and what is allowed. Overrides use dotted
+keys (``world.n_train=400``) from the runner's ``-p`` flag or from papermill's ``overrides`` parameter.
+
+Secrets never live here: the judge's API key is read from the environment (``OPENAI_API_KEY``) by the code
+that calls the judge, and ``config.json`` in a run directory holds only what is below.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from .io import atomic_write_text
+
+
+class ConfigError(ValueError):
+    """A preset, an override or a run directory that cannot be used; the message says how to fix it."""
+
+
+def _check(cond: bool, name: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"{name}={value!r} is not allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The procedural shapes world (see ``world.py``)."""
+
+    image_size: int = 96
+    grid: int = 3
+    shapes: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart", "cross", "diamond", "hexagon")
+    colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
+    min_objects: int = 1
+    max_objects: int = 4
+    # Co-occurrence prior: when the first shape of a pair is in a scene, the second is added with
+    # probability ``partner_prob``. A model trained on such scenes learns to expect (and hallucinate) the partner.
+    partners: tuple[tuple[str, str], ...] = (("circle", "square"), ("triangle", "star"), ("heart", "diamond"))
+    partner_prob: float = 0.85
+    n_train: int = 6000
+    n_pref: int = 1200
+    n_eval: int = 400
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(32 <= self.image_size <= 512, "world.image_size", self.image_size, "an integer in [32, 512]")
+        _check(2 <= self.grid <= 5, "world.grid", self.grid, "an integer in [2, 5]")
+        _check(self.image_size % self.grid == 0, "world.image_size", self.image_size,
+               f"a multiple of world.grid={self.grid} so that every cell is one image patch")
+        _check(len(self.shapes) >= 3 and len(set(self.shapes)) == len(self.shapes), "world.shapes", self.shapes,
+               "at least 3 distinct shape names")
+        _check(len(self.colors) >= 2 and len(set(self.colors)) == len(self.colors), "world.colors", self.colors,
+               "at least 2 distinct colour names")
+        _check(1 <= self.min_objects <= self.max_objects, "world.min_objects", self.min_objects,
+               f"an integer in [1, max_objects={self.max_objects}]")
+        _check(self.max_objects <= min(self.grid * self.grid, len(self.shapes)), "world.max_objects",
+               self.max_objects, "at most the number of grid cells and of shapes (a scene never repeats a shape)")
+        for pair in self.partners:
+            _check(len(pair) == 2 and all(s in self.shapes for s in pair) and pair[0] != pair[1],
+                   "world.partners", pair, f"pairs of two different shapes from {self.shapes}")
+        _check(0.0 <= self.partner_prob <= 1.0, "world.partner_prob", self.partner_prob, "a float in [0, 1]")
+        for name in ("n_train", "n_pref", "n_eval"):
+            _check(getattr(self, name) >= 1, f"world.{name}", getattr(self, name), "a positive integer")
+
+
+@dataclass(frozen=True)
+class LvlmTrainConfig:
+    """Size and SFT schedule of the shapes world's tiny LLaVA (ignored by hub presets)."""
+
+    text_hidden: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    text_intermediate: int = 384
+    vision_hidden: int = 96
+    vision_layers: int = 2
+    vision_heads: int = 4
+    vocab_size: int = 384
+    steps: int = 2400
+    batch_size: int = 48
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    aux_weight: float = 1.0
+    eval_every: int = 400
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("text_hidden", "text_layers", "text_heads", "text_intermediate", "vision_hidden",
+                     "vision_layers", "vision_heads", "steps", "batch_size", "eval_every"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"lvlm_train.{name}",
+                   getattr(self, name), "a positive integer")
+        _check(self.text_hidden % self.text_heads == 0, "lvlm_train.text_heads", self.text_heads,
+               f"a divisor of text_hidden={self.text_hidden}")
+        _check(self.vision_hidden % self.vision_heads == 0, "lvlm_train.vision_heads", self.vision_heads,
+               f"a divisor of vision_hidden={self.vision_hidden}")
+        _check(128 <= self.vocab_size <= 8192, "lvlm_train.vocab_size", self.vocab_size, "an integer in [128, 8192]")
+        _check(0 < self.lr < 1, "lvlm_train.lr", self.lr, "a float in (0, 1)")
+        _check(0 <= self.warmup_steps < self.steps, "lvlm_train.warmup_steps", self.warmup_steps,
+               f"an integer in [0, steps={self.steps})")
+        _check(self.aux_weight >= 0, "lvlm_train.aux_weight", self.aux_weight, "a float >= 0")
+
+
+@dataclass(frozen=True)
+class ClipTrainConfig:
+    """Size and contrastive schedule of the shapes world's tiny CLIP (ignored by hub presets)."""
+
+    embed_dim: int = 64
+    vision_width: int = 96
+    vision_layers: int = 2
+    text_width: int = 96
+    text_layers: int = 2
+    text_heads: int = 4
+    context_length: int = 48
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("embed_dim", "vision_width", "vision_layers", "text_width", "text_layers", "text_heads",
+                     "context_length", "steps", "batch_size"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"clip_train.{name}",
+                   getattr(self, name), "a positive integer")
+        _check(self.batch_size >= 2, "clip_train.batch_size", self.batch_size,
+               "at least 2 (a contrastive batch needs negatives)")
+        _check(self.text_width % self.text_heads == 0, "clip_train.text_heads", self.text_heads,
+               f"a divisor of text_width={self.text_width}")
+        _check(0 < self.lr < 1, "clip_train.lr", self.lr, "a float in (0, 1)")
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """Which models the series uses. ``lvlm`` / ``clip_model`` of ``"local"`` mean the shapes world's own."""
+
+    lvlm: str = "local"
+    clip_model: str = "local"
+    clip_pretrained: str = ""
+    judge_model: str = "shapes-judge"
+    # Empty: the shapes world starts its own judge on 127.0.0.1; otherwise an OpenAI-compatible endpoint
+    # (``OPENAI_BASE_URL`` in the environment wins over this value). The key always comes from OPENAI_API_KEY.
+    judge_base_url: str = ""
+    dtype: str = "float32"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.lvlm.strip()), "models.lvlm", self.lvlm, "'local' or a model id / folder")
+        _check(bool(self.clip_model.strip()), "models.clip_model", self.clip_model,
+               "'local' or an open_clip model name such as 'ViT-L-14'")
+        _check(self.dtype in ("float32", "bfloat16", "float16"), "models.dtype", self.dtype,
+               "one of 'float32', 'bfloat16', 'float16'")
+        _check(self.device in ("auto", "cpu", "cuda"), "models.device", self.device, "one of 'auto', 'cpu', 'cuda'")
+        _check(not any(s in self.judge_base_url.lower() for s in ("api_key=", "key=", "token=")),
+               "models.judge_base_url", "<redacted>", "an endpoint URL without credentials (set OPENAI_API_KEY)")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A whole, validated configuration of the series."""
+
+    name: str
+    world_kind: str = "shapes"
+    world: WorldConfig = field(default_factory=WorldConfig)
+    lvlm_train: LvlmTrainConfig = field(default_factory=LvlmTrainConfig)
+    clip_train: ClipTrainConfig = field(default_factory=ClipTrainConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    eval_seeds: tuple[int, ...] = (0, 1)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.world_kind in ("shapes", "hub"), "world_kind", self.world_kind, "'shapes' or 'hub'")
+        _check(len(self.eval_seeds) >= 1, "eval_seeds", self.eval_seeds, "at least one seed")
+        if self.world_kind == "shapes":
+            _check(self.models.lvlm == "local", "models.lvlm", self.models.lvlm,
+                   "'local' in the shapes world (its tiny LLaVA is trained by notebook 00)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _smoke() -> Preset:
+    return Preset(
+        name="smoke",
+        world=WorldConfig(n_train=400, n_pref=60, n_eval=40),
+        lvlm_train=LvlmTrainConfig(text_hidden=64, text_layers=2, text_heads=2, text_intermediate=128,
+                                   vision_hidden=64, vision_layers=1, vision_heads=2, steps=60, batch_size=16,
+                                   warmup_steps=5, eval_every=30),
+        clip_train=ClipTrainConfig(embed_dim=32, vision_width=64, vision_layers=1, text_width=64, text_layers=1,
+                                   text_heads=2, steps=30, batch_size=16),
+        eval_seeds=(0,),
+    )
+
+
+def _shapes() -> Preset:
+    return Preset(name="shapes")
+
+
+def _llava_7b() -> Preset:
+    return Preset(
+        name="llava-1.5-7b",
+        world_kind="hub",
+        models=ModelsConfig(lvlm="llava-hf/llava-1.5-7b-hf", clip_model="ViT-L-14", clip_pretrained="openai",
+                            judge_model="gpt-4o", judge_base_url="", dtype="bfloat16", device="cuda"),
+        eval_seeds=(0, 1, 2),
+    )
+
+
+PRESETS = {"smoke": _smoke, "shapes": _shapes, "llava-1.5-7b": _llava_7b}
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return get_type_hints(type(obj))
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    """Turn an override (maybe a string from the command line) into ``typ`` or raise a ConfigError."""
+    if isinstance(value, str) and typ is not str:
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"{name}={value!r} is not a valid {getattr(typ, '__name__', typ)} literal") from None
+    origin = get_origin(typ)
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(float(value)):
+            raise ConfigError(f"{name}={value!r} has the wrong type: expected a number")
+        return float(value)
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}={value!r} has the wrong type: expected an integer")
+        return value
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}={value!r} has the wrong type: expected a string")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name}={value!r} has the wrong type: expected a list")
+        args = get_args(typ)
+        inner = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        if inner is None:
+            return tuple(value)
+        return tuple(_coerce(f"{name}[{i}]", v, inner) for i, v in enumerate(value))
+    return value
+
+
+def _apply(obj: Any, key: str, value: Any, prefix: str = "") -> Any:
+    head, _, rest = key.partition(".")
+    names = {f.name for f in fields(obj)}
+    full = f"{prefix}{head}"
+    if head not in names or head == "name":
+        allowed = sorted(n for n in names if n != "name")
+        raise ConfigError(f"unknown setting {full!r}; allowed here: {', '.join(allowed)}")
+    current = getattr(obj, head)
+    if rest:
+        if not is_dataclass(current):
+            raise ConfigError(f"{full!r} is a plain value, not a group: use -p {full}=VALUE")
+        return dataclasses.replace(obj, **{head: _apply(current, rest, value, prefix=f"{full}.")})
+    if is_dataclass(current):
+        sub = sorted(f.name for f in fields(current))
+        raise ConfigError(f"{full!r} is a group; set one of its fields, e.g. {full}.{sub[0]}=...")
+    return dataclasses.replace(obj, **{head: _coerce(full, value, _field_types(obj)[head])})
+
+
+def load_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
+    """Build preset ``name`` and apply dotted ``overrides``; raise ConfigError naming any bad key or value."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    preset = PRESETS[name]()
+    for key, value in (overrides or {}).items():
+        preset = _apply(preset, str(key), value)
+    return preset
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["world.n_train=400", ...]`` → dict; values stay strings and are typed by :func:`load_preset`."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (for example -p world.n_train=400)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def preset_from_dict(data: dict[str, Any]) -> Preset:
+    """Rebuild a Preset from ``to_dict()`` output (e.g. a run directory's config.json)."""
+    base = load_preset(data["name"]) if data.get("name") in PRESETS else Preset(name=data.get("name", "custom"))
+    flat: dict[str, Any] = {}
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif k != "name" or prefix:
+                flat[f"{prefix}{k}"] = v
+
+    walk(data, "")
+    for key, value in flat.items():
+        base = _apply(base, key, value)
+    return base
+
+
+def setup_run(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None = None) -> tuple[Preset, Path]:
+    """Resolve the preset and bind it to ``run_dir``: create it and write ``config.json`` (atomically).
+
+    A run directory remembers the configuration it was made with. Asking for a different one there is an
+    error that lists the differences, so that results of two configurations never mix.
+    """
+    cfg = load_preset(preset, overrides)
+    run = Path(run_dir)
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"run_dir={str(run)!r} is a file; pass a directory path (it is created if missing)")
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / "config.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path} is not valid JSON ({exc}); delete it or use a new run directory") from None
+        new = cfg.to_dict()
+        if old != json.loads(cfg.to_json()):
+            diffs = _diff(old, json.loads(json.dumps(new)))
+            raise ConfigError(
+                f"run_dir={str(run)!r} was created with a different configuration ({'; '.join(diffs[:6])}); "
+                "use a new run directory or pass the same preset and overrides")
+    else:
+        atomic_write_text(path, cfg.to_json() + "\n")
+    return cfg, run
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]

@@ -1,0 +1,85 @@
+"""Atomic file writes and small run-directory helpers shared by every stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place (never half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in JSON")
+
+
+class AtomicDir:
+    """Build a directory under a temporary name and move it into place on success.
+
+    >>> with AtomicDir(run / "models" / "lvlm") as tmp:
+    ...     model.save_pretrained(tmp)
+    """
+
+    def __init__(self, final: str | Path):
+        self.final = Path(final)
+
+    def __enter__(self) -> Path:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=self.final.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.final.exists():
+            old = self.final.with_name(f".{self.final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.final, old)
+            os.replace(self.tmp, self.final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.final)
+
+
+def record_results(run_dir: str | Path, notebook: str, values: dict[str, Any]) -> Path:
+    """Merge ``values`` into ``run_dir/results/<notebook>.json`` (the named figures tests assert on)."""
+    path = Path(run_dir) / "results" / f"{notebook}.json"
+    current = json.loads(path.read_text()) if path.exists() else {}
+    current.update(values)
+    return atomic_write_json(path, current)
+
+
+def load_results(run_dir: str | Path, notebook: str) -> dict[str, Any]:
+    path = Path(run_dir) / "results" / f"{notebook}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run notebook {notebook} first")
+    return json.loads(path.read_text())
