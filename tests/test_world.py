@@ -1,0 +1,351 @@
+"""Shapes world: sampling, rendering, splits, instructions and the ground-truth verifier."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from m3po_utils import world as W
+from m3po_utils.config import WorldConfig
+
+CFG = WorldConfig(n_train=300, n_pref=80, n_eval=60, seed=3)
+
+
+def scene(*objs, style_seed=7, scene_id="s"):
+    return W.Scene(scene_id, "eval", tuple(W.Obj(*o) for o in objs), style_seed)
+
+
+TWO = scene(("circle", "red", 0), ("square", "blue", 4))
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return W.make_splits(CFG)
+
+
+@pytest.fixture(scope="module")
+def many():
+    rng = np.random.default_rng(11)
+    return [W.sample_scene(rng, CFG, f"x-{i}", "train") for i in range(3000)]
+
+
+# ------------------------------------------------------------------ positions, scenes, rendering
+
+def test_position_names():
+    assert [W.position_name(c, 3) for c in (0, 1, 4, 8)] == ["top left", "top", "center", "bottom right"]
+    assert W.position_name(5, 4) == "row 2 column 2"
+    with pytest.raises(ValueError):
+        W.position_name(9, 3)
+
+
+def test_scene_rejects_repeated_shape_or_cell_and_sorts_by_cell():
+    with pytest.raises(ValueError, match="repeats a shape"):
+        scene(("circle", "red", 0), ("circle", "blue", 1))
+    with pytest.raises(ValueError, match="one cell"):
+        scene(("circle", "red", 0), ("star", "blue", 0))
+    s = scene(("star", "red", 5), ("circle", "blue", 1))
+    assert [o.cell for o in s.objects] == [1, 5]
+    assert s.signature() == ((1, "circle", "blue"), (5, "star", "red"))
+    assert s.shapes() == {"star", "circle"} and s.has("star") and not s.has("heart")
+    assert s.obj("star") == W.Obj("star", "red", 5) and s.obj("heart") is None
+    assert W.Scene.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+def test_sampling_is_deterministic_and_valid(many):
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    a = [W.sample_scene(rng_a, CFG, str(i), "train") for i in range(50)]
+    b = [W.sample_scene(rng_b, CFG, str(i), "train") for i in range(50)]
+    assert a == b
+    counts = np.bincount([len(s.objects) for s in many], minlength=CFG.max_objects + 1)
+    assert counts[0] == 0 and all(c > 500 for c in counts[CFG.min_objects:])  # every count in range, roughly uniform
+    for s in many:
+        assert CFG.min_objects <= len(s.objects) <= CFG.max_objects
+        assert len({o.cell for o in s.objects}) == len(s.objects)
+        assert len(s.shapes()) == len(s.objects)
+        assert all(0 <= o.cell < 9 and o.color in CFG.colors and o.shape in CFG.shapes for o in s.objects)
+
+
+def test_cooccurrence_prior_is_visible(many):
+    m = W.cooccurrence(many, CFG.shapes)
+    idx = CFG.shapes.index
+    assert np.allclose(np.diag(m), 1.0)
+    for lead, partner in CFG.partners:
+        with_lead = m[idx(lead), idx(partner)]
+        without = np.mean([s.has(partner) for s in many if not s.has(lead)])
+        assert abs(with_lead - CFG.partner_prob) < 0.08, (lead, partner, with_lead)
+        assert with_lead > without + 0.4
+    # a row is P(. | shape i): check one entry against a direct count
+    circ = [s for s in many if s.has("circle")]
+    assert m[idx("circle"), idx("hexagon")] == pytest.approx(np.mean([s.has("hexagon") for s in circ]))
+    freq = W.shape_frequency(many, CFG.shapes)
+    assert freq["circle"] == len(circ)
+
+
+def test_cooccurrence_zero_row_for_unseen_shape():
+    m = W.cooccurrence([TWO], ("circle", "square", "star"))
+    assert m.tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 0]]
+
+
+def test_no_partner_when_prob_zero():
+    cfg = dataclasses.replace(CFG, partner_prob=0.0)
+    rng = np.random.default_rng(0)
+    scenes = [W.sample_scene(rng, cfg, str(i), "train") for i in range(1500)]
+    m = W.cooccurrence(scenes, cfg.shapes)
+    assert m[cfg.shapes.index("circle"), cfg.shapes.index("square")] < 0.5
+
+
+def test_render_is_deterministic_and_style_seed_matters():
+    img = W.render(TWO, CFG)
+    assert img.mode == "RGB" and img.size == (CFG.image_size, CFG.image_size)
+    assert W.render(TWO, CFG).tobytes() == img.tobytes()
+    other = dataclasses.replace(TWO, style_seed=8)
+    assert W.render(other, CFG).tobytes() != img.tobytes()
+    recoloured = scene(("circle", "green", 0), ("square", "blue", 4))
+    assert W.render(recoloured, CFG).tobytes() != img.tobytes()
+
+
+def test_render_draws_each_object_inside_its_cell():
+    cell = CFG.image_size // CFG.grid
+    for shape in W.SHAPE_NAMES:
+        for seed in range(4):
+            px = np.asarray(W.render(scene((shape, "blue", 4), style_seed=seed), CFG)).astype(int)
+            ink = np.abs(px - np.array(W.BACKGROUND)).sum(-1) > 30
+            ys, xs = np.nonzero(ink)
+            assert len(ys) > 0.05 * cell * cell, shape  # something sizeable is drawn
+            assert ys.min() >= cell and ys.max() < 2 * cell and xs.min() >= cell and xs.max() < 2 * cell, shape
+            centre = px[ys.mean().round().astype(int), xs.mean().round().astype(int)]
+            if shape not in ("star", "cross"):  # thin shapes may have background at the centroid
+                assert tuple(centre) == W.PALETTE["blue"], shape
+
+
+def test_render_unknown_shape_and_colour_fallback():
+    with pytest.raises(ValueError, match="blob"):
+        W.render(scene(("blob", "red", 0)), CFG)
+    assert W.color_rgb("teal") == W.color_rgb("teal") != W.color_rgb("navy")
+    assert W.render(scene(("circle", "teal", 0)), CFG).tobytes() == W.render(scene(("circle", "teal", 0)), CFG).tobytes()
+
+
+# ------------------------------------------------------------------ splits, storage, index
+
+def test_splits_sizes_ids_and_disjoint(splits):
+    assert list(splits) == ["train", "pref", "eval"]
+    assert [len(splits[k]) for k in splits] == [CFG.n_train, CFG.n_pref, CFG.n_eval]
+    assert splits["train"][42].scene_id == "train-000042"
+    assert all(s.split == k for k, v in splits.items() for s in v)
+    sigs = {k: [s.signature() for s in v] for k, v in splits.items()}
+    assert len(set(sigs["eval"])) == len(sigs["eval"]) and len(set(sigs["pref"])) == len(sigs["pref"])
+    assert not set(sigs["train"]) & set(sigs["pref"])
+    assert not set(sigs["train"]) & set(sigs["eval"])
+    assert not set(sigs["pref"]) & set(sigs["eval"])
+    assert W.make_splits(CFG) == splits
+    assert W.make_splits(dataclasses.replace(CFG, seed=4))["eval"] != splits["eval"]
+
+
+def test_splits_too_small_world_fails_clearly():
+    tiny = WorldConfig(grid=2, image_size=32, shapes=("circle", "square", "star"), colors=("red", "blue"),
+                       min_objects=1, max_objects=1, partners=(), n_train=5, n_pref=15, n_eval=10)
+    with pytest.raises(ValueError, match="too small"):  # only 4 cells * 3 shapes * 2 colours = 24 scenes
+        W.make_splits(tiny)
+
+
+def test_save_load_roundtrip_and_errors(tmp_path, splits):
+    path = W.save_world(splits, tmp_path / "world")
+    assert path.name == "scenes.json"
+    assert W.load_world(tmp_path / "world") == splits
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        W.load_world(tmp_path / "nowhere")
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="scenes.json"):
+        W.load_world(tmp_path / "world")
+
+
+def test_scene_index_lookup(splits):
+    scenes = splits["eval"][:20]
+    index = W.SceneIndex(scenes, CFG)
+    target = scenes[7]
+    img = W.render(target, CFG)
+    assert index.lookup(img) == target
+    assert index.lookup(img.convert("RGBA")) == target  # mode does not matter, pixels do
+    assert index.lookup(W.render(splits["pref"][0], CFG)) is None
+    assert index.lookup(Image.new("RGB", (CFG.image_size, CFG.image_size), "white")) is None
+    assert W.image_key(img) == W.image_key(W.render(target, CFG)) != W.image_key(img.resize((48, 48)))
+
+
+# ------------------------------------------------------------------ instructions
+
+def test_templates_round_trip(splits):
+    rng = np.random.default_rng(0)
+    seen = set()
+    for s in splits["eval"][:50]:
+        for ins in W.instructions_for(s, CFG, rng):
+            fam, params = W.parse_instruction(ins.text, CFG)
+            assert fam == ins.family and params == dict(ins.params)
+            assert W.parse_instruction("  " + ins.text.upper() + " ", CFG) == (fam, params)
+            seen.add(fam)
+    assert seen == set(W.FAMILIES)
+
+
+def test_exact_template_texts():
+    ins = {f: W.make_instruction(f, TWO, CFG, shape="square" if f in W.SHAPE_FAMILIES else None, n=3)
+           for f in W.FAMILIES}
+    assert ins["existence"].text == "Is there a square in the image?"
+    assert ins["color"].text == "What color is the square?" and ins["color"].reference == "blue"
+    assert ins["position"].reference == "at the center"
+    assert ins["fmt_max_words"].text == "Name the shapes in the image in at most 3 words."
+    assert ins["fmt_max_words"].params == (("n", 3),)
+    assert ins["fmt_list"].reference == "circle, square"
+    assert ins["fmt_start"].reference == "In this picture, a red circle at the top left, a blue square at the center."
+    assert ins["count"].reference == "2"
+    assert W.describe(TWO, CFG) == "a red circle at the top left, a blue square at the center."
+    assert W.existence_instruction(TWO, "star", CFG).reference == "No"
+
+
+def test_existence_is_balanced(many):
+    rng = np.random.default_rng(1)
+    answers = [W.make_instruction("existence", s, CFG, rng=rng).reference for s in many[:1000]]
+    assert 0.42 < answers.count("Yes") / len(answers) < 0.58
+
+
+def test_unknown_instruction_is_named():
+    with pytest.raises(W.UnknownInstruction) as err:
+        W.parse_instruction("Paint me a picture.", CFG)
+    assert "Paint me a picture." in str(err.value) and "Describe the image." in str(err.value)
+    with pytest.raises(W.UnknownInstruction) as err:
+        W.parse_instruction("Is there a dog in the image?", CFG)
+    assert "'dog'" in str(err.value) and "hexagon" in str(err.value)
+    with pytest.raises(W.UnknownInstruction):
+        W.verify(TWO, "Sing a song.", "la la", CFG)
+
+
+# ------------------------------------------------------------------ verifier
+
+def test_every_reference_scores_one(splits):
+    rng = np.random.default_rng(2)
+    for s in splits["eval"] + splits["pref"][:240]:
+        for ins in W.instructions_for(s, CFG, rng):
+            v = W.verify(s, ins.text, ins.reference, CFG)
+            assert v.score == 1.0 and v.correct, (s, ins, v)
+        for shape in CFG.shapes:  # both answers of every existence question, and absent-shape references
+            assert W.verify(s, *_text_ref(W.existence_instruction(s, shape, CFG)), CFG).score == 1.0
+            for fam in ("color", "position", "fmt_one_word"):
+                assert W.verify(s, *_text_ref(W.make_instruction(fam, s, CFG, shape=shape)), CFG).score == 1.0
+
+
+def _text_ref(ins):
+    return ins.text, ins.reference
+
+
+def test_reference_scores_one_on_other_grid():
+    cfg = WorldConfig(grid=4, image_size=64, max_objects=5)
+    rng = np.random.default_rng(0)
+    for i in range(100):
+        s = W.sample_scene(rng, cfg, str(i), "eval")
+        for ins in W.instructions_for(s, cfg, rng):
+            assert W.verify(s, ins.text, ins.reference, cfg).score == 1.0, (s, ins)
+
+
+def test_extra_object_is_hallucinated():
+    text = W.describe(TWO, CFG)[:-1] + ", a green star at the bottom."
+    v = W.verify(TWO, "Describe the image.", text, CFG)
+    assert v.score == pytest.approx(0.8)  # precision 2/3, recall 1
+    assert not v.correct and v.hallucinated == ("green star",) and "green star" in v.explanation
+
+
+def test_describe_partial_credit():
+    v = W.verify(TWO, "Describe the image.", "a blue circle at the top left, a blue square at the right.", CFG)
+    # each mention earns 2/3 (shape + one attribute): precision = recall = 2/3
+    assert v.score == pytest.approx(2 / 3)
+    assert "circle: color blue, truth red" in v.wrong_attributes
+    assert "square: position right, truth center" in v.wrong_attributes
+    assert "color blue, truth red" in v.explanation
+    v = W.verify(TWO, "Describe the image.", "A red circle at the top left.", CFG)
+    assert v.score == pytest.approx(2 / 3) and v.missed == ("blue square",) and "blue square" in v.explanation
+    v = W.verify(TWO, "Describe the image.", "a circle and a square", CFG)
+    assert v.score == pytest.approx(1 / 3)
+    assert W.verify(TWO, "Describe the image.", "", CFG).score == 0.0
+    # a duplicate mention counts once for recall, twice for precision
+    v = W.verify(TWO, "Describe the image.", W.describe(TWO, CFG) + " The circle.", CFG)
+    p, r = (3 + 3 + 1) / 9, 1.0
+    assert v.score == pytest.approx(2 * p * r / (p + r))
+
+
+def test_mentions_negation_plural_and_positions():
+    m = W.mentioned_objects("There is no star. Two red circles sit at the top-left, and blue squares in the "
+                            "middle; not a heart, no green diamonds or hexagons, without a cross.", CFG)
+    assert m == [W.Mention("circle", "red", "top left"), W.Mention("square", "blue", "center")]
+    assert W.mentioned_objects("There isn't any triangle but a crosses", CFG) == [W.Mention("cross", None, None)]
+    assert W.object_mentions("No, the circle is at the top. A circle and a star.", CFG) == ["circle", "star"]
+    # a colour does not leak across another shape; the longest position name wins
+    assert W.mentioned_objects("a red circle square at the bottom right", CFG) == [
+        W.Mention("circle", "red", None), W.Mention("square", None, "bottom right")]
+    v = W.verify(TWO, "Describe the image.", W.describe(TWO, CFG) + " There is no star.", CFG)
+    assert v.score == 1.0 and v.hallucinated == ()
+
+
+def test_yes_no():
+    assert W.yes_no("No, there is not.") == "no"
+    assert W.yes_no("Yes.") == "yes"
+    assert W.yes_no("Yes, there is no dog") == "no"
+    assert W.yes_no("Yes. There is no dog.") == "yes"
+    assert W.yes_no("There isn't.") == "no"
+    assert W.yes_no("I see a circle.") is None and W.yes_no("") is None
+
+
+def test_existence_verdicts():
+    q = "Is there a star in the image?"
+    v = W.verify(TWO, q, "Yes, there is a star.", CFG)
+    assert v.score == 0.0 and v.hallucinated == ("star",) and "star" in v.explanation
+    assert W.verify(TWO, q, "No, there is not.", CFG).score == 1.0
+    v = W.verify(TWO, "Is there a circle in the image?", "No.", CFG)
+    assert v.score == 0.0 and v.missed == ("circle",)
+    v = W.verify(TWO, q, "Perhaps.", CFG)
+    assert v.score == 0.0 and v.format_violations == ("no yes/no answer",)
+
+
+def test_attribute_answers():
+    assert W.verify(TWO, "What color is the circle?", "The circle is red.", CFG).score == 1.0
+    v = W.verify(TWO, "What color is the circle?", "Blue.", CFG)
+    assert v.score == 0.0 and "color" in v.explanation and "blue" in v.explanation and "red" in v.explanation
+    assert W.verify(TWO, "What color is the circle?", "red or blue", CFG).score == 0.0
+    assert W.verify(TWO, "Where is the square?", "In the center.", CFG).score == 1.0
+    v = W.verify(TWO, "Where is the circle?", "at the top", CFG)
+    assert v.score == 0.0 and "position" in v.explanation and "top left" in v.explanation
+    assert W.verify(TWO, "Where is the circle?", "top left or bottom", CFG).score == 0.0
+    v = W.verify(TWO, "What color is the star?", "It is green.", CFG)
+    assert v.score == 0.0 and v.hallucinated == ("star",)
+    q = "How many shapes are in the image?"
+    assert W.verify(TWO, q, "There are two shapes.", CFG).score == 1.0
+    assert W.verify(TWO, q, "2", CFG).score == 1.0
+    v = W.verify(TWO, q, "3", CFG)
+    assert v.score == 0.0 and "3" in v.explanation
+    assert W.verify(TWO, q, "2 or 3", CFG).score == 0.0
+
+
+def test_format_families():
+    v = W.verify(TWO, "Answer in one word: what color is the circle?", "The circle is red.", CFG)
+    assert v.score == 0.5 and not v.correct and v.format_violations
+    assert W.verify(TWO, "Answer in one word: what color is the circle?", "Red.", CFG).score == 1.0
+    assert W.verify(TWO, "Answer in one word: what color is the circle?", "Blue", CFG).score == 0.5
+
+    lst = "List the shapes in the image, separated by commas."
+    v = W.verify(TWO, lst, "circle and square", CFG)
+    assert v.score == 0.5 and "circle and square" in v.format_violations[0]
+    v = W.verify(TWO, lst, "Circles, squares, and stars.", CFG)
+    assert v.format_violations == () and v.hallucinated == ("star",) and v.score == pytest.approx(0.5 + 0.5 * 0.8)
+    assert W.verify(TWO, lst, "square, circle", CFG).score == 1.0
+
+    start = 'Describe the image. Start your answer with "In this picture".'
+    v = W.verify(TWO, start, "in this picture, " + W.describe(TWO, CFG), CFG)
+    assert v.score == 0.5 and "In this picture" in v.format_violations[0]
+    v = W.verify(TWO, start, "In this picture, a red circle at the top left.", CFG)
+    assert v.score == pytest.approx(0.5 + 0.5 * 2 / 3) and v.missed == ("blue square",)
+
+    mw = "Name the shapes in the image in at most 2 words."
+    v = W.verify(TWO, mw, "a circle and a square", CFG)
+    assert v.score == 0.5 and v.format_violations == ("5 words, limit 2",)
+    assert W.verify(TWO, mw, "circle square", CFG).score == 1.0
+    assert W.verify(TWO, mw, "circle", CFG).score == pytest.approx(0.5 + 0.5 * 2 / 3)
