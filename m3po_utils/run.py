@@ -1,0 +1,372 @@
+"""The series runner: execute the numbered notebooks headless, in order, into one run directory.
+
+    python -m m3po_utils.run --preset shapes --run-dir runs/shapes            # 00..09
+    python -m m3po_utils.run --preset smoke --run-dir runs/smoke -p world.n_train=400
+    python -m m3po_utils.run --preset shapes --run-dir runs/shapes --from 3 --to 4 --redo
+    python -m m3po_utils.run --preset shapes --run-dir runs/shapes --from 10 --to 19   # analysis notebooks
+
+Every notebook gets three papermill parameters: ``preset``, ``run_dir`` (absolute) and ``overrides`` (the
+``-p KEY=VALUE`` pairs as a dict). The executed copy is written to ``run_dir/notebooks/NN_name.ipynb`` only
+when the notebook succeeds; a failed execution is kept as ``NN_name.failed.ipynb`` for inspection.
+
+A notebook is skipped when it already finished in this run directory: ``results/NN_name.json`` holds
+``"complete": true`` and the executed copy exists. ``--redo`` runs every notebook in the range again. Once a
+notebook has been (re-)executed, the later notebooks of the range run too, because they read its outputs.
+
+Per-notebook wall time and peak memory of the kernel process tree go to ``results/timings.json``; the run
+ends with ``report.md`` (see :mod:`m3po_utils.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, load_preset, parse_overrides, setup_run
+from .io import atomic_write_json
+from .report import fmt_duration, write_report
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+NOTEBOOK_RE = re.compile(r"^(\d\d)_[A-Za-z0-9_\-]+\.ipynb$")
+DEFAULT_START, DEFAULT_STOP = 0, 9
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook of the series raised; the message names the notebook, the cell, the error and the copy."""
+
+    def __init__(self, notebook: str, ename: str, evalue: str, *, cell: int | None = None,
+                 exec_count: int | None = None, failed_copy: Path | None = None,
+                 records: list[dict[str, Any]] | None = None, source_line: str = ""):
+        self.notebook, self.ename, self.evalue = notebook, ename, evalue
+        self.cell, self.exec_count, self.failed_copy = cell, exec_count, failed_copy
+        self.records = records or []
+        where = ""
+        if cell is not None:
+            where = f" in cell {cell}" + (f" (In [{exec_count}])" if exec_count is not None else "")
+        error = f"{ename}: {evalue}" if evalue else ename
+        lines = [f"notebook {notebook} failed{where}: {error}"]
+        if source_line:
+            lines.append(f"  cell starts: {source_line}")
+        if failed_copy is not None:
+            lines.append(f"  failed copy: {failed_copy}")
+        else:
+            lines.append("  no failed copy was written (the kernel did not start)")
+        lines.append("  later notebooks were not run; fix it and rerun the same command "
+                     "(completed notebooks are skipped)")
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Notebook:
+    number: int
+    name: str  # stem, e.g. "00_world"
+    path: Path
+
+
+def discover(notebooks_dir: str | Path | None = None) -> list[Notebook]:
+    """All ``NN_*.ipynb`` in ``notebooks_dir`` (default: the repository's ``notebooks/``), in order."""
+    folder = Path(notebooks_dir) if notebooks_dir is not None else DEFAULT_NOTEBOOKS_DIR
+    if not folder.is_dir():
+        raise ConfigError(f"notebooks folder {str(folder)!r} does not exist")
+    found: dict[int, Notebook] = {}
+    for path in sorted(folder.iterdir()):
+        m = NOTEBOOK_RE.match(path.name)
+        if not m or not path.is_file():
+            continue
+        nb = Notebook(int(m.group(1)), path.stem, path)
+        if nb.number in found:
+            raise ConfigError(f"two notebooks share the number {m.group(1)}: "
+                              f"{found[nb.number].path.name} and {path.name}; renumber one")
+        found[nb.number] = nb
+    return [found[k] for k in sorted(found)]
+
+
+def available_kernels() -> dict[str, str]:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return KernelSpecManager().find_kernel_specs()
+
+
+def default_kernel() -> str:
+    """``m3po`` (installed by ``./m3po setup``) when present, else ``python3``."""
+    return "m3po" if "m3po" in available_kernels() else "python3"
+
+
+def is_complete(run_dir: Path, name: str) -> bool:
+    result = run_dir / "results" / f"{name}.json"
+    if not result.is_file() or not (run_dir / "notebooks" / f"{name}.ipynb").is_file():
+        return False
+    try:
+        return json.loads(result.read_text()).get("complete") is True
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return False
+
+
+class _PeakMemory:
+    """Poll the resident memory of this process's new children (the kernel and what it starts)."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            import psutil
+        except ImportError:  # optional: wall time is still recorded
+            self._psutil = None
+            return
+        self._psutil = psutil
+        self._me = psutil.Process()
+        self._before = {p.pid for p in self._me.children(recursive=True)}
+
+    def _sample(self) -> None:
+        total = 0
+        for child in self._me.children(recursive=True):
+            if child.pid in self._before:
+                continue
+            try:
+                total += child.memory_info().rss
+            except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
+                pass
+        self.peak = max(self.peak, total)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sample()
+            except Exception:  # never let the monitor break a run
+                pass
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> _PeakMemory:
+        if self._psutil is not None:
+            self._thread = threading.Thread(target=self._loop, name="m3po-kernel-memory", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+
+    @property
+    def peak_mb(self) -> float | None:
+        return round(self.peak / 2**20, 1) if self._psutil is not None and self.peak else None
+
+
+def _record_timing(run_dir: Path, name: str, entry: dict[str, Any]) -> None:
+    path = run_dir / "results" / "timings.json"
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+        if not isinstance(data, dict):
+            data = {}
+    except (json.JSONDecodeError, OSError):
+        data = {}
+    data[name] = entry
+    atomic_write_json(path, data)
+
+
+def _source_cell_index(nb: Notebook, source: str, fallback: int) -> tuple[int, str]:
+    """Index of the failing cell in the *input* notebook (papermill's index counts its injected cell)."""
+    try:
+        import nbformat
+
+        cells = nbformat.read(nb.path, as_version=4).cells
+        for i, cell in enumerate(cells):
+            if cell.source == source:
+                first = next((ln.strip() for ln in source.splitlines() if ln.strip()), "")
+                return i, first[:100]
+    except Exception:
+        pass
+    return fallback, ""
+
+
+def _invalidate(run_dir: Path, name: str) -> None:
+    """Forget that ``name`` finished, so a run that fails half-way is never taken for complete."""
+    (run_dir / "results" / f"{name}.json").unlink(missing_ok=True)
+
+
+def _mark_incomplete(run_dir: Path, name: str) -> None:
+    path = run_dir / "results" / f"{name}.json"
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, OSError):
+        return
+    if isinstance(data, dict) and data.get("complete") is True:
+        data["complete"] = False
+        atomic_write_json(path, data)
+
+
+def _execute(nb: Notebook, run_dir: Path, preset: str, overrides: dict[str, Any], kernel: str,
+             records: list[dict[str, Any]]) -> dict[str, Any]:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{nb.name}.ipynb"
+    failed = out_dir / f"{nb.name}.failed.ipynb"
+    tmp = out_dir / f".{nb.name}.running.ipynb"
+    tmp.unlink(missing_ok=True)
+    _invalidate(run_dir, nb.name)
+
+    params = {"preset": preset, "run_dir": str(run_dir), "overrides": dict(overrides)}
+    t0 = time.perf_counter()
+    error: BaseException | None = None
+    with _PeakMemory() as mem:
+        try:
+            papermill.execute_notebook(str(nb.path), str(tmp), parameters=params, kernel_name=kernel,
+                                       cwd=str(REPO_ROOT), progress_bar=False)
+        except BaseException as exc:  # noqa: B036 - Ctrl-C also keeps the partial copy
+            error = exc
+    wall = time.perf_counter() - t0
+    entry: dict[str, Any] = {"wall_s": round(wall, 3), "kernel": kernel,
+                             "finished": datetime.now().astimezone().isoformat(timespec="seconds")}
+    if mem.peak_mb is not None:
+        entry["peak_rss_mb"] = mem.peak_mb
+
+    if error is None:
+        os.replace(tmp, final)
+        failed.unlink(missing_ok=True)
+        entry["status"] = "ok"
+        _record_timing(run_dir, nb.name, entry)
+        return {"notebook": nb.name, "status": "ok", "output": str(final), **entry}
+
+    copy: Path | None = None
+    if tmp.exists():
+        os.replace(tmp, failed)
+        copy = failed
+    _mark_incomplete(run_dir, nb.name)
+    entry["status"] = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    _record_timing(run_dir, nb.name, entry)
+    record = {"notebook": nb.name, "status": entry["status"], "output": str(copy) if copy else None, **entry}
+    records.append(record)
+    if not isinstance(error, Exception):
+        raise error
+    if isinstance(error, PapermillExecutionError):
+        cell, first = _source_cell_index(nb, error.source, error.cell_index)
+        raise NotebookFailed(nb.name, error.ename, error.evalue, cell=cell, exec_count=error.exec_count,
+                             failed_copy=copy, records=records, source_line=first) from None
+    raise NotebookFailed(nb.name, type(error).__name__, str(error).strip().splitlines()[0] if str(error) else "",
+                         failed_copy=copy, records=records) from error
+
+
+def run_series(preset: str, run_dir: str | Path, overrides: dict[str, Any] | None = None, start: int = DEFAULT_START,
+               stop: int = DEFAULT_STOP, redo: bool = False, kernel: str | None = None,
+               notebooks_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Run notebooks ``start``..``stop`` (inclusive) into ``run_dir``; return one record per notebook.
+
+    Raises :class:`~m3po_utils.config.ConfigError` for anything wrong before a notebook runs (preset,
+    overrides, run directory, range, kernel) and :class:`NotebookFailed` at the first failing notebook.
+    """
+    from tqdm.auto import tqdm
+
+    overrides = dict(overrides or {})
+    load_preset(preset, overrides)  # fail fast on a bad preset or override, before touching anything
+    if not (0 <= start <= 99 and 0 <= stop <= 99):
+        raise ConfigError(f"--from/--to must be notebook numbers in [0, 99] (got {start}..{stop})")
+    if start > stop:
+        raise ConfigError(f"--from {start:02d} is after --to {stop:02d}")
+    run = Path(run_dir).expanduser()
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"run_dir={str(run)!r} is a file; pass a directory path (it is created if missing)")
+    run = run.resolve()
+    notebooks = [nb for nb in discover(notebooks_dir) if start <= nb.number <= stop]
+    if not notebooks:
+        folder = notebooks_dir if notebooks_dir is not None else DEFAULT_NOTEBOOKS_DIR
+        raise ConfigError(f"no notebooks numbered {start:02d}..{stop:02d} in {folder}")
+    kernels = available_kernels()
+    kernel = kernel or default_kernel()
+    if kernel not in kernels:
+        raise ConfigError(f"unknown kernel {kernel!r}; installed kernels: {', '.join(sorted(kernels)) or 'none'} "
+                          "(./m3po setup installs 'm3po')")
+    setup_run(run, preset, overrides)  # validates preset + overrides, binds run_dir to them
+
+    print(f"M3PO series: preset {preset}, run dir {run}, notebooks {notebooks[0].name}..{notebooks[-1].name}, "
+          f"kernel {kernel}" + (f", overrides {overrides}" if overrides else ""), flush=True)
+    records: list[dict[str, Any]] = []
+    rerun_from: str | None = None
+    try:
+        with tqdm(notebooks, desc="series", unit="notebook", file=sys.stderr) as bar:
+            for nb in bar:
+                bar.set_postfix_str(nb.name)
+                if not redo and rerun_from is None and is_complete(run, nb.name):
+                    tqdm.write(f"skip {nb.name} (complete; --redo to run again)")
+                    records.append({"notebook": nb.name, "status": "skipped",
+                                    "output": str(run / "notebooks" / f"{nb.name}.ipynb")})
+                    continue
+                why = f" (earlier stage {rerun_from} was re-run)" if rerun_from and is_complete(run, nb.name) else ""
+                tqdm.write(f"run  {nb.name}{why} ...")
+                rec = _execute(nb, run, preset, overrides, kernel, records)
+                records.append(rec)
+                mem = f", peak kernel memory {rec['peak_rss_mb']:.0f} MB" if rec.get("peak_rss_mb") else ""
+                tqdm.write(f"done {nb.name} in {fmt_duration(rec['wall_s'])}{mem}")
+                rerun_from = rerun_from or nb.name
+    finally:
+        try:
+            path = write_report(run)
+            print(f"report: {path}", flush=True)
+        except Exception as exc:  # the report must never hide the real outcome
+            print(f"warning: could not write report.md: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return records
+
+
+def _notebook_number(text: str) -> int:
+    m = re.match(r"^(\d{1,2})(?:_.*)?$", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a notebook number such as 3, 03 or 03_confidence")
+    return int(m.group(1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m m3po_utils.run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Completed notebooks are skipped; --redo runs them again.")
+    p.add_argument("--preset", default="shapes", help="preset name (smoke, shapes, llava-1.5-7b); default shapes")
+    p.add_argument("--run-dir", required=True, help="run directory (created if missing), e.g. runs/shapes")
+    p.add_argument("--from", dest="start", type=_notebook_number, default=DEFAULT_START, metavar="NN",
+                   help=f"first notebook number (default {DEFAULT_START:02d})")
+    p.add_argument("--to", dest="stop", type=_notebook_number, default=DEFAULT_STOP, metavar="NN",
+                   help=f"last notebook number, inclusive (default {DEFAULT_STOP:02d}; analysis notebooks are 10+)")
+    p.add_argument("-p", "--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value with a dotted key, e.g. -p world.n_train=400 (repeatable)")
+    p.add_argument("--redo", action="store_true", help="run every notebook in the range, even complete ones")
+    p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: m3po if installed, else python3)")
+    p.add_argument("--notebooks-dir", default=None, help=argparse.SUPPRESS)  # tests and custom series
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        overrides = parse_overrides(args.params)
+        run_series(args.preset, args.run_dir, overrides, start=args.start, stop=args.stop, redo=args.redo,
+                   kernel=args.kernel, notebooks_dir=args.notebooks_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NotebookFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; the partial notebook is kept as NN_name.failed.ipynb", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
