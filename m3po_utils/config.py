@@ -81,12 +81,19 @@ class LvlmTrainConfig:
     vision_hidden: int = 96
     vision_layers: int = 2
     vision_heads: int = 4
-    vocab_size: int = 384
+    vocab_size: int = 768
     steps: int = 2400
     batch_size: int = 48
     lr: float = 2e-3
     warmup_steps: int = 100
     aux_weight: float = 1.0
+    # Curriculum: the first ``short_first`` share of steps draws only short-answer questions (existence,
+    # colour, count, position, one word) before descriptions join the mix.
+    short_first: float = 0.0
+    # Keep the vision tower's CLS token as a tenth image token ("full" feature selection) and train it to
+    # name every shape present: existence questions then read one fixed token instead of searching nine.
+    cls_token: bool = False
+    existence_weight: float = 3.0
     eval_every: int = 400
     seed: int = 0
 
@@ -104,6 +111,8 @@ class LvlmTrainConfig:
         _check(0 <= self.warmup_steps < self.steps, "lvlm_train.warmup_steps", self.warmup_steps,
                f"an integer in [0, steps={self.steps})")
         _check(self.aux_weight >= 0, "lvlm_train.aux_weight", self.aux_weight, "a float >= 0")
+        _check(0 <= self.short_first < 1, "lvlm_train.short_first", self.short_first, "a float in [0, 1)")
+        _check(self.existence_weight > 0, "lvlm_train.existence_weight", self.existence_weight, "a float > 0")
 
 
 @dataclass(frozen=True)
@@ -251,32 +260,38 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
     return value
 
 
-def _apply(obj: Any, key: str, value: Any, prefix: str = "") -> Any:
-    head, _, rest = key.partition(".")
+def _apply(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
+    """Apply dotted ``overrides`` to a dataclass in one ``replace`` per group, so that fields checked
+    against each other (warmup_steps < steps) may be changed together in any order."""
     names = {f.name for f in fields(obj)}
-    full = f"{prefix}{head}"
-    if head not in names or head == "name":
-        allowed = sorted(n for n in names if n != "name")
-        raise ConfigError(f"unknown setting {full!r}; allowed here: {', '.join(allowed)}")
-    current = getattr(obj, head)
-    if rest:
-        if not is_dataclass(current):
-            raise ConfigError(f"{full!r} is a plain value, not a group: use -p {full}=VALUE")
-        return dataclasses.replace(obj, **{head: _apply(current, rest, value, prefix=f"{full}.")})
-    if is_dataclass(current):
-        sub = sorted(f.name for f in fields(current))
-        raise ConfigError(f"{full!r} is a group; set one of its fields, e.g. {full}.{sub[0]}=...")
-    return dataclasses.replace(obj, **{head: _coerce(full, value, _field_types(obj)[head])})
+    changes: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        full = f"{prefix}{head}"
+        if head not in names or head == "name":
+            allowed = sorted(n for n in names if n != "name")
+            raise ConfigError(f"unknown setting {full!r}; allowed here: {', '.join(allowed)}")
+        current = getattr(obj, head)
+        if rest:
+            if not is_dataclass(current):
+                raise ConfigError(f"{full!r} is a plain value, not a group: use -p {full}=VALUE")
+            nested.setdefault(head, {})[rest] = value
+        elif is_dataclass(current):
+            sub = sorted(f.name for f in fields(current))
+            raise ConfigError(f"{full!r} is a group; set one of its fields, e.g. {full}.{sub[0]}=...")
+        else:
+            changes[head] = _coerce(full, value, _field_types(obj)[head])
+    for head, sub in nested.items():
+        changes[head] = _apply(getattr(obj, head), sub, prefix=f"{prefix}{head}.")
+    return dataclasses.replace(obj, **changes) if changes else obj
 
 
 def load_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
     """Build preset ``name`` and apply dotted ``overrides``; raise ConfigError naming any bad key or value."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    preset = PRESETS[name]()
-    for key, value in (overrides or {}).items():
-        preset = _apply(preset, str(key), value)
-    return preset
+    return _apply(PRESETS[name](), {str(k): v for k, v in (overrides or {}).items()})
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -303,9 +318,7 @@ def preset_from_dict(data: dict[str, Any]) -> Preset:
                 flat[f"{prefix}{k}"] = v
 
     walk(data, "")
-    for key, value in flat.items():
-        base = _apply(base, key, value)
-    return base
+    return _apply(base, flat)
 
 
 def setup_run(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None = None) -> tuple[Preset, Path]:

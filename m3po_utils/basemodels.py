@@ -1,0 +1,160 @@
+"""Stage 00: the world and the base models, each made once per run directory and loaded afterwards.
+
+``prepare_world`` / ``prepare_lvlm`` / ``prepare_clip`` return what exists in ``run_dir`` when it is complete
+and build it otherwise, writing atomically — so notebook 00 can be re-run or resumed, and every later
+notebook loads the same files. Hub presets (``world_kind == "hub"``) load their models by name instead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from . import world as W
+from .config import Preset
+from .evaluation import base_model_report, family_accuracy
+from .io import atomic_write_json
+from .models import ModelLoadError, count_parameters, load_lvlm, save_lvlm
+
+TRAINING_INFO = "m3po_training.json"
+
+
+def world_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "world"
+
+
+def lvlm_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "models" / "lvlm"
+
+
+def clip_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "models" / "clip"
+
+
+def prepare_world(cfg: Preset, run_dir: Path) -> dict[str, list[W.Scene]]:
+    """The train / pref / eval scenes of this run (made from the preset's seed on first use)."""
+    if cfg.world_kind != "shapes":
+        raise ValueError(f"preset {cfg.name!r} has world_kind={cfg.world_kind!r}; only the shapes world has scenes")
+    folder = world_dir(run_dir)
+    if (folder / "scenes.json").exists():
+        return W.load_world(folder)
+    splits = W.make_splits(cfg.world)
+    W.save_world(splits, folder)
+    return splits
+
+
+def _validation_scenes(splits: dict[str, list[W.Scene]], n: int = 100) -> list[W.Scene]:
+    """Scenes used to watch training: the tail of the preference split (never the evaluation split)."""
+    return splits["pref"][-min(n, len(splits["pref"])):]
+
+
+def prepare_lvlm(cfg: Preset, run_dir: Path, splits: dict[str, list[W.Scene]] | None = None,
+                 progress: bool = True):
+    """The base LVLM and its processor, plus its training record (``None`` for hub models).
+
+    Shapes world: loads ``run_dir/models/lvlm`` when it holds a finished model, otherwise trains the tiny
+    LLaVA on the train split, measures it on held-out evaluation scenes and saves model, processor and the
+    training record together (atomically).
+    """
+    if cfg.world_kind == "hub":
+        model, processor = load_lvlm(cfg.models.lvlm, dtype=cfg.models.dtype, device=cfg.models.device)
+        return model, processor, None
+    folder = lvlm_dir(run_dir)
+    if (folder / TRAINING_INFO).exists():
+        model, processor = load_lvlm(folder, device=cfg.models.device)
+        return model, processor, json.loads((folder / TRAINING_INFO).read_text())
+    if splits is None:
+        splits = prepare_world(cfg, run_dir)
+    from .training import build_base, train_base
+
+    world_cfg, tcfg = cfg.world, cfg.lvlm_train
+    model, processor = build_base(splits["train"], world_cfg, tcfg)
+    val = _validation_scenes(splits)
+
+    def watch(m, step):
+        return family_accuracy(m, processor, val, world_cfg, seed=tcfg.seed)
+
+    t0 = time.perf_counter()
+    history = train_base(model, processor, splits["train"], world_cfg, tcfg, eval_fn=watch, progress=progress)
+    train_s = time.perf_counter() - t0
+    report = base_model_report(model, processor, splits["eval"], world_cfg, seed=cfg.seed)
+    info = {"history": history, "train_seconds": train_s, "parameters": count_parameters(model),
+            "heldout": report, "seed": tcfg.seed}
+    save_lvlm(model, processor, folder, extra=info)
+    model, processor = load_lvlm(folder, device=cfg.models.device)
+    return model, processor, info
+
+
+def prepare_clip(cfg: Preset, run_dir: Path, splits: dict[str, list[W.Scene]] | None = None,
+                 progress: bool = True):
+    """The CLIP scorer's model, preprocess and tokenizer, plus its training record (``None`` for hub models)."""
+    from . import tiny_clip as C
+
+    if cfg.world_kind == "hub" or cfg.models.clip_model != "local":
+        model, preprocess, tokenizer = C.load_clip(cfg.models.clip_model, cfg.models.clip_pretrained,
+                                                   device=str(_device(cfg)))
+        return model, preprocess, tokenizer, None
+    folder = clip_dir(run_dir)
+    info_path = folder / TRAINING_INFO
+    if info_path.exists():
+        model, preprocess, tokenizer = C.load_clip(str(folder))
+        return model, preprocess, tokenizer, json.loads(info_path.read_text())
+    if splits is None:
+        splits = prepare_world(cfg, run_dir)
+    wc, tc = cfg.world, cfg.clip_train
+    model, preprocess, tokenizer = C.build_tiny_clip(tc, wc.image_size)
+    train = splits["train"]
+    t0 = time.perf_counter()
+    history = C.train_tiny_clip(model, tokenizer, [W.render(s, wc) for s in train],
+                                [W.describe(s, wc) for s in train], tc, preprocess, progress=progress)
+    train_s = time.perf_counter() - t0
+    ev = splits["eval"]
+    retrieval = C.retrieval_accuracy(model, preprocess, tokenizer, [W.render(s, wc) for s in ev],
+                                     [W.describe(s, wc) for s in ev])
+    info = {"history": history, "train_seconds": train_s, "retrieval": retrieval,
+            "chance_top1": 1.0 / len({W.describe(s, wc) for s in ev}),
+            "parameters": sum(p.numel() for p in model.parameters())}
+    C.save_clip(model, C.clip_model_config(tc, wc.image_size), folder)
+    atomic_write_json(info_path, info)
+    model, preprocess, tokenizer = C.load_clip(str(folder))
+    return model, preprocess, tokenizer, info
+
+
+def _device(cfg: Preset) -> torch.device:
+    from .models import resolve_device
+
+    return resolve_device(cfg.models.device)
+
+
+def hallucination_examples(info: dict, k: int = 8) -> list[dict]:
+    """Held-out descriptions whose verifier explanation reports something wrong (hallucinations first)."""
+    rows = info["heldout"]["examples"]
+    bad = [r for r in rows if "hallucinated" in r["explanation"]]
+    other = [r for r in rows if r not in bad and r["truth"] != r["model"]]
+    return (bad + other)[:k]
+
+
+def check_models(run_dir: Path) -> None:
+    """Raise ModelLoadError naming a missing model folder, with the fix."""
+    for folder in (lvlm_dir(run_dir), clip_dir(run_dir)):
+        if not (folder / TRAINING_INFO).exists():
+            raise ModelLoadError(f"{folder} is missing or unfinished; run notebook 00 for this run directory")
+
+
+
+
+
+def verifier_demo(scene: W.Scene, cfg) -> dict:
+    """Score the ground-truth description of ``scene`` and the same with one absent object added."""
+    truth = W.describe(scene, cfg)
+    free = next(c for c in range(cfg.grid * cfg.grid) if c not in {o.cell for o in scene.objects})
+    absent = next(s for s in cfg.shapes if s not in scene.shapes())
+    extra = truth.rstrip(".") + f", a {cfg.colors[0]} {absent} at the {W.position_name(free, cfg.grid)}."
+    v_truth = W.verify(scene, "Describe the image.", truth, cfg)
+    v_extra = W.verify(scene, "Describe the image.", extra, cfg)
+    return {"truth": truth, "truth_score": v_truth.score, "truth_explanation": v_truth.explanation,
+            "extra": extra, "extra_object": f"{cfg.colors[0]} {absent}", "extra_score": v_extra.score,
+            "extra_explanation": v_extra.explanation, "extra_hallucinated": list(v_extra.hallucinated)}

@@ -1,0 +1,147 @@
+"""Evaluation of an LVLM in the shapes world: POPE-style existence and description hallucination (CHAIR).
+
+POPE (Li et al., 2023, "Evaluating Object Hallucination in Large Vision-Language Models") asks "Is there a
+<object> in the image?" for objects that are present (label yes) and, after each, for one absent object drawn
+in one of three ways — random, popular (most frequent objects first) or adversarial (objects that co-occur
+most with the present one first). Its evaluation script keeps the text before the first '.', deletes commas,
+splits on spaces and reads "no" if any word is ``No``, ``no`` or ``not``; anything else is "yes".
+
+CHAIR (Rohrbach et al., 2018): CHAIR_i = hallucinated object mentions / all object mentions; CHAIR_s = share
+of descriptions with at least one hallucinated object. Mentions are counted once per object per description.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import world as W
+from .config import WorldConfig
+
+POPE_SETTINGS = ("random", "popular", "adversarial")
+
+
+def pope_questions(scenes: Sequence[W.Scene], cfg: WorldConfig, setting: str, seed: int = 0,
+                   max_positives: int = 3) -> list[dict]:
+    """POPE question rows for ``scenes``: each positive is followed by one negative of ``setting``."""
+    if setting not in POPE_SETTINGS:
+        raise ValueError(f"setting={setting!r} is not a POPE setting; use one of {POPE_SETTINGS}")
+    rng = np.random.default_rng(seed)
+    freq = W.shape_frequency(scenes, cfg.shapes)
+    popular = sorted(cfg.shapes, key=lambda s: (-freq[s], cfg.shapes.index(s)))
+    co = W.cooccurrence(scenes, cfg.shapes)
+    rows: list[dict] = []
+    for i, scene in enumerate(scenes):
+        present = [o.shape for o in scene.objects]
+        positives = [present[j] for j in rng.permutation(len(present))[:max_positives]]
+        used: set[str] = set()
+        for pos in positives:
+            absent = [s for s in cfg.shapes if s not in scene.shapes() and s not in used]
+            if not absent:
+                break
+            if setting == "random":
+                neg = absent[rng.integers(len(absent))]
+            elif setting == "popular":
+                neg = next(s for s in popular if s in absent)
+            else:
+                p = cfg.shapes.index(pos)
+                neg = max(absent, key=lambda s: (co[p, cfg.shapes.index(s)], -cfg.shapes.index(s)))
+            used.add(neg)
+            for shape, label in ((pos, "yes"), (neg, "no")):
+                rows.append({"scene": i, "scene_id": scene.scene_id, "shape": shape, "label": label,
+                             "question": W.existence_instruction(scene, shape, cfg).text})
+    return rows
+
+
+def pope_parse(answer: str) -> str:
+    """POPE's answer rule: "no" if a word of the first sentence is No/no/not, else "yes" (case-sensitive)."""
+    words = answer.split(".")[0].replace(",", "").split(" ")
+    return "no" if any(w in ("No", "no", "not") for w in words) else "yes"
+
+
+def _ratio(num: float, den: float, name: str) -> float:
+    if den == 0:
+        warnings.warn(f"{name} has a zero denominator; reported as 0", stacklevel=3)
+        return 0.0
+    return num / den
+
+
+def pope_metrics(answers: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 and yes-ratio (share of predictions that are yes), "yes" = positive."""
+    if len(answers) != len(labels):
+        raise ValueError(f"got {len(answers)} answers for {len(labels)} labels")
+    bad = sorted({lab for lab in labels if lab not in ("yes", "no")})
+    if bad:
+        raise ValueError(f"labels must be 'yes' or 'no', got {bad[:3]}")
+    pred = [pope_parse(a) for a in answers]
+    tp = sum(p == "yes" and g == "yes" for p, g in zip(pred, labels, strict=True))
+    fp = sum(p == "yes" and g == "no" for p, g in zip(pred, labels, strict=True))
+    fn = sum(p == "no" and g == "yes" for p, g in zip(pred, labels, strict=True))
+    tn = sum(p == "no" and g == "no" for p, g in zip(pred, labels, strict=True))
+    precision = _ratio(tp, tp + fp, "precision")
+    recall = _ratio(tp, tp + fn, "recall")
+    f1 = _ratio(2 * precision * recall, precision + recall, "f1")
+    return {"accuracy": _ratio(tp + tn, len(pred), "accuracy"), "precision": precision, "recall": recall,
+            "f1": f1, "yes_ratio": _ratio(tp + fp, len(pred), "yes_ratio")}
+
+
+def description_metrics(scenes: Sequence[W.Scene], descriptions: Sequence[str], cfg: WorldConfig) -> dict:
+    """Object precision / recall, CHAIR_i and CHAIR_s, and the mean verifier score of descriptions."""
+    mentions = hallucinated = covered = n_objects = with_hall = 0
+    scores = []
+    for scene, text in zip(scenes, descriptions, strict=True):
+        named = set(W.object_mentions(text, cfg))
+        hall = named - scene.shapes()
+        mentions += len(named)
+        hallucinated += len(hall)
+        covered += len(named & scene.shapes())
+        n_objects += len(scene.objects)
+        with_hall += bool(hall)
+        scores.append(W.verify(scene, "Describe the image.", text, cfg).score)
+    return {"precision": _ratio(mentions - hallucinated, mentions, "precision"),
+            "recall": _ratio(covered, n_objects, "recall"),
+            "chair_i": _ratio(hallucinated, mentions, "chair_i"),
+            "chair_s": _ratio(with_hall, len(scores), "chair_s"),
+            "verifier_score": float(np.mean(scores)) if scores else 0.0, "n": len(scores)}
+
+
+def family_accuracy(model, processor, scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0,
+                    batch_size: int = 64) -> dict[str, float]:
+    """Share of greedy answers the verifier marks fully correct, per instruction family (one of each per scene)."""
+    from .generation import greedy_answers
+
+    rng = np.random.default_rng(seed)
+    rows = [(s, ins) for s in scenes for ins in W.instructions_for(s, cfg, rng)]
+    images = [W.render(s, cfg) for s, _ in rows]
+    answers = greedy_answers(model, processor, images, [ins.text for _, ins in rows], batch_size=batch_size)
+    by_family: dict[str, list[float]] = {}
+    for (scene, ins), ans in zip(rows, answers, strict=True):
+        by_family.setdefault(ins.family, []).append(float(W.verify(scene, ins.text, ans, cfg).correct))
+    return {f"acc_{k}": float(np.mean(v)) for k, v in by_family.items()}
+
+
+def base_model_report(model, processor, scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0,
+                      batch_size: int = 64) -> dict:
+    """Held-out metrics of an LVLM: POPE per setting, description hallucination and per-family accuracy.
+
+    Returns ``{"pope": {setting: metrics}, "describe": {...}, "families": {...}, "examples": [...]}``.
+    """
+    from .generation import greedy_answers
+
+    images = [W.render(s, cfg) for s in scenes]
+    report: dict = {"pope": {}}
+    for setting in POPE_SETTINGS:
+        rows = pope_questions(scenes, cfg, setting, seed=seed)
+        answers = greedy_answers(model, processor, [images[r["scene"]] for r in rows],
+                                 [r["question"] for r in rows], max_new_tokens=8, batch_size=batch_size)
+        report["pope"][setting] = pope_metrics(answers, [r["label"] for r in rows]) | {"n": len(rows)}
+    descriptions = greedy_answers(model, processor, images, ["Describe the image."] * len(scenes),
+                                  batch_size=batch_size)
+    report["describe"] = description_metrics(scenes, descriptions, cfg)
+    report["families"] = family_accuracy(model, processor, scenes, cfg, seed=seed, batch_size=batch_size)
+    report["examples"] = [{"scene_id": s.scene_id, "truth": W.describe(s, cfg), "model": d,
+                           "explanation": W.verify(s, "Describe the image.", d, cfg).explanation}
+                          for s, d in zip(scenes, descriptions, strict=True)]
+    return report

@@ -1,0 +1,187 @@
+"""Build, save and load the LVLM (a LLaVA) and its processor.
+
+The shapes world's tiny LLaVA is the real ``transformers`` ``LlavaForConditionalGeneration`` built from a config,
+with a byte-level BPE tokenizer trained by ``tokenizers`` on the world's own text and a ``LlavaProcessor`` with a
+LLaVA-1.5 style chat template. It is saved with ``save_pretrained`` (safetensors) and loaded back through
+``AutoProcessor`` / ``AutoModelForImageTextToText`` — the same :func:`load_lvlm` that loads
+``llava-hf/llava-1.5-7b-hf`` from a model hub on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import LvlmTrainConfig
+
+BOS, EOS, PAD, UNK, IMAGE = "<s>", "</s>", "<pad>", "<unk>", "<image>"
+SPECIAL_TOKENS = [UNK, BOS, EOS, PAD, IMAGE]
+
+# LLaVA-1.5's conversation format ("USER: <image>\n{question} ASSISTANT: {answer}</s>"), written as a chat
+# template over the structured message format that transformers' processors use.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% endif %} "
+    "{% elif message['role'] == 'assistant' %}ASSISTANT: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}</s>"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+# CLIP's normalisation constants; the tiny vision tower is trained from scratch, so any fixed pair works.
+IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
+IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder that is missing or unusable; the message names it and how to make it."""
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """Train a byte-level BPE on ``texts`` and wrap it as a transformers fast tokenizer.
+
+    Byte-level BPE can encode any string (a judge's edited answer, a human's), and training it on the world's
+    instructions *and* answers makes the answer words ("Yes", "No", colours, shapes) single tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B",
+                                                       special_tokens=[(BOS, bos_id)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   unk_token=UNK, extra_special_tokens={"image_token": IMAGE})
+    fast.padding_side = "left"
+    return fast
+
+
+def build_processor(tokenizer, image_size: int, patch_size: int, feature_select: str = "default"):
+    """A ``LlavaProcessor`` for square images of ``image_size`` cut into ``patch_size`` patches.
+
+    ``feature_select`` is LLaVA's ``vision_feature_select_strategy``: "default" drops the vision tower's CLS
+    token (one image token per patch), "full" keeps it as one more image token.
+    """
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        do_resize=True, do_center_crop=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=IMAGE_MEAN, image_std=IMAGE_STD, do_convert_rgb=True)
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+                          vision_feature_select_strategy=feature_select, num_additional_image_tokens=1,
+                          chat_template=CHAT_TEMPLATE, image_token=IMAGE)
+
+
+def build_tiny_llava(tokenizer, cfg: LvlmTrainConfig, image_size: int, patch_size: int,
+                     feature_select: str = "default"):
+    """A freshly initialised ``LlavaForConditionalGeneration`` sized by ``cfg``.
+
+    One image patch is one grid cell (``patch_size = image_size // grid``), so each image token carries exactly
+    one cell. ``vision_feature_select_strategy="default"`` drops the CLS token, leaving grid² image tokens.
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(cfg.seed)
+    n_patches = (image_size // patch_size) ** 2 + (1 if feature_select == "full" else 0)
+    vision = CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
+                              num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                              image_size=image_size, patch_size=patch_size, num_channels=3,
+                              projection_dim=cfg.vision_hidden)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.text_hidden,
+                       intermediate_size=cfg.text_intermediate, num_hidden_layers=cfg.text_layers,
+                       num_attention_heads=cfg.text_heads, num_key_value_heads=cfg.text_heads,
+                       max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       tie_word_embeddings=True, rms_norm_eps=1e-5,
+                       # 0.02 (the default, tuned for 4096-wide models) leaves a 128-wide model's attention
+                       # uniform for hundreds of steps; 1/sqrt(width) lets it learn where to look.
+                       initializer_range=cfg.text_hidden ** -0.5)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE), image_seq_length=n_patches,
+                         vision_feature_layer=-1, vision_feature_select_strategy=feature_select,
+                         projector_hidden_act="gelu", tie_word_embeddings=True)
+    config.pad_token_id = tokenizer.pad_token_id
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def save_lvlm(model, processor, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """``save_pretrained`` model and processor into ``folder`` atomically (safetensors weights)."""
+    from .io import AtomicDir
+
+    with AtomicDir(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        if extra:
+            (tmp / "m3po_training.json").write_text(json.dumps(extra, indent=2, sort_keys=True))
+    return Path(folder)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_lvlm(name_or_path: str | Path, dtype: str = "float32", device: str = "auto",
+              trust_remote_code: bool = False):
+    """Load a LLaVA-class model and its processor through the Auto classes.
+
+    ``name_or_path`` is a local folder written by :func:`save_lvlm` or a model-hub id such as
+    ``llava-hf/llava-1.5-7b-hf``. Returns ``(model, processor)`` with the model in eval mode.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = Path(name_or_path)
+    looks_local = path.is_absolute() or str(name_or_path).startswith((".", "runs")) or path.exists()
+    if looks_local:
+        if not path.is_dir():
+            raise ModelLoadError(f"model folder {str(path)!r} does not exist; run notebook 00 (or the runner) "
+                                 "to train the shapes world's LLaVA, or pass a model-hub id")
+        missing = [f for f in ("config.json", "model.safetensors") if not (path / f).exists()]
+        if missing:
+            raise ModelLoadError(f"model folder {str(path)!r} is incomplete (missing {', '.join(missing)}); "
+                                 "delete it and run notebook 00 again")
+    torch_dtype = getattr(torch, dtype)
+    try:
+        processor = AutoProcessor.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(str(name_or_path), dtype=torch_dtype,
+                                                            trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"could not load LVLM {str(name_or_path)!r}: {exc}. If it is a local folder, "
+                             "delete it and run notebook 00 again; if it is a hub id, check the name and "
+                             "that the machine can reach the model hub") from exc
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.unk_token or processor.tokenizer.eos_token
+    processor.tokenizer.padding_side = "left"
+    model.to(resolve_device(device)).eval()
+    return model, processor
+
+
+def count_parameters(model) -> dict[str, int]:
+    """Parameters of the whole model and of its vision tower, projector and language model."""
+    parts = {"total": model}
+    for name in ("vision_tower", "multi_modal_projector", "language_model"):
+        sub = getattr(model, name, None) or getattr(getattr(model, "model", None), name, None)
+        if sub is not None:
+            parts[name] = sub
+    return {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}

@@ -1,0 +1,103 @@
+"""Figures for the notebooks. Every helper returns a matplotlib Figure and writes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use(matplotlib.get_backend())  # keep the notebook's backend; headless runs fall back to Agg
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from . import world as W  # noqa: E402
+from .config import WorldConfig  # noqa: E402
+
+
+def scene_grid(scenes: Sequence[W.Scene], cfg: WorldConfig, instructions: Sequence[Sequence[W.Instruction]],
+               cols: int = 4, max_lines: int = 4):
+    """Scenes with a few of their instructions and reference answers underneath."""
+    rows = int(np.ceil(len(scenes) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, scene, ins in zip(axes.flat, scenes, instructions, strict=False):
+        ax.imshow(W.render(scene, cfg))
+        lines = [f"Q: {i.text}\nA: {i.reference}" for i in ins[:max_lines]]
+        ax.set_title(scene.scene_id, fontsize=8)
+        ax.text(0.0, -0.04, "\n".join(_wrap(line, 46) for line in lines), transform=ax.transAxes,
+                fontsize=6.5, va="top", family="monospace")
+    fig.tight_layout()
+    return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.fill(part, width, subsequent_indent="   ") for part in text.split("\n"))
+
+
+def cooccurrence_heatmap(matrix: np.ndarray, shapes: Sequence[str], title: str = "P(column present | row present)"):
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(6.2, 5.2))
+    sns.heatmap(pd.DataFrame(matrix, index=list(shapes), columns=list(shapes)), annot=True, fmt=".2f",
+                cmap="viridis", vmin=0, vmax=1, ax=ax, cbar_kws={"shrink": 0.8})
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: Sequence[dict], metrics: Sequence[str] | None = None, title: str = ""):
+    """Loss curves (left) and held-out accuracies recorded during training (right)."""
+    import seaborn as sns
+
+    df = pd.DataFrame(history)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    for col in ("loss", "aux_loss"):
+        if col in df:
+            smooth = df[col].rolling(max(1, len(df) // 50), min_periods=1).mean()
+            ax1.plot(df["step"], smooth, label=col)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss (smoothed)")
+    ax1.set_yscale("log")
+    ax1.legend()
+    acc_cols = [c for c in (metrics or df.columns) if str(c).startswith("acc_") and c in df]
+    if acc_cols:
+        long = df.dropna(subset=acc_cols)[["step", *acc_cols]].melt("step", var_name="family", value_name="acc")
+        long["family"] = long["family"].str.removeprefix("acc_")
+        sns.lineplot(data=long, x="step", y="acc", hue="family", marker="o", ax=ax2)
+        ax2.set_ylim(-0.02, 1.02)
+        ax2.set_ylabel("held-out accuracy (verifier)")
+        ax2.legend(fontsize=7, ncol=2)
+    else:
+        ax2.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(table: pd.DataFrame, value: str, by: str, hue: str | None = None, title: str = "",
+                ylim: tuple[float, float] | None = (0, 1)):
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    sns.barplot(data=table, x=by, y=value, hue=hue, ax=ax, errorbar=("pi", 100) if hue else None)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def image_strip(images: Sequence, captions: Sequence[str], cols: int = 6, width: int = 40):
+    rows = int(np.ceil(len(images) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.1 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, cap in zip(axes.flat, images, captions, strict=False):
+        ax.imshow(img)
+        ax.set_title(_wrap(cap, width // 2 + 6), fontsize=6.5)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,244 @@
+"""Supervised training of the shapes world's tiny LLaVA (the M3PO base model).
+
+What makes a 1-M-parameter LLaVA learn this world in minutes on two cores:
+
+* **One image token per grid cell** (``patch_size = image_size // grid``), so the language model reads the
+  scene cell by cell.
+* **An auxiliary per-cell loss** on the projected image tokens: two linear heads predict each cell's shape
+  (or "empty") and colour. It makes the image tokens carry the scene before the language model has learnt to
+  use them; the heads are dropped after training and never saved.
+* **Per-answer loss normalisation**: every answer's token losses are averaged first, then answers are
+  averaged, so a one-token "Yes"/"No" weighs as much as a 30-token description. With the usual per-token
+  mean, existence answers are a few percent of the gradient and are learnt last.
+* **Image tokens grounded in the vocabulary**: the tied language-model head must read each occupied cell's
+  image token as its shape word and colour word. A question's shape word and the image token of that shape
+  then start out similar, which is what "Is there a star?" needs the attention to find.
+* **A family mix** that over-samples the questions whose answer depends jointly on the question and the image
+  (existence, colour, position) — see ``FAMILY_WEIGHTS`` — and batches drawn from one length bucket at a time
+  (short answers / descriptions), so that a batch of yes/no questions is not padded to description length.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import world as W
+from .config import LvlmTrainConfig, WorldConfig
+from .models import IMAGE, build_processor, build_tiny_llava, train_tokenizer
+
+# Sampling weight of each instruction family in the SFT mix (existence questions come in yes/no pairs).
+LONG_FAMILIES = ("describe", "fmt_list", "fmt_start", "fmt_max_words")
+FAMILY_WEIGHTS = {
+    "describe": 1.0, "existence": 3.0, "color": 1.5, "count": 1.0, "position": 1.5,
+    "fmt_one_word": 0.5, "fmt_list": 0.5, "fmt_start": 0.5, "fmt_max_words": 0.5,
+}
+
+
+@dataclass
+class Example:
+    scene: int            # index into the scene list (and the pixel tensor)
+    family: str
+    question: str
+    answer: str
+
+
+def sft_examples(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int) -> list[Example]:
+    """Every family's instruction for every scene, plus the opposite-polarity existence question."""
+    rng = np.random.default_rng(seed)
+    out: list[Example] = []
+    for i, scene in enumerate(scenes):
+        for ins in W.instructions_for(scene, cfg, rng):
+            out.append(Example(i, ins.family, ins.text, ins.reference))
+            if ins.family == "existence":
+                # pair every existence question with one of the other polarity on the same image
+                present = dict(ins.params).get("shape") in scene.shapes()
+                pool = [s for s in cfg.shapes if (s in scene.shapes()) != present]
+                if pool:
+                    other = W.existence_instruction(scene, pool[rng.integers(len(pool))], cfg)
+                    out.append(Example(i, other.family, other.text, other.reference))
+    return out
+
+
+def prompt_for(processor, question: str) -> str:
+    """The chat-templated prompt (with one ``<image>`` placeholder) that ends where the answer starts."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def n_image_tokens(processor) -> int:
+    ip = processor.image_processor
+    side = ip.crop_size["height"] if getattr(ip, "crop_size", None) else ip.size["shortest_edge"]
+    return (side // processor.patch_size) ** 2 + processor.num_additional_image_tokens - (
+        1 if processor.vision_feature_select_strategy == "default" else 0)
+
+
+def encode_pair(processor, question: str, answer: str) -> tuple[list[int], list[int]]:
+    """Token ids of prompt (image placeholder expanded) and of ``" " + answer + EOS``.
+
+    Prompt and answer are tokenised separately; the byte-level pre-tokeniser splits at the space that starts
+    the answer, so this equals tokenising the whole conversation (tests check it) and equals what
+    generation produces after the prompt.
+    """
+    tok = processor.tokenizer
+    prompt = prompt_for(processor, question).replace(IMAGE, IMAGE * n_image_tokens(processor))
+    p_ids = tok(prompt, add_special_tokens=True).input_ids
+    a_ids = tok(" " + answer, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    return p_ids, a_ids
+
+
+def collate(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input ids, attention mask and labels (-100 outside the answer)."""
+    width = max(len(p) + len(a) for p, a in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(pairs), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    for r, (p, a) in enumerate(pairs):
+        seq = p + a
+        ids[r, : len(seq)] = torch.tensor(seq)
+        mask[r, : len(seq)] = 1
+        labels[r, len(p): len(seq)] = torch.tensor(a)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def per_answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over answers of the mean token cross-entropy within each answer."""
+    logits = logits[:, :-1].float()
+    target = labels[:, 1:]
+    tok_loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
+                               reduction="none").view(target.shape)
+    valid = (target != -100).float()
+    return ((tok_loss * valid).sum(1) / valid.sum(1).clamp(min=1)).mean()
+
+
+def cell_targets(scenes: Sequence[W.Scene], cfg: WorldConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cell class targets (scenes × cells): shape index + 1 and colour index + 1, 0 for an empty cell."""
+    n = cfg.grid * cfg.grid
+    shapes = torch.zeros((len(scenes), n), dtype=torch.long)
+    colors = torch.zeros((len(scenes), n), dtype=torch.long)
+    for i, s in enumerate(scenes):
+        for o in s.objects:
+            shapes[i, o.cell] = cfg.shapes.index(o.shape) + 1
+            colors[i, o.cell] = cfg.colors.index(o.color) + 1
+    return shapes, colors
+
+
+def pixel_tensor(processor, scenes: Sequence[W.Scene], cfg: WorldConfig, chunk: int = 256) -> torch.Tensor:
+    """Render and preprocess every scene once (the training loop indexes this tensor)."""
+    out = []
+    for start in range(0, len(scenes), chunk):
+        imgs = [W.render(s, cfg) for s in scenes[start: start + chunk]]
+        out.append(processor.image_processor(imgs, return_tensors="pt")["pixel_values"])
+    return torch.cat(out)
+
+
+def build_base(train_scenes: Sequence[W.Scene], world_cfg: WorldConfig, cfg: LvlmTrainConfig):
+    """Tokenizer (trained on the world's text), processor and an untrained tiny LLaVA."""
+    rng = np.random.default_rng(cfg.seed)
+    corpus: list[str] = []
+    for scene in train_scenes[: min(len(train_scenes), 2000)]:
+        for ins in W.instructions_for(scene, world_cfg, rng):
+            corpus += [ins.text, " " + ins.reference]
+    corpus += [f"USER: {IMAGE}\n ASSISTANT:", " Yes", " No"] * 50
+    tokenizer = train_tokenizer(corpus, cfg.vocab_size)
+    patch = world_cfg.image_size // world_cfg.grid
+    select = "full" if cfg.cls_token else "default"
+    processor = build_processor(tokenizer, world_cfg.image_size, patch, select)
+    model = build_tiny_llava(tokenizer, cfg, world_cfg.image_size, patch, select)
+    return model, processor
+
+
+def _lr_at(step: int, cfg: LvlmTrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train_base(model, processor, scenes: Sequence[W.Scene], world_cfg: WorldConfig, cfg: LvlmTrainConfig,
+               eval_fn=None, progress: bool = True) -> list[dict]:
+    """SFT of the tiny LLaVA on ``scenes`` with the auxiliary per-cell loss; returns the training history.
+
+    ``eval_fn(model, step)`` (optional) is called every ``cfg.eval_every`` steps and at the end; whatever dict
+    it returns is merged into that step's history row (held-out accuracies per family, for example).
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    examples = sft_examples(scenes, world_cfg, cfg.seed)
+    encoded = [encode_pair(processor, e.question, e.answer) for e in examples]
+    fam_w = FAMILY_WEIGHTS | {"existence": cfg.existence_weight}
+    weights = np.array([fam_w.get(e.family, 1.0) for e in examples])
+    weights /= weights.sum()
+    pixels = pixel_tensor(processor, scenes, world_cfg)
+    shape_t, color_t = cell_targets(scenes, world_cfg)
+    hidden = model.config.text_config.hidden_size
+    aux = torch.nn.ModuleDict({"shape": torch.nn.Linear(hidden, len(world_cfg.shapes) + 1),
+                               "color": torch.nn.Linear(hidden, len(world_cfg.colors) + 1)})
+    tok = processor.tokenizer
+    word_ids = {w: tok(" " + w, add_special_tokens=False).input_ids[0]
+                for w in (*world_cfg.shapes, *world_cfg.colors)}
+    shape_word = torch.tensor([0] + [word_ids[s] for s in world_cfg.shapes])
+    color_word = torch.tensor([0] + [word_ids[c] for c in world_cfg.colors])
+    long_mask = np.array([e.family in LONG_FAMILIES for e in examples])
+    buckets = [np.flatnonzero(long_mask), np.flatnonzero(~long_mask)]
+    bucket_p = np.array([weights[b].sum() for b in buckets])
+    bucket_p /= bucket_p.sum()
+    params = list(model.parameters()) + list(aux.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    pad = processor.tokenizer.pad_token_id
+    model.train()
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc="SFT tiny LLaVA", disable=not progress)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        b = buckets[1] if step < cfg.short_first * cfg.steps else buckets[rng.choice(2, p=bucket_p)]
+        idx = rng.choice(b, size=cfg.batch_size, p=weights[b] / weights[b].sum())
+        batch = collate([encoded[i] for i in idx], pad)
+        scene_idx = torch.tensor([examples[i].scene for i in idx])
+        image_out = model.model.get_image_features(pixel_values=pixels[scene_idx], return_dict=True)
+        feats = torch.stack(list(image_out.pooler_output))            # (B, [CLS +] cells, hidden)
+        cls = None
+        if cfg.cls_token:
+            cls, feats = feats[:, 0], feats[:, 1:]
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    mm_encoder_outputs={"image": image_out})
+        lm_loss = per_answer_loss(out.logits, batch["labels"])
+        cell_shape, cell_color = shape_t[scene_idx].flatten(), color_t[scene_idx].flatten()
+        flat = feats.flatten(0, 1)
+        aux_loss = F.cross_entropy(aux["shape"](flat), cell_shape) + F.cross_entropy(aux["color"](flat), cell_color)
+        occupied = cell_shape > 0
+        if occupied.any():   # ground the image token in the vocabulary: read it as its shape and colour words
+            logp = F.log_softmax(model.lm_head(flat[occupied]).float(), dim=-1)
+            aux_loss = aux_loss - 0.5 * (logp.gather(1, shape_word[cell_shape[occupied]][:, None])
+                                         + logp.gather(1, color_word[cell_color[occupied]][:, None])).mean()
+        if cls is not None:   # the CLS token reads as "all shapes present", an even split over their words
+            present = torch.zeros((len(idx), len(world_cfg.shapes) + 1))
+            present.scatter_(1, shape_t[scene_idx], 1.0)
+            present = present[:, 1:]
+            logp = F.log_softmax(model.lm_head(cls).float(), dim=-1)[:, shape_word[1:]]
+            aux_loss = aux_loss - ((logp * present).sum(1) / present.sum(1).clamp(min=1)).mean()
+        loss = lm_loss + cfg.aux_weight * aux_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        row = {"step": step + 1, "loss": lm_loss.item(), "aux_loss": aux_loss.item(), "lr": _lr_at(step, cfg),
+               "elapsed_s": time.perf_counter() - t0}
+        if eval_fn is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            model.eval()
+            row.update(eval_fn(model, step + 1))
+            model.train()
+        history.append(row)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{row['loss']:.3f}", aux=f"{row['aux_loss']:.3f}")
+    model.eval()
+    return history

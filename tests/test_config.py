@@ -1,0 +1,66 @@
+import json
+
+import pytest
+
+from m3po_utils.config import ConfigError, load_preset, parse_overrides, preset_from_dict, setup_run
+
+
+def test_presets_build_and_differ():
+    smoke, shapes, big = load_preset("smoke"), load_preset("shapes"), load_preset("llava-1.5-7b")
+    assert smoke.world.n_train < shapes.world.n_train
+    assert smoke.lvlm_train.steps < shapes.lvlm_train.steps
+    assert big.world_kind == "hub" and big.models.lvlm == "llava-hf/llava-1.5-7b-hf"
+    assert (big.models.clip_model, big.models.clip_pretrained) == ("ViT-L-14", "openai")
+
+
+def test_overrides_are_typed_from_strings():
+    p = load_preset("smoke", parse_overrides(["world.n_train=500", "lvlm_train.lr=0.01", "eval_seeds=[3, 4]"]))
+    assert p.world.n_train == 500 and p.lvlm_train.lr == 0.01 and p.eval_seeds == (3, 4)
+
+
+def test_related_fields_can_change_together_in_any_order():
+    p = load_preset("shapes", {"lvlm_train.warmup_steps": 5, "lvlm_train.steps": 30})
+    assert (p.lvlm_train.steps, p.lvlm_train.warmup_steps) == (30, 5)
+
+
+@pytest.mark.parametrize("name, overrides, needle", [
+    ("nope", {}, "unknown preset 'nope'; choose one of: smoke, shapes, llava-1.5-7b"),
+    ("smoke", {"world.bogus": 1}, "unknown setting 'world.bogus'; allowed here:"),
+    ("smoke", {"bogus": 1}, "unknown setting 'bogus'"),
+    ("smoke", {"world.n_train": "abc"}, "world.n_train='abc' is not a valid int literal"),
+    ("smoke", {"world.n_train": 2.5}, "expected an integer"),
+    ("smoke", {"world.partner_prob": 2}, "world.partner_prob=2.0 is not allowed: a float in [0, 1]"),
+    ("smoke", {"world.shapes": ["circle", "circle", "star"]}, "world.shapes"),
+    ("smoke", {"world": 3}, "'world' is a group"),
+    ("smoke", {"world.n_train.x": 3}, "is a plain value"),
+    ("smoke", {"lvlm_train.text_heads": 3}, "a divisor of text_hidden"),
+    ("smoke", {"models.judge_base_url": "http://x/v1?api_key=sk-123"}, "without credentials"),
+])
+def test_bad_values_name_the_field(name, overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        load_preset(name, overrides)
+    assert needle in str(err.value)
+
+
+def test_parse_overrides_rejects_missing_equals():
+    with pytest.raises(ConfigError, match="is not KEY=VALUE"):
+        parse_overrides(["world.n_train"])
+
+
+def test_setup_run_writes_config_and_refuses_a_different_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value-123")
+    cfg, run = setup_run(tmp_path / "r", "smoke", {"world.n_eval": 30})
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["world"]["n_eval"] == 30 and saved["name"] == "smoke"
+    assert "sk-secret" not in (run / "config.json").read_text()
+    assert preset_from_dict(saved) == cfg
+    setup_run(tmp_path / "r", "smoke", {"world.n_eval": 30})  # same config: fine
+    with pytest.raises(ConfigError, match=r"world.n_eval: 30 -> 40"):
+        setup_run(tmp_path / "r", "smoke", {"world.n_eval": 40})
+
+
+def test_run_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        setup_run(f, "smoke")

@@ -1,0 +1,78 @@
+import warnings
+
+import numpy as np
+import pytest
+
+from m3po_utils import world as W
+from m3po_utils.config import WorldConfig
+from m3po_utils.evaluation import description_metrics, pope_metrics, pope_parse, pope_questions
+
+CFG = WorldConfig(n_train=50, n_pref=20, n_eval=60)
+
+
+@pytest.mark.parametrize("answer, parsed", [
+    ("Yes", "yes"), ("No", "no"), ("no", "no"), ("NO.", "yes"),            # case-sensitive, as POPE's script
+    ("Yes, there is no dog.", "no"), ("Yes. There is no dog.", "yes"),     # only the first sentence counts
+    ("There is not a star", "no"), ("Eyes", "yes"), ("Nothing", "yes"), ("No, there isn't", "no"),
+    ("", "yes"), ("no,", "no"),
+])
+def test_pope_parse_follows_the_official_rule(answer, parsed):
+    assert pope_parse(answer) == parsed
+
+
+def test_pope_metrics_hand_computed():
+    answers = ["Yes", "Yes", "No", "No", "Yes"]
+    labels = ["yes", "no", "yes", "no", "yes"]
+    m = pope_metrics(answers, labels)          # tp=2 fp=1 fn=1 tn=1
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["yes_ratio"] == pytest.approx(3 / 5)
+
+
+def test_pope_metrics_zero_denominator_warns_not_crashes():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = pope_metrics(["No", "No"], ["yes", "no"])
+    assert m["precision"] == 0.0 and m["f1"] == 0.0 and m["yes_ratio"] == 0.0
+    assert any("precision" in str(w.message) for w in caught)
+    with pytest.raises(ValueError, match="labels must be"):
+        pope_metrics(["Yes"], ["maybe"])
+
+
+@pytest.mark.parametrize("setting", ["random", "popular", "adversarial"])
+def test_pope_questions_negatives_are_absent_and_balanced(setting):
+    scenes = W.make_splits(CFG)["eval"]
+    rows = pope_questions(scenes, CFG, setting, seed=1)
+    labels = [r["label"] for r in rows]
+    assert labels.count("yes") == labels.count("no")
+    for r in rows:
+        assert scenes[r["scene"]].has(r["shape"]) == (r["label"] == "yes")
+        assert W.parse_instruction(r["question"], CFG) == ("existence", {"shape": r["shape"]})
+
+
+def test_adversarial_negatives_prefer_the_partner():
+    scenes = W.make_splits(WorldConfig(n_train=50, n_pref=20, n_eval=400))["eval"]
+    rows = pope_questions(scenes, CFG, "adversarial", seed=0)
+    partner = dict(CFG.partners)
+    hits = total = 0
+    for pos, neg in zip(rows[::2], rows[1::2], strict=True):
+        scene = scenes[pos["scene"]]
+        if pos["shape"] in partner and not scene.has(partner[pos["shape"]]):
+            total += 1
+            hits += neg["shape"] == partner[pos["shape"]]
+    assert total > 10 and hits / total > 0.8   # uniform choice would give ~1/6
+
+
+def test_description_metrics_hand_case():
+    scene = W.Scene("s", "eval", (W.Obj("circle", "red", 0), W.Obj("square", "blue", 4)), 1)
+    truth = W.describe(scene, CFG)
+    m = description_metrics([scene, scene], [truth, "a red circle at the top left, a green star at the right."], CFG)
+    # mentions: {circle, square} + {circle, star}; hallucinated: star
+    assert m["chair_i"] == pytest.approx(1 / 4)
+    assert m["chair_s"] == pytest.approx(1 / 2)
+    assert m["precision"] == pytest.approx(3 / 4)
+    assert m["recall"] == pytest.approx(3 / 4)
+    assert 0.5 < m["verifier_score"] < 1.0
+    assert np.isclose(description_metrics([scene], [truth], CFG)["verifier_score"], 1.0)

@@ -1,0 +1,139 @@
+"""Tiny LLaVA: build, tokenisation consistency, save → reload through the Auto classes, clear load errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from m3po_utils import training as T
+from m3po_utils import world as W
+from m3po_utils.config import load_preset
+from m3po_utils.evaluation import pope_parse
+from m3po_utils.generation import greedy_answers, suppressed_token_ids
+from m3po_utils.models import IMAGE, ModelLoadError, load_lvlm, save_lvlm
+
+
+@pytest.fixture(scope="module")
+def base():
+    cfg = load_preset("smoke")
+    splits = W.make_splits(cfg.world)
+    model, processor = T.build_base(splits["train"][:200], cfg.world, cfg.lvlm_train)
+    return cfg, splits, model, processor
+
+
+def test_answer_words_are_single_tokens(base):
+    cfg, _, _, processor = base
+    tok = processor.tokenizer
+    for word in (*cfg.world.shapes, *cfg.world.colors, "Yes", "No"):
+        assert len(tok(" " + word, add_special_tokens=False).input_ids) == 1, word
+
+
+def test_one_image_token_per_cell(base):
+    cfg, splits, model, processor = base
+    assert T.n_image_tokens(processor) == cfg.world.grid ** 2
+    inputs = processor(images=[W.render(splits["train"][0], cfg.world)],
+                       text=[T.prompt_for(processor, "Describe the image.")], return_tensors="pt")
+    image_id = processor.tokenizer.convert_tokens_to_ids(IMAGE)
+    assert int((inputs.input_ids == image_id).sum()) == cfg.world.grid ** 2
+    assert model.config.image_token_index == image_id
+
+
+def test_encode_pair_matches_processor_and_whole_conversation(base):
+    _, splits, _, processor = base
+    scene = splits["train"][3]
+    prompt_ids, answer_ids = T.encode_pair(processor, "Is there a star in the image?", "No")
+    via_processor = processor(images=[W.render(scene, load_preset("smoke").world)],
+                              text=[T.prompt_for(processor, "Is there a star in the image?")], return_tensors="pt")
+    assert via_processor.input_ids[0].tolist() == prompt_ids
+    tok = processor.tokenizer
+    expanded = T.prompt_for(processor, "Is there a star in the image?").replace(IMAGE, IMAGE * 9) + " No"
+    assert tok(expanded).input_ids + [tok.eos_token_id] == prompt_ids + answer_ids
+    assert answer_ids[-1] == tok.eos_token_id
+
+
+def test_collate_masks_everything_but_the_answer():
+    batch = T.collate([([1, 2, 3], [7, 8]), ([1, 2], [9])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 7, 8], [1, 2, 9, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, -100, -100, 7, 8], [-100, -100, 9, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+
+
+def test_per_answer_loss_weighs_answers_equally():
+    # answer A: 1 token with loss ln(4) (uniform over 4); answer B: 3 tokens with ~0 loss
+    logits = torch.zeros((2, 4, 4))
+    labels = torch.full((2, 4), -100)
+    labels[0, 1] = 2
+    for t in (1, 2, 3):
+        logits[1, t - 1, 1] = 50.0
+        labels[1, t] = 1
+    got = T.per_answer_loss(logits, labels).item()
+    assert got == pytest.approx(np.log(4) / 2, rel=1e-5)   # a per-token mean would give ln(4)/4
+
+
+def test_cell_targets(base):
+    cfg, splits, _, _ = base
+    scene = splits["train"][0]
+    shapes, colors = T.cell_targets([scene], cfg.world)
+    for o in scene.objects:
+        assert shapes[0, o.cell] == cfg.world.shapes.index(o.shape) + 1
+        assert colors[0, o.cell] == cfg.world.colors.index(o.color) + 1
+    assert int((shapes[0] > 0).sum()) == len(scene.objects)
+
+
+def test_save_reload_identical_logits_and_generation(base, tmp_path):
+    cfg, splits, model, processor = base
+    folder = save_lvlm(model, processor, tmp_path / "lvlm", extra={"note": 1})
+    assert (folder / "model.safetensors").exists() and not list(folder.glob("*.bin"))
+    loaded, proc2 = load_lvlm(folder)
+    assert type(loaded).__name__ == "LlavaForConditionalGeneration"
+    images = [W.render(s, cfg.world) for s in splits["eval"][:3]]
+    inputs = processor(images=images, text=[T.prompt_for(processor, "Describe the image.")] * 3,
+                       return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(**inputs).logits, loaded(**inputs).logits)
+    questions = ["Describe the image.", "Is there a circle in the image?", "How many shapes are in the image?"]
+    a = greedy_answers(model, processor, images, questions, max_new_tokens=6)
+    b = greedy_answers(loaded, proc2, images, questions, max_new_tokens=6)
+    assert a == b and len(a) == 3
+
+
+def test_suppressed_tokens_never_generated(base):
+    cfg, splits, model, processor = base
+    banned = suppressed_token_ids(processor)
+    assert processor.tokenizer.convert_tokens_to_ids(IMAGE) in banned and processor.tokenizer.bos_token_id in banned
+    images = [W.render(s, cfg.world) for s in splits["eval"][:4]]
+    inputs = processor(images=images, text=[T.prompt_for(processor, "Describe the image.")] * 4,
+                       return_tensors="pt", padding=True)
+    out = model.generate(**inputs, do_sample=True, top_k=0, temperature=5.0, max_new_tokens=12,
+                         suppress_tokens=banned, pad_token_id=processor.tokenizer.pad_token_id)
+    new = out[:, inputs.input_ids.shape[1]:]
+    eos = processor.tokenizer.eos_token_id
+    for row in new.tolist():
+        row = row[: row.index(eos)] if eos in row else row
+        assert not set(row) & set(banned)
+
+
+def test_load_errors_name_the_folder(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist; run notebook 00"):
+        load_lvlm(tmp_path / "missing")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="incomplete"):
+        load_lvlm(tmp_path / "half")
+
+
+def test_greedy_answers_validates_input(base):
+    _, _, model, processor = base
+    with pytest.raises(ValueError, match="one image per question"):
+        greedy_answers(model, processor, [], ["q"])
+    with pytest.raises(ValueError, match="max_new_tokens=0"):
+        greedy_answers(model, processor, [None], ["q"], max_new_tokens=0)
+
+
+def test_short_training_lowers_loss(base):
+    cfg, splits, _, _ = base
+    model, processor = T.build_base(splits["train"][:100], cfg.world, cfg.lvlm_train)
+    hist = T.train_base(model, processor, splits["train"][:100], cfg.world, cfg.lvlm_train, progress=False)
+    first = np.mean([h["loss"] for h in hist[:5]])
+    last = np.mean([h["loss"] for h in hist[-5:]])
+    assert last < 0.6 * first
+    assert pope_parse("No") == "no"
