@@ -46,9 +46,11 @@ def prepare_world(cfg: Preset, run_dir: Path) -> dict[str, list[W.Scene]]:
     return splits
 
 
-def _validation_scenes(splits: dict[str, list[W.Scene]], n: int = 100) -> list[W.Scene]:
-    """Scenes used to watch training: the tail of the preference split (never the evaluation split)."""
-    return splits["pref"][-min(n, len(splits["pref"])):]
+def _validation_scenes(splits: dict[str, list[W.Scene]]) -> list[W.Scene]:
+    """Scenes used to watch training: the preference split's validation tail (never the evaluation split)."""
+    from .prompts import validation_scenes
+
+    return validation_scenes(splits["pref"])
 
 
 def prepare_lvlm(cfg: Preset, run_dir: Path, splits: dict[str, list[W.Scene]] | None = None,

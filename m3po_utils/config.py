@@ -45,7 +45,7 @@ class WorldConfig:
     partners: tuple[tuple[str, str], ...] = (("circle", "square"), ("triangle", "star"), ("heart", "diamond"))
     partner_prob: float = 0.85
     n_train: int = 6000
-    n_pref: int = 1200
+    n_pref: int = 1300   # 1200 preference prompts + 100 validation scenes (prompts.n_validation)
     n_eval: int = 400
     seed: int = 0
 
@@ -82,7 +82,7 @@ class LvlmTrainConfig:
     vision_layers: int = 2
     vision_heads: int = 4
     vocab_size: int = 768
-    steps: int = 2400
+    steps: int = 1400
     batch_size: int = 48
     lr: float = 2e-3
     warmup_steps: int = 100
@@ -94,7 +94,7 @@ class LvlmTrainConfig:
     # name every shape present: existence questions then read one fixed token instead of searching nine.
     cls_token: bool = False
     existence_weight: float = 3.0
-    eval_every: int = 400
+    eval_every: int = 350
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -144,6 +144,67 @@ class ClipTrainConfig:
 
 
 @dataclass(frozen=True)
+class GenerationConfig:
+    """Stage 01: N sampled candidates per preference prompt (paper: N = 32 at a moderate temperature)."""
+
+    n_candidates: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0            # 0 = off (pure temperature sampling); transformers' own default would be 50
+    max_new_tokens: int = 48
+    batch_size: int = 256     # sequences per generate() call (prompts x candidates), bounds memory
+    n_prompts: int = 1200     # preference prompts (at most one per preference scene in the shapes world)
+    # Hub presets: a JSON-lines file of {"image": path, "instruction": text} preference prompts.
+    prompts_file: str = ""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.n_candidates, int) and self.n_candidates >= 2, "generation.n_candidates",
+               self.n_candidates, "an integer >= 2 (a preference pair needs two candidates)")
+        _check(0 < self.temperature <= 5, "generation.temperature", self.temperature, "a float in (0, 5]")
+        _check(0 < self.top_p <= 1, "generation.top_p", self.top_p, "a float in (0, 1]")
+        _check(self.top_k >= 0, "generation.top_k", self.top_k, "an integer >= 0 (0 turns it off)")
+        _check(self.max_new_tokens >= 1, "generation.max_new_tokens", self.max_new_tokens, "a positive integer")
+        _check(self.batch_size >= 1, "generation.batch_size", self.batch_size, "a positive integer")
+        _check(self.n_prompts >= 1, "generation.n_prompts", self.n_prompts, "a positive integer")
+
+
+@dataclass(frozen=True)
+class MasConfig:
+    """Stage 02: the Multimodal Alignment Score, MAS = w_clip * clip_norm + w_judge * judge_norm (in [0, 1])."""
+
+    clip_weight: float = 0.3
+    judge_weight: float = 0.7
+    judge_mode: str = "listwise"       # "pointwise": one request per candidate; "listwise": one per prompt
+    judge_noise: float = 0.0           # shapes-world judge only: std of the noise added to its 1-10 score
+    # Notebook 02's judge-noise sweep (shapes world): noise levels re-scored through the cached judge.
+    noise_sweep: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
+    # How cosine similarity becomes a [0, 1] CLIP score (see mas.normalise_clip): "run" = one affine map for
+    # the whole run (5th / 95th percentile -> 0 / 1, clipped), "prompt" = min-max within each prompt,
+    # "cosine" = (cos + 1) / 2.
+    clip_norm: str = "run"
+    prompt_version: str = "v1"
+    concurrency: int = 4
+    max_retries: int = 4
+    timeout_s: float = 60.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.clip_weight >= 0 and self.judge_weight >= 0 and self.clip_weight + self.judge_weight > 0,
+               "mas.clip_weight", (self.clip_weight, self.judge_weight),
+               "non-negative weights (clip_weight, judge_weight) that are not both 0")
+        _check(self.judge_mode in ("pointwise", "listwise"), "mas.judge_mode", self.judge_mode,
+               "'pointwise' or 'listwise'")
+        _check(self.judge_noise >= 0, "mas.judge_noise", self.judge_noise, "a float >= 0")
+        _check(all(v >= 0 for v in self.noise_sweep), "mas.noise_sweep", self.noise_sweep, "floats >= 0")
+        _check(self.clip_norm in ("run", "prompt", "cosine"), "mas.clip_norm", self.clip_norm,
+               "'run', 'prompt' or 'cosine'")
+        _check(self.concurrency >= 1, "mas.concurrency", self.concurrency, "a positive integer")
+        _check(self.max_retries >= 0, "mas.max_retries", self.max_retries, "an integer >= 0")
+        _check(self.timeout_s > 0, "mas.timeout_s", self.timeout_s, "a float > 0")
+
+
+@dataclass(frozen=True)
 class ModelsConfig:
     """Which models the series uses. ``lvlm`` / ``clip_model`` of ``"local"`` mean the shapes world's own."""
 
@@ -178,6 +239,8 @@ class Preset:
     lvlm_train: LvlmTrainConfig = field(default_factory=LvlmTrainConfig)
     clip_train: ClipTrainConfig = field(default_factory=ClipTrainConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    mas: MasConfig = field(default_factory=MasConfig)
     eval_seeds: tuple[int, ...] = (0, 1)
     seed: int = 0
 
@@ -204,6 +267,7 @@ def _smoke() -> Preset:
                                    warmup_steps=5, eval_every=30),
         clip_train=ClipTrainConfig(embed_dim=32, vision_width=64, vision_layers=1, text_width=64, text_layers=1,
                                    text_heads=2, steps=30, batch_size=16),
+        generation=GenerationConfig(n_candidates=4, max_new_tokens=24, n_prompts=40, batch_size=64),
         eval_seeds=(0,),
     )
 
@@ -218,6 +282,8 @@ def _llava_7b() -> Preset:
         world_kind="hub",
         models=ModelsConfig(lvlm="llava-hf/llava-1.5-7b-hf", clip_model="ViT-L-14", clip_pretrained="openai",
                             judge_model="gpt-4o", judge_base_url="", dtype="bfloat16", device="cuda"),
+        generation=GenerationConfig(n_candidates=32, temperature=0.9, max_new_tokens=256, batch_size=64,
+                                    n_prompts=5000),
         eval_seeds=(0, 1, 2),
     )
 

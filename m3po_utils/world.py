@@ -260,18 +260,28 @@ def sample_scene(rng: np.random.Generator, cfg: WorldConfig, scene_id: str, spli
     return Scene(scene_id=scene_id, split=split, objects=objects, style_seed=int(rng.integers(2**31 - 1)))
 
 
+def _relayout(rng: np.random.Generator, cfg: WorldConfig, scene: Scene) -> Scene:
+    """The same shapes in new cells and colours (keeps the shape co-occurrence distribution intact)."""
+    cells = rng.choice(cfg.grid * cfg.grid, size=len(scene.objects), replace=False)
+    colors = rng.integers(len(cfg.colors), size=len(scene.objects))
+    objects = tuple(Obj(o.shape, cfg.colors[int(c)], int(cell))
+                    for o, c, cell in zip(scene.objects, colors, cells, strict=True))
+    return Scene(scene.scene_id, scene.split, objects, scene.style_seed)
+
+
 def _sample_avoiding(rng: np.random.Generator, cfg: WorldConfig, scene_id: str, split: str,
                      blocked: Callable[[tuple], bool]) -> Scene:
+    """A scene whose signature is not blocked. A collision first re-draws the layout (cells and colours) of
+    the same shapes, so that which shapes appear together — the co-occurrence prior — is not skewed by the
+    splits taking the common combinations; only when the layouts of that shape set run out is a new set drawn."""
     scene = sample_scene(rng, cfg, scene_id, split)
-    n = len(scene.objects)
     tries = 0
     while blocked(scene.signature()):
         tries += 1
         if tries > 5000:
             raise ValueError(f"cannot find a new scene for {scene_id}: the world is too small for disjoint splits; "
                              "raise world.grid / shapes / colors / max_objects or lower n_pref / n_eval")
-        # Keep the object count while possible so that regenerating does not skew the count distribution.
-        scene = sample_scene(rng, cfg, scene_id, split, n_objects=n if tries < 200 else None)
+        scene = _relayout(rng, cfg, scene) if tries % 50 else sample_scene(rng, cfg, scene_id, split)
     return scene
 
 

@@ -349,3 +349,15 @@ def test_format_families():
     assert v.score == 0.5 and v.format_violations == ("5 words, limit 2",)
     assert W.verify(TWO, mw, "circle square", CFG).score == 1.0
     assert W.verify(TWO, mw, "circle", CFG).score == pytest.approx(0.5 + 0.5 * 2 / 3)
+
+
+def test_every_split_keeps_the_cooccurrence_prior():
+    # Disjoint splits are made by re-drawing colliding scenes; that must not thin out the partner pairs
+    # (the common shape combinations are the ones that collide most).
+    cfg = WorldConfig(n_train=3000, n_pref=800, n_eval=400, partner_prob=0.85)
+    splits = W.make_splits(cfg)
+    for name, scenes in splits.items():
+        co = W.cooccurrence(scenes, cfg.shapes)
+        for lead, partner in cfg.partners:
+            p = co[cfg.shapes.index(lead), cfg.shapes.index(partner)]
+            assert p > 0.75, (name, lead, partner, p)

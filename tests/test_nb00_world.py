@@ -1,7 +1,8 @@
 """Every notebook of the series, executed headless by the runner under the ``smoke`` preset.
 
-One run directory is shared by the module (the series is a pipeline); each test asserts on the named
-figures a notebook recorded in ``results/NN_name.json``, not on cell output.
+One run directory is shared by the whole test session (``smoke_run`` in conftest.py: the series is a
+pipeline); each test asserts on the named figures a notebook recorded in ``results/NN_name.json``, not on
+cell output. Notebooks 01+ have their own test files that use the same fixture.
 """
 
 import json
@@ -12,13 +13,6 @@ from m3po_utils.io import load_results
 from m3po_utils.run import run_series
 
 pytestmark = pytest.mark.notebooks
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("smoke-run")
-    run_series("smoke", run, kernel="python3")
-    return run
 
 
 def test_series_writes_report_and_executed_copies(smoke_run):

@@ -1,0 +1,135 @@
+"""Preference prompts: the (image, instruction) pairs M3PO samples candidates for, and image references.
+
+Shapes world: one instruction per preference-split scene, the family drawn with ``PREF_FAMILY_WEIGHTS``;
+existence questions ask about an absent *partner* of a present shape half of the time, which is where the base
+model hallucinates. The tail of the preference split (``validation_scenes``) is kept out of the prompts: it is
+the held-out set that later stages tune on (never the evaluation split).
+
+Hub presets: prompts come from a JSON-lines file of ``{"image": path, "instruction": text}``.
+
+Images are referenced by string so tables stay small and portable: ``scene:<scene_id>`` in the shapes world
+(rendered on demand, deterministically) or a file path. :func:`load_image` resolves either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import world as W
+from .config import Preset
+
+PREF_FAMILY_WEIGHTS = {
+    "describe": 0.3, "existence": 0.2, "color": 0.1, "count": 0.08, "position": 0.1,
+    "fmt_one_word": 0.05, "fmt_list": 0.06, "fmt_start": 0.05, "fmt_max_words": 0.06,
+}
+
+
+def n_validation(n_pref: int) -> int:
+    """Scenes at the end of the preference split held out for tuning (100, or a third of a small split)."""
+    return min(100, max(1, n_pref // 3))
+
+
+def validation_scenes(pref: Sequence[W.Scene]) -> list[W.Scene]:
+    return list(pref[len(pref) - n_validation(len(pref)):])
+
+
+def scene_ref(scene: W.Scene) -> str:
+    return f"scene:{scene.scene_id}"
+
+
+def shapes_prompts(pref: Sequence[W.Scene], cfg: Preset) -> list[dict]:
+    """Preference prompt rows for the shapes world (seeded by ``cfg.generation.seed``)."""
+    wc = cfg.world
+    usable = list(pref[: len(pref) - n_validation(len(pref))])
+    n = cfg.generation.n_prompts
+    if n > len(usable):
+        raise ValueError(f"generation.n_prompts={n} exceeds the {len(usable)} preference scenes available "
+                         f"(world.n_pref={len(pref)} minus {n_validation(len(pref))} validation scenes); lower "
+                         "generation.n_prompts or raise world.n_pref")
+    rng = np.random.default_rng(cfg.generation.seed)
+    families = list(PREF_FAMILY_WEIGHTS)
+    p = np.array([PREF_FAMILY_WEIGHTS[f] for f in families])
+    partner = dict(wc.partners)
+    rows = []
+    for i, scene in enumerate(usable[:n]):
+        family = families[rng.choice(len(families), p=p / p.sum())]
+        if family == "existence":
+            leads_missing = [partner[s] for s in scene.shapes() if s in partner and not scene.has(partner[s])]
+            if leads_missing and rng.random() < 0.5:
+                ins = W.existence_instruction(scene, leads_missing[rng.integers(len(leads_missing))], wc)
+            else:
+                ins = W.make_instruction("existence", scene, wc, rng=rng)
+        else:
+            ins = W.make_instruction(family, scene, wc, rng=rng)
+        rows.append({"prompt_id": f"p{i:05d}", "image": scene_ref(scene), "scene_id": scene.scene_id,
+                     "family": ins.family, "instruction": ins.text, "reference": ins.reference})
+    return rows
+
+
+def file_prompts(path: str | Path, n: int | None = None) -> list[dict]:
+    """Prompt rows from a JSON-lines file (hub presets)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {str(path)!r} does not exist; set generation.prompts_file to a "
+                                'JSON-lines file of {"image": path, "instruction": text}')
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            image, instruction = str(item["image"]), str(item["instruction"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{line_no} is not a JSON object with 'image' and 'instruction' ({exc})") from None
+        if not instruction.strip():
+            raise ValueError(f"{path}:{line_no} has an empty instruction")
+        image_path = Path(image) if Path(image).is_absolute() else path.parent / image
+        rows.append({"prompt_id": str(item.get("id", f"p{len(rows):05d}")), "image": str(image_path),
+                     "scene_id": "", "family": str(item.get("family", "free")), "instruction": instruction,
+                     "reference": str(item.get("reference", ""))})
+    return rows[:n] if n else rows
+
+
+def preference_prompts(cfg: Preset, splits: dict[str, list[W.Scene]] | None) -> list[dict]:
+    if cfg.world_kind == "shapes":
+        if splits is None:
+            raise ValueError("the shapes world needs its splits; call basemodels.prepare_world first")
+        return shapes_prompts(splits["pref"], cfg)
+    return file_prompts(cfg.generation.prompts_file, cfg.generation.n_prompts)
+
+
+class ImageResolver:
+    """Turn image references into PIL images (shapes-world scenes are rendered once and cached)."""
+
+    def __init__(self, cfg: Preset, splits: dict[str, list[W.Scene]] | None = None):
+        self.cfg = cfg
+        self.scenes = {s.scene_id: s for part in (splits or {}).values() for s in part}
+        self._cache: dict[str, Image.Image] = {}
+
+    def scene(self, ref: str) -> W.Scene:
+        sid = ref.removeprefix("scene:")
+        if sid not in self.scenes:
+            raise KeyError(f"image reference {ref!r} names no scene of this run's world")
+        return self.scenes[sid]
+
+    def __call__(self, ref: str) -> Image.Image:
+        if ref not in self._cache:
+            self._cache[ref] = self._load(ref)
+        return self._cache[ref]
+
+    def _load(self, ref: str) -> Image.Image:
+        if ref.startswith("scene:"):
+            return W.render(self.scene(ref), self.cfg.world)
+        path = Path(ref)
+        if not path.is_file():
+            raise FileNotFoundError(f"image {ref!r} does not exist; check the prompts file's image paths")
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except OSError as exc:
+            raise ValueError(f"image {ref!r} cannot be read ({exc}); replace or remove it") from None
