@@ -1,0 +1,231 @@
+"""M3P-Score pair selection and the baseline strategies (stage 04).
+
+For one prompt's candidates with alignment scores MAS and log-probabilities log P under the base model, M3PO
+takes the preferred response Rw = argmax MAS and, for every other candidate j,
+
+    S(Rj) = (MAS(Rw) − MAS(Rj)) − α · max(0, log P(Rw) − log P(Rj) − δ)
+
+and picks the dispreferred response Rl = argmax_j S(Rj) (arXiv 2508.12458, defaults α = 0.5, δ = 0.1). The
+penalty only bites when the model is much *less* confident in Rj than in Rw, so Rl is a poor answer the model
+is confident in: a hard negative. With α = 0 the rule is best-vs-worst by MAS.
+
+Tie rules (deterministic): Rw is the highest MAS, ties broken by the higher log P, then the lower index.
+Rl is the highest S, ties broken by the higher log P (the more confident mistake), then the lower index.
+A candidate whose text equals Rw's text is never selectable as Rl (it would make a pair of identical answers).
+
+Strategies written to ``run_dir/pairs/<strategy>/`` in one format (TRL's vision DPO columns ``images``,
+``prompt``, ``chosen``, ``rejected`` plus the scores behind each choice):
+
+* ``m3po`` — the rule above at the preset's α, δ;
+* ``best_worst`` — best vs worst by MAS (reward-model DPO; α = 0);
+* ``random`` — two random distinct candidates, ordered by MAS (vanilla DPO);
+* ``best_of_n`` — the best candidate alone (chosen-only data for rejection-sampling SFT); ``rejected`` empty.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+STRATEGIES = ("m3po", "best_worst", "random", "best_of_n")
+SKIP_REASONS = ("fewer_than_two_distinct", "all_mas_equal", "margin_below_min", "mas_missing")
+
+
+def _check_params(alpha: float, delta: float) -> None:
+    for name, value in (("alpha", alpha), ("delta", delta)):
+        if not isinstance(value, int | float) or math.isnan(value) or math.isinf(value) or value < 0:
+            raise ValueError(f"{name}={value!r} is invalid: use a finite number >= 0 (paper defaults: alpha=0.5, "
+                             "delta=0.1)")
+
+
+def _as_arrays(mas: Sequence[float], logp: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    m, lp = np.asarray(mas, dtype=float), np.asarray(logp, dtype=float)
+    if m.shape != lp.shape or m.ndim != 1:
+        raise ValueError(f"mas and logp must be 1-D and of equal length, got shapes {m.shape} and {lp.shape}")
+    if len(m) < 2:
+        raise ValueError(f"need at least 2 candidates, got {len(m)}")
+    if np.isnan(m).any() or np.isnan(lp).any():
+        raise ValueError("mas and logp must not contain NaN; drop or re-score those candidates first")
+    return m, lp
+
+
+def best_index(mas: np.ndarray, logp: np.ndarray) -> int:
+    """Rw: highest MAS, then highest log P, then lowest index."""
+    return int(np.lexsort((np.arange(len(mas)), -logp, -mas))[0])
+
+
+def m3p_scores(mas: Sequence[float], logp: Sequence[float], alpha: float = 0.5, delta: float = 0.1,
+               texts: Sequence[str] | None = None) -> np.ndarray:
+    """S(Rj) for every candidate of one prompt; Rw's entry (and any duplicate of Rw's text) is −inf."""
+    _check_params(alpha, delta)
+    m, lp = _as_arrays(mas, logp)
+    w = best_index(m, lp)
+    s = (m[w] - m) - alpha * np.maximum(0.0, lp[w] - lp - delta)
+    s[w] = -np.inf
+    if texts is not None:
+        s[[j for j, t in enumerate(texts) if t == texts[w]]] = -np.inf
+    return s
+
+
+def _ranked(s: np.ndarray, lp: np.ndarray) -> np.ndarray:
+    """Indices by S descending, ties by log P descending, then index ascending (selectable ones only)."""
+    order = np.lexsort((np.arange(len(s)), -lp, -s))
+    return order[np.isfinite(s[order])]
+
+
+def select_pair(mas: Sequence[float], logp: Sequence[float], alpha: float = 0.5, delta: float = 0.1,
+                texts: Sequence[str] | None = None) -> tuple[int, int]:
+    """``(w, l)``: the preferred and dispreferred candidate of one prompt under the M3P-Score."""
+    s = m3p_scores(mas, logp, alpha, delta, texts)
+    ranked = _ranked(s, np.asarray(logp, dtype=float))
+    if len(ranked) == 0:
+        raise ValueError("no candidate differs from the best one; this prompt has no pair")
+    return best_index(*_as_arrays(mas, logp)), int(ranked[0])
+
+
+@dataclass
+class PromptChoice:
+    """What a strategy chose for one prompt: pairs of (chosen, rejected) indices or a skip reason."""
+
+    prompt_id: str
+    pairs: list[tuple[int, int | None]] = field(default_factory=list)
+    skip: str | None = None
+    s_scores: list[float] = field(default_factory=list)
+
+
+def choose(prompt_id: str, mas: np.ndarray, logp: np.ndarray, texts: Sequence[str], strategy: str,
+           alpha: float = 0.5, delta: float = 0.1, min_margin: float = 0.0, k: int = 1,
+           rng: np.random.Generator | None = None) -> PromptChoice:
+    """Apply ``strategy`` to one prompt's candidates (see the module docstring for the rules)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r} is unknown; choose one of {STRATEGIES}")
+    if k < 1:
+        raise ValueError(f"k={k} must be >= 1 (pairs per prompt)")
+    out = PromptChoice(prompt_id)
+    if np.isnan(mas).any():
+        out.skip = "mas_missing"
+        return out
+    if len(set(texts)) < 2:
+        out.skip = "fewer_than_two_distinct"
+        return out
+    if np.ptp(mas) == 0:
+        out.skip = "all_mas_equal"
+        return out
+    w = best_index(mas, logp)
+    if strategy == "best_of_n":
+        out.pairs = [(w, None)]
+        return out
+    if strategy == "random":
+        # uniform over pairs of distinct answers whose MAS differ by at least the margin, ordered by MAS
+        rng = rng if rng is not None else np.random.default_rng(0)
+        first: dict[str, int] = {}
+        for j, t in enumerate(texts):
+            first.setdefault(t, j)
+        ids = sorted(first.values())
+        valid = [(a, b) if mas[a] > mas[b] else (b, a) for x, a in enumerate(ids) for b in ids[x + 1:]
+                 if mas[a] != mas[b] and abs(mas[a] - mas[b]) >= min_margin]
+        if not valid:
+            out.skip = "margin_below_min"
+            return out
+        picks = rng.choice(len(valid), size=min(k, len(valid)), replace=False)
+        out.pairs = [(int(valid[p][0]), int(valid[p][1])) for p in picks]
+        return out
+    a = alpha if strategy == "m3po" else 0.0
+    s = m3p_scores(mas, logp, a, delta, texts)
+    ranked = _ranked(s, logp)
+    # one pair per distinct rejected text
+    seen: set[str] = set()
+    for j in ranked:
+        if texts[j] in seen:
+            continue
+        seen.add(texts[j])
+        if mas[w] - mas[j] < min_margin or mas[w] == mas[j]:
+            continue
+        out.pairs.append((w, int(j)))
+        out.s_scores.append(float(s[j]))
+        if len(out.pairs) == k:
+            break
+    if not out.pairs:
+        out.skip = "margin_below_min"
+    return out
+
+
+@dataclass
+class Selection:
+    """The result of one strategy over all prompts."""
+
+    strategy: str
+    alpha: float
+    delta: float
+    choices: list[PromptChoice]
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(len(c.pairs) for c in self.choices)
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        counts = Counter(c.skip for c in self.choices if c.skip)
+        return {r: counts.get(r, 0) for r in SKIP_REASONS}
+
+
+def group_candidates(table) -> dict[str, dict[str, np.ndarray | list]]:
+    """Group a candidates table (pandas DataFrame with prompt_id, cand_idx, text, logprob_sum, mas) by prompt."""
+    df = table.sort_values(["prompt_id", "cand_idx"])
+    groups: dict[str, dict] = {}
+    for pid, g in df.groupby("prompt_id", sort=True):
+        groups[str(pid)] = {"idx": g["cand_idx"].to_numpy(), "text": g["text"].tolist(),
+                            "mas": g["mas"].to_numpy(dtype=float), "logp": g["logprob_sum"].to_numpy(dtype=float)}
+    return groups
+
+
+def select(groups: dict[str, dict], strategy: str, alpha: float = 0.5, delta: float = 0.1,
+           min_margin: float = 0.0, k: int = 1, seed: int = 0) -> Selection:
+    """Apply ``strategy`` to every prompt (seeded for ``random``)."""
+    _check_params(alpha, delta)
+    if min_margin < 0 or math.isnan(min_margin):
+        raise ValueError(f"min_margin={min_margin!r} must be a number >= 0")
+    rng = np.random.default_rng(seed)
+    choices = [choose(pid, g["mas"], g["logp"], g["text"], strategy, alpha, delta, min_margin, k, rng)
+               for pid, g in groups.items()]
+    return Selection(strategy, alpha if strategy == "m3po" else 0.0, delta, choices)
+
+
+def selection_stats(groups: dict[str, dict], sel: Selection, reference: Selection | None = None,
+                    truth: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Hard-negative rate, mean MAS gap, share differing from ``reference`` and (shapes world) truth checks.
+
+    * hard-negative rate: share of pairs with log P(Rl) ≥ log P(Rw) − δ (the model is about as confident in the
+      rejected answer as in the chosen one);
+    * mean MAS gap: mean MAS(Rw) − MAS(Rl);
+    * differs: share of prompts whose first pair differs from ``reference``'s (e.g. α = 0);
+    * rejected_wrong / chosen_right: with ground-truth scores, share of rejected answers that are not fully
+      correct, and of chosen answers that are.
+    """
+    hard = gaps = n = wrong = right = 0
+    for c in sel.choices:
+        g = groups[c.prompt_id]
+        for w, l in c.pairs:
+            if l is None:
+                continue
+            n += 1
+            hard += g["logp"][l] >= g["logp"][w] - sel.delta
+            gaps += g["mas"][w] - g["mas"][l]
+            if truth is not None:
+                wrong += truth[c.prompt_id][l] < 1.0
+                right += truth[c.prompt_id][w] >= 1.0
+    stats = {"pairs": float(n), "hard_negative_rate": hard / n if n else 0.0,
+             "mean_mas_gap": gaps / n if n else 0.0}
+    if truth is not None:
+        stats["rejected_wrong"] = wrong / n if n else 0.0
+        stats["chosen_right"] = right / n if n else 0.0
+    if reference is not None:
+        ref = {c.prompt_id: c.pairs[:1] for c in reference.choices}
+        both = [c for c in sel.choices if c.pairs and ref.get(c.prompt_id)]
+        stats["differs_from_reference"] = (sum(c.pairs[:1] != ref[c.prompt_id] for c in both) / len(both)
+                                           if both else 0.0)
+    return stats

@@ -1,0 +1,123 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from m3po_utils.selection import (
+    choose,
+    group_candidates,
+    m3p_scores,
+    select,
+    select_pair,
+    selection_stats,
+)
+
+MAS = [0.9, 0.2, 0.5, 0.1]
+LOGP = [-5.0, -4.0, -20.0, -30.0]
+TEXTS = ["a", "b", "c", "d"]
+
+
+def test_hand_computed_scores():
+    s = m3p_scores(MAS, LOGP, alpha=0.5, delta=0.1)
+    # S1 = 0.7 - 0.5*max(0, -5+4-0.1) = 0.7 ; S2 = 0.4 - 0.5*(15-0.1) = -7.05 ; S3 = 0.8 - 0.5*(25-0.1) = -11.65
+    assert s[0] == -math.inf
+    np.testing.assert_allclose(s[1:], [0.7, -7.05, -11.65])
+    assert select_pair(MAS, LOGP) == (0, 1)          # the confident mistake
+
+
+def test_alpha_zero_is_best_vs_worst():
+    assert select_pair(MAS, LOGP, alpha=0.0) == (0, 3)
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        n = rng.integers(2, 12)
+        mas, logp = rng.random(n), -rng.random(n) * 30
+        w, lo = select_pair(mas, logp, alpha=0.0, delta=rng.random())
+        assert w == int(np.argmax(mas)) and lo == int(np.argmin(mas))
+
+
+def test_delta_shifts_where_the_penalty_starts():
+    mas, logp = [0.9, 0.5, 0.4], [-5.0, -5.5, -5.0]
+    # delta 0: S1 = 0.4 - 0.5*0.5 = 0.15, S2 = 0.5 -> picks 2; delta 1: S1 = 0.4 -> still 2 (0.5 > 0.4)
+    np.testing.assert_allclose(m3p_scores(mas, logp, 0.5, 0.0)[1:], [0.15, 0.5])
+    np.testing.assert_allclose(m3p_scores(mas, logp, 0.5, 1.0)[1:], [0.4, 0.5])
+
+
+def test_ties_are_deterministic():
+    # two equally good best answers: the more confident is Rw; two equal S: the more confident is Rl
+    assert select_pair([0.8, 0.8, 0.1, 0.1], [-9.0, -3.0, -7.0, -2.0], alpha=0.0) == (1, 3)
+    assert select_pair([0.8, 0.1, 0.1], [-3.0, -2.0, -2.0], alpha=0.0) == (0, 1)
+
+
+def test_duplicate_of_best_text_is_not_a_negative():
+    s = m3p_scores([0.9, 0.9, 0.1], [-1.0, -2.0, -3.0], texts=["x", "x", "y"])
+    assert s[0] == -math.inf and s[1] == -math.inf and np.isfinite(s[2])
+
+
+@pytest.mark.parametrize("alpha, delta", [(-0.1, 0.1), (0.5, -1), (float("nan"), 0.1), (0.5, float("inf"))])
+def test_invalid_alpha_delta(alpha, delta):
+    with pytest.raises(ValueError, match="alpha|delta"):
+        m3p_scores(MAS, LOGP, alpha, delta)
+
+
+def test_degenerate_inputs():
+    with pytest.raises(ValueError, match="at least 2"):
+        m3p_scores([0.5], [-1.0])
+    with pytest.raises(ValueError, match="equal length"):
+        m3p_scores([0.5, 0.4], [-1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        m3p_scores([0.5, float("nan")], [-1.0, -2.0])
+    assert choose("p", np.array([0.5, 0.5]), np.array([-1.0, -2.0]), ["x", "x"], "m3po").skip == \
+        "fewer_than_two_distinct"
+    assert choose("p", np.array([0.5, 0.5]), np.array([-1.0, -2.0]), ["x", "y"], "m3po").skip == "all_mas_equal"
+    assert choose("p", np.array([0.5, 0.45]), np.array([-1.0, -2.0]), ["x", "y"], "m3po",
+                  min_margin=0.1).skip == "margin_below_min"
+    assert choose("p", np.array([0.5, np.nan]), np.array([-1.0, -2.0]), ["x", "y"], "m3po").skip == "mas_missing"
+    with pytest.raises(ValueError, match="strategy"):
+        choose("p", np.array([0.5, 0.4]), np.array([-1.0, -2.0]), ["x", "y"], "nope")
+
+
+def test_k_pairs_use_distinct_rejected_texts():
+    texts = ["a", "b", "b", "c", "d"]
+    c = choose("p", np.array([0.9, 0.2, 0.2, 0.5, 0.1]), np.array([-5.0, -4.0, -4.0, -6.0, -30.0]),
+               texts, "m3po", k=3)
+    rejected = [lo for _, lo in c.pairs]
+    assert len(rejected) == 3 and len({texts[i] for i in rejected}) == 3
+    assert c.pairs[0] == (0, 1)
+
+
+def test_random_orders_by_mas_and_is_seeded():
+    mas, logp = np.array([0.1, 0.9, 0.4, 0.6]), np.array([-1.0, -2.0, -3.0, -4.0])
+    seen = set()
+    for seed in range(40):
+        c = choose("p", mas, logp, ["a", "b", "c", "d"], "random", rng=np.random.default_rng(seed))
+        (hi, lo), = c.pairs
+        assert mas[hi] > mas[lo]
+        seen.add((hi, lo))
+    assert len(seen) == 6                               # every pair of 4 candidates shows up
+    a = choose("p", mas, logp, list("abcd"), "random", rng=np.random.default_rng(3)).pairs
+    b = choose("p", mas, logp, list("abcd"), "random", rng=np.random.default_rng(3)).pairs
+    assert a == b
+
+
+def test_table_selection_and_stats():
+    df = pd.DataFrame({
+        "prompt_id": ["p1"] * 4 + ["p2"] * 3,
+        "cand_idx": [0, 1, 2, 3, 0, 1, 2],
+        "text": ["a", "b", "c", "d", "x", "x", "x"],
+        "mas": MAS + [0.3, 0.3, 0.3],
+        "logprob_sum": LOGP + [-1.0, -1.0, -1.0],
+    })
+    groups = group_candidates(df)
+    m3po = select(groups, "m3po")
+    bw = select(groups, "best_worst")
+    assert m3po.n_pairs == 1 and m3po.skipped["fewer_than_two_distinct"] == 1
+    assert m3po.choices[0].pairs == [(0, 1)] and bw.choices[0].pairs == [(0, 3)]
+    truth = {"p1": np.array([1.0, 0.0, 1.0, 0.0]), "p2": np.zeros(3)}
+    st = selection_stats(groups, m3po, reference=bw, truth=truth)
+    assert st["hard_negative_rate"] == 1.0          # -4 >= -5 - 0.1
+    assert st["mean_mas_gap"] == pytest.approx(0.7)
+    assert st["differs_from_reference"] == 1.0
+    assert st["rejected_wrong"] == 1.0 and st["chosen_right"] == 1.0
+    assert selection_stats(groups, bw, reference=bw)["differs_from_reference"] == 0.0
+    assert select(groups, "best_of_n").choices[0].pairs == [(0, None)]
