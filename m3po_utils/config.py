@@ -205,6 +205,25 @@ class MasConfig:
 
 
 @dataclass(frozen=True)
+class SelectionConfig:
+    """Stage 04: the M3P-Score S(Rj) = (MAS(Rw) − MAS(Rj)) − α·max(0, log P(Rw) − log P(Rj) − δ)."""
+
+    alpha: float = 0.5
+    delta: float = 0.1
+    min_margin: float = 0.05   # skip a prompt whose best pair differs by less MAS than this
+    pairs_per_prompt: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.alpha >= 0 and not math.isinf(self.alpha), "selection.alpha", self.alpha,
+               "a finite float >= 0 (paper default 0.5)")
+        _check(self.delta >= 0 and not math.isinf(self.delta), "selection.delta", self.delta,
+               "a finite float >= 0 (paper default 0.1)")
+        _check(0 <= self.min_margin < 1, "selection.min_margin", self.min_margin, "a float in [0, 1)")
+        _check(self.pairs_per_prompt >= 1, "selection.pairs_per_prompt", self.pairs_per_prompt, "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class ModelsConfig:
     """Which models the series uses. ``lvlm`` / ``clip_model`` of ``"local"`` mean the shapes world's own."""
 
@@ -241,6 +260,7 @@ class Preset:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     mas: MasConfig = field(default_factory=MasConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     eval_seeds: tuple[int, ...] = (0, 1)
     seed: int = 0
 

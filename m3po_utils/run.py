@@ -287,6 +287,8 @@ def run_series(preset: str, run_dir: str | Path, overrides: dict[str, Any] | Non
         folder = notebooks_dir if notebooks_dir is not None else DEFAULT_NOTEBOOKS_DIR
         raise ConfigError(f"no notebooks numbered {start:02d}..{stop:02d} in {folder}")
     kernels = available_kernels()
+    # Kernels started from here have no widget frontend: explorers draw static figures (widgets.STATIC_ENV).
+    os.environ.setdefault("M3PO_STATIC_WIDGETS", "1")
     kernel = kernel or default_kernel()
     if kernel not in kernels:
         raise ConfigError(f"unknown kernel {kernel!r}; installed kernels: {', '.join(sorted(kernels)) or 'none'} "

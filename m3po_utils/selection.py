@@ -209,14 +209,14 @@ def selection_stats(groups: dict[str, dict], sel: Selection, reference: Selectio
     hard = gaps = n = wrong = right = 0
     for c in sel.choices:
         g = groups[c.prompt_id]
-        for w, l in c.pairs:
-            if l is None:
+        for w, rej in c.pairs:
+            if rej is None:
                 continue
             n += 1
-            hard += g["logp"][l] >= g["logp"][w] - sel.delta
-            gaps += g["mas"][w] - g["mas"][l]
+            hard += g["logp"][rej] >= g["logp"][w] - sel.delta
+            gaps += g["mas"][w] - g["mas"][rej]
             if truth is not None:
-                wrong += truth[c.prompt_id][l] < 1.0
+                wrong += truth[c.prompt_id][rej] < 1.0
                 right += truth[c.prompt_id][w] >= 1.0
     stats = {"pairs": float(n), "hard_negative_rate": hard / n if n else 0.0,
              "mean_mas_gap": gaps / n if n else 0.0}
@@ -229,3 +229,86 @@ def selection_stats(groups: dict[str, dict], sel: Selection, reference: Selectio
         stats["differs_from_reference"] = (sum(c.pairs[:1] != ref[c.prompt_id] for c in both) / len(both)
                                            if both else 0.0)
     return stats
+
+
+# --------------------------------------------------------------------------- pairs on disk
+
+def pairs_dir(run_dir, strategy: str):
+    from pathlib import Path
+
+    return Path(run_dir) / "pairs" / strategy
+
+
+def user_turn(instruction: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image", "text": None},
+                                         {"type": "text", "text": instruction}]}]
+
+
+def assistant_turn(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+def pair_rows(table, sel: Selection) -> list[dict]:
+    """One row per selected pair: TRL's vision-DPO columns (without images) plus the scores behind it.
+
+    ``table`` is the candidates table joined with MAS (pandas; columns prompt_id, cand_idx, image, family,
+    instruction, text, token_ids, logprob_sum, mas and, in the shapes world, truth).
+    """
+    by_prompt = {str(pid): g.sort_values("cand_idx").reset_index(drop=True)
+                 for pid, g in table.groupby("prompt_id", sort=True)}
+    rows = []
+    for c in sel.choices:
+        g = by_prompt[c.prompt_id]
+        for n, (w, lo) in enumerate(c.pairs):
+            cw = g.iloc[w]
+            cl = g.iloc[lo] if lo is not None else None
+            row = {
+                "prompt_id": c.prompt_id, "pair": n, "image": cw["image"], "family": cw["family"],
+                "instruction": cw["instruction"], "prompt": user_turn(cw["instruction"]),
+                "chosen": assistant_turn(cw["text"]), "rejected": assistant_turn(cl["text"]) if cl is not None else [],
+                "chosen_text": cw["text"], "rejected_text": cl["text"] if cl is not None else "",
+                "chosen_idx": int(cw["cand_idx"]), "rejected_idx": int(cl["cand_idx"]) if cl is not None else -1,
+                "chosen_token_ids": list(cw["token_ids"]),
+                "rejected_token_ids": list(cl["token_ids"]) if cl is not None else [],
+                "mas_chosen": float(cw["mas"]), "mas_rejected": float(cl["mas"]) if cl is not None else float("nan"),
+                "logp_chosen": float(cw["logprob_sum"]),
+                "logp_rejected": float(cl["logprob_sum"]) if cl is not None else float("nan"),
+                "s_score": c.s_scores[n] if n < len(c.s_scores) else float("nan"),
+            }
+            if "truth" in g:
+                row["truth_chosen"] = float(cw["truth"])
+                row["truth_rejected"] = float(cl["truth"]) if cl is not None else float("nan")
+            rows.append(row)
+    return rows
+
+
+def write_pairs(run_dir, sel: Selection, table, load_image, info: dict | None = None):
+    """Write ``pairs/<strategy>/`` atomically: a ``datasets`` table with an ``images`` column + ``info.json``."""
+    import json
+
+    import datasets
+
+    from .io import AtomicDir
+
+    rows = pair_rows(table, sel)
+    if not rows:
+        raise ValueError(f"strategy {sel.strategy!r} selected no pairs (skipped: {sel.skipped}); "
+                         "lower selection.min_margin or check the MAS scores")
+    ds = datasets.Dataset.from_list(rows)
+    ds = ds.add_column("images", [[load_image(r["image"])] for r in rows])
+    ds = ds.cast_column("images", datasets.Sequence(datasets.Image()))
+    meta = {"strategy": sel.strategy, "alpha": sel.alpha, "delta": sel.delta, "pairs": len(rows),
+            "prompts": len(sel.choices), "skipped": sel.skipped} | (info or {})
+    with AtomicDir(pairs_dir(run_dir, sel.strategy)) as tmp:
+        ds.save_to_disk(str(tmp / "data"))
+        (tmp / "info.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return pairs_dir(run_dir, sel.strategy)
+
+
+def load_pairs(run_dir, strategy: str):
+    import datasets
+
+    folder = pairs_dir(run_dir, strategy)
+    if not (folder / "info.json").exists():
+        raise FileNotFoundError(f"{folder} has no pairs; run notebook 04 (selection) for this run directory")
+    return datasets.load_from_disk(str(folder / "data"))
