@@ -312,3 +312,74 @@ def load_pairs(run_dir, strategy: str):
     if not (folder / "info.json").exists():
         raise FileNotFoundError(f"{folder} has no pairs; run notebook 04 (selection) for this run directory")
     return datasets.load_from_disk(str(folder / "data"))
+
+
+# --------------------------------------------------------------------------- stage helpers (notebook 04)
+
+def scored_candidates(run_dir):
+    """Candidates (notebook 01) joined with their MAS (notebook 02), one row per candidate, as pandas."""
+    from .generation import load_candidates
+    from .mas import load_mas
+
+    cands = load_candidates(run_dir).to_pandas()
+    mas = load_mas(run_dir)
+    keep = [c for c in ("prompt_id", "cand_idx", "mas", "truth", "clip_score", "judge_score", "judge_ok")
+            if c in mas.columns]
+    table = cands.merge(mas[keep], on=["prompt_id", "cand_idx"], how="left", validate="one_to_one")
+    missing = int(table["mas"].isna().sum())
+    if missing == len(table):
+        raise ValueError("no candidate has a MAS; rerun notebook 02 for this run directory")
+    return table
+
+
+def truth_by_prompt(groups: dict[str, dict], table) -> dict[str, np.ndarray] | None:
+    """Ground-truth score per candidate in the groups' order (shapes world), else None."""
+    if "truth" not in table:
+        return None
+    t = table.set_index(["prompt_id", "cand_idx"])["truth"]
+    return {pid: np.array([t[(pid, int(i))] for i in g["idx"]]) for pid, g in groups.items()}
+
+
+def select_all(groups: dict[str, dict], alpha: float, delta: float, min_margin: float, k: int = 1,
+               seed: int = 0) -> dict[str, Selection]:
+    """Every strategy on the same prompts (``m3po`` at α, δ; the baselines as defined in STRATEGIES)."""
+    return {s: select(groups, s, alpha, delta, min_margin, k, seed) for s in STRATEGIES}
+
+
+def strategy_table(groups: dict[str, dict], sels: dict[str, Selection], truth=None):
+    """One row per strategy: pairs, skips, hard-negative rate, MAS gap and (shapes world) truth checks."""
+    import pandas as pd
+
+    ref = sels.get("best_worst")
+    rows = {}
+    for name, sel in sels.items():
+        row = {"pairs": sel.n_pairs} | {f"skip_{k}": v for k, v in sel.skipped.items()}
+        if name != "best_of_n":
+            row |= selection_stats(groups, sel, reference=ref, truth=truth)
+        elif truth is not None:
+            chosen = [truth[c.prompt_id][c.pairs[0][0]] for c in sel.choices if c.pairs]
+            row["chosen_right"] = float(np.mean([t >= 1.0 for t in chosen])) if chosen else 0.0
+        rows[name] = row
+    return pd.DataFrame(rows).T
+
+
+def disagreements(table, a: Selection, b: Selection, k: int = 6):
+    """Prompts where two strategies reject different answers, with the scores (and truth) of both."""
+    import pandas as pd
+
+    by = {str(p): g.sort_values("cand_idx").reset_index(drop=True) for p, g in table.groupby("prompt_id")}
+    pb = {c.prompt_id: c.pairs for c in b.choices}
+    rows = []
+    for c in a.choices:
+        if not c.pairs or not pb.get(c.prompt_id) or c.pairs[0] == pb[c.prompt_id][0]:
+            continue
+        g = by[c.prompt_id]
+        (w, la), (_, lb) = c.pairs[0], pb[c.prompt_id][0]
+        row = {"prompt_id": c.prompt_id, "instruction": g["instruction"][w], "chosen": g["text"][w],
+               f"rejected_{a.strategy}": g["text"][la], f"logp_{a.strategy}": g["logprob_sum"][la],
+               f"rejected_{b.strategy}": g["text"][lb], f"logp_{b.strategy}": g["logprob_sum"][lb],
+               "logp_chosen": g["logprob_sum"][w]}
+        if "truth" in g:
+            row |= {f"truth_{a.strategy}": g["truth"][la], f"truth_{b.strategy}": g["truth"][lb]}
+        rows.append(row)
+    return pd.DataFrame(rows).head(k), len(rows)
