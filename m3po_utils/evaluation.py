@@ -8,6 +8,12 @@ splits on spaces and reads "no" if any word is ``No``, ``no`` or ``not``; anythi
 
 CHAIR (Rohrbach et al., 2018): CHAIR_i = hallucinated object mentions / all object mentions; CHAIR_s = share
 of descriptions with at least one hallucinated object. Mentions are counted once per object per description.
+
+MME (Fu et al., 2023) perception subtasks ask two yes/no questions per image, one whose answer is Yes and one
+whose answer is No. Its calculation script lower-cases the prediction; "yes" or "no" count as they are,
+otherwise the first four characters decide ("yes" in them ⇒ yes, else "no" in them ⇒ no, else "other", which is
+always wrong). Per subtask: acc = share of questions right, acc+ = share of images with both right,
+score = 100·acc + 100·acc+ (at most 200).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from . import world as W
 from .config import WorldConfig
 
 POPE_SETTINGS = ("random", "popular", "adversarial")
+# MME-style perception subtasks the shapes world supports, and the yes/no family that asks each.
+MME_SUBTASKS = {"existence": "existence", "count": "yn_count", "position": "yn_position", "color": "yn_color"}
 
 
 def pope_questions(scenes: Sequence[W.Scene], cfg: WorldConfig, setting: str, seed: int = 0,
@@ -145,3 +153,97 @@ def base_model_report(model, processor, scenes: Sequence[W.Scene], cfg: WorldCon
                            "explanation": W.verify(s, "Describe the image.", d, cfg).explanation}
                           for s, d in zip(scenes, descriptions, strict=True)]
     return report
+
+
+# --------------------------------------------------------------------------- MME-style perception
+
+def mme_parse(prediction: str) -> str:
+    """MME's rule: "yes" / "no" / "other" from a free-form prediction."""
+    p = str(prediction).lower()
+    if p in ("yes", "no"):
+        return p
+    head = p[:4]
+    if "yes" in head:
+        return "yes"
+    if "no" in head:
+        return "no"
+    return "other"
+
+
+def mme_questions(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0) -> list[dict]:
+    """Two questions per image and subtask, one whose answer is Yes and one whose answer is No."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, scene in enumerate(scenes):
+        present = [o.shape for o in scene.objects]
+        absent = [s for s in cfg.shapes if s not in present]
+        for subtask, family in MME_SUBTASKS.items():
+            shape = present[rng.integers(len(present))]
+            obj = scene.obj(shape)
+            if family == "existence":
+                if not absent:
+                    continue
+                pair = [W.existence_instruction(scene, shape, cfg),
+                        W.existence_instruction(scene, absent[rng.integers(len(absent))], cfg)]
+            elif family == "yn_count":
+                others = [k for k in range(1, cfg.max_objects + 1) if k != len(present)]
+                pair = [W.make_instruction(family, scene, cfg, n=len(present)),
+                        W.make_instruction(family, scene, cfg, n=others[rng.integers(len(others))])]
+            elif family == "yn_color":
+                others = [c for c in cfg.colors if c != obj.color]
+                pair = [W.make_instruction(family, scene, cfg, shape=shape, color=obj.color),
+                        W.make_instruction(family, scene, cfg, shape=shape, color=others[rng.integers(len(others))])]
+            else:
+                names = [W.position_name(c, cfg.grid) for c in range(cfg.grid * cfg.grid)]
+                true_p = W.position_name(obj.cell, cfg.grid)
+                others = [p for p in names if p != true_p]
+                pair = [W.make_instruction(family, scene, cfg, shape=shape, position=true_p),
+                        W.make_instruction(family, scene, cfg, shape=shape, position=others[rng.integers(len(others))])]
+            for ins in pair:
+                rows.append({"subtask": subtask, "image": scene.scene_id, "scene": i, "question": ins.text,
+                             "answer": ins.reference})
+    return rows
+
+
+def mme_scores(rows: Sequence[dict]) -> dict:
+    """Per-subtask acc, acc+ and score (100·acc + 100·acc+) and their total, MME's calculation.
+
+    ``rows``: mappings with ``subtask``, ``image``, ``answer`` ("Yes"/"No") and ``prediction``.
+    """
+    by_sub: dict[str, dict[str, list[bool]]] = {}
+    for r in rows:
+        truth = str(r["answer"]).lower()
+        if truth not in ("yes", "no"):
+            raise ValueError(f"answer {r['answer']!r} must be 'Yes' or 'No'")
+        ok = mme_parse(r["prediction"]) == truth
+        by_sub.setdefault(r["subtask"], {}).setdefault(str(r["image"]), []).append(ok)
+    out: dict = {"subtasks": {}}
+    for name, images in by_sub.items():
+        answers = [ok for oks in images.values() for ok in oks]
+        acc = sum(answers) / len(answers)
+        acc_plus = sum(all(oks) for oks in images.values()) / len(images)
+        out["subtasks"][name] = {"acc": acc, "acc_plus": acc_plus, "score": 100 * acc + 100 * acc_plus}
+    out["total"] = sum(v["score"] for v in out["subtasks"].values())
+    return out
+
+
+# --------------------------------------------------------------------------- instruction following, format
+
+def ift_score(scenes: Sequence[W.Scene], instructions: Sequence[str], answers: Sequence[str],
+              cfg: WorldConfig) -> dict:
+    """Share of format-constrained instructions followed *and* answered correctly (and format alone)."""
+    correct = followed = 0
+    for scene, ins, ans in zip(scenes, instructions, answers, strict=True):
+        v = W.verify(scene, ins, ans, cfg)
+        if not v.family.startswith("fmt_"):
+            raise ValueError(f"instruction {ins!r} has no format constraint; IFT takes fmt_* instructions only")
+        correct += v.correct
+        followed += not v.format_violations
+    n = len(answers)
+    return {"ift": _ratio(correct, n, "ift"), "format_followed": _ratio(followed, n, "format_followed"), "n": n}
+
+
+def yes_no_compliance(answers: Sequence[str]) -> float:
+    """Share of answers to yes/no questions that contain a yes or a no at all (catches a model that stopped
+    answering yes/no, one way DPO lowers MME)."""
+    return _ratio(sum(W.yes_no(a) is not None for a in answers), len(answers), "yes_no_compliance")

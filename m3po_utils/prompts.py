@@ -24,8 +24,9 @@ from . import world as W
 from .config import Preset
 
 PREF_FAMILY_WEIGHTS = {
-    "describe": 0.3, "existence": 0.2, "color": 0.1, "count": 0.08, "position": 0.1,
-    "fmt_one_word": 0.05, "fmt_list": 0.06, "fmt_start": 0.05, "fmt_max_words": 0.06,
+    "describe": 0.3, "existence": 0.2, "color": 0.08, "count": 0.06, "position": 0.08,
+    "fmt_one_word": 0.04, "fmt_list": 0.05, "fmt_start": 0.04, "fmt_max_words": 0.05,
+    "yn_position": 0.04, "yn_color": 0.03, "yn_count": 0.03,
 }
 
 

@@ -39,6 +39,7 @@ LONG_FAMILIES = ("describe", "fmt_list", "fmt_start", "fmt_max_words")
 FAMILY_WEIGHTS = {
     "describe": 1.0, "existence": 3.0, "color": 1.5, "count": 1.0, "position": 1.5,
     "fmt_one_word": 0.5, "fmt_list": 0.5, "fmt_start": 0.5, "fmt_max_words": 0.5,
+    "yn_position": 1.0, "yn_color": 1.0, "yn_count": 1.0,
 }
 
 

@@ -356,7 +356,9 @@ def cooccurrence(scenes: Iterable[Scene], shapes: Sequence[str]) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- instructions
 
 FAMILIES = ("describe", "existence", "color", "count", "position", "fmt_one_word", "fmt_list", "fmt_start",
-            "fmt_max_words")
+            "fmt_max_words", "yn_position", "yn_color", "yn_count")
+# Yes/no questions about an attribute (MME-style perception: half true, half false); answers "Yes" / "No".
+YES_NO_FAMILIES = ("existence", "yn_position", "yn_color", "yn_count")
 TEMPLATES = {
     "describe": "Describe the image.",
     "existence": "Is there a {shape} in the image?",
@@ -367,8 +369,12 @@ TEMPLATES = {
     "fmt_list": "List the shapes in the image, separated by commas.",
     "fmt_start": 'Describe the image. Start your answer with "In this picture".',
     "fmt_max_words": "Name the shapes in the image in at most {n} words.",
+    # yn_position is listed before yn_color: "Is the circle at the top?" must not parse as a colour question
+    "yn_position": "Is the {shape} at the {position}?",
+    "yn_color": "Is the {shape} {color}?",
+    "yn_count": "Are there {n} shapes in the image?",
 }
-SHAPE_FAMILIES = ("existence", "color", "position", "fmt_one_word")
+SHAPE_FAMILIES = ("existence", "color", "position", "fmt_one_word", "yn_position", "yn_color")
 START_PHRASE = "In this picture"
 
 
@@ -400,15 +406,61 @@ def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
-def _instruction_text(family: str, shape: str | None = None, n: int | None = None) -> str:
+def _instruction_text(family: str, shape: str | None = None, n: int | None = None, color: str | None = None,
+                      position: str | None = None) -> str:
     text = TEMPLATES[family]
     if family == "existence":
         text = text.replace("a {shape}", f"{_article(shape or '')} {{shape}}")
-    return text.format(shape=shape, n=n)
+    return text.format(shape=shape, n=n, color=color, position=position)
+
+
+def _position_names(cfg: WorldConfig) -> list[str]:
+    return [position_name(c, cfg.grid) for c in range(cfg.grid * cfg.grid)]
+
+
+def _yes_no_params(family: str, scene: Scene, obj: Obj, cfg: WorldConfig, rng: np.random.Generator | None,
+                   n: int | None, color: str | None, position: str | None) -> dict[str, Any]:
+    """The asked value of a yes/no attribute question: true or (50 % with ``rng``) a wrong one."""
+    flip = rng is not None and rng.random() < 0.5
+    if family == "yn_count":
+        true_n = len(scene.objects)
+        if n is None:
+            others = [k for k in range(1, cfg.max_objects + 1) if k != true_n]
+            n = others[int(rng.integers(len(others)))] if flip and others else true_n
+        return {"n": int(n)}
+    if family == "yn_color":
+        if color is None:
+            others = [c for c in cfg.colors if c != obj.color]
+            color = others[int(rng.integers(len(others)))] if flip else obj.color
+        if color not in cfg.colors:
+            raise UnknownInstruction(f"unknown color {color!r}; known colors: {', '.join(cfg.colors)}")
+        return {"color": color}
+    names = _position_names(cfg)
+    if position is None:
+        true_p = position_name(obj.cell, cfg.grid)
+        others = [p for p in names if p != true_p]
+        position = others[int(rng.integers(len(others)))] if flip else true_p
+    if position not in names:
+        raise UnknownInstruction(f"unknown position {position!r}; known positions: {', '.join(names)}")
+    return {"position": position}
+
+
+def _yes_no_truth(family: str, scene: Scene, params: dict[str, Any], cfg: WorldConfig) -> bool:
+    if family == "existence":
+        return scene.has(params["shape"])
+    if family == "yn_count":
+        return len(scene.objects) == params["n"]
+    obj = scene.obj(params["shape"])
+    if obj is None:
+        return False
+    if family == "yn_color":
+        return obj.color == params["color"]
+    return position_name(obj.cell, cfg.grid) == params["position"]
 
 
 def make_instruction(family: str, scene: Scene, cfg: WorldConfig, rng: np.random.Generator | None = None,
-                     shape: str | None = None, n: int | None = None) -> Instruction:
+                     shape: str | None = None, n: int | None = None, color: str | None = None,
+                     position: str | None = None) -> Instruction:
     """Build one instruction of ``family`` for ``scene`` with its reference answer.
 
     Unset ``shape`` / ``n`` are drawn with ``rng`` (existence: present or absent shape 50/50; other shape
@@ -440,6 +492,14 @@ def make_instruction(family: str, scene: Scene, cfg: WorldConfig, rng: np.random
             raise ValueError(f"n={n} must be a positive word limit")
         params["n"] = n = int(n)
     obj = scene.obj(shape) if shape is not None else None
+    if family in ("yn_position", "yn_color", "yn_count"):
+        if family != "yn_count" and obj is None and (color is None and position is None):
+            raise ValueError(f"{family} asks about a shape in the scene; {shape!r} is not in {scene.scene_id}")
+        params |= _yes_no_params(family, scene, obj, cfg, rng, n, color, position)
+        ref = "Yes" if _yes_no_truth(family, scene, params, cfg) else "No"
+        return Instruction(family=family, text=_instruction_text(family, shape, params.get("n"),
+                                                                 params.get("color"), params.get("position")),
+                           reference=ref, params=tuple(sorted(params.items())))
     absent_ref = f"There is no {shape}."
     if family == "describe":
         ref = describe(scene, cfg)
@@ -485,6 +545,8 @@ def _template_regex(family: str) -> re.Pattern:
     pattern = pattern.replace(re.escape("a {shape}"), r"an?\ \{shape\}")
     pattern = pattern.replace(re.escape("{shape}"), r"(?P<shape>[a-z][a-z\- ]*?)")
     pattern = pattern.replace(re.escape("{n}"), r"(?P<n>\d+)")
+    pattern = pattern.replace(re.escape("{color}"), r"(?P<color>[a-z]+)")
+    pattern = pattern.replace(re.escape("{position}"), r"(?P<position>[a-z][a-z0-9 ]*?)")
     return re.compile(pattern + r"\s*[.?!]?")
 
 
@@ -507,6 +569,17 @@ def parse_instruction(text: str, cfg: WorldConfig) -> tuple[str, dict]:
             params["shape"] = shape
         if "n" in regex.groupindex:
             params["n"] = int(m.group("n"))
+        if "color" in regex.groupindex:
+            if m.group("color") not in cfg.colors:
+                raise UnknownInstruction(f"unknown color {m.group('color')!r} in instruction {text!r}; "
+                                         f"known colors: {', '.join(cfg.colors)}")
+            params["color"] = m.group("color")
+        if "position" in regex.groupindex:
+            names = _position_names(cfg)
+            if m.group("position").strip() not in names:
+                raise UnknownInstruction(f"unknown position {m.group('position')!r} in instruction {text!r}; "
+                                         f"known positions: {', '.join(names)}")
+            params["position"] = m.group("position").strip()
         return family, params
     supported = "; ".join(repr(t) for t in TEMPLATES.values())
     raise UnknownInstruction(f"unknown instruction {text!r}; supported templates: {supported}")
@@ -816,6 +889,18 @@ def verify(scene: Scene, instruction_text: str, response: str, cfg: WorldConfig)
     family, params = parse_instruction(instruction_text, cfg)
     response = "" if response is None else str(response)
     shape = params.get("shape")
+
+    if family in ("yn_position", "yn_color", "yn_count"):
+        truth = "yes" if _yes_no_truth(family, scene, params, cfg) else "no"
+        said = yes_no(response)
+        if said is None:
+            return Verdict(0.0, False, family, f"no yes/no answer (truth: {truth})",
+                           format_violations=("no yes/no answer",))
+        ok = said == truth
+        asked = {"yn_count": f"{params.get('n')} shapes", "yn_color": f"{shape} is {params.get('color')}",
+                 "yn_position": f"{shape} at the {params.get('position')}"}[family]
+        expl = f"answered {said} to '{asked}', truth {truth}"
+        return Verdict(float(ok), ok, family, expl, wrong_attributes=() if ok else (f"{asked}: {said}",))
 
     if family == "existence":
         truth = "yes" if scene.has(shape) else "no"

@@ -361,3 +361,24 @@ def test_every_split_keeps_the_cooccurrence_prior():
         for lead, partner in cfg.partners:
             p = co[cfg.shapes.index(lead), cfg.shapes.index(partner)]
             assert p > 0.75, (name, lead, partner, p)
+
+
+def test_yes_no_attribute_questions():
+    cfg = WorldConfig()
+    scene = W.Scene("s", "eval", (W.Obj("circle", "red", 0), W.Obj("square", "blue", 4)), 1)
+    cases = [("Is the circle red?", "Yes"), ("Is the circle blue?", "No"),
+             ("Is the square at the center?", "Yes"), ("Is the square at the top left?", "No"),
+             ("Are there 2 shapes in the image?", "Yes"), ("Are there 3 shapes in the image?", "No")]
+    for text, truth in cases:
+        assert W.verify(scene, text, truth, cfg).score == 1.0, text
+        wrong = "No" if truth == "Yes" else "Yes"
+        v = W.verify(scene, text, wrong, cfg)
+        assert v.score == 0.0 and v.wrong_attributes, text
+        assert W.verify(scene, text, "maybe", cfg).format_violations == ("no yes/no answer",)
+    assert W.parse_instruction("Is the circle at the top left?", cfg) == (
+        "yn_position", {"shape": "circle", "position": "top left"})
+    with pytest.raises(W.UnknownInstruction, match="unknown color 'pink'"):
+        W.parse_instruction("Is the circle pink?", cfg)
+    rng = np.random.default_rng(0)
+    refs = [W.make_instruction("yn_color", scene, cfg, rng=rng).reference for _ in range(200)]
+    assert 0.35 < refs.count("Yes") / 200 < 0.65          # half true, half false
