@@ -247,3 +247,88 @@ def yes_no_compliance(answers: Sequence[str]) -> float:
     """Share of answers to yes/no questions that contain a yes or a no at all (catches a model that stopped
     answering yes/no, one way DPO lowers MME)."""
     return _ratio(sum(W.yes_no(a) is not None for a in answers), len(answers), "yes_no_compliance")
+
+
+# --------------------------------------------------------------------------- real benchmark files
+
+def load_pope_file(path, image_dir) -> list[dict]:
+    """A POPE question file (JSON lines with question_id, image, text, label) and its image folder."""
+    import json
+    from pathlib import Path
+
+    path, image_dir = Path(path), Path(image_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"POPE question file {str(path)!r} does not exist")
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"POPE image folder {str(image_dir)!r} does not exist")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            row = {"question_id": item["question_id"], "image": str(image_dir / item["image"]),
+                   "question": str(item["text"]), "label": str(item["label"]).strip().lower()}
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{n} is not a POPE question (needs question_id, image, text, label): {exc}") \
+                from None
+        if row["label"] not in ("yes", "no"):
+            raise ValueError(f"{path}:{n} has label {item['label']!r}; POPE labels are yes / no")
+        if not Path(row["image"]).is_file():
+            raise FileNotFoundError(f"{path}:{n} names image {item['image']!r}, missing from {image_dir}")
+        rows.append(row)
+    return rows
+
+
+def load_mme_dir(root, subtasks: Sequence[str] | None = None) -> list[dict]:
+    """MME perception questions from its per-subtask folders.
+
+    Two layouts are read, as in the MME release: ``<subtask>/images/<name>.<ext>`` with
+    ``<subtask>/questions_answers_YN/<name>.txt``, or image and ``.txt`` side by side in ``<subtask>/``. Each
+    text file holds one ``question<TAB>answer`` line per question (answers Yes / No).
+    """
+    from pathlib import Path
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MME folder {str(root)!r} does not exist")
+    names = subtasks or sorted(p.name for p in root.iterdir() if p.is_dir())
+    rows = []
+    for sub in names:
+        folder = root / sub
+        if not folder.is_dir():
+            raise FileNotFoundError(f"MME subtask folder {str(folder)!r} does not exist")
+        qa_dir, img_dir = (folder / "questions_answers_YN", folder / "images")
+        if not qa_dir.is_dir():
+            qa_dir = img_dir = folder
+        for txt in sorted(qa_dir.glob("*.txt")):
+            images = [p for p in img_dir.glob(txt.stem + ".*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
+            if not images:
+                raise FileNotFoundError(f"{txt} has no image {txt.stem}.png/.jpg in {img_dir}")
+            for n, line in enumerate(txt.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) != 2 or parts[1].strip() not in ("Yes", "No"):
+                    raise ValueError(f"{txt}:{n} is not 'question<TAB>Yes|No': {line!r}")
+                rows.append({"subtask": sub, "image": str(images[0]), "question": parts[0].strip(),
+                             "answer": parts[1].strip()})
+    return rows
+
+
+def answer_file_questions(model, processor, rows: Sequence[dict], batch_size: int = 16,
+                          max_new_tokens: int = 16) -> list[str]:
+    """Greedy answers of any LLaVA-class model (with or without an adapter) to loaded benchmark rows."""
+    from PIL import Image
+
+    from .generation import greedy_answers
+
+    cache: dict[str, Image.Image] = {}
+    images = []
+    for r in rows:
+        if r["image"] not in cache:
+            with Image.open(r["image"]) as im:
+                cache[r["image"]] = im.convert("RGB")
+        images.append(cache[r["image"]])
+    return greedy_answers(model, processor, images, [r["question"] for r in rows], max_new_tokens=max_new_tokens,
+                          batch_size=batch_size)
