@@ -11,7 +11,7 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 
 def test_pope_fixture_loads_and_scores():
     rows = load_pope_file(DATA / "pope" / "shapes_pope_adversarial.json", DATA / "pope" / "images")
-    assert len(rows) == 20 and {r["label"] for r in rows} == {"yes", "no"}
+    assert len(rows) == 16 and {r["label"] for r in rows} == {"yes", "no"}
     assert all(Path(r["image"]).is_file() for r in rows)
     perfect = pope_metrics(["Yes" if r["label"] == "yes" else "No" for r in rows], [r["label"] for r in rows])
     assert perfect["accuracy"] == 1.0 and perfect["yes_ratio"] == 0.5
