@@ -294,8 +294,15 @@ def write_pairs(run_dir, sel: Selection, table, load_image, info: dict | None = 
     if not rows:
         raise ValueError(f"strategy {sel.strategy!r} selected no pairs (skipped: {sel.skipped}); "
                          "lower selection.min_margin or check the MAS scores")
-    ds = datasets.Dataset.from_list(rows)
-    ds = ds.add_column("images", [[load_image(r["image"])] for r in rows])
+    import io
+
+    def png(ref: str) -> dict:
+        buf = io.BytesIO()
+        load_image(ref).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    encoded = {ref: png(ref) for ref in {r["image"] for r in rows}}
+    ds = datasets.Dataset.from_list([r | {"images": [encoded[r["image"]]]} for r in rows])
     ds = ds.cast_column("images", datasets.Sequence(datasets.Image()))
     meta = {"strategy": sel.strategy, "alpha": sel.alpha, "delta": sel.delta, "pairs": len(rows),
             "prompts": len(sel.choices), "skipped": sel.skipped} | (info or {})
