@@ -1,0 +1,32 @@
+"""Notebook 04 under the smoke preset (shared ``smoke_run`` series): pairs for every strategy."""
+
+import pytest
+
+from m3po_utils.io import load_results
+from m3po_utils.selection import STRATEGIES, load_pairs
+
+pytestmark = pytest.mark.notebooks
+
+
+def test_04_selection(smoke_run):
+    r = load_results(smoke_run, "04_selection")
+    assert r["complete"] is True and r["alpha"] == 0.5 and r["delta"] == 0.1
+    strategies = r["strategies"]
+    assert set(strategies) == set(STRATEGIES)
+    for name in STRATEGIES:
+        row = strategies[name]
+        skipped = sum(v for k, v in row.items() if k.startswith("skip_"))
+        assert row["pairs"] + skipped == r["prompts"], name        # k = 1: every prompt paired or skipped
+    # the confidence penalty can only move the negative towards more confident answers
+    assert strategies["m3po"]["hard_negative_rate"] >= strategies["best_worst"]["hard_negative_rate"]
+    assert strategies["best_worst"]["differs_from_reference"] == 0.0
+    for name in STRATEGIES:
+        pairs = load_pairs(smoke_run, name)
+        assert {"images", "prompt", "chosen", "rejected", "mas_chosen", "logp_chosen"} <= set(pairs.column_names)
+        row = pairs[0]
+        assert row["images"][0].size == (96, 96)
+        if name != "best_of_n":
+            assert row["mas_chosen"] > row["mas_rejected"]
+            assert row["chosen_text"] != row["rejected_text"]
+        else:
+            assert row["rejected"] == []
