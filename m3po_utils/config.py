@@ -224,6 +224,75 @@ class SelectionConfig:
 
 
 @dataclass(frozen=True)
+class DpoConfig:
+    """Stage 05: DPO (TRL's DPOTrainer) with a LoRA adapter, every strategy on the same budget.
+
+    Every strategy in ``strategies`` is trained on the same number of pairs (the smallest strategy's count, or
+    ``max_pairs`` when smaller) for the same number of optimizer steps. ``best_of_n`` has no negatives: it is
+    trained with the SFT term alone (``loss_type=("sft",)``), the SFT-only control on the chosen responses.
+    ``loss_type`` / ``loss_weights`` are TRL's: ``("sigmoid",)`` is plain DPO, ``("sigmoid", "sft")`` adds the
+    negative log-likelihood of the chosen response. LoRA targets the language model's ``lora_targets``
+    projections; ``lora_projector`` / ``lora_vision`` add the multimodal projector / the vision tower.
+    ``reuse_reference``: take the reference log-probs from generation where the re-tokenised text equals the
+    sampled tokens, instead of a reference forward pass each step.
+    """
+
+    strategies: tuple[str, ...] = ("m3po", "best_worst", "random", "best_of_n")
+    max_pairs: int = 0            # 0 = all pairs of the smallest strategy
+    learning_rate: float = 2e-3    # shapes: chosen on the preference split's validation scenes (notebook 05)
+    batch_size: int = 8
+    grad_accum: int = 1
+    epochs: float = 1.0
+    beta: float = 0.1
+    loss_type: tuple[str, ...] = ("sigmoid", "sft")
+    loss_weights: tuple[float, ...] = (1.0, 1.0)
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_projector: bool = False
+    lora_vision: bool = False
+    reuse_reference: bool = True
+    max_length: int = 1024
+    gradient_checkpointing: bool = False   # GPU only; always off on CPU
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from .selection import STRATEGIES
+
+        _check(len(self.strategies) >= 1 and all(s in STRATEGIES for s in self.strategies)
+               and len(set(self.strategies)) == len(self.strategies)
+               and any(s != "best_of_n" for s in self.strategies), "dpo.strategies", self.strategies,
+               f"distinct names from {STRATEGIES}, at least one a DPO strategy (best_of_n, the SFT-only "
+               "control, is always trained)")
+        for name in ("batch_size", "grad_accum", "lora_r", "lora_alpha", "max_length"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"dpo.{name}",
+                   getattr(self, name), "a positive integer")
+        _check(isinstance(self.max_pairs, int) and self.max_pairs >= 0, "dpo.max_pairs", self.max_pairs,
+               "an integer >= 0 (0 = every pair of the smallest strategy)")
+        _check(0 < self.learning_rate < 1, "dpo.learning_rate", self.learning_rate, "a float in (0, 1)")
+        _check(0 < self.epochs <= 100, "dpo.epochs", self.epochs, "a float in (0, 100]")
+        _check(self.beta > 0 and not math.isinf(self.beta), "dpo.beta", self.beta, "a finite float > 0")
+        losses = ("sigmoid", "hinge", "ipo", "robust", "sigmoid_norm", "apo_zero", "sft")
+        _check(len(self.loss_type) >= 1 and all(t in losses for t in self.loss_type), "dpo.loss_type",
+               self.loss_type, f"one or more of TRL's {losses}")
+        _check(len(self.loss_weights) == len(self.loss_type) and all(w >= 0 for w in self.loss_weights),
+               "dpo.loss_weights", self.loss_weights, f"{len(self.loss_type)} weights >= 0, one per loss_type")
+        _check(self.lr_scheduler in ("linear", "cosine", "constant", "constant_with_warmup"), "dpo.lr_scheduler",
+               self.lr_scheduler, "'linear', 'cosine', 'constant' or 'constant_with_warmup'")
+        _check(0 <= self.warmup_ratio < 1, "dpo.warmup_ratio", self.warmup_ratio, "a float in [0, 1)")
+        _check(self.weight_decay >= 0, "dpo.weight_decay", self.weight_decay, "a float >= 0")
+        _check(0 <= self.lora_dropout < 1, "dpo.lora_dropout", self.lora_dropout, "a float in [0, 1)")
+        _check(len(self.lora_targets) >= 1 and all(isinstance(t, str) and t.isidentifier() for t in self.lora_targets),
+               "dpo.lora_targets", self.lora_targets, "module names such as ('q_proj', 'v_proj')")
+        for name in ("lora_projector", "lora_vision", "reuse_reference", "gradient_checkpointing"):
+            _check(isinstance(getattr(self, name), bool), f"dpo.{name}", getattr(self, name), "True or False")
+
+
+@dataclass(frozen=True)
 class ModelsConfig:
     """Which models the series uses. ``lvlm`` / ``clip_model`` of ``"local"`` mean the shapes world's own."""
 
@@ -261,6 +330,7 @@ class Preset:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     mas: MasConfig = field(default_factory=MasConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
     eval_seeds: tuple[int, ...] = (0, 1)
     seed: int = 0
 
@@ -288,6 +358,7 @@ def _smoke() -> Preset:
         clip_train=ClipTrainConfig(embed_dim=32, vision_width=64, vision_layers=1, text_width=64, text_layers=1,
                                    text_heads=2, steps=30, batch_size=16),
         generation=GenerationConfig(n_candidates=4, max_new_tokens=24, n_prompts=40, batch_size=64),
+        dpo=DpoConfig(batch_size=4, max_pairs=16, lora_r=4, lora_alpha=8),
         eval_seeds=(0,),
     )
 
@@ -304,6 +375,11 @@ def _llava_7b() -> Preset:
                             judge_model="gpt-4o", judge_base_url="", dtype="bfloat16", device="cuda"),
         generation=GenerationConfig(n_candidates=32, temperature=0.9, max_new_tokens=256, batch_size=64,
                                     n_prompts=5000),
+        # Paper defaults: learning rate 5e-5, batch size 8, one epoch, beta 0.1, plain DPO. The LoRA rank is not
+        # stated there; r = 16 / alpha = 32 on q_proj, v_proj is PEFT's customary choice.
+        dpo=DpoConfig(learning_rate=5e-5, batch_size=8, epochs=1.0, beta=0.1, loss_type=("sigmoid",),
+                      loss_weights=(1.0,), warmup_ratio=0.03, lora_r=16, lora_alpha=32, lora_dropout=0.05,
+                      gradient_checkpointing=True),
         eval_seeds=(0, 1, 2),
     )
 

@@ -1,0 +1,838 @@
+"""Stage 05: DPO with a LoRA adapter (TRL's ``DPOTrainer`` + PEFT), every strategy on the same budget.
+
+**The objective.** For a prompt x with a preferred answer y_w and a dispreferred y_l, DPO minimises
+
+    L = −log σ(β · [(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))])
+
+where π is the model being trained and π_ref the frozen base. β·(log π − log π_ref) of an answer is its
+"implicit reward"; TRL logs them as ``rewards/chosen`` and ``rewards/rejected``, their difference as
+``rewards/margins`` and the share of pairs with a positive margin as ``rewards/accuracies``. With
+``loss_type=("sigmoid", "sft")`` TRL adds the mean negative log-likelihood of the chosen tokens (weighted by
+``loss_weights``), which keeps the chosen answer's probability from falling while the margin grows.
+
+**LoRA.** The base stays frozen; PEFT adds low-rank updates to the language model's attention projections
+(``q_proj``, ``v_proj``) selected by a regular expression on the module names — a plain list of names would also
+hit the CLIP vision tower, which has projections of the same names. ``DpoConfig.lora_projector`` /
+``lora_vision`` add the multimodal projector / the vision tower. The model is handed to TRL with a
+``peft_config`` and ``ref_model=None``, so the reference is the same weights with the adapter disabled: no second
+copy in memory.
+
+**The reference pass, reused.** The candidates were sampled from the base model, which is the DPO reference, so
+the log-probs generation recorded (``logp_chosen``, ``logp_rejected``: summed over the sampled tokens, EOS
+included) *are* log π_ref(y|x). TRL re-tokenises the chosen / rejected text through the chat template; where the
+result equals the sampled token ids exactly (and the prompt equals the generation prompt), the stored value is
+the reference log-prob and the reference forward pass is skipped. The rest (a sampled token sequence that is
+not the tokenizer's canonical one, an answer cut at ``max_new_tokens`` without EOS, ...) is computed with the
+adapter-disabled model, row by row. TRL refuses ``precompute_ref_log_probs`` for vision datasets (it would run
+the reference over the whole dataset up front); :class:`ReusedReferenceDPOTrainer` is the small subclass that
+reads the reference log-probs from the batch instead — ``ref_chosen_logps`` / ``ref_rejected_logps`` carried
+by :class:`VisionPreferenceCollatorWithReference`, NaN where a row has none.
+
+**BOS.** TRL renders the chat template and tokenises it with ``add_special_tokens=False``, trusting the template
+to carry BOS. LLaVA-1.5's template does not (its tokenizer adds BOS), so training would see prompts without the
+BOS that generation saw. :func:`training_processor` prepends ``{{ bos_token }}`` to a *copy* of the processor's
+template in that case, so training, generation and the stored reference log-probs share one context.
+
+**Equal budget.** :func:`train_strategies` trains every strategy on the same number of pairs (the smallest
+strategy's count, or ``DpoConfig.max_pairs``) for the same number of optimizer steps, prompts common to all
+strategies first. ``best_of_n`` — the best candidate alone — is always trained, with TRL's SFT term only
+(``loss_type=("sft",)``): the SFT-only control on the chosen responses. It runs through the same trainer,
+collator, LoRA, optimizer and schedule as the DPO runs (its rejected column is a copy of the chosen one and is
+never in its loss), so it differs from ``("sigmoid", "sft")`` by the preference term alone — the table can say
+what the negatives add. Adapters (safetensors) and the per-step training log go to
+``run_dir/adapters/<strategy>/`` atomically; a strategy whose adapter is complete is skipped by a rerun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from trl import DPOConfig as TrlDPOConfig
+from trl import DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+from .config import DpoConfig, Preset
+from .io import AtomicDir, atomic_write_json
+
+SFT_ONLY = "best_of_n"
+TRL_COLUMNS = ("images", "prompt", "chosen", "rejected")
+SAMPLE_COLUMNS = ("chosen_token_ids", "rejected_token_ids", "logp_chosen", "logp_rejected")
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+ADAPTER_FILE = "adapter_model.safetensors"
+INFO_FILE = "training_info.json"
+LOG_FILE = "training_log.json"
+CURVE_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
+class DpoInputError(ValueError):
+    """Pairs, images or settings that DPO training cannot use; raised before any training starts."""
+
+
+# ----------------------------------------------------------------------------------------------- LoRA
+
+def lora_parts(targets: Sequence[str] = ("q_proj", "v_proj"), projector: bool = False,
+               vision: bool = False) -> dict[str, str]:
+    """One regular expression per part of the LLaVA that gets LoRA (matched with ``re.fullmatch``).
+
+    LLaVA in transformers 5 names its parts ``model.language_model``, ``model.vision_tower`` and
+    ``model.multi_modal_projector``; the CLIP vision tower has ``q_proj`` / ``v_proj`` too, hence the prefixes.
+    """
+    names = "|".join(targets)
+    parts = {"language_model": rf"model\.language_model\..*\.({names})"}
+    if vision:
+        parts["vision_tower"] = rf"model\.vision_tower\..*\.({names})"
+    if projector:
+        parts["multi_modal_projector"] = r"model\.multi_modal_projector\.linear_\d+"
+    return parts
+
+
+def lora_target_regex(targets: Sequence[str] = ("q_proj", "v_proj"), projector: bool = False,
+                      vision: bool = False) -> str:
+    """PEFT's ``target_modules`` as one regular expression (PEFT matches a string with ``re.fullmatch``)."""
+    return "|".join(f"(?:{p})" for p in lora_parts(targets, projector, vision).values())
+
+
+def lora_config(dcfg: DpoConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=dcfg.lora_r, lora_alpha=dcfg.lora_alpha, lora_dropout=dcfg.lora_dropout, bias="none",
+                      target_modules=lora_target_regex(dcfg.lora_targets, dcfg.lora_projector, dcfg.lora_vision))
+
+
+def wrap_lora(model, dcfg: DpoConfig):
+    """``peft.get_peft_model`` with a fresh adapter of ``dcfg`` (wraps ``model`` in place), to inspect it."""
+    from peft import get_peft_model
+
+    check_lora_targets(model, dcfg)
+    with _quiet():
+        return get_peft_model(model, lora_config(dcfg))
+
+
+def check_lora_targets(model, dcfg: DpoConfig) -> dict[str, list[str]]:
+    """Module names each LoRA part will wrap; a part that matches no module is a :class:`DpoInputError`."""
+    import re
+
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    out = {}
+    for part, pattern in lora_parts(dcfg.lora_targets, dcfg.lora_projector, dcfg.lora_vision).items():
+        hits = [n for n in names if re.fullmatch(pattern, n)]
+        if not hits:
+            inside = [n.rsplit(".", 1)[-1] for n in names if f".{part}." in f".{n}"]
+            sample = ", ".join(dict.fromkeys(inside)) or ", ".join(names[:8])
+            raise DpoInputError(
+                f"LoRA target {pattern!r} (dpo.lora_targets={tuple(dcfg.lora_targets)}, part {part}) matches no "
+                f"linear module of {type(model).__name__}; the linear layers there are named: {sample}")
+        out[part] = hits
+    return out
+
+
+def lora_summary(model) -> dict[str, Any]:
+    """Trainable (LoRA) and total parameters of a PEFT model, and how many LoRA modules sit in each part."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    modules: dict[str, int] = {}
+    for name, _ in model.named_modules():
+        if name.endswith(".lora_A"):
+            part = next((p for p in ("language_model", "vision_tower", "multi_modal_projector") if p in name), "other")
+            modules[part] = modules.get(part, 0) + 1
+    return {"trainable": trainable, "total": total, "trainable_share": trainable / total, "lora_modules": modules}
+
+
+# ----------------------------------------------------------------------------------------------- processor
+
+def training_processor(processor):
+    """The processor TRL should use: a copy whose chat template renders BOS when the tokenizer adds one.
+
+    TRL tokenises rendered templates with ``add_special_tokens=False``. If the template does not render BOS but
+    the tokenizer adds it by default (LLaVA-1.5), a copy with ``{{ bos_token }}`` in front of the template is
+    returned, so that the training context equals the generation context; otherwise the processor itself.
+    """
+    tok = processor.tokenizer
+    probe = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "x"}]}],
+                                          add_generation_prompt=True)
+    adds_bos = tok.bos_token_id is not None and tok("x", add_special_tokens=True).input_ids[:1] == [tok.bos_token_id]
+    if not adds_bos or probe.startswith(tok.bos_token):
+        return processor
+    out = copy.deepcopy(processor)
+    out.chat_template = "{{ bos_token }}" + processor.chat_template
+    return out
+
+
+def trl_texts(example: dict, processor) -> dict[str, str]:
+    """Prompt / chosen / rejected strings exactly as TRL's vision collator renders them."""
+    from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+
+    images = example.get("images") or []
+    ex = {"prompt": prepare_multimodal_messages(example["prompt"], images=images),
+          "chosen": prepare_multimodal_messages(example["chosen"]),
+          "rejected": prepare_multimodal_messages(example["rejected"])}
+    return apply_chat_template(ex, processor)
+
+
+def _expand_image(text: str, processor) -> str:
+    from .training import n_image_tokens
+
+    token = processor.image_token
+    return text.replace(token, token * n_image_tokens(processor))
+
+
+def _user_text(prompt: list[dict]) -> str:
+    content = prompt[-1]["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(c.get("text") or "" for c in content if c.get("type") == "text")
+
+
+# ----------------------------------------------------------------------------------------------- pairs
+
+def check_pairs(ds, strategy: str, reuse_reference: bool = True, check_images: bool = True) -> None:
+    """Raise :class:`DpoInputError` for an empty pair set, a missing column or an image that cannot be read."""
+    if ds is None or len(ds) == 0:
+        raise DpoInputError(f"strategy {strategy!r}: the pair set is empty (0 rows); rerun notebook 04 or drop "
+                            "the strategy from dpo.strategies")
+    need = list(TRL_COLUMNS) + (list(SAMPLE_COLUMNS) if reuse_reference else [])
+    missing = [c for c in need if c not in ds.column_names]
+    if missing:
+        hint = " (or set dpo.reuse_reference=False)" if set(missing) <= set(SAMPLE_COLUMNS) else ""
+        raise DpoInputError(f"strategy {strategy!r}: the pairs table lacks column(s) {', '.join(missing)}; it "
+                            f"has {', '.join(ds.column_names)}. Rewrite it with notebook 04{hint}")
+    if check_images:
+        pid = ds["prompt_id"] if "prompt_id" in ds.column_names else None
+        for i in range(len(ds)):
+            where = f"strategy {strategy!r}, row {i}" + (f" (prompt {pid[i]!r})" if pid else "")
+            try:
+                imgs = ds[i]["images"]
+                if not imgs:
+                    raise ValueError("no image in the row")
+                for img in imgs:
+                    img.load()
+            except Exception as exc:  # PIL, datasets and OS errors all mean the same to the user
+                raise DpoInputError(f"{where}: the image cannot be read ({type(exc).__name__}: {exc}); rewrite "
+                                    "the pairs with notebook 04") from None
+
+
+def load_strategy_pairs(run_dir, strategy: str):
+    """``pairs/<strategy>/`` of ``run_dir``; a clear error when the strategy has no pairs there."""
+    from .selection import load_pairs, pairs_dir
+
+    try:
+        return load_pairs(run_dir, strategy)
+    except FileNotFoundError:
+        raise DpoInputError(f"strategy {strategy!r} has no pairs: {pairs_dir(run_dir, strategy)} is missing; run "
+                            "notebook 04 (selection) for this run directory or remove the strategy from "
+                            "dpo.strategies") from None
+
+
+def sft_rows(ds):
+    """``best_of_n`` rows for the SFT-only run: the rejected columns become copies of the chosen ones.
+
+    TRL's SFT term reads only the chosen half of the batch; the copy keeps the batch layout (and the cost of a
+    step) of the DPO runs, and keeps the chosen reward curve meaningful.
+    """
+    def copy_chosen(row):
+        out = {"rejected": row["chosen"]}
+        for a, b in (("rejected_token_ids", "chosen_token_ids"), ("logp_rejected", "logp_chosen"),
+                     ("rejected_text", "chosen_text")):
+            if b in row:
+                out[a] = row[b]
+        return out
+
+    return ds.map(copy_chosen, desc="best_of_n: rejected := chosen")
+
+
+def equal_budget(tables: dict[str, Any], max_pairs: int = 0) -> tuple[dict[str, Any], int]:
+    """The same number of rows from every table: prompts shared by all strategies first, in prompt order.
+
+    Returns the truncated tables and their common size ``n = min(len(t))`` (capped by ``max_pairs`` > 0).
+    """
+    n = min(len(t) for t in tables.values())
+    if max_pairs:
+        n = min(n, max_pairs)
+    ids = [set(t["prompt_id"]) for t in tables.values() if "prompt_id" in t.column_names]
+    common = set.intersection(*ids) if len(ids) == len(tables) else set()
+    out = {}
+    for name, t in tables.items():
+        if common:
+            pid = t["prompt_id"]
+            order = [i for i in range(len(t)) if pid[i] in common] + [i for i in range(len(t)) if pid[i] not in common]
+            t = t.select(order)
+        out[name] = t.select(range(n))
+    return out, n
+
+
+def same_chosen_share(a, b) -> float:
+    """Share of prompts in both pair tables whose (first) chosen answers are the same text (NaN if unknown)."""
+    if not all(c in t.column_names for t in (a, b) for c in ("prompt_id", "chosen_text")):
+        return float("nan")
+    first_a = dict(zip(reversed(a["prompt_id"]), reversed(a["chosen_text"]), strict=True))
+    first_b = dict(zip(reversed(b["prompt_id"]), reversed(b["chosen_text"]), strict=True))
+    common = set(first_a) & set(first_b)
+    return sum(first_a[p] == first_b[p] for p in common) / len(common) if common else float("nan")
+
+
+@dataclass
+class ReferenceStats:
+    """How many responses of a pair set can reuse their generation-time log-prob as the reference."""
+
+    responses: int = 0
+    matched: int = 0
+    prompt_mismatch: int = 0
+    completion_mismatch: int = 0
+    no_eos: int = 0
+    examples: list[dict] = field(default_factory=list)
+
+    @property
+    def share(self) -> float:
+        return self.matched / self.responses if self.responses else 0.0
+
+    def to_dict(self) -> dict:
+        return {"responses": self.responses, "matched": self.matched, "share": self.share,
+                "prompt_mismatch": self.prompt_mismatch, "completion_mismatch": self.completion_mismatch,
+                "no_eos": self.no_eos}
+
+
+def reference_columns(ds, processor, generation_processor=None,
+                      max_examples: int = 5) -> tuple[list[float], list[float], ReferenceStats]:
+    """Reference log-probs per row from the generation-time ones, NaN where TRL's tokens differ from the sampled.
+
+    ``processor`` is the one TRL trains with (:func:`training_processor`), ``generation_processor`` the one that
+    sampled the candidates (default: ``processor``). A response's stored log-prob is used when TRL's prompt
+    tokens equal the generation prompt's tokens (chat template tokenised as generation does it, image
+    placeholder expanded) and TRL's completion tokens equal the sampled ``*_token_ids`` (EOS included).
+    """
+    from .training import prompt_for
+
+    tok = processor.tokenizer
+    gproc = generation_processor or processor
+    stats = ReferenceStats()
+    gen_prompt: dict[str, list[int]] = {}
+    ref_c: list[float] = []
+    ref_r: list[float] = []
+    cols = ["prompt", "chosen", "rejected", *SAMPLE_COLUMNS]
+    for row in ds.select_columns(cols):
+        texts = trl_texts(row | {"images": [None] * _n_image_parts(row["prompt"])}, processor)
+        trl_prompt = tok(_expand_image(texts["prompt"], processor), add_special_tokens=False).input_ids
+        question = _user_text(row["prompt"])
+        if question not in gen_prompt:
+            gen_prompt[question] = gproc.tokenizer(_expand_image(prompt_for(gproc, question), gproc),
+                                                   add_special_tokens=True).input_ids
+        prompt_ok = trl_prompt == gen_prompt[question]
+        for side, out in (("chosen", ref_c), ("rejected", ref_r)):
+            sampled = list(row[f"{side}_token_ids"])
+            ids = tok(texts[side], add_special_tokens=False).input_ids
+            stats.responses += 1
+            ok = prompt_ok and ids == sampled and not math.isnan(row[f"logp_{side}"])
+            if ok:
+                stats.matched += 1
+                out.append(float(row[f"logp_{side}"]))
+                continue
+            out.append(float("nan"))
+            if not prompt_ok:
+                stats.prompt_mismatch += 1
+            else:
+                stats.completion_mismatch += 1
+                if sampled and sampled[-1] != tok.eos_token_id:
+                    stats.no_eos += 1
+                if len(stats.examples) < max_examples:
+                    stats.examples.append({"text": texts[side], "sampled": tok.convert_ids_to_tokens(sampled),
+                                           "retokenised": tok.convert_ids_to_tokens(ids)})
+    return ref_c, ref_r, stats
+
+
+def _n_image_parts(prompt: list[dict]) -> int:
+    return sum(1 for m in prompt if not isinstance(m["content"], str)
+               for c in m["content"] if c.get("type") == "image")
+
+
+def training_table(ds, processor, reuse_reference: bool = True, generation_processor=None):
+    """The table handed to TRL: ``images, prompt, chosen, rejected`` (+ the reference columns) and the stats."""
+    table = ds.select_columns(list(TRL_COLUMNS))
+    if not reuse_reference:
+        return table, None
+    ref_c, ref_r, stats = reference_columns(ds, processor, generation_processor)
+    table = table.add_column(REF_COLUMNS[0], ref_c).add_column(REF_COLUMNS[1], ref_r)
+    return table, stats
+
+
+# ----------------------------------------------------------------------------------------------- TRL
+
+class VisionPreferenceCollatorWithReference(DataCollatorForVisionPreference):
+    """TRL's vision collator, plus the rows' ``ref_chosen_logps`` / ``ref_rejected_logps`` (NaN = none stored)."""
+
+    def torch_call(self, examples):
+        refs = {c: torch.tensor([_nan(ex.pop(c, None)) for ex in examples], dtype=torch.float32)
+                for c in REF_COLUMNS if c in examples[0]}
+        out = super().torch_call(examples)
+        out.update(refs)
+        return out
+
+
+class ReusedReferenceDPOTrainer(DPOTrainer):
+    """``DPOTrainer`` that takes the reference log-probs from the batch where it has them.
+
+    TRL reads ``ref_chosen_logps`` / ``ref_rejected_logps`` from the batch only with
+    ``precompute_ref_log_probs=True``, which it refuses for vision datasets. This subclass keeps the two columns
+    (signature columns), fills the NaN rows with TRL's own ``compute_ref_log_probs`` (adapter disabled) on just
+    those pairs, and then runs TRL's loss as in the precomputed case. A batch without the columns goes through
+    TRL's default path (a reference forward on the whole batch). ``ref_rows`` counts reused / computed pairs.
+    """
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(self._signature_columns) + [
+            c for c in REF_COLUMNS if c not in self._signature_columns]
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if REF_COLUMNS[0] not in inputs or self.precompute_ref_logps:
+            return super()._compute_loss(model, inputs, return_outputs)
+        ref_c, ref_r = inputs[REF_COLUMNS[0]].clone(), inputs[REF_COLUMNS[1]].clone()
+        missing = torch.isnan(ref_c) | torch.isnan(ref_r)
+        if missing.any():
+            rows = missing.nonzero().flatten()
+            with _quiet():
+                c, r = self.compute_ref_log_probs(self.model, _select_pairs(inputs, rows))
+            ref_c[rows] = torch.where(torch.isnan(ref_c[rows]), c.to(ref_c.dtype), ref_c[rows])
+            ref_r[rows] = torch.where(torch.isnan(ref_r[rows]), r.to(ref_r.dtype), ref_r[rows])
+        if self.model.training:
+            counts = getattr(self, "ref_rows", {"reused": 0, "computed": 0})
+            n_missing = int(missing.sum())
+            self.ref_rows = {"reused": counts["reused"] + len(missing) - n_missing,
+                             "computed": counts["computed"] + n_missing}
+        self.precompute_ref_logps = True
+        try:
+            return super()._compute_loss(model, inputs | {REF_COLUMNS[0]: ref_c, REF_COLUMNS[1]: ref_r},
+                                         return_outputs)
+        finally:
+            self.precompute_ref_logps = False
+
+
+def _nan(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _select_pairs(inputs: dict, rows: torch.Tensor) -> dict:
+    """The sub-batch of pairs ``rows`` (chosen rows i and rejected rows B + i), keeping TRL's [chosen, rejected]."""
+    b2 = inputs["input_ids"].shape[0]
+    idx = torch.cat([rows, rows + b2 // 2]).to(inputs["input_ids"].device)
+    out = {}
+    for k, v in inputs.items():
+        if k in REF_COLUMNS:
+            continue
+        if not (torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == b2):
+            # e.g. Qwen-VL's flattened patches: no per-row slice, so compute the whole batch
+            return {k: v for k, v in inputs.items() if k not in REF_COLUMNS}
+        out[k] = v.index_select(0, idx.to(v.device))
+    return out
+
+
+def steps_for(n_pairs: int, dcfg: DpoConfig) -> int:
+    return max(1, math.ceil(n_pairs * dcfg.epochs / (dcfg.batch_size * dcfg.grad_accum)))
+
+
+def trl_config(dcfg: DpoConfig, output_dir: str | Path, max_steps: int, sft_only: bool = False,
+               device: str = "auto", dtype: str = "float32", progress: bool = True):
+    """TRL's ``DPOConfig`` for one strategy. CPU: no bf16 and no gradient checkpointing (TRL defaults both on)."""
+    from .models import resolve_device
+
+    on_gpu = resolve_device(device).type == "cuda"
+    loss_type, weights = (["sft"], [1.0]) if sft_only else (list(dcfg.loss_type), list(dcfg.loss_weights))
+    with _quiet():
+        return TrlDPOConfig(
+            output_dir=str(output_dir), learning_rate=dcfg.learning_rate,
+            per_device_train_batch_size=dcfg.batch_size, gradient_accumulation_steps=dcfg.grad_accum,
+            max_steps=max_steps, beta=dcfg.beta, loss_type=loss_type, loss_weights=weights,
+            lr_scheduler_type=dcfg.lr_scheduler, warmup_steps=dcfg.warmup_ratio,   # a float < 1 is a ratio
+            weight_decay=dcfg.weight_decay, max_length=dcfg.max_length, seed=dcfg.seed, data_seed=dcfg.seed,
+            bf16=on_gpu and dtype == "bfloat16", fp16=False, use_cpu=not on_gpu,
+            gradient_checkpointing=on_gpu and dcfg.gradient_checkpointing,
+            logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=not progress,
+            dataloader_num_workers=0, remove_unused_columns=True)
+
+
+_GC_WARNING = ".*gradient_checkpointing.* is deprecated"   # transformers 5 renamed it; TRL still uses the old name
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence transformers 5's rename warning for ``gradient_checkpointing``, which TRL 1.16 still triggers."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_GC_WARNING, category=FutureWarning)
+        yield
+
+
+def build_trainer(model, processor, table, dcfg: DpoConfig, output_dir: str | Path, max_steps: int,
+                  sft_only: bool = False, device: str = "auto", dtype: str = "float32", progress: bool = True):
+    """A TRL trainer with a fresh LoRA adapter on ``model`` (which PEFT wraps in place).
+
+    ``table`` with the reference columns → :class:`ReusedReferenceDPOTrainer` with the reference-carrying
+    collator; without them → TRL's own ``DPOTrainer`` (a reference forward each step).
+    """
+    check_lora_targets(model, dcfg)
+    with _quiet():
+        return _build_trainer(model, processor, table, dcfg, output_dir, max_steps, sft_only, device, dtype, progress)
+
+
+def _build_trainer(model, processor, table, dcfg, output_dir, max_steps, sft_only, device, dtype, progress):
+    args = trl_config(dcfg, output_dir, max_steps, sft_only, device, dtype, progress)
+    if REF_COLUMNS[0] in table.column_names:
+        collator = VisionPreferenceCollatorWithReference(processor=processor, max_length=args.max_length)
+        trainer = ReusedReferenceDPOTrainer(model=model, args=args, train_dataset=table, processing_class=processor,
+                          peft_config=lora_config(dcfg), data_collator=collator)
+    else:
+        trainer = DPOTrainer(model=model, args=args, train_dataset=table, processing_class=processor,
+                             peft_config=lora_config(dcfg))
+    if not progress:   # no progress bar and no printed log dicts (the log is in trainer.state.log_history)
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+# ----------------------------------------------------------------------------------------------- adapters
+
+def adapters_dir(run_dir, strategy: str | None = None) -> Path:
+    base = Path(run_dir) / "adapters"
+    return base / strategy if strategy else base
+
+
+def adapter_complete(folder: Path, fingerprint: str | None = None) -> bool:
+    info = folder / INFO_FILE
+    if not (info.is_file() and (folder / ADAPTER_FILE).is_file() and (folder / LOG_FILE).is_file()):
+        return False
+    try:
+        data = json.loads(info.read_text())
+    except (json.JSONDecodeError, OSError):
+        return False
+    return data.get("complete") is True and (fingerprint is None or data.get("fingerprint") == fingerprint)
+
+
+def load_adapter(model, folder: str | Path):
+    """Wrap ``model`` with the LoRA adapter saved in ``folder`` (``PeftModel``, eval mode)."""
+    from peft import PeftModel
+
+    folder = Path(folder)
+    if not (folder / ADAPTER_FILE).is_file():
+        raise FileNotFoundError(f"{folder} holds no adapter ({ADAPTER_FILE}); run notebook 05 for this run "
+                                "directory")
+    with _quiet():
+        return PeftModel.from_pretrained(model, str(folder)).eval()
+
+
+def load_training_log(run_dir, strategy: str) -> list[dict]:
+    path = adapters_dir(run_dir, strategy) / LOG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run notebook 05 (DPO) for this run directory")
+    return json.loads(path.read_text())
+
+
+def load_training_info(run_dir, strategy: str) -> dict:
+    path = adapters_dir(run_dir, strategy) / INFO_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run notebook 05 (DPO) for this run directory")
+    return json.loads(path.read_text())
+
+
+def _fingerprint(dcfg: DpoConfig, strategy: str, table) -> str:
+    blob = json.dumps({"dpo": asdict(dcfg), "strategy": strategy, "n": len(table),
+                       "data": table._fingerprint if hasattr(table, "_fingerprint") else None}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+
+def base_loader(cfg: Preset, run_dir) -> Callable[[], tuple[Any, Any]]:
+    """A function returning a fresh ``(model, processor)`` of the base LVLM (PEFT wraps the model in place)."""
+    from .basemodels import lvlm_dir
+    from .models import load_lvlm
+
+    name = lvlm_dir(run_dir) if cfg.world_kind == "shapes" else cfg.models.lvlm
+    return lambda: load_lvlm(name, dtype=cfg.models.dtype, device=cfg.models.device)
+
+
+@dataclass
+class PreparedStrategy:
+    strategy: str
+    table: Any                      # what TRL reads
+    pairs: Any                      # the selected pair rows (all columns)
+    sft_only: bool
+    reference: ReferenceStats | None
+
+
+def prepare_strategies(run_dir, cfg: Preset, processor, strategies: Sequence[str] | None = None,
+                       pairs: dict[str, Any] | None = None) -> tuple[dict[str, PreparedStrategy], int]:
+    """Load, check and equalise every strategy's pairs, and build TRL's tables — all before any training.
+
+    ``pairs`` (optional) maps strategy → ``datasets.Dataset`` instead of reading ``run_dir/pairs/``.
+    ``best_of_n`` (the SFT-only control) is always added.
+    """
+    dcfg = cfg.dpo
+    names = list(dict.fromkeys([*(strategies or dcfg.strategies), SFT_ONLY]))
+    tables = {}
+    for s in names:
+        ds = pairs[s] if pairs is not None and s in pairs else (
+            load_strategy_pairs(run_dir, s) if pairs is None else None)
+        if ds is None:
+            raise DpoInputError(f"strategy {s!r} has no pairs (not among the pair sets given: {sorted(pairs)})")
+        check_pairs(ds, s, dcfg.reuse_reference)
+        tables[s] = sft_rows(ds) if s == SFT_ONLY else ds
+    tables, n = equal_budget(tables, dcfg.max_pairs)
+    tproc = training_processor(processor)
+    out = {}
+    for s, ds in tables.items():
+        table, stats = training_table(ds, tproc, dcfg.reuse_reference, generation_processor=processor)
+        out[s] = PreparedStrategy(s, table, ds, s == SFT_ONLY, stats)
+    return out, n
+
+
+def train_one(prep: PreparedStrategy, model, processor, dcfg: DpoConfig, folder: Path, max_steps: int,
+              device: str = "auto", dtype: str = "float32", progress: bool = True, fingerprint: str = "") -> dict:
+    """Train one strategy's adapter and write it with its log to ``folder`` (atomically); return the info."""
+    tproc = training_processor(processor)
+    with AtomicDir(folder) as tmp:
+        trainer = build_trainer(model, tproc, prep.table, dcfg, tmp / "trainer", max_steps, prep.sft_only,
+                                device, dtype, progress)
+        lora = lora_summary(trainer.model)
+        t0 = time.perf_counter()
+        with _quiet():
+            trainer.train()
+        seconds = time.perf_counter() - t0
+        log = [row for row in trainer.state.log_history if "loss" in row]
+        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+        _rmtree(tmp / "trainer")
+        final = log[-1] if log else {}
+        info = {
+            "strategy": prep.strategy, "complete": True, "fingerprint": fingerprint, "pairs": len(prep.table),
+            "steps": trainer.state.global_step, "max_steps": max_steps, "seconds": seconds,
+            "sft_only": prep.sft_only, "loss_type": ["sft"] if prep.sft_only else list(dcfg.loss_type),
+            "loss_weights": [1.0] if prep.sft_only else list(dcfg.loss_weights), "dpo": asdict(dcfg), "lora": lora,
+            "reference": prep.reference.to_dict() if prep.reference else None,
+            "ref_rows": dict(getattr(trainer, "ref_rows", {})) or None,
+            "final": {k: final.get(k) for k in CURVE_METRICS},
+        }
+        atomic_write_json(tmp / LOG_FILE, log)
+        atomic_write_json(tmp / INFO_FILE, info)
+    return info
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def train_strategies(run_dir, cfg: Preset, strategies: Sequence[str] | None = None,
+                     pairs: dict[str, Any] | None = None, model_loader: Callable[[], tuple[Any, Any]] | None = None,
+                     redo: bool = False, progress: bool = True) -> dict[str, dict]:
+    """Train every strategy on the same number of pairs and steps; adapters to ``run_dir/adapters/<strategy>/``.
+
+    All pair sets are loaded and checked first (empty set, missing column, unreadable image, LoRA target matching
+    nothing: :class:`DpoInputError` before any training). A strategy whose adapter is complete for the same
+    settings and data is loaded from disk, not retrained (``redo=True`` retrains). Returns the training info of
+    every strategy (see :func:`train_one`), ``best_of_n`` included.
+    """
+    loader = model_loader or base_loader(cfg, run_dir)
+    model, processor = loader()
+    check_lora_targets(model, cfg.dpo)
+    prepared, n = prepare_strategies(run_dir, cfg, processor, strategies, pairs)
+    max_steps = steps_for(n, cfg.dpo)
+    results: dict[str, dict] = {}
+    for s, prep in prepared.items():
+        folder = adapters_dir(run_dir, s)
+        fp = _fingerprint(cfg.dpo, s, prep.table)
+        if not redo and adapter_complete(folder, fp):
+            results[s] = json.loads((folder / INFO_FILE).read_text()) | {"skipped": True}
+            continue
+        if model is None:   # PEFT wraps the model in place: every strategy starts from a fresh base
+            model, processor = loader()
+        results[s] = train_one(prep, model, processor, cfg.dpo, folder, max_steps, cfg.models.device,
+                               cfg.models.dtype, progress, fp)
+        model = None
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- checks & figures
+
+def reference_check(model, processor, prep: PreparedStrategy, dcfg: DpoConfig, adapter: str | Path | None = None,
+                    batch_size: int | None = None, seed: int = 0) -> dict:
+    """Loss and rewards on one batch: stored reference log-probs vs TRL's own reference forward.
+
+    Builds the reuse trainer on a fresh ``model`` and loads ``adapter``'s weights into its LoRA (without an
+    adapter, LoRA's B matrices get seeded random values) so that the policy differs from the reference and the
+    rewards are not trivially 0. Takes the first ``batch_size`` pairs whose reference log-probs are both stored
+    and computes the loss twice: from the stored values, and — the columns removed — with TRL's own reference
+    pass (adapter disabled). Returns both, their absolute differences and the largest per-response difference
+    between stored and recomputed reference log-probs (nats).
+    """
+    import tempfile
+
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if prep.reference is None:
+        raise DpoInputError("reference_check needs a table with reference columns (dpo.reuse_reference=True)")
+    tproc = training_processor(processor)
+    with tempfile.TemporaryDirectory(prefix="m3po-dpo-check-") as tmp:
+        trainer = build_trainer(model, tproc, prep.table, dcfg, tmp, 1, prep.sft_only, progress=False)
+    if adapter is not None:
+        set_peft_model_state_dict(trainer.model, load_file(str(Path(adapter) / ADAPTER_FILE)))
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in trainer.model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    rc, rr = prep.table[REF_COLUMNS[0]], prep.table[REF_COLUMNS[1]]
+    rows = [i for i in range(len(prep.table)) if not (math.isnan(rc[i]) or math.isnan(rr[i]))]
+    rows = rows[: batch_size or dcfg.batch_size]
+    if not rows:
+        raise DpoInputError("no pair has both reference log-probs stored; nothing to compare")
+    batch = trainer.data_collator([prep.table[i] for i in rows])
+    inputs = trainer._prepare_inputs(batch)
+    trainer.model.eval()
+    out = {}
+    with torch.no_grad(), _quiet():
+        for name, inp in (("reused", inputs), ("trl", {k: v for k, v in inputs.items() if k not in REF_COLUMNS})):
+            trainer._metrics["eval"].clear()
+            loss = trainer._compute_loss(trainer.model, inp, False)
+            m = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
+            out[name] = {"loss": float(loss), **{k: m[k] for k in CURVE_METRICS[1:]}}
+        c, r = trainer.compute_ref_log_probs(trainer.model, {k: v for k, v in inputs.items() if k not in REF_COLUMNS})
+    stored = torch.cat([inputs[REF_COLUMNS[0]], inputs[REF_COLUMNS[1]]]).double()
+    fresh = torch.cat([c, r]).double().cpu()
+    diffs = {k: abs(out["reused"][k] - out["trl"][k]) for k in out["trl"]}
+    return {"pairs": len(rows), "reused": out["reused"], "trl": out["trl"], "abs_diff": diffs,
+            "max_abs_diff": max(diffs.values()),
+            "max_ref_logp_diff": float((stored.cpu() - fresh).abs().max())}
+
+
+def curves_frame(logs: dict[str, list[dict]]):
+    """Long table (strategy, step, metric, value) of the per-step training logs, for seaborn."""
+    import pandas as pd
+
+    rows = []
+    for s, log in logs.items():
+        for r in log:
+            for m in CURVE_METRICS:
+                if m in r:
+                    rows.append({"strategy": s, "step": r["step"], "metric": m, "value": r[m]})
+    return pd.DataFrame(rows)
+
+
+def plot_training_curves(logs: dict[str, list[dict]], smooth: int = 5, sft_only: Sequence[str] = (SFT_ONLY,)):
+    """One panel per metric (loss, chosen / rejected reward, margin, reward accuracy), one line per strategy.
+
+    ``smooth``: rolling mean over this many steps (1 = raw). The ``sft_only`` runs appear in the loss and
+    chosen-reward panels only (their rejected column is a copy of the chosen one). Returns the matplotlib figure;
+    writes nothing.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    df = curves_frame(logs)
+    if smooth > 1 and len(df):
+        df["value"] = df.groupby(["strategy", "metric"])["value"].transform(
+            lambda v: v.rolling(smooth, min_periods=1).mean())
+    only_chosen = df.strategy.isin(list(sft_only)) & df.metric.isin(CURVE_METRICS[2:])
+    df = df[~only_chosen]
+    palette = dict(zip(logs, sns.color_palette(n_colors=len(logs)), strict=True))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.4))
+    for ax, metric in zip(axes.flat, CURVE_METRICS, strict=False):
+        part = df[df.metric == metric]
+        if len(part):
+            sns.lineplot(data=part, x="step", y="value", hue="strategy", palette=palette, ax=ax, legend=False)
+        ax.set_title(metric)
+        ax.set_ylabel("")
+        if metric.startswith("rewards/") and metric != "rewards/accuracies":
+            ax.axhline(0, color="0.6", lw=0.8, ls="--")
+        if metric == "rewards/accuracies":
+            ax.axhline(0.5, color="0.6", lw=0.8, ls="--")
+    legend_ax = axes.flat[-1]
+    legend_ax.axis("off")
+    handles = [plt.Line2D([], [], color=c, label=s + (" (SFT only)" if s in sft_only else "")) for s, c in palette.items()]
+    legend_ax.legend(handles=handles, title="strategy", loc="center")
+    fig.tight_layout()
+    return fig
+
+
+def final_table(infos: dict[str, dict]):
+    """Final (last-step) loss, rewards and reward accuracy per strategy; NaN margin/accuracy for SFT-only."""
+    import pandas as pd
+
+    rows = {}
+    for s, info in infos.items():
+        f = dict(info["final"])
+        if info.get("sft_only"):
+            f["rewards/margins"] = f["rewards/accuracies"] = float("nan")
+            f["rewards/rejected"] = float("nan")
+        rows[s] = {"loss_type": "+".join(info["loss_type"]), "pairs": info["pairs"], "steps": info["steps"],
+                   **f, "seconds": info["seconds"]}
+    return pd.DataFrame(rows).T
+
+
+def mean_over_last(log: list[dict], metric: str, k: int = 10) -> float:
+    vals = [r[metric] for r in log if metric in r][-k:]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def validation_prompts(scenes, world_cfg, seed: int = 0) -> list[tuple[Any, Any]]:
+    """(scene, instruction) pairs: one instruction of every preference family per validation scene.
+
+    Families are those of the preference prompts (``prompts.PREF_FAMILY_WEIGHTS``); the existence question asks
+    about an absent co-occurrence partner when the scene has one (the base model's typical hallucination), as the
+    preference prompts do half of the time.
+    """
+    from . import world as W
+    from .prompts import PREF_FAMILY_WEIGHTS
+
+    rng = np.random.default_rng(seed)
+    partner = dict(world_cfg.partners)
+    out = []
+    for scene in scenes:
+        for family in PREF_FAMILY_WEIGHTS:
+            if family == "existence":
+                missing = [partner[x] for x in scene.shapes() if x in partner and not scene.has(partner[x])]
+                ins = (W.existence_instruction(scene, missing[0], world_cfg) if missing
+                       else W.make_instruction(family, scene, world_cfg, rng=rng))
+            else:
+                ins = W.make_instruction(family, scene, world_cfg, rng=rng)
+            out.append((scene, ins))
+    return out
+
+
+def validation_metrics(model, processor, scenes, world_cfg, seed: int = 0, batch_size: int = 100) -> dict[str, float]:
+    """What the shapes preset's hyper-parameters were chosen on: greedy answers on held-out *preference* scenes.
+
+    For :func:`validation_prompts` (every preference family on every scene): the mean verifier score, the share
+    of fully correct answers (overall and per family, ``acc_*``) and the hallucination rate (share of answers
+    that assert an absent object). Pass :func:`m3po_utils.prompts.validation_scenes` — never the evaluation split.
+    """
+    from . import world as W
+    from .generation import greedy_answers
+
+    rows = validation_prompts(scenes, world_cfg, seed)
+    # one family per batch: a batch of yes/no answers stops after a few tokens instead of waiting for descriptions
+    rows.sort(key=lambda r: r[1].family)
+    images = {s.scene_id: W.render(s, world_cfg) for s in scenes}
+    answers = greedy_answers(model, processor, [images[s.scene_id] for s, _ in rows], [i.text for _, i in rows],
+                             batch_size=batch_size)
+    verdicts = [W.verify(s, i.text, a, world_cfg) for (s, i), a in zip(rows, answers, strict=True)]
+    fam: dict[str, list[float]] = {}
+    for (_, ins), v in zip(rows, verdicts, strict=True):
+        fam.setdefault(ins.family, []).append(float(v.correct))
+    return {"score": float(np.mean([v.score for v in verdicts])),
+            "correct": float(np.mean([v.correct for v in verdicts])),
+            "hallucination": float(np.mean([bool(v.hallucinated) for v in verdicts])),
+            "n": len(verdicts), **{f"acc_{k}": float(np.mean(v)) for k, v in fam.items()}}
