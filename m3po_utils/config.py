@@ -87,12 +87,6 @@ class LvlmTrainConfig:
     lr: float = 2e-3
     warmup_steps: int = 100
     aux_weight: float = 1.0
-    # Curriculum: the first ``short_first`` share of steps draws only short-answer questions (existence,
-    # colour, count, position, one word) before descriptions join the mix.
-    short_first: float = 0.0
-    # Keep the vision tower's CLS token as a tenth image token ("full" feature selection) and train it to
-    # name every shape present: existence questions then read one fixed token instead of searching nine.
-    cls_token: bool = False
     existence_weight: float = 3.0
     eval_every: int = 350
     seed: int = 0
@@ -111,7 +105,6 @@ class LvlmTrainConfig:
         _check(0 <= self.warmup_steps < self.steps, "lvlm_train.warmup_steps", self.warmup_steps,
                f"an integer in [0, steps={self.steps})")
         _check(self.aux_weight >= 0, "lvlm_train.aux_weight", self.aux_weight, "a float >= 0")
-        _check(0 <= self.short_first < 1, "lvlm_train.short_first", self.short_first, "a float in [0, 1)")
         _check(self.existence_weight > 0, "lvlm_train.existence_weight", self.existence_weight, "a float > 0")
 
 

@@ -167,6 +167,12 @@ def _check_settings(n: int, temperature: float, top_p: float, top_k: int, max_ne
             raise GenerationInputError(f"{what} is not allowed: {allowed}")
 
 
+def _check_instructions(instructions: Sequence[str]) -> None:
+    for q in instructions:
+        if not str(q).strip():
+            raise GenerationInputError(f"instruction {q!r} is empty")
+
+
 def check_chat_template(processor) -> None:
     """Raise when the processor has no chat template (the prompt format would be a guess)."""
     if not getattr(processor, "chat_template", None):
@@ -318,9 +324,7 @@ def sample_candidates(model, processor, images: Sequence, instructions: Sequence
     if len(images) != len(instructions):
         raise GenerationInputError(f"got {len(images)} images but {len(instructions)} instructions")
     check_chat_template(processor)
-    for q in instructions:
-        if not str(q).strip():
-            raise GenerationInputError(f"instruction {q!r} is empty")
+    _check_instructions(instructions)
     tok = processor.tokenizer
     tok.padding_side = "left"
     device = _device(model)
@@ -542,9 +546,7 @@ def score_responses(model, processor, images, instructions, responses, batch_siz
     if batch_size < 1:
         raise GenerationInputError(f"batch_size={batch_size!r} is not allowed: a positive integer")
     check_chat_template(processor)
-    for q in instructions:
-        if not str(q).strip():
-            raise GenerationInputError(f"instruction {q!r} is empty")
+    _check_instructions(instructions)
     tok = processor.tokenizer
     device = _device(model)
     limit = context_length(model)

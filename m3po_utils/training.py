@@ -150,9 +150,8 @@ def build_base(train_scenes: Sequence[W.Scene], world_cfg: WorldConfig, cfg: Lvl
     corpus += [f"USER: {IMAGE}\n ASSISTANT:", " Yes", " No"] * 50
     tokenizer = train_tokenizer(corpus, cfg.vocab_size)
     patch = world_cfg.image_size // world_cfg.grid
-    select = "full" if cfg.cls_token else "default"
-    processor = build_processor(tokenizer, world_cfg.image_size, patch, select)
-    model = build_tiny_llava(tokenizer, cfg, world_cfg.image_size, patch, select)
+    processor = build_processor(tokenizer, world_cfg.image_size, patch)
+    model = build_tiny_llava(tokenizer, cfg, world_cfg.image_size, patch)
     return model, processor
 
 
@@ -201,15 +200,12 @@ def train_base(model, processor, scenes: Sequence[W.Scene], world_cfg: WorldConf
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        b = buckets[1] if step < cfg.short_first * cfg.steps else buckets[rng.choice(2, p=bucket_p)]
+        b = buckets[rng.choice(2, p=bucket_p)]
         idx = rng.choice(b, size=cfg.batch_size, p=weights[b] / weights[b].sum())
         batch = collate([encoded[i] for i in idx], pad)
         scene_idx = torch.tensor([examples[i].scene for i in idx])
         image_out = model.model.get_image_features(pixel_values=pixels[scene_idx], return_dict=True)
-        feats = torch.stack(list(image_out.pooler_output))            # (B, [CLS +] cells, hidden)
-        cls = None
-        if cfg.cls_token:
-            cls, feats = feats[:, 0], feats[:, 1:]
+        feats = torch.stack(list(image_out.pooler_output))            # (B, cells, hidden)
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     mm_encoder_outputs={"image": image_out})
         lm_loss = per_answer_loss(out.logits, batch["labels"])
@@ -221,12 +217,6 @@ def train_base(model, processor, scenes: Sequence[W.Scene], world_cfg: WorldConf
             logp = F.log_softmax(model.lm_head(flat[occupied]).float(), dim=-1)
             aux_loss = aux_loss - 0.5 * (logp.gather(1, shape_word[cell_shape[occupied]][:, None])
                                          + logp.gather(1, color_word[cell_color[occupied]][:, None])).mean()
-        if cls is not None:   # the CLS token reads as "all shapes present", an even split over their words
-            present = torch.zeros((len(idx), len(world_cfg.shapes) + 1))
-            present.scatter_(1, shape_t[scene_idx], 1.0)
-            present = present[:, 1:]
-            logp = F.log_softmax(model.lm_head(cls).float(), dim=-1)[:, shape_word[1:]]
-            aux_loss = aux_loss - ((logp * present).sum(1) / present.sum(1).clamp(min=1)).mean()
         loss = lm_loss + cfg.aux_weight * aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
