@@ -286,6 +286,49 @@ class DpoConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    """Stage 06: every method on the held-out evaluation split, over several selection / training seeds.
+
+    ``seeds``: seed ``s`` re-runs pair selection (``selection.seed = s``) and DPO training (``dpo.seed = s``); the
+    seed equal to the run's own selection and DPO seeds reuses notebook 04's pairs and notebook 05's adapters.
+    ``n_scenes``: the first scenes of the evaluation split (0 = all of them). ``bootstrap`` resamples of seeds and
+    scenes give the ``ci`` intervals. ``pope_files`` / ``pope_images`` / ``mme_dir``: real benchmark files on
+    local disk (POPE JSON-lines question files and their image folder, MME's per-subtask folders), evaluated with
+    the same parsers when set.
+    """
+
+    methods: tuple[str, ...] = ("base", "best_of_n", "random", "best_worst", "m3po")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_scenes: int = 0
+    bootstrap: int = 2000
+    ci: float = 0.95
+    batch_size: int = 100
+    pope_files: tuple[str, ...] = ()
+    pope_images: str = ""
+    mme_dir: str = ""
+
+    def __post_init__(self) -> None:
+        from .selection import STRATEGIES
+
+        known = ("base", *STRATEGIES)
+        _check(len(self.methods) >= 1 and all(m in known for m in self.methods)
+               and len(set(self.methods)) == len(self.methods), "evaluation.methods", self.methods,
+               f"distinct names from {known}")
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)
+               and all(isinstance(s, int) and s >= 0 for s in self.seeds), "evaluation.seeds", self.seeds,
+               "one or more distinct integers >= 0")
+        _check(isinstance(self.n_scenes, int) and self.n_scenes >= 0, "evaluation.n_scenes", self.n_scenes,
+               "an integer >= 0 (0 = the whole evaluation split)")
+        _check(isinstance(self.bootstrap, int) and self.bootstrap >= 100, "evaluation.bootstrap", self.bootstrap,
+               "an integer >= 100")
+        _check(0.5 <= self.ci < 1, "evaluation.ci", self.ci, "a float in [0.5, 1)")
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, "evaluation.batch_size",
+               self.batch_size, "a positive integer")
+        _check(not self.pope_files or bool(self.pope_images), "evaluation.pope_images", self.pope_images,
+               "the folder of the POPE images when evaluation.pope_files is set")
+
+
+@dataclass(frozen=True)
 class ModelsConfig:
     """Which models the series uses. ``lvlm`` / ``clip_model`` of ``"local"`` mean the shapes world's own."""
 
@@ -324,12 +367,11 @@ class Preset:
     mas: MasConfig = field(default_factory=MasConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
-    eval_seeds: tuple[int, ...] = (0, 1)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.world_kind in ("shapes", "hub"), "world_kind", self.world_kind, "'shapes' or 'hub'")
-        _check(len(self.eval_seeds) >= 1, "eval_seeds", self.eval_seeds, "at least one seed")
         if self.world_kind == "shapes":
             _check(self.models.lvlm == "local", "models.lvlm", self.models.lvlm,
                    "'local' in the shapes world (its tiny LLaVA is trained by notebook 00)")
@@ -352,7 +394,7 @@ def _smoke() -> Preset:
                                    text_heads=2, steps=30, batch_size=16),
         generation=GenerationConfig(n_candidates=4, max_new_tokens=24, n_prompts=40, batch_size=64),
         dpo=DpoConfig(batch_size=4, max_pairs=16, lora_r=4, lora_alpha=8),
-        eval_seeds=(0,),
+        evaluation=EvaluationConfig(seeds=(0, 1), bootstrap=200),
     )
 
 
@@ -373,7 +415,6 @@ def _llava_7b() -> Preset:
         dpo=DpoConfig(learning_rate=5e-5, batch_size=8, epochs=1.0, beta=0.1, loss_type=("sigmoid",),
                       loss_weights=(1.0,), warmup_ratio=0.03, lora_r=16, lora_alpha=32, lora_dropout=0.05,
                       gradient_checkpointing=True),
-        eval_seeds=(0, 1, 2),
     )
 
 
@@ -480,7 +521,9 @@ def setup_run(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None
     """Resolve the preset and bind it to ``run_dir``: create it and write ``config.json`` (atomically).
 
     A run directory remembers the configuration it was made with. Asking for a different one there is an
-    error that lists the differences, so that results of two configurations never mix.
+    error that lists the differences, so that results of two configurations never mix. Only settings both
+    versions know are compared: a run directory made before a setting was added is accepted (the setting takes its
+    default, which is what that run used) and its ``config.json`` is brought up to date.
     """
     cfg = load_preset(preset, overrides)
     run = Path(run_dir)
@@ -493,15 +536,24 @@ def setup_run(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None
             old = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path} is not valid JSON ({exc}); delete it or use a new run directory") from None
-        new = cfg.to_dict()
-        if old != json.loads(cfg.to_json()):
-            diffs = _diff(old, json.loads(json.dumps(new)))
+        new = json.loads(cfg.to_json())
+        diffs = _diff(_common(old, new), _common(new, old))
+        if diffs:
             raise ConfigError(
                 f"run_dir={str(run)!r} was created with a different configuration ({'; '.join(diffs[:6])}); "
                 "use a new run directory or pass the same preset and overrides")
+        if old != new:   # written by an older version: settings added since take their defaults, dropped ones go
+            atomic_write_text(path, cfg.to_json() + "\n")
     else:
         atomic_write_text(path, cfg.to_json() + "\n")
     return cfg, run
+
+
+def _common(a: Any, b: Any) -> Any:
+    """``a`` restricted to the keys ``b`` also has, recursively (a config.json from another version)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: _common(v, b[k]) for k, v in a.items() if k in b}
+    return a
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -14,8 +14,8 @@ def test_presets_build_and_differ():
 
 
 def test_overrides_are_typed_from_strings():
-    p = load_preset("smoke", parse_overrides(["world.n_train=500", "lvlm_train.lr=0.01", "eval_seeds=[3, 4]"]))
-    assert p.world.n_train == 500 and p.lvlm_train.lr == 0.01 and p.eval_seeds == (3, 4)
+    p = load_preset("smoke", parse_overrides(["world.n_train=500", "lvlm_train.lr=0.01", "evaluation.seeds=[3, 4]"]))
+    assert p.world.n_train == 500 and p.lvlm_train.lr == 0.01 and p.evaluation.seeds == (3, 4)
 
 
 def test_related_fields_can_change_together_in_any_order():
@@ -64,3 +64,20 @@ def test_run_dir_that_is_a_file(tmp_path):
     f.write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
         setup_run(f, "smoke")
+
+
+def test_setup_run_accepts_a_run_dir_from_before_a_setting_was_added(tmp_path):
+    cfg, run = setup_run(tmp_path / "r", "smoke")
+    old = json.loads((run / "config.json").read_text())
+    del old["evaluation"]                      # a config.json written before the evaluation group existed
+    old["dpo"].pop("seed")
+    old["eval_seeds"] = [0]                    # and one that had a setting since dropped
+    (run / "config.json").write_text(json.dumps(old))
+    cfg2, _ = setup_run(run, "smoke")
+    assert cfg2 == cfg
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["evaluation"]["seeds"] == [0, 1] and "eval_seeds" not in saved and saved["dpo"]["seed"] == 0
+    old["world"]["n_eval"] = 7                 # a setting both versions know still has to match
+    (run / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match=r"world.n_eval: 7 -> 40"):
+        setup_run(run, "smoke")
