@@ -1,0 +1,507 @@
+"""Stage 06: every method side by side on the held-out evaluation split, over seeds, with bootstrap intervals.
+
+**Methods.** ``base`` is the SFT model of notebook 00; ``best_of_n`` is SFT on the best candidate alone (no
+negatives); ``random``, ``best_worst`` (M3P-Score at α = 0) and ``m3po`` (α, δ of the preset) are DPO + SFT-term
+runs of notebook 05 on pairs of notebook 04. In the paper's table these stand where it has SFT, the simulated-RLHF
+and vanilla-DPO baselines, RM-DPO and M3PO.
+
+**Seeds.** Seed ``s`` selects pairs with ``selection.seed = s`` (which changes the random baseline's draws and
+tie-breaks) and trains with ``dpo.seed = s`` (LoRA initialisation and data order). The seed the run itself used
+takes notebook 04's pairs and notebook 05's adapters; the others are trained here into
+``run_dir/evaluation/seed<s>/`` (resumable: a complete adapter is not retrained). The base model is greedy and
+deterministic, so it has one "seed".
+
+**One question set for every model.** :func:`eval_questions` builds, for each evaluation scene, the POPE questions
+of the three settings, the MME-style pairs of four subtasks, a description (CHAIR), one format-constrained
+instruction (IFT) and a short open question; descriptions and short questions are also scored by the judge
+(against the base model's answer to the same prompt: the win rate). Identical questions are answered once.
+Greedy answers are cached per model in ``run_dir/evaluation/answers/`` and judge calls in the run's judge cache,
+so a rerun recomputes nothing.
+
+**Intervals.** Every metric is a ratio of sums of per-scene counts (:data:`STATS`). :func:`bootstrap` resamples
+scenes (shared by all methods, so differences are paired) and seeds, recomputes the metric of every resampled
+seed and averages them; the interval is the central ``ci`` share of those means, the point the mean over seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import evaluation as E
+from . import world as W
+from .config import Preset, WorldConfig
+from .io import atomic_write_json
+
+METHOD_LABELS = {"base": "SFT base", "best_of_n": "best-of-N SFT", "random": "random-pair DPO",
+                 "best_worst": "best-vs-worst DPO (α = 0)", "m3po": "M3PO"}
+IFT_FAMILIES = ("fmt_one_word", "fmt_list", "fmt_start", "fmt_max_words")
+SHORT_FAMILIES = ("color", "count", "position")     # the judge's short open questions, one per scene in turn
+
+# Per-scene counts every metric is a ratio of.
+STATS: tuple[str, ...] = (
+    *(f"pope_{s}_{c}" for s in E.POPE_SETTINGS for c in ("tp", "fp", "fn", "tn")),
+    *(f"mme_{t}_{c}" for t in E.MME_SUBTASKS for c in ("q", "right", "img", "both")),
+    "desc_n", "desc_mentions", "desc_hall", "desc_any_hall", "desc_objects", "desc_covered",
+    "ift_n", "ift_correct", "ift_followed", "yn_n", "yn_ok", "judge_n", "judge_sum", "judge_win",
+)
+_COL = {name: i for i, name in enumerate(STATS)}
+
+# Headline metrics (the comparison table), in the order of the paper's layout; True = higher is better.
+HEADLINE = {"mme_total": True, "pope_adversarial_f1": True, "pope_mean_accuracy": True, "chair_i": False,
+            "ift": True, "judge_score": True, "judge_win_rate": True, "yes_no_compliance": True}
+
+
+# ----------------------------------------------------------------------------------------------- questions
+
+def eval_questions(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0) -> list[dict]:
+    """The fixed question set: one row per (kind, question); ``kind`` in pope_<setting>, mme, describe, ift, short.
+
+    Every row has ``scene`` (index into ``scenes``), ``family`` and ``question``; POPE rows carry ``label``, MME
+    rows ``subtask`` / ``answer`` / ``image``. ``describe`` and ``short`` rows are the judged prompts.
+    """
+    rows: list[dict] = []
+    for setting in E.POPE_SETTINGS:
+        for r in E.pope_questions(scenes, cfg, setting, seed=seed):
+            rows.append({"kind": f"pope_{setting}", "scene": r["scene"], "family": "existence",
+                         "question": r["question"], "label": r["label"]})
+    for r in E.mme_questions(scenes, cfg, seed=seed):
+        rows.append({"kind": "mme", "scene": r["scene"], "family": E.MME_SUBTASKS[r["subtask"]],
+                     "question": r["question"], "subtask": r["subtask"], "image": r["image"], "answer": r["answer"]})
+    rng = np.random.default_rng(seed + 1)
+    for i, scene in enumerate(scenes):
+        for kind, fam in (("describe", "describe"), ("ift", IFT_FAMILIES[i % len(IFT_FAMILIES)]),
+                          ("short", SHORT_FAMILIES[i % len(SHORT_FAMILIES)])):
+            ins = W.make_instruction(fam, scene, cfg, rng=rng)
+            rows.append({"kind": kind, "scene": i, "family": fam, "question": ins.text, "reference": ins.reference})
+    return rows
+
+
+def questions_key(questions: Sequence[dict]) -> str:
+    return hashlib.sha256(json.dumps([(q["scene"], q["question"]) for q in questions]).encode()).hexdigest()[:16]
+
+
+def answer_questions(model, processor, images: Sequence, questions: Sequence[dict], batch_size: int = 100,
+                     max_new_tokens: int = 48, progress: bool = False) -> list[str]:
+    """Greedy answers to ``questions`` (``images[q["scene"]]``); each distinct (scene, question) is asked once,
+    grouped by family so that a batch of yes/no questions stops after a few tokens."""
+    from .generation import greedy_answers
+
+    unique = sorted({(q["family"], q["scene"], q["question"]) for q in questions})
+    answers = greedy_answers(model, processor, [images[s] for _, s, _ in unique], [t for _, _, t in unique],
+                             max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    lookup = {(s, t): a for (_, s, t), a in zip(unique, answers, strict=True)}
+    return [lookup[(q["scene"], q["question"])] for q in questions]
+
+
+# ----------------------------------------------------------------------------------------------- per-scene counts
+
+def scene_stats(scenes: Sequence[W.Scene], questions: Sequence[dict], answers: Sequence[str], cfg: WorldConfig,
+                judge: np.ndarray | None = None, judge_base: np.ndarray | None = None) -> np.ndarray:
+    """``(len(scenes), len(STATS))`` counts of one model's answers.
+
+    ``judge`` / ``judge_base``: the judge's scores of this model's and of the base model's answer for every
+    row (NaN for rows that are not judged, or whose request failed: those are left out).
+    """
+    if len(answers) != len(questions):
+        raise ValueError(f"got {len(answers)} answers for {len(questions)} questions")
+    out = np.zeros((len(scenes), len(STATS)))
+
+    def add(i: int, name: str, v: float = 1.0) -> None:
+        out[i, _COL[name]] += v
+
+    mme: dict[tuple[str, int], list[bool]] = {}
+    for k, (q, a) in enumerate(zip(questions, answers, strict=True)):
+        i, kind = q["scene"], q["kind"]
+        scene = scenes[i]
+        if kind.startswith("pope_"):
+            pred, gold = E.pope_parse(a), q["label"]
+            add(i, f"{kind}_{'t' if pred == gold else 'f'}{'p' if pred == 'yes' else 'n'}")
+        elif kind == "mme":
+            mme.setdefault((q["subtask"], i), []).append(E.mme_parse(a) == q["answer"].lower())
+        elif kind == "describe":
+            named = set(W.object_mentions(a, cfg))
+            hall = named - scene.shapes()
+            add(i, "desc_n")
+            add(i, "desc_mentions", len(named))
+            add(i, "desc_hall", len(hall))
+            add(i, "desc_any_hall", float(bool(hall)))
+            add(i, "desc_objects", len(scene.objects))
+            add(i, "desc_covered", len(named & scene.shapes()))
+        elif kind == "ift":
+            v = W.verify(scene, q["question"], a, cfg)
+            add(i, "ift_n")
+            add(i, "ift_correct", float(v.correct))
+            add(i, "ift_followed", float(not v.format_violations))
+        if kind.startswith("pope_") or kind == "mme":
+            add(i, "yn_n")
+            add(i, "yn_ok", float(W.yes_no(a) is not None))
+        if judge is not None and judge_base is not None and np.isfinite(judge[k]) and np.isfinite(judge_base[k]):
+            add(i, "judge_n")
+            add(i, "judge_sum", float(judge[k]))
+            add(i, "judge_win", 1.0 if judge[k] > judge_base[k] else 0.5 if judge[k] == judge_base[k] else 0.0)
+    for (sub, i), oks in mme.items():
+        add(i, f"mme_{sub}_q", len(oks))
+        add(i, f"mme_{sub}_right", sum(oks))
+        add(i, f"mme_{sub}_img")
+        add(i, f"mme_{sub}_both", float(all(oks)))
+    return out
+
+
+def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den != 0)
+
+
+def metrics_from_totals(t: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric from summed counts ``t[..., len(STATS)]`` (any leading shape); a zero denominator gives 0.
+
+    The formulas are those of :func:`evaluation.pope_metrics`, :func:`evaluation.mme_scores`,
+    :func:`evaluation.description_metrics` and :func:`evaluation.ift_score` (a test checks they agree).
+    """
+    def c(name: str) -> np.ndarray:
+        return t[..., _COL[name]]
+
+    m: dict[str, np.ndarray] = {}
+    for s in E.POPE_SETTINGS:
+        tp, fp, fn, tn = (c(f"pope_{s}_{x}") for x in ("tp", "fp", "fn", "tn"))
+        prec, rec = _div(tp, tp + fp), _div(tp, tp + fn)
+        m[f"pope_{s}_accuracy"] = _div(tp + tn, tp + fp + fn + tn)
+        m[f"pope_{s}_precision"], m[f"pope_{s}_recall"] = prec, rec
+        m[f"pope_{s}_f1"] = _div(2 * prec * rec, prec + rec)
+        m[f"pope_{s}_yes_ratio"] = _div(tp + fp, tp + fp + fn + tn)
+    m["pope_mean_accuracy"] = np.mean([m[f"pope_{s}_accuracy"] for s in E.POPE_SETTINGS], axis=0)
+    total = 0.0
+    for sub in E.MME_SUBTASKS:
+        score = 100 * _div(c(f"mme_{sub}_right"), c(f"mme_{sub}_q")) + 100 * _div(c(f"mme_{sub}_both"),
+                                                                                c(f"mme_{sub}_img"))
+        m[f"mme_{sub}_score"] = score
+        total = total + score
+    m["mme_total"] = np.asarray(total)
+    m["chair_i"] = _div(c("desc_hall"), c("desc_mentions"))
+    m["chair_s"] = _div(c("desc_any_hall"), c("desc_n"))
+    m["desc_precision"] = _div(c("desc_mentions") - c("desc_hall"), c("desc_mentions"))
+    m["desc_recall"] = _div(c("desc_covered"), c("desc_objects"))
+    m["ift"] = _div(c("ift_correct"), c("ift_n"))
+    m["format_followed"] = _div(c("ift_followed"), c("ift_n"))
+    m["yes_no_compliance"] = _div(c("yn_ok"), c("yn_n"))
+    m["judge_score"] = _div(c("judge_sum"), c("judge_n"))
+    m["judge_win_rate"] = _div(c("judge_win"), c("judge_n"))
+    return m
+
+
+# ----------------------------------------------------------------------------------------------- bootstrap
+
+@dataclasses.dataclass
+class Bootstrap:
+    """Per method: the point estimate (mean over seeds) and ``draws`` (B resampled means) of every metric."""
+
+    point: dict[str, dict[str, float]]
+    draws: dict[str, dict[str, np.ndarray]]
+    ci: float
+
+    def interval(self, method: str, metric: str) -> tuple[float, float]:
+        d = self.draws[method][metric]
+        lo = (1 - self.ci) / 2
+        return float(np.quantile(d, lo)), float(np.quantile(d, 1 - lo))
+
+    def delta(self, a: str, b: str, metric: str) -> dict[str, float]:
+        """``a − b`` with its paired interval (same resampled scenes and seed positions)."""
+        d = self.draws[a][metric] - self.draws[b][metric]
+        lo = (1 - self.ci) / 2
+        return {"delta": self.point[a][metric] - self.point[b][metric], "lo": float(np.quantile(d, lo)),
+                "hi": float(np.quantile(d, 1 - lo)), "p_le_0": float(np.mean(d <= 0))}
+
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        return {m: {k: {"mean": v, "lo": self.interval(m, k)[0], "hi": self.interval(m, k)[1]}
+                    for k, v in self.point[m].items()} for m in self.point}
+
+
+def bootstrap(stats: dict[str, np.ndarray], n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> Bootstrap:
+    """Intervals for every metric of every method.
+
+    ``stats``: method → ``(n_seeds, n_scenes, len(STATS))`` counts (all methods on the same scenes). Each draw
+    resamples the scenes (one resample shared by every method, so differences are paired) and, per method, its
+    seeds (methods with the same number of seeds share the seed positions); the metric of every drawn seed is
+    computed on the drawn scenes and averaged over seeds.
+    """
+    if not stats:
+        raise ValueError("no methods to bootstrap")
+    shapes = {m: s.shape for m, s in stats.items()}
+    n_scenes = {s[1] for s in shapes.values()}
+    if len(n_scenes) != 1 or any(len(s) != 3 or s[2] != len(STATS) for s in shapes.values()):
+        raise ValueError(f"stats must be (seeds, scenes, {len(STATS)}) with the same scenes for every method; "
+                         f"got {shapes}")
+    n = n_scenes.pop()
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)   # (B, n)
+    seed_pos: dict[int, np.ndarray] = {}
+    point, draws = {}, {}
+    for method, st in stats.items():
+        k = st.shape[0]
+        if k not in seed_pos:
+            seed_pos[k] = rng.integers(k, size=(n_boot, k))
+        per_seed = np.einsum("bn,snk->bsk", weights, st)                                # (B, seeds, STATS)
+        picked = per_seed[np.arange(n_boot)[:, None], seed_pos[k]]
+        mets = metrics_from_totals(picked)
+        draws[method] = {name: v.mean(axis=1) for name, v in mets.items()}
+        point[method] = {name: float(v.mean()) for name, v in metrics_from_totals(st.sum(axis=1)).items()}
+    return Bootstrap(point, draws, ci)
+
+
+# ----------------------------------------------------------------------------------------------- seeds & models
+
+def seed_run_dir(run_dir, cfg: Preset, seed: int) -> Path:
+    """Where seed ``seed``'s pairs and adapters live: the run itself for the run's own seed."""
+    run = Path(run_dir)
+    if seed == cfg.selection.seed == cfg.dpo.seed:
+        return run
+    return run / "evaluation" / f"seed{seed}"
+
+
+def seed_config(cfg: Preset, seed: int) -> Preset:
+    return dataclasses.replace(cfg, selection=dataclasses.replace(cfg.selection, seed=seed),
+                               dpo=dataclasses.replace(cfg.dpo, seed=seed))
+
+
+def prepare_seeds(run_dir, cfg: Preset, progress: bool = True) -> dict[int, dict[str, dict]]:
+    """Pairs and adapters of every evaluation seed (trained here where missing); training info per seed."""
+    from . import selection as S
+    from .basemodels import prepare_world
+    from .dpo import SFT_ONLY, base_loader, load_training_info, train_strategies
+    from .prompts import ImageResolver
+
+    run = Path(run_dir)
+    trained = [m for m in cfg.evaluation.methods if m != "base"]
+    dpo_strategies = tuple(m for m in trained if m != SFT_ONLY) or cfg.dpo.strategies
+    out: dict[int, dict[str, dict]] = {}
+    table = groups = images = None
+    for seed in cfg.evaluation.seeds:
+        folder = seed_run_dir(run, cfg, seed)
+        if folder == run:
+            out[seed] = {m: load_training_info(run, m) for m in trained}
+            continue
+        scfg = seed_config(cfg, seed)
+        sc = scfg.selection
+        missing = [s for s in (*dpo_strategies, SFT_ONLY) if not (S.pairs_dir(folder, s) / "info.json").exists()]
+        if missing:
+            if table is None:
+                table = S.scored_candidates(run)
+                groups = S.group_candidates(table)
+                images = ImageResolver(cfg, prepare_world(cfg, run) if cfg.world_kind == "shapes" else None)
+            for s in missing:
+                sel = S.select(groups, s, sc.alpha, sc.delta, sc.min_margin, sc.pairs_per_prompt, sc.seed)
+                S.write_pairs(folder, sel, table, images, {"seed": seed})
+        out[seed] = train_strategies(folder, scfg, strategies=dpo_strategies, model_loader=base_loader(cfg, run),
+                                     progress=progress)
+    return out
+
+
+def load_method(cfg: Preset, run_dir, method: str, seed: int):
+    """``(model, processor)`` of ``method`` at ``seed``: the base, or the base with that adapter merged in."""
+    from .dpo import adapters_dir, base_loader, load_adapter
+
+    model, processor = base_loader(cfg, run_dir)()
+    if method != "base":
+        model = load_adapter(model, adapters_dir(seed_run_dir(run_dir, cfg, seed), method)).merge_and_unload()
+    return model.eval(), processor
+
+
+def model_keys(cfg: Preset) -> list[tuple[str, int]]:
+    """Every (method, seed) to evaluate; the deterministic base once, at the run's seed."""
+    ec = cfg.evaluation
+    return [(m, s) for m in ec.methods for s in (ec.seeds if m != "base" else ec.seeds[:1])]
+
+
+def answers_path(run_dir, method: str, seed: int) -> Path:
+    return Path(run_dir) / "evaluation" / "answers" / f"{method}_seed{seed}.json"
+
+
+def cached_answers(run_dir, cfg: Preset, method: str, seed: int, images: Sequence, questions: Sequence[dict],
+                   loader: Callable[[], tuple[Any, Any]] | None = None) -> list[str]:
+    """The greedy answers of (method, seed), from ``answers_path`` when it holds them for these questions."""
+    path = answers_path(run_dir, method, seed)
+    key = questions_key(questions)
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("questions") == key and len(data.get("answers", [])) == len(questions):
+            return data["answers"]
+    model, processor = loader() if loader else load_method(cfg, run_dir, method, seed)
+    answers = answer_questions(model, processor, images, questions, batch_size=cfg.evaluation.batch_size)
+    atomic_write_json(path, {"method": method, "seed": seed, "questions": key, "answers": answers})
+    return answers
+
+
+def evaluate_all(run_dir, cfg: Preset, scenes: Sequence[W.Scene], questions: Sequence[dict],
+                 progress: bool = True) -> dict[tuple[str, int], list[str]]:
+    """Answers of every (method, seed) in :func:`model_keys`, computed once and cached."""
+    from tqdm.auto import tqdm
+
+    images = [W.render(s, cfg.world) for s in scenes]
+    out = {}
+    for method, seed in tqdm(model_keys(cfg), desc="evaluating", disable=not progress):
+        out[(method, seed)] = cached_answers(run_dir, cfg, method, seed, images, questions)
+    return out
+
+
+JUDGED_KINDS = ("describe", "short")
+
+
+def judge_answers(client, scenes: Sequence[W.Scene], cfg: WorldConfig, questions: Sequence[dict],
+                  answers: dict[tuple[str, int], list[str]], progress: bool = False) -> dict[tuple[str, int], np.ndarray]:
+    """The judge's 1–10 score of every judged row (``describe`` / ``short``) for every model; NaN elsewhere.
+
+    One listwise request per prompt carries every model's distinct answer to it; the run's judge cache keeps
+    each (image, instruction, answer) score, so a rerun sends nothing.
+    """
+    from .mas import JudgeItem
+
+    rows = [k for k, q in enumerate(questions) if q["kind"] in JUDGED_KINDS]
+    images = {i: W.render(s, cfg) for i, s in enumerate(scenes)}
+    hashes = {i: W.image_key(im) for i, im in images.items()}
+    items = []
+    for k in rows:
+        q = questions[k]
+        distinct = list(dict.fromkeys(a[k] for a in answers.values()))
+        items.append(JudgeItem(images[q["scene"]], q["question"], distinct, hashes[q["scene"]]))
+    outcomes = client.judge(items, progress=progress)
+    out = {key: np.full(len(questions), np.nan) for key in answers}
+    for k, item, res in zip(rows, items, outcomes, strict=True):
+        score = {r: (o.score if o.ok else np.nan) for r, o in zip(item.responses, res, strict=True)}
+        for key, a in answers.items():
+            out[key][k] = score[a[k]]
+    return out
+
+
+def all_stats(scenes: Sequence[W.Scene], cfg: Preset, questions: Sequence[dict],
+              answers: dict[tuple[str, int], list[str]], judged: dict[tuple[str, int], np.ndarray] | None = None
+              ) -> dict[str, np.ndarray]:
+    """method → ``(seeds, scenes, STATS)`` counts; judge wins are against the base model's answers."""
+    base_key = next((k for k in answers if k[0] == "base"), None)
+    by_method: dict[str, list[np.ndarray]] = {}
+    for key, ans in answers.items():
+        j = judged[key] if judged is not None else None
+        jb = judged[base_key] if judged is not None and base_key is not None else None
+        by_method.setdefault(key[0], []).append(scene_stats(scenes, questions, ans, cfg.world, j, jb))
+    return {m: np.stack(v) for m, v in by_method.items()}
+
+
+# ----------------------------------------------------------------------------------------------- reporting
+
+def fmt_interval(mean: float, lo: float, hi: float, digits: int = 3) -> str:
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def comparison_table(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE), digits: dict[str, int] | None = None):
+    """The paper's layout: one row per method, one column per headline metric, "mean [lo, hi]" cells."""
+    import pandas as pd
+
+    digits = {"mme_total": 1, "judge_score": 2} | (digits or {})
+    rows = {}
+    for method in boot.point:
+        rows[METHOD_LABELS.get(method, method)] = {
+            k: fmt_interval(boot.point[method][k], *boot.interval(method, k), digits.get(k, 3)) for k in metrics}
+    return pd.DataFrame(rows).T
+
+
+def table_markdown(df, title: str = "") -> str:
+    cols = ["method", *df.columns]
+    lines = ([f"**{title}**", ""] if title else []) + ["| " + " | ".join(cols) + " |",
+                                                       "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join([str(idx), *map(str, row)]) + " |" for idx, row in zip(df.index, df.values, strict=True)]
+    return "\n".join(lines)
+
+
+def long_frame(boot: Bootstrap, metrics: Sequence[str]):
+    """Long table (method, metric, mean, lo, hi) for bar charts."""
+    import pandas as pd
+
+    return pd.DataFrame([{"method": m, "metric": k, "mean": boot.point[m][k], "lo": boot.interval(m, k)[0],
+                          "hi": boot.interval(m, k)[1]} for m in boot.point for k in metrics])
+
+
+def plot_bars(boot: Bootstrap, metrics: Sequence[str], ncols: int = 4):
+    """One panel per metric: a bar per method with its interval."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    df = long_frame(boot, metrics)
+    methods = list(boot.point)
+    colors = dict(zip(methods, sns.color_palette(n_colors=len(methods)), strict=True))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.9 * nrows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        part = df[df.metric == metric].set_index("method").loc[methods]
+        x = np.arange(len(methods))
+        ax.bar(x, part["mean"], color=[colors[m] for m in methods])
+        ax.errorbar(x, part["mean"], yerr=[part["mean"] - part["lo"], part["hi"] - part["mean"]], fmt="none",
+                    ecolor="black", capsize=3, lw=1)
+        lo, hi = float(part["lo"].min()), float(part["hi"].max())
+        pad = max(hi - lo, 1e-6) * 0.6
+        ax.set_ylim(max(0.0, lo - pad), hi + pad)
+        ax.set_xticks(x, [m.replace("_", "\n") for m in methods], fontsize=8)
+        ax.set_title(metric + (" (lower is better)" if not HEADLINE.get(metric, True) else ""), fontsize=9)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def pope_by_setting(boot: Bootstrap, measures: Sequence[str] = ("accuracy", "f1", "yes_ratio")):
+    import pandas as pd
+
+    rows = []
+    for m in boot.point:
+        for s in E.POPE_SETTINGS:
+            row = {"method": METHOD_LABELS.get(m, m), "setting": s}
+            for x in measures:
+                k = f"pope_{s}_{x}"
+                row[x] = fmt_interval(boot.point[m][k], *boot.interval(m, k))
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["method", "setting"])
+
+
+def hallucination_changes(scenes: Sequence[W.Scene], questions: Sequence[dict], before: Sequence[str],
+                          after: Sequence[str], cfg: WorldConfig, k: int = 5) -> dict[str, Any]:
+    """Descriptions where ``after`` dropped (fixed) or added (introduced) a hallucinated object vs ``before``."""
+    fixed, introduced = [], []
+    for n, q in enumerate(questions):
+        if q["kind"] != "describe":
+            continue
+        scene = scenes[q["scene"]]
+        hb = set(W.object_mentions(before[n], cfg)) - scene.shapes()
+        ha = set(W.object_mentions(after[n], cfg)) - scene.shapes()
+        row = {"scene_id": scene.scene_id, "truth": W.describe(scene, cfg), "before": before[n], "after": after[n],
+               "removed": sorted(hb - ha), "added": sorted(ha - hb)}
+        if hb - ha:
+            fixed.append(row)
+        if ha - hb:
+            introduced.append(row)
+    return {"n_fixed": len(fixed), "n_introduced": len(introduced), "fixed": fixed[:k], "introduced": introduced[:k]}
+
+
+def benchmark_files(cfg: Preset, loader: Callable[[], tuple[Any, Any]], pope_files: Sequence[str] = (),
+                    pope_images: str = "", mme_dir: str = "") -> dict[str, Any]:
+    """POPE question files and an MME folder on local disk, answered by ``loader()``'s model and scored with the
+    official parsers (:func:`evaluation.pope_metrics`, :func:`evaluation.mme_scores`)."""
+    out: dict[str, Any] = {}
+    if not (pope_files or mme_dir):
+        return out
+    model, processor = loader()
+    bs = cfg.evaluation.batch_size
+    for f in pope_files:
+        rows = E.load_pope_file(f, pope_images)
+        answers = E.answer_file_questions(model, processor, rows, batch_size=bs, max_new_tokens=8)
+        out[f"pope:{Path(f).name}"] = E.pope_metrics(answers, [r["label"] for r in rows]) | {"n": len(rows)}
+    if mme_dir:
+        rows = E.load_mme_dir(mme_dir)
+        answers = E.answer_file_questions(model, processor, rows, batch_size=bs, max_new_tokens=8)
+        out["mme"] = E.mme_scores([r | {"prediction": a} for r, a in zip(rows, answers, strict=True)])
+        out["mme"]["n"] = len(rows)
+    return out

@@ -1,0 +1,186 @@
+"""Stage 06 logic without models: question set, per-scene counts, metrics, bootstrap, judge wins, examples."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from m3po_utils import comparison as C
+from m3po_utils import evaluation as E
+from m3po_utils import world as W
+from m3po_utils.config import ConfigError, load_preset
+
+WCFG = load_preset("smoke").world
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return W.make_splits(WCFG)["eval"][:30]
+
+
+@pytest.fixture(scope="module")
+def questions(scenes):
+    return C.eval_questions(scenes, WCFG, seed=0)
+
+
+def perfect(q, scenes):
+    if q["kind"].startswith("pope_"):
+        return "Yes." if q["label"] == "yes" else "No."
+    if q["kind"] == "mme":
+        return q["answer"]
+    return q["reference"]
+
+
+def noisy_answers(questions, scenes, seed=0):
+    """Right answers with a third of them corrupted in ways each parser must catch."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for q in questions:
+        a = perfect(q, scenes)
+        if rng.random() < 1 / 3:
+            if q["kind"].startswith("pope_") or q["kind"] == "mme":
+                a = {"Yes.": "No, there is none.", "No.": "Yes", "Yes": "no", "No": "Yes, there is."}.get(a, "Eyes")
+            elif q["kind"] == "describe":
+                a = a + " There is a red hexagon and a blue star."
+            else:
+                a = "I cannot tell."
+        out.append(a)
+    return out
+
+
+def test_question_set(scenes, questions):
+    kinds = {k: sum(q["kind"] == k for q in questions) for k in {q["kind"] for q in questions}}
+    assert kinds["describe"] == kinds["ift"] == kinds["short"] == len(scenes)
+    assert kinds["mme"] > 0 and all(kinds[f"pope_{s}"] > 0 for s in E.POPE_SETTINGS)
+    for q in questions:
+        if q["kind"].startswith("pope_") and q["label"] == "no":
+            shape = W.parse_instruction(q["question"], WCFG)[1]["shape"]
+            assert not scenes[q["scene"]].has(shape)
+        if q["kind"] == "ift":
+            assert q["family"].startswith("fmt_")
+    assert C.questions_key(questions) == C.questions_key(C.eval_questions(scenes, WCFG, seed=0))
+    assert C.questions_key(questions) != C.questions_key(C.eval_questions(scenes, WCFG, seed=1))
+
+
+def test_perfect_answers_score_perfectly(scenes, questions):
+    answers = [perfect(q, scenes) for q in questions]
+    m = C.metrics_from_totals(C.scene_stats(scenes, questions, answers, WCFG).sum(axis=0))
+    assert m["mme_total"] == pytest.approx(200 * len(E.MME_SUBTASKS))
+    for s in E.POPE_SETTINGS:
+        assert m[f"pope_{s}_accuracy"] == 1 and m[f"pope_{s}_f1"] == 1
+    assert m["chair_i"] == 0 and m["chair_s"] == 0 and m["desc_recall"] == 1
+    assert m["ift"] == 1 and m["format_followed"] == 1 and m["yes_no_compliance"] == 1
+
+
+def test_metrics_agree_with_the_public_scorers(scenes, questions):
+    answers = noisy_answers(questions, scenes)
+    m = C.metrics_from_totals(C.scene_stats(scenes, questions, answers, WCFG).sum(axis=0))
+    for s in E.POPE_SETTINGS:
+        idx = [k for k, q in enumerate(questions) if q["kind"] == f"pope_{s}"]
+        ref = E.pope_metrics([answers[k] for k in idx], [questions[k]["label"] for k in idx])
+        for key, v in ref.items():
+            assert m[f"pope_{s}_{key}"] == pytest.approx(v), (s, key)
+        assert ref["accuracy"] < 1
+    mme = E.mme_scores([q | {"prediction": a} for q, a in zip(questions, answers, strict=True) if q["kind"] == "mme"])
+    assert m["mme_total"] == pytest.approx(mme["total"]) and mme["total"] < 800
+    for sub, v in mme["subtasks"].items():
+        assert m[f"mme_{sub}_score"] == pytest.approx(v["score"])
+    d = [k for k, q in enumerate(questions) if q["kind"] == "describe"]
+    desc = E.description_metrics([scenes[questions[k]["scene"]] for k in d], [answers[k] for k in d], WCFG)
+    assert desc["chair_i"] > 0
+    for key in ("chair_i", "chair_s", "recall", "precision"):
+        assert m["desc_" + key if key in ("recall", "precision") else key] == pytest.approx(desc[key])
+    f = [k for k, q in enumerate(questions) if q["kind"] == "ift"]
+    ift = E.ift_score([scenes[questions[k]["scene"]] for k in f], [questions[k]["question"] for k in f],
+                      [answers[k] for k in f], WCFG)
+    assert m["ift"] == pytest.approx(ift["ift"]) and m["format_followed"] == pytest.approx(ift["format_followed"])
+    assert ift["ift"] < 1
+
+
+def test_judge_wins_against_the_base(scenes, questions):
+    answers = [perfect(q, scenes) for q in questions]
+    judged = np.full(len(questions), np.nan)
+    base = np.full(len(questions), np.nan)
+    rows = [k for k, q in enumerate(questions) if q["kind"] in C.JUDGED_KINDS][:3]
+    judged[rows], base[rows] = [8, 5, 3], [6, 5, 9]
+    m = C.metrics_from_totals(C.scene_stats(scenes, questions, answers, WCFG, judged, base).sum(axis=0))
+    assert m["judge_score"] == pytest.approx(16 / 3)
+    assert m["judge_win_rate"] == pytest.approx((1 + 0.5 + 0) / 3)
+    judged[rows[0]] = np.nan      # a failed request leaves the row out
+    m = C.metrics_from_totals(C.scene_stats(scenes, questions, answers, WCFG, judged, base).sum(axis=0))
+    assert m["judge_win_rate"] == pytest.approx(0.5 / 2)
+
+
+def test_zero_denominators_give_zero():
+    m = C.metrics_from_totals(np.zeros(len(C.STATS)))
+    assert m["chair_i"] == 0 and m["pope_random_f1"] == 0 and m["mme_total"] == 0
+
+
+def test_bootstrap_intervals_and_paired_deltas(scenes, questions):
+    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    bad = np.stack([C.scene_stats(scenes, questions, noisy_answers(questions, scenes, s), WCFG) for s in range(3)])
+    boot = C.bootstrap({"base": good[None], "m3po": bad, "copy": bad.copy()}, n_boot=400, ci=0.9, seed=0)
+    # a perfect model has a degenerate interval at its value
+    assert boot.interval("base", "pope_adversarial_accuracy") == (1.0, 1.0)
+    lo, hi = boot.interval("m3po", "mme_total")
+    point = boot.point["m3po"]["mme_total"]
+    per_seed = [C.metrics_from_totals(b.sum(axis=0))["mme_total"] for b in bad]
+    assert point == pytest.approx(np.mean(per_seed))
+    assert lo < point < hi < 800
+    # identical methods: the paired difference is exactly 0 in every draw
+    d = boot.delta("m3po", "copy", "chair_i")
+    assert d["delta"] == 0 and d["lo"] == 0 and d["hi"] == 0
+    d = boot.delta("base", "m3po", "pope_random_accuracy")
+    assert d["lo"] > 0 and d["p_le_0"] == 0
+    summary = boot.summary()
+    assert set(summary) == {"base", "m3po", "copy"} and "judge_win_rate" in summary["m3po"]
+
+
+def test_bootstrap_rejects_mismatched_scenes(scenes, questions):
+    st = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    with pytest.raises(ValueError, match="same scenes"):
+        C.bootstrap({"a": st[None], "b": st[None, :10]})
+
+
+def test_hallucination_changes(scenes, questions):
+    before = [perfect(q, scenes) for q in questions]
+    after = list(before)
+    d = [k for k, q in enumerate(questions) if q["kind"] == "describe"]
+    absent = [s for s in WCFG.shapes if not scenes[questions[d[0]]["scene"]].has(s)][0]
+    before[d[0]] += f" There is a red {absent}."
+    absent1 = [s for s in WCFG.shapes if not scenes[questions[d[1]]["scene"]].has(s)][0]
+    after[d[1]] += f" There is a blue {absent1}."
+    ch = C.hallucination_changes(scenes, questions, before, after, WCFG)
+    assert ch["n_fixed"] == 1 and ch["n_introduced"] == 1
+    assert ch["fixed"][0]["removed"] == [absent] and ch["introduced"][0]["added"] == [absent1]
+
+
+def test_seed_dirs_and_model_keys(tmp_path):
+    cfg = load_preset("shapes")
+    assert C.seed_run_dir(tmp_path, cfg, 0) == tmp_path
+    assert C.seed_run_dir(tmp_path, cfg, 2) == tmp_path / "evaluation" / "seed2"
+    s2 = C.seed_config(cfg, 2)
+    assert s2.selection.seed == 2 and s2.dpo.seed == 2 and s2.dpo.learning_rate == cfg.dpo.learning_rate
+    keys = C.model_keys(cfg)
+    assert keys.count(("base", 0)) == 1 and sum(m == "base" for m, _ in keys) == 1
+    assert len(keys) == 1 + 4 * len(cfg.evaluation.seeds)
+
+
+def test_evaluation_config_is_checked():
+    with pytest.raises(ConfigError, match="evaluation.methods"):
+        load_preset("smoke", {"evaluation.methods": ["base", "rlhf"]})
+    with pytest.raises(ConfigError, match="evaluation.seeds"):
+        load_preset("smoke", {"evaluation.seeds": [1, 1]})
+    with pytest.raises(ConfigError, match="evaluation.pope_images"):
+        load_preset("smoke", {"evaluation.pope_files": ["q.json"]})
+    assert dataclasses.asdict(load_preset("shapes").evaluation)["seeds"] == (0, 1, 2)
+
+
+def test_comparison_table_layout(scenes, questions):
+    st = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    boot = C.bootstrap({"base": st[None], "m3po": st[None]}, n_boot=100)
+    df = C.comparison_table(boot)
+    assert list(df.index) == ["SFT base", "M3PO"] and list(df.columns) == list(C.HEADLINE)
+    assert df.loc["M3PO", "mme_total"] == "800.0 [800.0, 800.0]"
+    md = C.table_markdown(df, "t")
+    assert md.splitlines()[2].startswith("| method | mme_total")
