@@ -42,6 +42,7 @@ from m3po_utils import world as W  # noqa: E402
 from m3po_utils.config import load_preset  # noqa: E402
 from m3po_utils.generation import score_responses  # noqa: E402
 from m3po_utils.selection import assistant_turn, user_turn  # noqa: E402
+from ratios import emit  # noqa: E402  (benchmarks/ratios.py)
 
 FAMILIES = ("describe", "existence", "color", "count", "position", "fmt_list")
 
@@ -110,6 +111,8 @@ def main(argv=None) -> int:
     median_ratio = statistics.median(times["trl"]) / statistics.median(times["reuse"])
     print(f"DPO training, {steps} steps (fastest of {repeats}): reuse {reuse:.2f} s, TRL default {trl:.2f} s -> "
           f"reuse is {ratio:.2f}x faster (target >= 1.25x); ratio of medians {median_ratio:.2f}x")
+    emit("dpo", "DPO training step", "TRL's reference forward pass", "reference log-probs reused from generation",
+         ratio, 1.25)
     return 0 if ratio >= 1.25 else 1
 
 

@@ -31,6 +31,7 @@ from m3po_utils import generation as G  # noqa: E402
 from m3po_utils import training as T  # noqa: E402
 from m3po_utils import world as W  # noqa: E402
 from m3po_utils.config import load_preset  # noqa: E402
+from ratios import emit  # noqa: E402  (benchmarks/ratios.py)
 
 QUESTIONS = ["Describe the image.", "Is there a star in the image?", "What color is the circle?",
              "How many shapes are in the image?", "Where is the square?",
@@ -154,6 +155,11 @@ def main(argv=None) -> int:
     print(f"\ncapture overhead: {100 * (med['capture'] / med['plain'] - 1):+.1f} % of plain sampling "
           f"(medians of {args.repeats}: plain {[round(t, 3) for t in times['plain']]}, "
           f"capture {[round(t, 3) for t in times['capture']]})")
+    emit("generation", "log-prob capture overhead", "sampling + captured log-probs", "plain sampling",
+         med["plain"] / med["capture"], 1 / 1.05, unit="plain / capture (>= 0.952 = overhead <= 5 %)")
+    emit("generation", "sampling + teacher-forced pass vs capture", "sampling + teacher-forced pass",
+         "sampling + captured log-probs", med["teacher"] / med["capture"], None)
+    emit("generation", "batched sampling", "one generate call per candidate", "one batched call", loop / batched, 8.0)
     return 0
 
 

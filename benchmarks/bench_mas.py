@@ -34,6 +34,7 @@ from m3po_utils import prompts as P  # noqa: E402
 from m3po_utils import world as W  # noqa: E402
 from m3po_utils.config import load_preset  # noqa: E402
 from m3po_utils.judge_server import JudgeServer  # noqa: E402
+from ratios import emit  # noqa: E402  (benchmarks/ratios.py)
 
 
 def build(n_prompts: int, n_candidates: int):
@@ -87,6 +88,9 @@ def bench_clip(cfg, cands, resolver, repeats: int) -> None:
           "images)")
     print(f"    whole scoring: per pair {m(t_pair):.3f} s vs ClipScorer.score {m(t_score):.3f} s  ->  "
           f"{m(t_pair) / m(t_score):.1f}x faster (max |diff| {np.abs(fast.raw - naive).max():.1e})")
+    emit("mas", "CLIP image tower", "every pair's image embedded", "each distinct image embedded once",
+         m(t_each) / m(t_once), None)
+    emit("mas", "whole CLIP scoring", "ClipScorer.score_per_pair", "ClipScorer.score", m(t_pair) / m(t_score), None)
 
 
 def bench_judge(cfg, splits, cands, resolver, repeats: int) -> None:
@@ -122,6 +126,9 @@ def bench_judge(cfg, splits, cands, resolver, repeats: int) -> None:
     print(f"    (pointwise asks each distinct response of a prompt once; without that, {n_cand} requests/prompt and "
           f"about {p['bytes'] / p['requests'] * n_cand / 1024:.0f} KiB/prompt: "
           f"{p['bytes'] / p['requests'] * n_cand * n_prompts / lw['bytes']:.0f}x listwise's bytes)")
+    emit("mas", "judge requests", "pointwise", "listwise", p["requests"] / lw["requests"], None, unit="x fewer requests")
+    emit("mas", "judge bytes sent", "pointwise", "listwise", p["bytes"] / lw["bytes"], None, unit="x fewer bytes")
+    emit("mas", "judge wall time", "pointwise", "listwise", m(p["t"]) / m(lw["t"]), None)
     per_prompt = m(lw["t"]) / n_prompts
     print(f"    estimate for the shapes preset (1200 prompts, listwise): {1200 * per_prompt:.1f} s per noise level")
 

@@ -418,6 +418,50 @@ def table_markdown(df, title: str = "") -> str:
     return "\n".join(lines)
 
 
+def verdicts(boot: Bootstrap, a: str, b: str, metrics: Sequence[str] = tuple(HEADLINE)) -> dict[str, list[str]]:
+    """Metrics on which ``a`` is better / worse than ``b`` (the paired interval excludes 0), or neither."""
+    out: dict[str, list[str]] = {"better": [], "worse": [], "no_difference": []}
+    for k in metrics:
+        d = boot.delta(a, b, k)
+        up = HEADLINE.get(k, True)
+        if d["lo"] > 0 or d["hi"] < 0:
+            out["better" if (d["lo"] > 0) == up else "worse"].append(k)
+        else:
+            out["no_difference"].append(k)
+    return out
+
+
+def ordering_lines(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE)) -> list[str]:
+    """One markdown line per metric: the methods from best to worst with their means."""
+    lines = []
+    for k in metrics:
+        order = sorted(boot.point, key=lambda m: boot.point[m][k], reverse=HEADLINE.get(k, True))
+        lines.append(f"- **{k}**: " + " > ".join(f"{m} {boot.point[m][k]:.3f}" for m in order))
+    return lines
+
+
+def per_seed(stats: dict[str, np.ndarray], metrics: Sequence[str] = tuple(HEADLINE)):
+    """Every headline metric of every (method, seed), without resampling (the spread the intervals include)."""
+    import pandas as pd
+
+    rows = []
+    for m, st in stats.items():
+        for i, s in enumerate(st):
+            mets = metrics_from_totals(s.sum(axis=0))
+            rows.append({"method": m, "seed_index": i, **{k: float(mets[k]) for k in metrics}})
+    return pd.DataFrame(rows).set_index(["method", "seed_index"])
+
+
+def answer_examples(questions: Sequence[dict], answers: dict[tuple[str, int], list[str]], scene: int = 0,
+                    kinds: Sequence[str] = ("describe", "short", "ift")):
+    """Every model's answer to ``scene``'s questions of ``kinds`` (a table for reading)."""
+    import pandas as pd
+
+    idx = [k for k, q in enumerate(questions) if q["scene"] == scene and q["kind"] in kinds]
+    return pd.DataFrame({f"{m} (seed {s})": [a[k] for k in idx] for (m, s), a in answers.items()},
+                        index=[questions[k]["question"] for k in idx]).T
+
+
 def long_frame(boot: Bootstrap, metrics: Sequence[str]):
     """Long table (method, metric, mean, lo, hi) for bar charts."""
     import pandas as pd

@@ -184,3 +184,18 @@ def test_comparison_table_layout(scenes, questions):
     assert df.loc["M3PO", "mme_total"] == "800.0 [800.0, 800.0]"
     md = C.table_markdown(df, "t")
     assert md.splitlines()[2].startswith("| method | mme_total")
+
+
+def test_verdicts_and_per_seed(scenes, questions):
+    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    bad = np.stack([C.scene_stats(scenes, questions, noisy_answers(questions, scenes, s), WCFG) for s in range(2)])
+    boot = C.bootstrap({"good": np.stack([good, good]), "bad": bad}, n_boot=300)
+    v = C.verdicts(boot, "good", "bad", ["mme_total", "chair_i", "judge_score"])
+    assert v == {"better": ["mme_total", "chair_i"], "worse": [], "no_difference": ["judge_score"]}
+    assert C.verdicts(boot, "bad", "good", ["chair_i"])["worse"] == ["chair_i"]
+    ps = C.per_seed({"bad": bad})
+    assert len(ps) == 2 and ps["mme_total"].iloc[0] != ps["mme_total"].iloc[1]
+    lines = C.ordering_lines(boot, ["chair_i"])
+    assert lines[0].startswith("- **chair_i**: good 0.000 > bad")
+    ex = C.answer_examples(questions, {("base", 0): [perfect(q, scenes) for q in questions]}, scene=0)
+    assert list(ex.index) == ["base (seed 0)"] and "Describe the image." in ex.columns

@@ -1,0 +1,151 @@
+"""The α/δ explorer of notebook 04 in a real JupyterLab, driven by headless Chromium.
+
+JupyterLab is started on 127.0.0.1 with a random token; Playwright drives the *system* Chromium (Debian's
+``chromium`` package, no browser download). The test opens notebook 04 (parameterised for a copy of the smoke
+run), runs every cell from the Run menu, types a new α into the slider's readout and checks that the statistics
+and the example pairs in the page change to exactly what ``PairExplorer.update`` gives for that α. A screenshot
+goes to ``<run>/browser/explorer.png``. Skipped, with the reason, only where Chromium or Playwright is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.notebooks, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("M3PO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+ALPHAS = (0.0, 2.0, 1.0, 0.25)   # the first of these whose stats and examples differ from the preset's α is typed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _expected(run: Path):
+    """The explorer notebook 04 builds, rebuilt here to know what the page must show."""
+    from m3po_utils import selection as S
+    from m3po_utils.config import setup_run
+    from m3po_utils.widgets import PairExplorer
+
+    cfg, _ = setup_run(run, "smoke")
+    table = S.scored_candidates(run)
+    groups = S.group_candidates(table)
+    explorer = PairExplorer(groups, dict(zip(table.prompt_id, table.instruction, strict=True)),
+                            truth=S.truth_by_prompt(groups, table), min_margin=cfg.selection.min_margin,
+                            seed=cfg.selection.seed, example_prompts=list(groups)[:5])
+    return cfg, explorer
+
+
+def _shown(state) -> tuple[dict[str, str], list[str]]:
+    stats = {k: f"{v:.3f}" for k, v in state.stats.items()}
+    rejected = [ex.get("rejected", "—") for ex in state.examples if "chosen" in ex]
+    return stats, rejected
+
+
+@pytest.fixture
+def lab(tmp_path, smoke_run):
+    nbformat = pytest.importorskip("nbformat")
+    from papermill.parameterize import parameterize_notebook
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run, ignore=shutil.ignore_patterns("notebooks"))
+    root = tmp_path / "lab"
+    root.mkdir()
+    nb = nbformat.read(ROOT / "notebooks" / "04_selection.ipynb", as_version=4)
+    nb = parameterize_notebook(nb, {"preset": "smoke", "run_dir": str(run), "overrides": {}})
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "04_selection.ipynb")
+    token, port = secrets.token_hex(16), _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "M3PO_STATIC_WIDGETS"}   # live widgets, not the figure
+    env["JUPYTER_RUNTIME_DIR"] = str(tmp_path / "runtime")
+    log = open(tmp_path / "jupyterlab.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"JupyterLab did not start on {url}: {(tmp_path / 'jupyterlab.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield url, token, run
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def test_alpha_slider_changes_stats_and_examples_in_jupyterlab(lab):
+    if CHROMIUM is None:
+        pytest.skip("no Chromium on this machine (apt install chromium; .ci/run does it where apt is available)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    url, token, run = lab
+    cfg, explorer = _expected(run)
+    alpha0 = cfg.selection.alpha
+    before = _shown(explorer.update(alpha0, cfg.selection.delta))
+    target = next((a for a in ALPHAS if all(x != y for x, y in zip(_shown(explorer.update(a, cfg.selection.delta)),
+                                                                     before, strict=True))), None)
+    assert target is not None, "no α in ALPHAS changes both the statistics and the examples of the smoke run"
+    after = _shown(explorer.update(target, cfg.selection.delta))
+
+    def page_state(page) -> tuple[dict[str, str], list[str]]:
+        stats = dict(page.eval_on_selector_all(".m3po-stat", "els => els.map(e => [e.dataset.key, e.textContent])"))
+        rejected = page.eval_on_selector_all(".m3po-example .m3po-rejected",
+                                             "els => els.map(e => e.childNodes[0].textContent)")
+        return stats, rejected
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(f"{url}/lab/tree/04_selection.ipynb?token={token}")
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+            page.locator("#jp-MainMenu .lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            page.wait_for_selector(".m3po-stat", timeout=180_000)
+            assert page_state(page) == before                      # the page shows the preset's α first
+            slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="α")).first
+            readout = slider.locator(".widget-readout")
+            readout.click()
+            page.keyboard.press("Control+A")
+            page.keyboard.type(f"{target}")
+            page.keyboard.press("Enter")
+            page.wait_for_function(
+                "want => [...document.querySelectorAll('.m3po-stat')].some(e => e.dataset.key === want[0] "
+                "&& e.textContent === want[1])",
+                arg=next(([k, v] for k, v in after[0].items() if before[0][k] != v)), timeout=60_000)
+            got = page_state(page)
+            shots = run / "browser"
+            shots.mkdir(exist_ok=True)
+            page.locator(".m3po-explorer-box").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "explorer.png"), full_page=False)
+        finally:
+            browser.close()
+    assert got == after
+    assert got[0] != before[0] and got[1] != before[1]
+    assert (shots / "explorer.png").stat().st_size > 10_000
