@@ -436,7 +436,11 @@ def ordering_lines(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE)) ->
     lines = []
     for k in metrics:
         order = sorted(boot.point, key=lambda m: boot.point[m][k], reverse=HEADLINE.get(k, True))
-        lines.append(f"- **{k}**: " + " > ".join(f"{m} {boot.point[m][k]:.3f}" for m in order))
+        text = f"{order[0]} {boot.point[order[0]][k]:.3f}"
+        for prev, m in zip(order, order[1:], strict=False):
+            same = f"{boot.point[prev][k]:.3f}" == f"{boot.point[m][k]:.3f}"
+            text += f" {'=' if same else '>'} {m} {boot.point[m][k]:.3f}"
+        lines.append(f"- **{k}**: {text}")
     return lines
 
 

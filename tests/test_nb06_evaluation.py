@@ -1,0 +1,54 @@
+"""Notebook 06 under the smoke preset (shared ``smoke_run`` series): every method, every seed, one table."""
+
+import json
+
+import numpy as np
+import pytest
+
+from m3po_utils import basemodels
+from m3po_utils import comparison as C
+from m3po_utils import dpo as D
+from m3po_utils.config import load_preset
+from m3po_utils.io import load_results
+
+pytestmark = pytest.mark.notebooks
+
+
+def test_06_evaluation(smoke_run):
+    r = load_results(smoke_run, "06_evaluation")
+    cfg = load_preset("smoke")
+    ec = cfg.evaluation
+    assert r["complete"] is True and r["preset"] == "smoke"
+    assert set(r["metrics"]) == set(ec.methods)
+    for method, metrics in r["metrics"].items():
+        for k in C.HEADLINE:
+            m = metrics[k]
+            assert m["lo"] - 1e-9 <= m["mean"] <= m["hi"] + 1e-9, (method, k)
+    assert r["metrics"]["base"]["judge_win_rate"]["mean"] == 0.5          # the base against itself: all ties
+    # every non-run seed trained its own adapters on the run's budget
+    for seed in ec.seeds[1:]:
+        folder = C.seed_run_dir(smoke_run, cfg, seed)
+        assert folder != smoke_run
+        for m in ec.methods[1:]:
+            info = D.load_training_info(folder, m)
+            assert info["complete"] and info["dpo"]["seed"] == seed
+            assert info["steps"] == D.load_training_info(smoke_run, m)["steps"]
+    # the recorded metrics are those of the cached answers
+    scenes = basemodels.prepare_world(cfg, smoke_run)["eval"][: ec.n_scenes or None]
+    questions = C.eval_questions(scenes, cfg.world, seed=cfg.seed)
+    assert r["questions"] == len(questions) and r["scenes"] == len(scenes)
+    for method in ("base", "m3po"):
+        seeds = ec.seeds if method != "base" else ec.seeds[:1]
+        per = []
+        for s in seeds:
+            data = json.loads(C.answers_path(smoke_run, method, s).read_text())
+            assert data["questions"] == C.questions_key(questions)
+            per.append(C.metrics_from_totals(C.scene_stats(scenes, questions, data["answers"], cfg.world).sum(0)))
+        for k in ("chair_i", "mme_total", "pope_adversarial_f1", "ift"):
+            assert r["metrics"][method][k]["mean"] == pytest.approx(np.mean([p[k] for p in per])), (method, k)
+    assert r["judge_requests"]["failures"] == 0
+    assert r["hallucination_changes"]["n_fixed"] >= 0 and "fixed" in r["hallucination_changes"]
+    scores = r["benchmark_files"]["scores"]["base"]
+    assert "pope:shapes_pope_adversarial.json" in scores and scores["mme"]["n"] > 0
+    report = (smoke_run / "report.md").read_text()
+    assert "| method | mme_total | pope_adversarial_f1" in report and "| M3PO |" in report
