@@ -151,12 +151,12 @@ class PairExplorer:
         def redraw(*_):
             self.focus = p.value
             st = self.update(a.value, d.value, s.value)
-            info.value = self.html(st)
             with out:
                 out.clear_output(wait=True)
                 fig = self.figure(st)
                 display(fig)
                 plt.close(fig)
+            info.value = self.html(st)      # last: when the statistics show the new α, the figure does too
 
         for ctl in (a, d, s, p):
             ctl.observe(redraw, names="value")
@@ -165,6 +165,16 @@ class PairExplorer:
         box.add_class("m3po-explorer-box")
         display(box)
         return None
+
+
+def contrasting_prompts(groups: dict[str, dict], alpha: float, delta: float, min_margin: float = 0.0, seed: int = 0,
+                        k: int = 5) -> list[str]:
+    """Up to ``k`` prompts whose M3PO pair at (α, δ) differs from the α = 0 pair (best vs worst), then others:
+    the examples that show what the confidence term changes."""
+    m3 = {c.prompt_id: c.pairs for c in select(groups, "m3po", alpha, delta, min_margin, seed=seed).choices}
+    ref = {c.prompt_id: c.pairs for c in select(groups, "best_worst", 0.0, delta, min_margin, seed=seed).choices}
+    differ = [p for p in groups if m3.get(p) and m3.get(p) != ref.get(p)]
+    return (differ + [p for p in groups if p not in differ])[:k]
 
 
 def _short(text: str, n: int) -> str:

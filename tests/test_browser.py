@@ -9,6 +9,7 @@ goes to ``<run>/browser/explorer.png``. Skipped, with the reason, only where Chr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -38,14 +39,15 @@ def _expected(run: Path):
     """The explorer notebook 04 builds, rebuilt here to know what the page must show."""
     from m3po_utils import selection as S
     from m3po_utils.config import setup_run
-    from m3po_utils.widgets import PairExplorer
+    from m3po_utils.widgets import PairExplorer, contrasting_prompts
 
     cfg, _ = setup_run(run, "smoke")
     table = S.scored_candidates(run)
     groups = S.group_candidates(table)
+    sc = cfg.selection
     explorer = PairExplorer(groups, dict(zip(table.prompt_id, table.instruction, strict=True)),
-                            truth=S.truth_by_prompt(groups, table), min_margin=cfg.selection.min_margin,
-                            seed=cfg.selection.seed, example_prompts=list(groups)[:5])
+                            truth=S.truth_by_prompt(groups, table), min_margin=sc.min_margin, seed=sc.seed,
+                            example_prompts=contrasting_prompts(groups, sc.alpha, sc.delta, sc.min_margin, sc.seed, 5))
     return cfg, explorer
 
 
@@ -55,55 +57,72 @@ def _shown(state) -> tuple[dict[str, str], list[str]]:
     return stats, rejected
 
 
-@pytest.fixture
-def lab(tmp_path, smoke_run):
-    nbformat = pytest.importorskip("nbformat")
+def prepare_notebook(smoke_run: Path, tmp: Path) -> tuple[Path, Path]:
+    """A copy of the smoke run and notebook 04 parameterised for it, in a JupyterLab root folder."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    run = tmp_path / "run"
+    run = tmp / "run"
     shutil.copytree(smoke_run, run, ignore=shutil.ignore_patterns("notebooks"))
-    root = tmp_path / "lab"
+    root = tmp / "lab"
     root.mkdir()
-    nb = nbformat.read(ROOT / "notebooks" / "04_selection.ipynb", as_version=4)
+    nb = load_notebook_node(str(ROOT / "notebooks" / "04_selection.ipynb"))
     nb = parameterize_notebook(nb, {"preset": "smoke", "run_dir": str(run), "overrides": {}})
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, root / "04_selection.ipynb")
+    return root, run
+
+
+@contextlib.contextmanager
+def jupyterlab(root: Path, tmp: Path):
+    """JupyterLab on 127.0.0.1, a free port and a random token, serving ``root``; yields (url, token)."""
     token, port = secrets.token_hex(16), _free_port()
     env = {k: v for k, v in os.environ.items() if k != "M3PO_STATIC_WIDGETS"}   # live widgets, not the figure
-    env["JUPYTER_RUNTIME_DIR"] = str(tmp_path / "runtime")
-    log = open(tmp_path / "jupyterlab.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
+    env["JUPYTER_RUNTIME_DIR"] = str(tmp / "runtime")
+    args = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        args.append("--allow-root")     # CI containers run as root
+    log_path = tmp / "jupyterlab.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+        url = f"http://127.0.0.1:{port}"
         try:
-            with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"JupyterLab did not start on {url}: {(tmp_path / 'jupyterlab.log').read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield url, token, run
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+            deadline = time.time() + 90
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"JupyterLab did not start on {url}: {log_path.read_text()[-2000:]}")
+                time.sleep(0.5)
+            yield url, token
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
-def test_alpha_slider_changes_stats_and_examples_in_jupyterlab(lab):
+def test_alpha_slider_changes_stats_and_examples_in_jupyterlab(smoke_run, tmp_path):
     if CHROMIUM is None:
         pytest.skip("no Chromium on this machine (apt install chromium; .ci/run does it where apt is available)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    url, token, run = lab
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    root, run = prepare_notebook(smoke_run, tmp_path)
+    with jupyterlab(root, tmp_path) as (url, token):
+        drive(url, token, run)
+
+
+def drive(url: str, token: str, run: Path) -> None:
+    """Open notebook 04, run it, type a new α and compare the page with ``PairExplorer.update``."""
+    from playwright import sync_api
+
     cfg, explorer = _expected(run)
     alpha0 = cfg.selection.alpha
     before = _shown(explorer.update(alpha0, cfg.selection.delta))
@@ -125,8 +144,17 @@ def test_alpha_slider_changes_stats_and_examples_in_jupyterlab(lab):
             page.goto(f"{url}/lab/tree/04_selection.ipynb?token={token}")
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            page.locator("#jp-MainMenu .lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            page.get_by_text("| Idle").first.wait_for(timeout=90_000)        # the kernel is connected
+            for attempt in range(3):       # a Run All sent while the kernel session settles can be dropped
+                page.locator("#jp-MainMenu .lm-MenuBar-itemLabel", has_text="Run").first.click()
+                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+                try:
+                    page.wait_for_function("() => [...document.querySelectorAll('.jp-InputPrompt')]"
+                                           ".some(e => /\\[(\\d+|\\*)\\]/.test(e.textContent))", timeout=20_000)
+                    break
+                except sync_api.TimeoutError:
+                    if attempt == 2:
+                        raise
             page.wait_for_selector(".m3po-stat", timeout=180_000)
             assert page_state(page) == before                      # the page shows the preset's α first
             slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="α")).first
@@ -140,10 +168,18 @@ def test_alpha_slider_changes_stats_and_examples_in_jupyterlab(lab):
                 "&& e.textContent === want[1])",
                 arg=next(([k, v] for k, v in after[0].items() if before[0][k] != v)), timeout=60_000)
             got = page_state(page)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+            for button in page.get_by_role("button", name="No", exact=True).all():
+                button.click()                                       # JupyterLab's news prompt, if shown
             shots = run / "browser"
             shots.mkdir(exist_ok=True)
             page.locator(".m3po-explorer-box").first.scroll_into_view_if_needed()
             page.screenshot(path=str(shots / "explorer.png"), full_page=False)
+        except Exception:
+            (run / "browser").mkdir(exist_ok=True)
+            page.screenshot(path=str(run / "browser" / "failure.png"))
+            print(f"browser test failed; screenshot: {run / 'browser' / 'failure.png'}")
+            raise
         finally:
             browser.close()
     assert got == after

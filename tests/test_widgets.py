@@ -55,3 +55,15 @@ def test_bad_focus():
                        "logprob_sum": [-1.0, -2.0]})
     with pytest.raises(ValueError, match="focus prompt 'zz'"):
         PairExplorer(group_candidates(df), {}, focus="zz")
+
+
+def test_contrasting_prompts_put_the_pairs_alpha_changes_first(explorer):
+    from m3po_utils.widgets import contrasting_prompts
+
+    g = explorer.groups
+    g3 = dict(g) | {"p0": {k: v for k, v in g["p2"].items()}}   # a prompt whose pair α does not change
+    g3["p0"] = {**g["p2"], "logp": np.array([-2.0, -40.0, -2.5])}  # the worst is also the least likely: same pair
+    order = contrasting_prompts({"p0": g3["p0"], **g}, 0.5, 0.1, k=3)
+    assert order == ["p1", "p2", "p0"]
+    assert contrasting_prompts({"p0": g3["p0"], **g}, 0.5, 0.1, k=1) == ["p1"]
+    assert contrasting_prompts({"p0": g3["p0"], **g}, 0.0, 0.1, k=3) == ["p0", "p1", "p2"]   # α = 0: nothing differs
