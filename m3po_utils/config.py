@@ -329,6 +329,44 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class ExperimentsConfig:
+    """Notebook 10: the α/δ grid, judge noise, candidate budget and what the negatives add.
+
+    Every point selects pairs, trains one LoRA adapter (on at most ``max_pairs`` pairs; 0 = notebook 05's
+    per-strategy count) and answers the evaluation question set, once per seed in ``seeds``. ``noise_levels``:
+    MAS from the local judge at these noise levels (CLIP-only and judge-only MAS are always added).
+    ``budgets``: candidates per prompt; the first N of the run's candidates, or the run's plus freshly sampled
+    ones above its N.
+    """
+
+    alphas: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75)
+    deltas: tuple[float, ...] = (0.0, 0.1, 0.2)
+    noise_levels: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
+    budgets: tuple[int, ...] = (4, 8, 16, 32)
+    seeds: tuple[int, ...] = (0, 1)
+    max_pairs: int = 0
+    n_scenes: int = 0
+    bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("alphas", "deltas", "noise_levels"):
+            v = getattr(self, name)
+            _check(len(v) >= 1 and len(set(v)) == len(v) and all(x >= 0 and not math.isinf(x) for x in v),
+                   f"experiments.{name}", v, "one or more distinct finite floats >= 0")
+        _check(len(self.budgets) >= 1 and len(set(self.budgets)) == len(self.budgets)
+               and all(isinstance(n, int) and n >= 2 for n in self.budgets), "experiments.budgets", self.budgets,
+               "distinct integers >= 2 (a pair needs two candidates)")
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)
+               and all(isinstance(x, int) and x >= 0 for x in self.seeds), "experiments.seeds", self.seeds,
+               "one or more distinct integers >= 0")
+        for name in ("max_pairs", "n_scenes"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"experiments.{name}",
+                   getattr(self, name), "an integer >= 0 (0 = the default described above)")
+        _check(isinstance(self.bootstrap, int) and self.bootstrap >= 100, "experiments.bootstrap", self.bootstrap,
+               "an integer >= 100")
+
+
+@dataclass(frozen=True)
 class ModelsConfig:
     """Which models the series uses. ``lvlm`` / ``clip_model`` of ``"local"`` mean the shapes world's own."""
 
@@ -368,6 +406,7 @@ class Preset:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -395,6 +434,8 @@ def _smoke() -> Preset:
         generation=GenerationConfig(n_candidates=4, max_new_tokens=24, n_prompts=40, batch_size=64),
         dpo=DpoConfig(batch_size=4, max_pairs=16, lora_r=4, lora_alpha=8),
         evaluation=EvaluationConfig(seeds=(0, 1), bootstrap=200),
+        experiments=ExperimentsConfig(alphas=(0.0, 0.5), deltas=(0.0, 0.1), noise_levels=(0.0, 2.0), budgets=(2, 8),
+                                      seeds=(0,), bootstrap=200),
     )
 
 

@@ -627,6 +627,32 @@ def train_one(prep: PreparedStrategy, model, processor, dcfg: DpoConfig, folder:
     return info
 
 
+def train_pairs(folder, cfg: Preset, ds, name: str, sft_only: bool = False,
+                model_loader: Callable[[], tuple[Any, Any]] | None = None, max_pairs: int = 0,
+                progress: bool = False) -> dict:
+    """Train one adapter on one pair table (the experiments' unit): checks, budget, reference reuse, training.
+
+    ``ds``: pairs as written by ``selection.write_pairs``; the first ``max_pairs`` rows (0 = all) are used.
+    ``sft_only`` trains the SFT term alone on the chosen answers. A complete adapter in ``folder`` is returned
+    as it is. Returns the training info (see :func:`train_one`).
+    """
+    folder = Path(folder)
+    if adapter_complete(folder):
+        return json.loads((folder / INFO_FILE).read_text()) | {"skipped": True}
+    dcfg = cfg.dpo
+    check_pairs(ds, name, dcfg.reuse_reference)
+    if max_pairs:
+        ds = ds.select(range(min(len(ds), max_pairs)))
+    ds = sft_rows(ds) if sft_only else ds
+    model, processor = (model_loader or base_loader(cfg, folder))()
+    check_lora_targets(model, dcfg)
+    table, stats = training_table(ds, training_processor(processor), dcfg.reuse_reference,
+                                  generation_processor=processor)
+    prep = PreparedStrategy(name, table, ds, sft_only, stats)
+    return train_one(prep, model, processor, dcfg, folder, steps_for(len(table), dcfg), cfg.models.device,
+                     cfg.models.dtype, progress)
+
+
 def _rmtree(path: Path) -> None:
     import shutil
 
