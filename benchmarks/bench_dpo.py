@@ -36,13 +36,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ratios import emit  # noqa: E402  (benchmarks/ratios.py)
+
 from m3po_utils import dpo as D  # noqa: E402
 from m3po_utils import training as T  # noqa: E402
 from m3po_utils import world as W  # noqa: E402
 from m3po_utils.config import load_preset  # noqa: E402
 from m3po_utils.generation import score_responses  # noqa: E402
 from m3po_utils.selection import assistant_turn, user_turn  # noqa: E402
-from ratios import emit  # noqa: E402  (benchmarks/ratios.py)
 
 FAMILIES = ("describe", "existence", "color", "count", "position", "fmt_list")
 

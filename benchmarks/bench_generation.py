@@ -27,11 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ratios import emit  # noqa: E402  (benchmarks/ratios.py)
+
 from m3po_utils import generation as G  # noqa: E402
 from m3po_utils import training as T  # noqa: E402
 from m3po_utils import world as W  # noqa: E402
 from m3po_utils.config import load_preset  # noqa: E402
-from ratios import emit  # noqa: E402  (benchmarks/ratios.py)
 
 QUESTIONS = ["Describe the image.", "Is there a star in the image?", "What color is the circle?",
              "How many shapes are in the image?", "Where is the square?",

@@ -29,12 +29,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ratios import emit  # noqa: E402  (benchmarks/ratios.py)
+
 from m3po_utils import mas  # noqa: E402
 from m3po_utils import prompts as P  # noqa: E402
 from m3po_utils import world as W  # noqa: E402
 from m3po_utils.config import load_preset  # noqa: E402
 from m3po_utils.judge_server import JudgeServer  # noqa: E402
-from ratios import emit  # noqa: E402  (benchmarks/ratios.py)
 
 
 def build(n_prompts: int, n_candidates: int):

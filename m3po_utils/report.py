@@ -3,9 +3,10 @@
 It is built only from files in the run directory — ``config.json``, ``results/NN_name.json`` and
 ``results/timings.json`` — so it can be rebuilt at any time with ``write_report(run_dir)``.
 
-Each results file becomes a section. A file may carry ``"report_md"``: markdown that goes into its section
-verbatim (later notebooks use it for comparison tables), followed by a table of the file's other scalar
-values (nested dicts flattened to dotted keys, floats to 4 significant digits; lists and long text left out).
+Each results file becomes a section. A file may carry ``"report_md"``: markdown that goes into the *Key results*
+section right after the stage table, verbatim (notebook 06 puts its comparison table there); the file's own
+section holds a table of its other scalar values (nested dicts flattened to dotted keys, floats to 4
+significant digits; lists and long text left out).
 Keys that look like credentials (containing "key", "token" or "secret") never reach the report.
 """
 
@@ -125,6 +126,15 @@ def build_report(run_dir: str | Path) -> str:
     else:
         out += ["No notebook has run in this directory yet.", ""]
 
+    key = []
+    for path in results:
+        data, err = _read_json(path)
+        md = data.get("report_md") if err is None and isinstance(data, dict) else None
+        if isinstance(md, str) and md.strip():
+            key += [f"### {path.stem}", "", md.strip(), ""]
+    if key:   # the summaries a notebook wrote for the report (notebook 06: the comparison table) come first
+        out += ["## Key results", ""] + key
+
     for path in results:
         out += [f"## {path.stem}", ""]
         copy = run / "notebooks" / f"{path.stem}.ipynb"
@@ -134,9 +144,8 @@ def build_report(run_dir: str | Path) -> str:
         if err is not None or not isinstance(data, dict):
             out += [f"_Could not read `results/{path.name}`: {err or 'not a JSON object'}._", ""]
             continue
-        md = data.get("report_md")
-        if isinstance(md, str) and md.strip():
-            out += [md.strip(), ""]
+        if isinstance(data.get("report_md"), str) and data["report_md"].strip():
+            out += ["Its summary is under *Key results* above.", ""]
         rows = flatten({k: v for k, v in data.items() if k != "report_md"})
         if rows:
             out += [_table(("name", "value"), rows), ""]
