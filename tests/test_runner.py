@@ -101,7 +101,7 @@ def test_report_has_values_and_no_secrets(first_run):
     assert "| acc | 0.1235 |" in text  # 4 significant digits
     assert "| nested.f1 | 0.6667 |" in text  # nested dicts flattened with dotted keys
     assert "| m3po | 9.5 |" in text  # report_md verbatim
-    assert text.index("## Key results") < text.index("| m3po | 9.5 |") < text.index("## 00_a")  # and up front
+    assert text.index("## Key results") < text.index("| m3po | 9.5 |") < text.index("\n## 00_a")  # up front
     assert "api_key" not in text and "sk-do-not-leak" not in text
     assert "rows" not in text  # lists are left out
     assert "00_a" in text.split("## 00_a")[0]  # the stage table lists it
