@@ -432,7 +432,7 @@ def verdicts(boot: Bootstrap, a: str, b: str, metrics: Sequence[str] = tuple(HEA
 
 
 def ordering_lines(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE)) -> list[str]:
-    """One markdown line per metric: the methods from best to worst with their means."""
+    """One markdown line per metric: the methods from best to worst with their means ("=" where they tie)."""
     lines = []
     for k in metrics:
         order = sorted(boot.point, key=lambda m: boot.point[m][k], reverse=HEADLINE.get(k, True))
@@ -440,7 +440,7 @@ def ordering_lines(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE)) ->
         for prev, m in zip(order, order[1:], strict=False):
             same = f"{boot.point[prev][k]:.3f}" == f"{boot.point[m][k]:.3f}"
             text += f" {'=' if same else '>'} {m} {boot.point[m][k]:.3f}"
-        lines.append(f"- **{k}**: {text}")
+        lines.append(f"- **{k}** ({'higher' if HEADLINE.get(k, True) else 'lower'} is better; best first): {text}")
     return lines
 
 
