@@ -83,6 +83,74 @@ def eval_questions(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0) -
     return rows
 
 
+def pope_setting(path) -> str:
+    """The POPE setting a question file holds, from its name (``coco_pope_adversarial.json`` → adversarial)."""
+    name = Path(path).name.lower()
+    found = [s for s in E.POPE_SETTINGS if s in name]
+    if len(found) != 1:
+        raise ValueError(f"POPE file {str(path)!r}: its name must contain exactly one of {E.POPE_SETTINGS} "
+                         "(as the official files do, e.g. coco_pope_adversarial.json); rename it")
+    return found[0]
+
+
+def file_questions(pope_files: Sequence[str] = (), pope_images: str = "", mme_dir: str = ""
+                   ) -> tuple[list[str], list[dict]]:
+    """Real benchmark files as a question set: ``(image paths, questions)`` in :func:`eval_questions`' format.
+
+    ``scene`` indexes the image list; POPE rows get kind ``pope_<setting>`` (from the file name), MME rows kind
+    ``mme`` with their subtask. :func:`scene_stats` scores them with ``scenes = [None] * len(paths)``.
+    """
+    paths: dict[str, int] = {}
+    rows: list[dict] = []
+
+    def index(path: str) -> int:
+        return paths.setdefault(str(path), len(paths))
+
+    for f in pope_files:
+        kind = f"pope_{pope_setting(f)}"
+        for r in E.load_pope_file(f, pope_images):
+            rows.append({"kind": kind, "scene": index(r["image"]), "family": "existence", "question": r["question"],
+                         "label": r["label"]})
+    if mme_dir:
+        for r in E.load_mme_dir(mme_dir):
+            rows.append({"kind": "mme", "scene": index(r["image"]), "family": f"mme_{r['subtask']}",
+                         "question": r["question"], "subtask": r["subtask"], "image": r["image"],
+                         "answer": r["answer"]})
+    if not rows:
+        raise ValueError("no benchmark questions: set evaluation.pope_files (with evaluation.pope_images) and/or "
+                         "evaluation.mme_dir")
+    return list(paths), rows
+
+
+def load_images(paths: Sequence[str]) -> list:
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
+def available_metrics(stats: dict[str, np.ndarray], metrics: Sequence[str] = tuple(HEADLINE)) -> list[str]:
+    """The metrics some method has data for (benchmark files have no descriptions, format tasks or judge)."""
+    need = {"mme_total": "mme_", "pope_adversarial_f1": "pope_adversarial_", "pope_mean_accuracy": "pope_",
+            "chair_i": "desc_n", "ift": "ift_n", "judge_score": "judge_n", "judge_win_rate": "judge_n",
+            "yes_no_compliance": "yn_n"}
+    total = sum(st.sum(axis=(0, 1)) for st in stats.values())
+    have = {name for name, v in zip(STATS, total, strict=True) if v > 0}
+    out = []
+    for k in metrics:
+        prefix = need.get(k, "")
+        if k == "pope_mean_accuracy":
+            ok = all(any(n.startswith(f"pope_{s}_") for n in have) for s in E.POPE_SETTINGS)
+        else:
+            ok = any(n.startswith(prefix) for n in have)
+        if ok:
+            out.append(k)
+    return out
+
+
 def questions_key(questions: Sequence[dict]) -> str:
     return hashlib.sha256(json.dumps([(q["scene"], q["question"]) for q in questions]).encode()).hexdigest()[:16]
 
@@ -119,7 +187,7 @@ def scene_stats(scenes: Sequence[W.Scene], questions: Sequence[dict], answers: S
     mme: dict[tuple[str, int], list[bool]] = {}
     for k, (q, a) in enumerate(zip(questions, answers, strict=True)):
         i, kind = q["scene"], q["kind"]
-        scene = scenes[i]
+        scene = scenes[i]          # None for benchmark-file images: only POPE / MME rows, which need no scene
         if kind.startswith("pope_"):
             pred, gold = E.pope_parse(a), q["label"]
             add(i, f"{kind}_{'t' if pred == gold else 'f'}{'p' if pred == 'yes' else 'n'}")
@@ -338,12 +406,11 @@ def cached_answers(run_dir, cfg: Preset, method: str, seed: int, images: Sequenc
     return answers
 
 
-def evaluate_all(run_dir, cfg: Preset, scenes: Sequence[W.Scene], questions: Sequence[dict],
+def evaluate_all(run_dir, cfg: Preset, images: Sequence, questions: Sequence[dict],
                  progress: bool = True) -> dict[tuple[str, int], list[str]]:
-    """Answers of every (method, seed) in :func:`model_keys`, computed once and cached."""
+    """Answers of every (method, seed) in :func:`model_keys` (``images[q["scene"]]``), computed once and cached."""
     from tqdm.auto import tqdm
 
-    images = [W.render(s, cfg.world) for s in scenes]
     out = {}
     for method, seed in tqdm(model_keys(cfg), desc="evaluating", disable=not progress):
         out[(method, seed)] = cached_answers(run_dir, cfg, method, seed, images, questions)
@@ -501,12 +568,18 @@ def plot_bars(boot: Bootstrap, metrics: Sequence[str], ncols: int = 4):
     return fig
 
 
-def pope_by_setting(boot: Bootstrap, measures: Sequence[str] = ("accuracy", "f1", "yes_ratio")):
+def pope_settings(questions: Sequence[dict]) -> list[str]:
+    """The POPE settings the question set asks (all three in the shapes world; those with a file otherwise)."""
+    return [s for s in E.POPE_SETTINGS if any(q["kind"] == f"pope_{s}" for q in questions)]
+
+
+def pope_by_setting(boot: Bootstrap, measures: Sequence[str] = ("accuracy", "f1", "yes_ratio"),
+                    settings: Sequence[str] = E.POPE_SETTINGS):
     import pandas as pd
 
     rows = []
     for m in boot.point:
-        for s in E.POPE_SETTINGS:
+        for s in settings:
             row = {"method": METHOD_LABELS.get(m, m), "setting": s}
             for x in measures:
                 k = f"pope_{s}_{x}"

@@ -199,3 +199,32 @@ def test_verdicts_and_per_seed(scenes, questions):
     assert lines[0].startswith("- **chair_i** (lower is better; best first): good 0.000 > bad")
     ex = C.answer_examples(questions, {("base", 0): [perfect(q, scenes) for q in questions]}, scene=0)
     assert list(ex.index) == ["base (seed 0)"] and "Describe the image." in ex.columns
+
+
+DATA = __import__("pathlib").Path(__file__).resolve().parent.parent / "data"
+
+
+def test_benchmark_files_as_a_question_set():
+    paths, qs = C.file_questions([str(DATA / "pope" / "shapes_pope_adversarial.json")], str(DATA / "pope" / "images"),
+                                 str(DATA / "mme"))
+    assert {q["kind"] for q in qs} == {"pope_adversarial", "mme"}
+    assert C.pope_settings(qs) == ["adversarial"]
+    assert all(0 <= q["scene"] < len(paths) for q in qs) and len(set(paths)) == len(paths)
+    answers = []
+    for n, q in enumerate(qs):      # every third answer wrong, in the parsers' tricky forms
+        right = ("Yes" if q.get("label", q.get("answer", "")).lower() == "yes" else "No")
+        answers.append(right if n % 3 else {"Yes": "No, there is not.", "No": "Eyes"}[right])
+    st = C.scene_stats([None] * len(paths), qs, answers, WCFG)
+    m = C.metrics_from_totals(st.sum(axis=0))
+    pope = [(a, q["label"]) for q, a in zip(qs, answers, strict=True) if q["kind"] == "pope_adversarial"]
+    ref = E.pope_metrics([a for a, _ in pope], [lab for _, lab in pope])
+    assert m["pope_adversarial_accuracy"] == pytest.approx(ref["accuracy"]) and ref["accuracy"] < 1
+    mme = E.mme_scores([q | {"prediction": a} for q, a in zip(qs, answers, strict=True) if q["kind"] == "mme"])
+    assert m["mme_total"] == pytest.approx(mme["total"])
+    assert C.available_metrics({"base": st[None]}) == ["mme_total", "pope_adversarial_f1", "yes_no_compliance"]
+
+
+def test_pope_file_name_must_name_its_setting(tmp_path):
+    with pytest.raises(ValueError, match="rename it"):
+        C.pope_setting(tmp_path / "my_questions.json")
+    assert C.pope_setting("coco_pope_popular.json") == "popular"

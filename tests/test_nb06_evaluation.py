@@ -1,6 +1,8 @@
 """Notebook 06 under the smoke preset (shared ``smoke_run`` series): every method, every seed, one table."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from m3po_utils import comparison as C
 from m3po_utils import dpo as D
 from m3po_utils.config import load_preset
 from m3po_utils.io import load_results
+from m3po_utils.run import run_series
 
 pytestmark = pytest.mark.notebooks
 
@@ -52,3 +55,30 @@ def test_06_evaluation(smoke_run):
     assert "pope:shapes_pope_adversarial.json" in scores and scores["mme"]["n"] > 0
     report = (smoke_run / "report.md").read_text()
     assert "| method | mme_total | pope_adversarial_f1" in report and "| M3PO |" in report
+
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def test_06_on_benchmark_files_with_a_hub_preset(smoke_run, tmp_path):
+    """A hub preset — the model loaded from a folder by name, no scenes — evaluates real benchmark files."""
+    run = tmp_path / "hub"
+    shutil.copytree(smoke_run, run, ignore=shutil.ignore_patterns("notebooks", "evaluation", "experiments"))
+    (run / "results" / "06_evaluation.json").unlink()
+    files = {"evaluation.pope_files": [str(DATA / "pope" / "shapes_pope_adversarial.json")],
+             "evaluation.pope_images": str(DATA / "pope" / "images"), "evaluation.mme_dir": str(DATA / "mme")}
+    overrides = {"world_kind": "hub", "models.lvlm": str(basemodels.lvlm_dir(smoke_run)), "evaluation.seeds": [0],
+                 **files}
+    cfg = load_preset("smoke", overrides)
+    (run / "config.json").write_text(cfg.to_json())      # the run "was made" with this preset
+    run_series("smoke", run, overrides, start=6, stop=6, kernel="python3")
+    r = load_results(run, "06_evaluation")
+    paths, questions = C.file_questions(*(files[k] for k in files))
+    assert r["complete"] is True and r["questions"] == len(questions) and r["scenes"] == len(paths)
+    assert set(r["metrics"]) == set(cfg.evaluation.methods)
+    assert set(r["metrics"]["m3po"]) >= {"mme_total", "pope_adversarial_f1"}
+    assert "judge_requests" not in r and "benchmark_files" not in r
+    answers = json.loads(C.answers_path(run, "base", 0).read_text())["answers"]
+    m = C.metrics_from_totals(C.scene_stats([None] * len(paths), questions, answers, cfg.world).sum(0))
+    assert r["metrics"]["base"]["mme_total"]["mean"] == pytest.approx(float(m["mme_total"]))
+    assert "benchmark images" in (run / "report.md").read_text()
