@@ -264,6 +264,9 @@ def run_sweep(run_dir, cfg: Preset, points: Sequence[Point], splits: dict[str, l
 
     from .io import load_results
 
+    if cfg.world_kind != "shapes":
+        raise ValueError(f"notebook 10 measures against the shapes world's ground truth; preset {cfg.name!r} has "
+                         f"world_kind={cfg.world_kind!r}. Run it on a shapes preset (shapes, smoke)")
     ec = cfg.experiments
     scenes = splits["eval"][: ec.n_scenes or None]
     questions = C.eval_questions(scenes, cfg.world, seed=cfg.seed)
