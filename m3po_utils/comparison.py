@@ -287,8 +287,20 @@ class Bootstrap:
                 "hi": float(np.quantile(d, 1 - lo)), "p_le_0": float(np.mean(d <= 0))}
 
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
-        return {m: {k: {"mean": v, "lo": self.interval(m, k)[0], "hi": self.interval(m, k)[1]}
-                    for k, v in self.point[m].items()} for m in self.point}
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for m in self.point:
+            out[m] = {}
+            for k, v in self.point[m].items():
+                lo, hi = self.interval(m, k)
+                out[m][k] = {"mean": v, "lo": lo, "hi": hi}
+        return out
+
+    def delta_frame(self, pairs: Sequence[tuple[str, str]], metrics: Sequence[str]):
+        """``a − b`` with its paired interval for every (a, b) in ``pairs`` and metric: one row each."""
+        import pandas as pd
+
+        return pd.DataFrame([{"comparison": f"{a} − {b}", "metric": k, **self.delta(a, b, k)}
+                             for a, b in pairs for k in metrics]).set_index(["comparison", "metric"])
 
 
 def bootstrap(stats: dict[str, np.ndarray], n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> Bootstrap:
@@ -391,8 +403,8 @@ def answers_path(run_dir, method: str, seed: int) -> Path:
     return Path(run_dir) / "evaluation" / "answers" / f"{method}_seed{seed}.json"
 
 
-def cached_answers(run_dir, cfg: Preset, method: str, seed: int, images: Sequence, questions: Sequence[dict],
-                   loader: Callable[[], tuple[Any, Any]] | None = None) -> list[str]:
+def cached_answers(run_dir, cfg: Preset, method: str, seed: int, images: Sequence, questions: Sequence[dict]
+                   ) -> list[str]:
     """The greedy answers of (method, seed), from ``answers_path`` when it holds them for these questions."""
     path = answers_path(run_dir, method, seed)
     key = questions_key(questions)
@@ -400,7 +412,7 @@ def cached_answers(run_dir, cfg: Preset, method: str, seed: int, images: Sequenc
         data = json.loads(path.read_text())
         if data.get("questions") == key and len(data.get("answers", [])) == len(questions):
             return data["answers"]
-    model, processor = loader() if loader else load_method(cfg, run_dir, method, seed)
+    model, processor = load_method(cfg, run_dir, method, seed)
     answers = answer_questions(model, processor, images, questions, batch_size=cfg.evaluation.batch_size)
     atomic_write_json(path, {"method": method, "seed": seed, "questions": key, "answers": answers})
     return answers
@@ -420,18 +432,18 @@ def evaluate_all(run_dir, cfg: Preset, images: Sequence, questions: Sequence[dic
 JUDGED_KINDS = ("describe", "short")
 
 
-def judge_answers(client, scenes: Sequence[W.Scene], cfg: WorldConfig, questions: Sequence[dict],
-                  answers: dict[tuple[str, int], list[str]], progress: bool = False) -> dict[tuple[str, int], np.ndarray]:
+def judge_answers(client, images: Sequence, questions: Sequence[dict], answers: dict[tuple[str, int], list[str]],
+                  progress: bool = False) -> dict[tuple[str, int], np.ndarray]:
     """The judge's 1–10 score of every judged row (``describe`` / ``short``) for every model; NaN elsewhere.
 
+    ``images[q["scene"]]`` is each question's image (the list :func:`evaluate_all` answered from).
     One listwise request per prompt carries every model's distinct answer to it; the run's judge cache keeps
     each (image, instruction, answer) score, so a rerun sends nothing.
     """
     from .mas import JudgeItem
 
     rows = [k for k, q in enumerate(questions) if q["kind"] in JUDGED_KINDS]
-    images = {i: W.render(s, cfg) for i, s in enumerate(scenes)}
-    hashes = {i: W.image_key(im) for i, im in images.items()}
+    hashes = {i: W.image_key(images[i]) for i in {questions[k]["scene"] for k in rows}}
     items = []
     for k in rows:
         q = questions[k]
@@ -605,6 +617,27 @@ def hallucination_changes(scenes: Sequence[W.Scene], questions: Sequence[dict], 
         if ha - hb:
             introduced.append(row)
     return {"n_fixed": len(fixed), "n_introduced": len(introduced), "fixed": fixed[:k], "introduced": introduced[:k]}
+
+
+def benchmark_paths(cfg: Preset) -> dict[str, Any]:
+    """The benchmark files of ``cfg.evaluation``; without any, the small fixtures in the official layouts under
+    the project's ``data/`` (when present), so that the file path is shown working."""
+    ec = cfg.evaluation
+    if ec.pope_files or ec.mme_dir:
+        return {"pope_files": list(ec.pope_files), "pope_images": ec.pope_images, "mme_dir": ec.mme_dir}
+    data = Path(__file__).resolve().parent.parent / "data"
+    if not (data / "pope").is_dir():
+        return {"pope_files": [], "pope_images": "", "mme_dir": ""}
+    return {"pope_files": sorted(str(p) for p in (data / "pope").glob("*.json")),
+            "pope_images": str(data / "pope" / "images"), "mme_dir": str(data / "mme")}
+
+
+def benchmark_frame(scores: dict[str, dict[str, dict]]):
+    """method → :func:`benchmark_files` output as one table: POPE accuracy and MME total per file and method."""
+    import pandas as pd
+
+    return pd.DataFrame({m: {k: v["accuracy"] if "accuracy" in v else v["total"] for k, v in b.items()}
+                         for m, b in scores.items()})
 
 
 def benchmark_files(cfg: Preset, loader: Callable[[], tuple[Any, Any]], pope_files: Sequence[str] = (),

@@ -30,7 +30,6 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -110,18 +109,24 @@ class CandidatePool:
     """The run's candidates with MAS variants and extra candidates, built on demand and cached."""
 
     def __init__(self, run_dir, cfg: Preset, splits: dict[str, list[W.Scene]]):
-        from .mas import load_mas
         from .prompts import ImageResolver
 
         self.run, self.cfg, self.splits = Path(run_dir), cfg, splits
         self.base = S.scored_candidates(self.run)
-        extra_cols = load_mas(self.run)[["prompt_id", "cand_idx", "clip_raw"]]
-        self.base = self.base.merge(extra_cols, on=["prompt_id", "cand_idx"], how="left", validate="one_to_one")
         self.n_run = int(self.base.groupby("prompt_id")["cand_idx"].count().max())
         self.resolver = ImageResolver(cfg, splits)
-        self._judge: dict[float, pd.DataFrame] = {}
         self._extra: pd.DataFrame | None = None
-        self.extra_seconds = 0.0
+        self._grouped: dict[tuple[str, int], tuple[pd.DataFrame, dict, dict | None]] = {}
+
+    def grouped(self, mas: str = "default", n_candidates: int = 0) -> tuple[pd.DataFrame, dict, dict | None]:
+        """``(table, groups, truth)`` for selection, built once per (MAS variant, N) and shared by every point and
+        seed that asks for it (a noise level's judge pass runs once, not once per seed)."""
+        key = (mas, n_candidates or self.n_run)
+        if key not in self._grouped:
+            table = self.table(mas, n_candidates)
+            groups = S.group_candidates(table)
+            self._grouped[key] = (table, groups, S.truth_by_prompt(groups, table))
+        return self._grouped[key]
 
     # ---- MAS variants
     def judge_scores(self, table: pd.DataFrame, noise: float) -> pd.DataFrame:
@@ -174,7 +179,6 @@ class CandidatePool:
 
         gc = self.cfg.generation
         folder = experiments_dir(self.run) / f"extra{k}"
-        t0 = time.perf_counter()
         if not (folder / "candidates").exists():
             model, processor = base_loader(self.cfg, self.run)()
             generate_candidates(model, processor, preference_prompts(self.cfg, self.splits), self.resolver,
@@ -196,7 +200,6 @@ class CandidatePool:
             tmp = scored_path.with_suffix(".tmp")
             scored.to_json(tmp, orient="split")
             os.replace(tmp, scored_path)
-        self.extra_seconds = time.perf_counter() - t0
         out = cands.merge(scored, on=["prompt_id", "cand_idx"], how="left", validate="one_to_one")
         out["cand_idx"] = out["cand_idx"] + self.n_run
         self._extra = out[[c for c in self.base.columns if c in out.columns]]
@@ -226,9 +229,7 @@ def run_point(run_dir, cfg: Preset, pool: CandidatePool, p: Point, scenes: Seque
     from .dpo import adapters_dir, base_loader, load_adapter, train_pairs
 
     sc = cfg.selection
-    table = pool.table(p.mas, p.n_candidates)
-    groups = S.group_candidates(table)
-    truth = S.truth_by_prompt(groups, table)
+    table, groups, truth = pool.grouped(p.mas, p.n_candidates)
     sel = S.select(groups, p.strategy, p.alpha, p.delta, sc.min_margin, sc.pairs_per_prompt, p.seed)
     reference = S.select(groups, "best_worst", 0.0, p.delta, sc.min_margin, sc.pairs_per_prompt, p.seed)
     sstats = S.selection_stats(groups, sel, reference=reference, truth=truth)
@@ -307,6 +308,15 @@ def selection_frame(records: Sequence[dict], experiment: str) -> pd.DataFrame:
     return df.drop(columns="seed").groupby("setting", sort=False).mean().loc[order]
 
 
+def sampling_seconds(run_dir, cfg: Preset, budgets: Sequence[int]) -> list[float]:
+    """Generation cost of each N: notebook 01's measured sampling time per candidate, times N."""
+    from .generation import generation_info
+
+    gen = generation_info(run_dir)
+    per_candidate = gen["seconds"] / max(1, gen["settings"].get("n_candidates", cfg.generation.n_candidates))
+    return [per_candidate * n for n in budgets]
+
+
 def metric_frame(boot: C.Bootstrap, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """Mean, lo, hi of ``metrics`` per setting (wide: ``<metric>``, ``<metric>_lo``, ``<metric>_hi``)."""
     rows = {}
@@ -377,16 +387,3 @@ def plot_curve(frame: pd.DataFrame, x: Sequence[float], labels: Sequence[str], x
         ax.set_title("selection (share)", fontsize=9)
     fig.tight_layout()
     return fig
-
-
-def json_ready(obj: Any) -> Any:
-    """NaN-free, numpy-free copy for a results file."""
-    if isinstance(obj, dict):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_ready(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj

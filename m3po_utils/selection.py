@@ -330,7 +330,7 @@ def scored_candidates(run_dir):
 
     cands = load_candidates(run_dir).to_pandas()
     mas = load_mas(run_dir)
-    keep = [c for c in ("prompt_id", "cand_idx", "mas", "truth", "clip_score", "judge_score", "judge_ok")
+    keep = [c for c in ("prompt_id", "cand_idx", "mas", "truth", "clip_raw", "clip_score", "judge_score", "judge_ok")
             if c in mas.columns]
     table = cands.merge(mas[keep], on=["prompt_id", "cand_idx"], how="left", validate="one_to_one")
     missing = int(table["mas"].isna().sum())

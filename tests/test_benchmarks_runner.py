@@ -23,12 +23,6 @@ def test_emit_appends_rows_and_checks_targets(tmp_path, monkeypatch):
     assert "| **no** |" in md and md.count("\n") == 4
 
 
-def test_emit_without_output_file_only_prints(tmp_path, monkeypatch):
-    monkeypatch.delenv("M3PO_BENCH_OUT", raising=False)
-    ratios.emit("x", "y", "a", "b", 2.0)
-    assert not list(tmp_path.iterdir())
-
-
 def test_every_benchmark_script_reports_ratios():
     for script in run_all.scripts():
         assert "emit(" in script.read_text(), f"{script.name} prints ratios the runner's table would miss"

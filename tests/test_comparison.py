@@ -228,3 +228,55 @@ def test_pope_file_name_must_name_its_setting(tmp_path):
     with pytest.raises(ValueError, match="rename it"):
         C.pope_setting(tmp_path / "my_questions.json")
     assert C.pope_setting("coco_pope_popular.json") == "popular"
+
+
+def test_delta_frame_rows_are_the_paired_deltas(scenes, questions):
+    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    bad = C.scene_stats(scenes, questions, noisy_answers(questions, scenes), WCFG)
+    boot = C.bootstrap({"good": good[None], "bad": bad[None]}, n_boot=200)
+    df = boot.delta_frame([("good", "bad")], ["mme_total", "chair_i"])
+    assert list(df.index) == [("good − bad", "mme_total"), ("good − bad", "chair_i")]
+    assert df.loc[("good − bad", "chair_i")].to_dict() == boot.delta("good", "bad", "chair_i")
+    assert df.loc[("good − bad", "mme_total"), "delta"] > 0
+
+
+class FakeJudge:
+    """Scores an answer by its length; records what it was asked."""
+
+    def __init__(self):
+        self.items = []
+
+    def judge(self, items, progress=False):
+        from m3po_utils.mas import JudgeOutcome
+
+        self.items += items
+        return [[JudgeOutcome(float(len(r)), ok=r != "fail") for r in it.responses] for it in items]
+
+
+def test_judge_answers_asks_each_distinct_answer_once_and_maps_scores_back(scenes, questions):
+    images = [W.render(s, WCFG) for s in scenes]
+    base = [perfect(q, scenes) for q in questions]
+    judged_rows = [k for k, q in enumerate(questions) if q["kind"] in C.JUDGED_KINDS]
+    other = list(base)
+    other[judged_rows[0]] = "fail"
+    other[judged_rows[1]] = "x"
+    client = FakeJudge()
+    out = C.judge_answers(client, images, questions, {("base", 0): base, ("m3po", 0): other})
+    assert len(client.items) == len(judged_rows)
+    assert client.items[1].responses == [base[judged_rows[1]], "x"]
+    assert client.items[2].responses == [base[judged_rows[2]]]            # same answer: asked once
+    assert out[("m3po", 0)][judged_rows[1]] == 1.0 and np.isnan(out[("m3po", 0)][judged_rows[0]])
+    assert out[("base", 0)][judged_rows[2]] == len(base[judged_rows[2]])
+    not_judged = [k for k in range(len(questions)) if k not in judged_rows]
+    assert np.isnan(out[("base", 0)][not_judged]).all()
+
+
+def test_benchmark_paths_and_frame():
+    cfg = load_preset("smoke")
+    files = C.benchmark_paths(cfg)
+    assert files["pope_files"] == [str(DATA / "pope" / "shapes_pope_adversarial.json")]
+    assert files["mme_dir"] == str(DATA / "mme")
+    own = load_preset("smoke", {"evaluation.mme_dir": "/x/mme"})
+    assert C.benchmark_paths(own) == {"pope_files": [], "pope_images": "", "mme_dir": "/x/mme"}
+    df = C.benchmark_frame({"base": {"pope:a.json": {"accuracy": 0.5, "f1": 0.1}, "mme": {"total": 283.0}}})
+    assert df.loc["pope:a.json", "base"] == 0.5 and df.loc["mme", "base"] == 283.0

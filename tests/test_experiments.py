@@ -78,11 +78,6 @@ def test_point_key_dedupes_same_pairs_and_separates_the_rest(groups):
         X.point_key(X.Point("grid", "a", alpha=0.0), sel, cfg, "other questions", 100)
 
 
-def test_json_ready_drops_nan_and_numpy():
-    out = X.json_ready({"a": np.float64(float("nan")), "b": [np.int64(3), 1.5], 2: {"c": float("inf")}})
-    assert out == {"a": None, "b": [3, 1.5], "2": {"c": None}}
-
-
 def test_sweep_refuses_a_hub_preset(tmp_path):
     cfg = load_preset("llava-1.5-7b")
     with pytest.raises(ValueError, match="shapes world's ground truth"):
