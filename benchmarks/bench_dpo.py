@@ -14,7 +14,7 @@ Both variants train the same LoRA on the same pairs for the same steps with the 
 The model is the shapes preset's tiny LLaVA architecture (freshly initialised, trained for a few SFT steps so
 that it is not uniform). Pairs are built from shapes-world scenes: the ground-truth answer against another
 scene's answer to the same instruction, with their teacher-forced log-probs under the model standing in for
-the generation-time ones (``generation.score_responses`` uses the generation layout). Timings are Trainer's
+the generation-time ones (``models.generate.score_responses`` uses the generation layout). Timings are Trainer's
 ``train_runtime`` (the training loop only) over ``--repeats`` interleaved runs; the ratio is taken on the
 fastest run of each variant (as ``timeit`` does: on a shared machine the slower runs measure the neighbours),
 and the ratio of the medians is printed next to it. Target: reuse ≥ 1.25× faster.
@@ -39,10 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ratios import emit  # noqa: E402  (benchmarks/ratios.py)
 
 from m3po_utils import dpo as D  # noqa: E402
-from m3po_utils import training as T  # noqa: E402
 from m3po_utils import world as W  # noqa: E402
 from m3po_utils.config import load_preset  # noqa: E402
-from m3po_utils.generation import score_responses  # noqa: E402
+from m3po_utils.models import sft as T  # noqa: E402
+from m3po_utils.models import trl_api as TA  # noqa: E402
+from m3po_utils.models.generate import score_responses  # noqa: E402
 from m3po_utils.selection import assistant_turn, user_turn  # noqa: E402
 
 FAMILIES = ("describe", "existence", "color", "count", "position", "fmt_list")
@@ -79,7 +80,7 @@ def build(n_pairs: int, sft_steps: int):
 def time_variant(model, processor, table, dcfg, steps: int) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory(prefix="bench-dpo-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        trainer = D.build_trainer(copy.deepcopy(model), D.training_processor(processor), table, dcfg, tmp, steps,
+        trainer = TA.build_trainer(copy.deepcopy(model), TA.training_processor(processor), table, dcfg, tmp, steps,
                                   device="cpu", progress=False)
         out = trainer.train()
     return out.metrics["train_runtime"], dict(getattr(trainer, "ref_rows", {}))
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     steps, repeats = (10, 2) if args.quick else (args.steps, args.repeats)
     cfg, model, processor, pairs = build(n_pairs=max(64, steps * 8), sft_steps=30 if args.quick else 150)
     dcfg = cfg.dpo
-    tproc = D.training_processor(processor)
+    tproc = TA.training_processor(processor)
     reuse_table, stats = D.training_table(pairs, tproc, True, generation_processor=processor)
     plain_table = pairs.select_columns(list(D.TRL_COLUMNS))
     print(f"pairs: {len(pairs)}, batch {dcfg.batch_size}, steps {steps}, repeats {repeats}; "

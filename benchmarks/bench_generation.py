@@ -4,8 +4,8 @@
     python benchmarks/bench_generation.py --quick          # smaller, for a smoke check
 
 (a) **Log-prob capture.** Plain sampling (``generate`` + decoding) against the production path
-    ``generation.sample_candidates`` (``output_logits=True`` + log-softmax of the raw logits + masking), and
-    against plain sampling followed by a teacher-forced pass (``generation.score_responses``) — what the
+    ``models.generate.sample_candidates`` (``output_logits=True`` + log-softmax of the raw logits + masking), and
+    against plain sampling followed by a teacher-forced pass (``models.generate.score_responses``) — what the
     log-probs would cost without capture. Target: capture adds at most 5 % to generation time.
 (b) **Batching.** The same number of candidates sampled in one batched call (prompts x candidates) against a
     loop that samples one candidate per ``generate`` call. Target: batched at least 8x faster.
@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ratios import emit  # noqa: E402  (benchmarks/ratios.py)
 
-from m3po_utils import generation as G  # noqa: E402
-from m3po_utils import training as T  # noqa: E402
 from m3po_utils import world as W  # noqa: E402
 from m3po_utils.config import load_preset  # noqa: E402
+from m3po_utils.models import generate as G  # noqa: E402
+from m3po_utils.models import sft as T_sft  # noqa: E402
+from m3po_utils.models import templates as T  # noqa: E402
 
 QUESTIONS = ["Describe the image.", "Is there a star in the image?", "What color is the circle?",
              "How many shapes are in the image?", "Where is the square?",
@@ -43,7 +44,7 @@ QUESTIONS = ["Describe the image.", "Is there a star in the image?", "What color
 def build(n_prompts: int):
     cfg = load_preset("shapes")
     splits = W.make_splits(cfg.world.__class__(n_train=300, n_pref=max(n_prompts, 8), n_eval=8))
-    model, processor = T.build_base(splits["train"], cfg.world, cfg.lvlm_train)
+    model, processor = T_sft.build_base(splits["train"], cfg.world, cfg.lvlm_train)
     model.eval()
     images = [W.render(s, cfg.world) for s in splits["pref"][:n_prompts]]
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(n_prompts)]

@@ -3,7 +3,7 @@
     python benchmarks/bench_mas.py            # shapes-preset shapes: 100 prompts x 16 candidates
     python benchmarks/bench_mas.py --quick    # 20 prompts x 8 candidates, a few seconds
 
-(a) **Image-embedding reuse.** CLIP scoring as ``mas.ClipScorer.score`` does it (each distinct image embedded
+(a) **Image-embedding reuse.** CLIP scoring as ``CS.ClipScorer.score`` does it (each distinct image embedded
     once, each distinct text once, batched) against the naive loop that embeds the image (and the text) again
     for every (image, response) pair (``ClipScorer.score_per_pair``). Reported for the image tower alone and for
     the whole scoring; both give the same cosines.
@@ -32,10 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ratios import emit  # noqa: E402  (benchmarks/ratios.py)
 
 from m3po_utils import mas  # noqa: E402
-from m3po_utils import prompts as P  # noqa: E402
 from m3po_utils import world as W  # noqa: E402
 from m3po_utils.config import load_preset  # noqa: E402
-from m3po_utils.judge_server import JudgeServer  # noqa: E402
+from m3po_utils.judge import client as JC  # noqa: E402
+from m3po_utils.judge.server import JudgeServer  # noqa: E402
+from m3po_utils.models import clip_score as CS  # noqa: E402
+from m3po_utils.world import prompts as P  # noqa: E402
 
 
 def build(n_prompts: int, n_candidates: int):
@@ -57,10 +59,10 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 
 def bench_clip(cfg, cands, resolver, repeats: int) -> None:
-    from m3po_utils.tiny_clip import build_tiny_clip
+    from m3po_utils.models.clip import build_tiny_clip
 
     model, preprocess, tokenizer = build_tiny_clip(cfg.clip_train, cfg.world.image_size)
-    scorer = mas.ClipScorer(model, preprocess, tokenizer)
+    scorer = CS.ClipScorer(model, preprocess, tokenizer)
     refs, texts = cands["image"].tolist(), cands["text"].tolist()
     for r in set(refs):  # render every image once up front: both variants read the same cached pixels
         resolver(r)
@@ -102,7 +104,7 @@ def bench_judge(cfg, splits, cands, resolver, repeats: int) -> None:
         for _ in range(repeats):
             for mode in ("pointwise", "listwise"):
                 before = srv.stats["bytes_received"]
-                with mas.JudgeClient(srv.base_url, srv.model_id, mode=mode, concurrency=cfg.mas.concurrency) as c:
+                with JC.JudgeClient(srv.base_url, srv.model_id, mode=mode, concurrency=cfg.mas.concurrency) as c:
                     t0 = time.perf_counter()
                     res = c.judge(items)
                     dt = time.perf_counter() - t0

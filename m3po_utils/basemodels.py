@@ -1,55 +1,66 @@
 """Stage 00: the world and the base models, each made once per run directory and loaded afterwards.
 
 ``prepare_world`` / ``prepare_lvlm`` / ``prepare_clip`` return what exists in ``run_dir`` when it is complete
-and build it otherwise, writing atomically — so notebook 00 can be re-run or resumed, and every later
-notebook loads the same files. Hub presets (``world_kind == "hub"``) load their models by name instead.
+and build it otherwise, writing atomically — so notebook 00 can be re-run or resumed. They are notebook 00's
+alone: every later stage loads these outputs through :class:`~m3po_utils.runs.RunDir`, which stops with "run
+notebook 00 first" when one is missing. Hub presets (``world_kind == "hub"``) load their models by name instead.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-import torch
-
-from . import world as W
-from .config import Preset
-from .evaluation import base_model_report, family_accuracy
-from .io import atomic_write_json
-from .models import ModelLoadError, count_parameters, load_lvlm, save_lvlm
-
-TRAINING_INFO = "m3po_training.json"
-
-
-def world_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "world"
+from m3po_utils import world as W
+from m3po_utils.config import Preset
+from m3po_utils.evaluation import base_model_report, family_accuracy
+from m3po_utils.io import atomic_write_json
+from m3po_utils.models import clip as C
+from m3po_utils.models.lvlm import count_parameters, load_lvlm, resolve_device, save_lvlm
+from m3po_utils.models.sft import build_base, train_base
+from m3po_utils.runs import TRAINING_INFO, RunDir
+from m3po_utils.world.prompts import validation_scenes
 
 
-def lvlm_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "models" / "lvlm"
+def base_lvlm(cfg: Preset, run_dir: str | Path):
+    """``(model, processor, info)`` of the base LVLM notebook 00 made (``info`` is None for hub models).
+
+    Every later stage loads the base model through this; a missing ``models/lvlm`` is "run notebook 00 first".
+    """
+    run = RunDir(run_dir)
+    source = run.lvlm_source(cfg)
+    if cfg.world_kind == "hub":
+        model, processor = load_lvlm(source, dtype=cfg.models.dtype, device=cfg.models.device)
+        return model, processor, None
+    model, processor = load_lvlm(source, device=cfg.models.device)
+    return model, processor, run.lvlm_info()
 
 
-def clip_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "models" / "clip"
+def base_clip(cfg: Preset, run_dir: str | Path):
+    """``(model, preprocess, tokenizer, info)`` of the run's CLIP (``info`` is None for open_clip models)."""
+    run = RunDir(run_dir)
+    name, pretrained = run.clip_source(cfg)
+    if not run.uses_local_clip(cfg):
+        model, preprocess, tokenizer = C.load_clip(name, pretrained, device=str(resolve_device(cfg.models.device)))
+        return model, preprocess, tokenizer, None
+    model, preprocess, tokenizer = C.load_clip(name)
+    return model, preprocess, tokenizer, run.clip_info()
 
 
 def prepare_world(cfg: Preset, run_dir: Path) -> dict[str, list[W.Scene]]:
     """The train / pref / eval scenes of this run (made from the preset's seed on first use)."""
     if cfg.world_kind != "shapes":
         raise ValueError(f"preset {cfg.name!r} has world_kind={cfg.world_kind!r}; only the shapes world has scenes")
-    folder = world_dir(run_dir)
-    if (folder / "scenes.json").exists():
-        return W.load_world(folder)
+    run = RunDir(run_dir)
+    if run.has_world():
+        return run.scenes()
     splits = W.make_splits(cfg.world)
-    W.save_world(splits, folder)
+    W.save_world(splits, run.world)
     return splits
 
 
 def _validation_scenes(splits: dict[str, list[W.Scene]]) -> list[W.Scene]:
     """Scenes used to watch training: the preference split's validation tail (never the evaluation split)."""
-    from .prompts import validation_scenes
-
     return validation_scenes(splits["pref"])
 
 
@@ -61,16 +72,12 @@ def prepare_lvlm(cfg: Preset, run_dir: Path, splits: dict[str, list[W.Scene]] | 
     LLaVA on the train split, measures it on held-out evaluation scenes and saves model, processor and the
     training record together (atomically).
     """
-    if cfg.world_kind == "hub":
-        model, processor = load_lvlm(cfg.models.lvlm, dtype=cfg.models.dtype, device=cfg.models.device)
-        return model, processor, None
-    folder = lvlm_dir(run_dir)
-    if (folder / TRAINING_INFO).exists():
-        model, processor = load_lvlm(folder, device=cfg.models.device)
-        return model, processor, json.loads((folder / TRAINING_INFO).read_text())
+    run = RunDir(run_dir)
+    if cfg.world_kind == "hub" or (run.lvlm / TRAINING_INFO).exists():
+        return base_lvlm(cfg, run_dir)
+    folder = run.lvlm
     if splits is None:
         splits = prepare_world(cfg, run_dir)
-    from .training import build_base, train_base
 
     world_cfg, tcfg = cfg.world, cfg.lvlm_train
     model, processor = build_base(splits["train"], world_cfg, tcfg)
@@ -86,24 +93,18 @@ def prepare_lvlm(cfg: Preset, run_dir: Path, splits: dict[str, list[W.Scene]] | 
     info = {"history": history, "train_seconds": train_s, "parameters": count_parameters(model),
             "heldout": report, "seed": tcfg.seed}
     save_lvlm(model, processor, folder, extra=info)
-    model, processor = load_lvlm(folder, device=cfg.models.device)
+    model, processor, _ = base_lvlm(cfg, run_dir)
     return model, processor, info
 
 
 def prepare_clip(cfg: Preset, run_dir: Path, splits: dict[str, list[W.Scene]] | None = None,
                  progress: bool = True):
     """The CLIP scorer's model, preprocess and tokenizer, plus its training record (``None`` for hub models)."""
-    from . import tiny_clip as C
-
-    if cfg.world_kind == "hub" or cfg.models.clip_model != "local":
-        model, preprocess, tokenizer = C.load_clip(cfg.models.clip_model, cfg.models.clip_pretrained,
-                                                   device=str(_device(cfg)))
-        return model, preprocess, tokenizer, None
-    folder = clip_dir(run_dir)
+    run = RunDir(run_dir)
+    folder = run.clip
     info_path = folder / TRAINING_INFO
-    if info_path.exists():
-        model, preprocess, tokenizer = C.load_clip(str(folder))
-        return model, preprocess, tokenizer, json.loads(info_path.read_text())
+    if not run.uses_local_clip(cfg) or info_path.exists():
+        return base_clip(cfg, run_dir)
     if splits is None:
         splits = prepare_world(cfg, run_dir)
     wc, tc = cfg.world, cfg.clip_train
@@ -121,14 +122,8 @@ def prepare_clip(cfg: Preset, run_dir: Path, splits: dict[str, list[W.Scene]] | 
             "parameters": sum(p.numel() for p in model.parameters())}
     C.save_clip(model, C.clip_model_config(tc, wc.image_size), folder)
     atomic_write_json(info_path, info)
-    model, preprocess, tokenizer = C.load_clip(str(folder))
+    model, preprocess, tokenizer, _ = base_clip(cfg, run_dir)
     return model, preprocess, tokenizer, info
-
-
-def _device(cfg: Preset) -> torch.device:
-    from .models import resolve_device
-
-    return resolve_device(cfg.models.device)
 
 
 def hallucination_examples(info: dict, k: int = 8) -> list[dict]:
@@ -137,16 +132,6 @@ def hallucination_examples(info: dict, k: int = 8) -> list[dict]:
     bad = [r for r in rows if "hallucinated" in r["explanation"]]
     other = [r for r in rows if r not in bad and r["truth"] != r["model"]]
     return (bad + other)[:k]
-
-
-def check_models(run_dir: Path) -> None:
-    """Raise ModelLoadError naming a missing model folder, with the fix."""
-    for folder in (lvlm_dir(run_dir), clip_dir(run_dir)):
-        if not (folder / TRAINING_INFO).exists():
-            raise ModelLoadError(f"{folder} is missing or unfinished; run notebook 00 for this run directory")
-
-
-
 
 
 def verifier_demo(scene: W.Scene, cfg) -> dict:

@@ -23,6 +23,7 @@ scenes (shared by all methods, so differences are paired) and seeds, recomputes 
 seed and averages them; the interval is the central ``ci`` share of those means, the point the mean over seeds.
 """
 
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,15 +35,34 @@ from typing import Any
 
 import numpy as np
 
-from . import evaluation as E
-from . import world as W
-from .config import Preset, WorldConfig
-from .io import atomic_write_json
+from m3po_utils import evaluation as E
+from m3po_utils import selection as S
+from m3po_utils import world as W
+from m3po_utils.config import Preset, WorldConfig
+from m3po_utils.dpo import (
+    SFT_ONLY,
+    adapters_dir,
+    base_loader,
+    load_adapter,
+    load_training_info,
+    train_strategies,
+)
+from m3po_utils.io import atomic_write_json
+from m3po_utils.judge.client import JudgeItem
+from m3po_utils.models.generate import greedy_answers
+from m3po_utils.runs import RunDir
+from m3po_utils.stats import Bootstrap, fmt_interval, resample
+from m3po_utils.world.prompts import ImageResolver
 
 METHOD_LABELS = {"base": "SFT base", "best_of_n": "best-of-N SFT", "random": "random-pair DPO",
                  "best_worst": "best-vs-worst DPO (α = 0)", "m3po": "M3PO"}
+
+
 IFT_FAMILIES = ("fmt_one_word", "fmt_list", "fmt_start", "fmt_max_words")
+
+
 SHORT_FAMILIES = ("color", "count", "position")     # the judge's short open questions, one per scene in turn
+
 
 # Per-scene counts every metric is a ratio of.
 STATS: tuple[str, ...] = (
@@ -51,14 +71,15 @@ STATS: tuple[str, ...] = (
     "desc_n", "desc_mentions", "desc_hall", "desc_any_hall", "desc_objects", "desc_covered",
     "ift_n", "ift_correct", "ift_followed", "yn_n", "yn_ok", "judge_n", "judge_sum", "judge_win",
 )
+
+
 _COL = {name: i for i, name in enumerate(STATS)}
+
 
 # Headline metrics (the comparison table), in the order of the paper's layout; True = higher is better.
 HEADLINE = {"mme_total": True, "pope_adversarial_f1": True, "pope_mean_accuracy": True, "chair_i": False,
             "ift": True, "judge_score": True, "judge_win_rate": True, "yes_no_compliance": True}
 
-
-# ----------------------------------------------------------------------------------------------- questions
 
 def eval_questions(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0) -> list[dict]:
     """The fixed question set: one row per (kind, question); ``kind`` in pope_<setting>, mme, describe, ift, short.
@@ -159,7 +180,6 @@ def answer_questions(model, processor, images: Sequence, questions: Sequence[dic
                      max_new_tokens: int = 48, progress: bool = False) -> list[str]:
     """Greedy answers to ``questions`` (``images[q["scene"]]``); each distinct (scene, question) is asked once,
     grouped by family so that a batch of yes/no questions stops after a few tokens."""
-    from .generation import greedy_answers
 
     unique = sorted({(q["family"], q["scene"], q["question"]) for q in questions})
     answers = greedy_answers(model, processor, [images[s] for _, s, _ in unique], [t for _, _, t in unique],
@@ -167,8 +187,6 @@ def answer_questions(model, processor, images: Sequence, questions: Sequence[dic
     lookup = {(s, t): a for (_, s, t), a in zip(unique, answers, strict=True)}
     return [lookup[(q["scene"], q["question"])] for q in questions]
 
-
-# ----------------------------------------------------------------------------------------------- per-scene counts
 
 def scene_stats(scenes: Sequence[W.Scene], questions: Sequence[dict], answers: Sequence[str], cfg: WorldConfig,
                 judge: np.ndarray | None = None, judge_base: np.ndarray | None = None) -> np.ndarray:
@@ -264,45 +282,6 @@ def metrics_from_totals(t: np.ndarray) -> dict[str, np.ndarray]:
     return m
 
 
-# ----------------------------------------------------------------------------------------------- bootstrap
-
-@dataclasses.dataclass
-class Bootstrap:
-    """Per method: the point estimate (mean over seeds) and ``draws`` (B resampled means) of every metric."""
-
-    point: dict[str, dict[str, float]]
-    draws: dict[str, dict[str, np.ndarray]]
-    ci: float
-
-    def interval(self, method: str, metric: str) -> tuple[float, float]:
-        d = self.draws[method][metric]
-        lo = (1 - self.ci) / 2
-        return float(np.quantile(d, lo)), float(np.quantile(d, 1 - lo))
-
-    def delta(self, a: str, b: str, metric: str) -> dict[str, float]:
-        """``a − b`` with its paired interval (same resampled scenes and seed positions)."""
-        d = self.draws[a][metric] - self.draws[b][metric]
-        lo = (1 - self.ci) / 2
-        return {"delta": self.point[a][metric] - self.point[b][metric], "lo": float(np.quantile(d, lo)),
-                "hi": float(np.quantile(d, 1 - lo)), "p_le_0": float(np.mean(d <= 0))}
-
-    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
-        out: dict[str, dict[str, dict[str, float]]] = {}
-        for m in self.point:
-            out[m] = {}
-            for k, v in self.point[m].items():
-                lo, hi = self.interval(m, k)
-                out[m][k] = {"mean": v, "lo": lo, "hi": hi}
-        return out
-
-    def delta_frame(self, pairs: Sequence[tuple[str, str]], metrics: Sequence[str]):
-        """``a − b`` with its paired interval for every (a, b) in ``pairs`` and metric: one row each."""
-        import pandas as pd
-
-        return pd.DataFrame([{"comparison": f"{a} − {b}", "metric": k, **self.delta(a, b, k)}
-                             for a, b in pairs for k in metrics]).set_index(["comparison", "metric"])
-
-
 def bootstrap(stats: dict[str, np.ndarray], n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> Bootstrap:
     """Intervals for every metric of every method.
 
@@ -318,31 +297,15 @@ def bootstrap(stats: dict[str, np.ndarray], n_boot: int = 2000, ci: float = 0.95
     if len(n_scenes) != 1 or any(len(s) != 3 or s[2] != len(STATS) for s in shapes.values()):
         raise ValueError(f"stats must be (seeds, scenes, {len(STATS)}) with the same scenes for every method; "
                          f"got {shapes}")
-    n = n_scenes.pop()
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)   # (B, n)
-    seed_pos: dict[int, np.ndarray] = {}
-    point, draws = {}, {}
-    for method, st in stats.items():
-        k = st.shape[0]
-        if k not in seed_pos:
-            seed_pos[k] = rng.integers(k, size=(n_boot, k))
-        per_seed = np.einsum("bn,snk->bsk", weights, st)                                # (B, seeds, STATS)
-        picked = per_seed[np.arange(n_boot)[:, None], seed_pos[k]]
-        mets = metrics_from_totals(picked)
-        draws[method] = {name: v.mean(axis=1) for name, v in mets.items()}
-        point[method] = {name: float(v.mean()) for name, v in metrics_from_totals(st.sum(axis=1)).items()}
-    return Bootstrap(point, draws, ci)
+    return resample(stats, metrics_from_totals, n_boot=n_boot, ci=ci, seed=seed)
 
-
-# ----------------------------------------------------------------------------------------------- seeds & models
 
 def seed_run_dir(run_dir, cfg: Preset, seed: int) -> Path:
     """Where seed ``seed``'s pairs and adapters live: the run itself for the run's own seed."""
-    run = Path(run_dir)
+    run = RunDir(run_dir)
     if seed == cfg.selection.seed == cfg.dpo.seed:
-        return run
-    return run / "evaluation" / f"seed{seed}"
+        return run.root
+    return run.evaluation / f"seed{seed}"
 
 
 def seed_config(cfg: Preset, seed: int) -> Preset:
@@ -352,11 +315,6 @@ def seed_config(cfg: Preset, seed: int) -> Preset:
 
 def prepare_seeds(run_dir, cfg: Preset, progress: bool = True) -> dict[int, dict[str, dict]]:
     """Pairs and adapters of every evaluation seed (trained here where missing); training info per seed."""
-    from . import selection as S
-    from .basemodels import prepare_world
-    from .dpo import SFT_ONLY, base_loader, load_training_info, train_strategies
-    from .prompts import ImageResolver
-
     run = Path(run_dir)
     trained = [m for m in cfg.evaluation.methods if m != "base"]
     dpo_strategies = tuple(m for m in trained if m != SFT_ONLY) or cfg.dpo.strategies
@@ -369,12 +327,12 @@ def prepare_seeds(run_dir, cfg: Preset, progress: bool = True) -> dict[int, dict
             continue
         scfg = seed_config(cfg, seed)
         sc = scfg.selection
-        missing = [s for s in (*dpo_strategies, SFT_ONLY) if not (S.pairs_dir(folder, s) / "info.json").exists()]
+        missing = [s for s in (*dpo_strategies, SFT_ONLY) if not RunDir(folder).has_pairs(s)]
         if missing:
             if table is None:
                 table = S.scored_candidates(run)
                 groups = S.group_candidates(table)
-                images = ImageResolver(cfg, prepare_world(cfg, run) if cfg.world_kind == "shapes" else None)
+                images = ImageResolver(cfg, RunDir(run).scenes() if cfg.world_kind == "shapes" else None)
             for s in missing:
                 sel = S.select(groups, s, sc.alpha, sc.delta, sc.min_margin, sc.pairs_per_prompt, sc.seed)
                 S.write_pairs(folder, sel, table, images, {"seed": seed})
@@ -385,8 +343,6 @@ def prepare_seeds(run_dir, cfg: Preset, progress: bool = True) -> dict[int, dict
 
 def load_method(cfg: Preset, run_dir, method: str, seed: int):
     """``(model, processor)`` of ``method`` at ``seed``: the base, or the base with that adapter merged in."""
-    from .dpo import adapters_dir, base_loader, load_adapter
-
     model, processor = base_loader(cfg, run_dir)()
     if method != "base":
         model = load_adapter(model, adapters_dir(seed_run_dir(run_dir, cfg, seed), method)).merge_and_unload()
@@ -400,7 +356,7 @@ def model_keys(cfg: Preset) -> list[tuple[str, int]]:
 
 
 def answers_path(run_dir, method: str, seed: int) -> Path:
-    return Path(run_dir) / "evaluation" / "answers" / f"{method}_seed{seed}.json"
+    return RunDir(run_dir).evaluation / "answers" / f"{method}_seed{seed}.json"
 
 
 def cached_answers(run_dir, cfg: Preset, method: str, seed: int, images: Sequence, questions: Sequence[dict]
@@ -440,7 +396,6 @@ def judge_answers(client, images: Sequence, questions: Sequence[dict], answers: 
     One listwise request per prompt carries every model's distinct answer to it; the run's judge cache keeps
     each (image, instruction, answer) score, so a rerun sends nothing.
     """
-    from .mas import JudgeItem
 
     rows = [k for k, q in enumerate(questions) if q["kind"] in JUDGED_KINDS]
     hashes = {i: W.image_key(images[i]) for i in {questions[k]["scene"] for k in rows}}
@@ -469,12 +424,6 @@ def all_stats(scenes: Sequence[W.Scene], cfg: Preset, questions: Sequence[dict],
         jb = judged[base_key] if judged is not None and base_key is not None else None
         by_method.setdefault(key[0], []).append(scene_stats(scenes, questions, ans, cfg.world, j, jb))
     return {m: np.stack(v) for m, v in by_method.items()}
-
-
-# ----------------------------------------------------------------------------------------------- reporting
-
-def fmt_interval(mean: float, lo: float, hi: float, digits: int = 3) -> str:
-    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def comparison_table(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE), digits: dict[str, int] | None = None):
@@ -543,41 +492,6 @@ def answer_examples(questions: Sequence[dict], answers: dict[tuple[str, int], li
     idx = [k for k, q in enumerate(questions) if q["scene"] == scene and q["kind"] in kinds]
     return pd.DataFrame({f"{m} (seed {s})": [a[k] for k in idx] for (m, s), a in answers.items()},
                         index=[questions[k]["question"] for k in idx]).T
-
-
-def long_frame(boot: Bootstrap, metrics: Sequence[str]):
-    """Long table (method, metric, mean, lo, hi) for bar charts."""
-    import pandas as pd
-
-    return pd.DataFrame([{"method": m, "metric": k, "mean": boot.point[m][k], "lo": boot.interval(m, k)[0],
-                          "hi": boot.interval(m, k)[1]} for m in boot.point for k in metrics])
-
-
-def plot_bars(boot: Bootstrap, metrics: Sequence[str], ncols: int = 4):
-    """One panel per metric: a bar per method with its interval."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    df = long_frame(boot, metrics)
-    methods = list(boot.point)
-    colors = dict(zip(methods, sns.color_palette(n_colors=len(methods)), strict=True))
-    nrows = -(-len(metrics) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.9 * nrows), squeeze=False)
-    for ax, metric in zip(axes.flat, metrics, strict=False):
-        part = df[df.metric == metric].set_index("method").loc[methods]
-        x = np.arange(len(methods))
-        ax.bar(x, part["mean"], color=[colors[m] for m in methods])
-        ax.errorbar(x, part["mean"], yerr=[part["mean"] - part["lo"], part["hi"] - part["mean"]], fmt="none",
-                    ecolor="black", capsize=3, lw=1)
-        lo, hi = float(part["lo"].min()), float(part["hi"].max())
-        pad = max(hi - lo, 1e-6) * 0.6
-        ax.set_ylim(max(0.0, lo - pad), hi + pad)
-        ax.set_xticks(x, [m.replace("_", "\n") for m in methods], fontsize=8)
-        ax.set_title(metric + (" (lower is better)" if not HEADLINE.get(metric, True) else ""), fontsize=9)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
 
 
 def pope_settings(questions: Sequence[dict]) -> list[str]:

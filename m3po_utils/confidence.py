@@ -26,15 +26,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import pandas as pd
 
-from . import world as W
+from m3po_utils import world as W
+from m3po_utils.io import AtomicDir, atomic_write_json
+from m3po_utils.models.generate import quiet_datasets, score_responses
+from m3po_utils.runs import RunDir
+from m3po_utils.stats import spearman
 
-SHORT_FAMILIES = ("existence", "color", "count", "position", "fmt_one_word")
+ANSWER_KEY_FAMILIES = ("existence", "color", "count", "position", "fmt_one_word")
 CLAIM_FAMILIES = ("describe", "fmt_start")
 SET_FAMILIES = ("fmt_list", "fmt_max_words")
-CONFIDENCE_DIR = "confidence"
 CONFIDENCE_KINDS = ("sum", "mean")
 
 
@@ -76,20 +80,20 @@ def answer_key(text: str, family: str, world_cfg=None) -> str:
             return yn
     if world_cfg is not None:
         if family == "count":
-            nums = W._numbers_in(text)
+            nums = W.numbers_in(text)
             if nums:
                 return ",".join(map(str, nums))
         elif family in ("color", "fmt_one_word"):
-            colors = W._colors_in(text, world_cfg)
+            colors = W.colors_in(text, world_cfg)
             if colors:
                 return ",".join(sorted(colors))
-            if W._denies(text):
+            if W.denies(text):
                 return "none"
         elif family == "position":
-            positions = W._positions_in(text, world_cfg)
+            positions = W.positions_in(text, world_cfg)
             if positions:
                 return ",".join(sorted(positions))
-            if W._denies(text):
+            if W.denies(text):
                 return "none"
     return normalise_text(text)
 
@@ -131,7 +135,7 @@ def self_consistency(texts: Sequence[str], family: str, world_cfg=None) -> np.nd
     n = len(texts)
     if n < 2:
         raise ValueError(f"self-consistency needs at least 2 candidates of a prompt, got {n}")
-    if family in SHORT_FAMILIES:
+    if family in ANSWER_KEY_FAMILIES:
         keys = [answer_key(t, family, world_cfg) for t in texts]
         counts: dict[str, int] = {}
         for k in keys:
@@ -174,15 +178,6 @@ def confidence_table(candidates, world_cfg=None, verdicts: pd.DataFrame | None =
         out["verifier_score"] = verdicts["verifier_score"].to_numpy()
         out["correct"] = verdicts["correct"].to_numpy().astype(bool)
     return out
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation (Pearson correlation of average ranks); NaN when either side is constant."""
-    ra = pd.Series(np.asarray(a, dtype=float)).rank().to_numpy()
-    rb = pd.Series(np.asarray(b, dtype=float)).rank().to_numpy()
-    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def confidence_correlations(table: pd.DataFrame, target: str = "verifier_score") -> pd.DataFrame:
@@ -235,7 +230,7 @@ def calibration_summary(table: pd.DataFrame) -> dict[str, float]:
             "top1_accuracy": float(top["correct"].mean()), "mean_accuracy": float(table["correct"].mean())}
 
 
-def reliability(table: pd.DataFrame, bins: int = 10, families: Sequence[str] = SHORT_FAMILIES) -> pd.DataFrame:
+def reliability(table: pd.DataFrame, bins: int = 10, families: Sequence[str] = ANSWER_KEY_FAMILIES) -> pd.DataFrame:
     """Reliability diagram data for short answers: P(response) = exp(conf_sum) in ``bins`` equal-width bins
     against the share that is correct. A calibrated model's points lie on the diagonal."""
     t = table[table["family"].isin(families)].copy()
@@ -281,7 +276,6 @@ def logprob_agreement(model, processor, candidates, image_loader: Callable[[str]
     (|generation log P(R) − teacher-forced log P(R)|), plus both sums. ``max_prompts`` limits the check to
     the first prompts of the table.
     """
-    from .generation import score_responses
 
     df = _frame(candidates)
     pids = list(dict.fromkeys(df["prompt_id"]))
@@ -305,29 +299,10 @@ def logprob_agreement(model, processor, candidates, image_loader: Callable[[str]
 
 # ----------------------------------------------------------------------------------------------- files
 
-def confidence_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / CONFIDENCE_DIR
-
-
 def save_confidence(run_dir: str | Path, table: pd.DataFrame, checks: dict) -> Path:
     """Write ``run_dir/confidence/`` (a ``datasets`` table + ``checks.json``) atomically."""
-    import datasets as D
-
-    from .io import AtomicDir, atomic_write_json
-
-    folder = confidence_dir(run_dir)
-    from .generation import quiet_datasets
-
+    folder = RunDir(run_dir).confidence
     with AtomicDir(folder) as tmp, quiet_datasets():
-        D.Dataset.from_pandas(table.reset_index(drop=True), preserve_index=False).save_to_disk(str(tmp / "table"))
+        datasets.Dataset.from_pandas(table.reset_index(drop=True), preserve_index=False).save_to_disk(str(tmp / "table"))
         atomic_write_json(tmp / "checks.json", checks)
     return folder
-
-
-def load_confidence(run_dir: str | Path) -> pd.DataFrame:
-    import datasets as D
-
-    folder = confidence_dir(run_dir)
-    if not (folder / "table" / "state.json").is_file():
-        raise FileNotFoundError(f"no confidence table in {folder}; run notebook 03 (confidence) first")
-    return D.load_from_disk(str(folder / "table")).to_pandas()

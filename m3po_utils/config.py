@@ -18,7 +18,10 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from .io import atomic_write_text
+from m3po_utils.io import atomic_write_text
+
+# Pair-selection strategies (stage 04); best_of_n is the SFT-only control on the chosen answers.
+STRATEGIES = ("m3po", "best_worst", "random", "best_of_n")
 
 
 class ConfigError(ValueError):
@@ -254,7 +257,6 @@ class DpoConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from .selection import STRATEGIES
 
         _check(len(self.strategies) >= 1 and all(s in STRATEGIES for s in self.strategies)
                and len(set(self.strategies)) == len(self.strategies)
@@ -308,7 +310,6 @@ class EvaluationConfig:
     mme_dir: str = ""
 
     def __post_init__(self) -> None:
-        from .selection import STRATEGIES
 
         known = ("base", *STRATEGIES)
         _check(len(self.methods) >= 1 and all(m in known for m in self.methods)

@@ -43,15 +43,13 @@ what the negatives add. Adapters (safetensors) and the per-step training log go 
 ``run_dir/adapters/<strategy>/`` atomically; a strategy whose adapter is complete is skipped by a rerun.
 """
 
+
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,20 +57,36 @@ from typing import Any
 
 import numpy as np
 import torch
-from trl import DPOConfig as TrlDPOConfig
-from trl import DPOTrainer
-from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
-from .config import DpoConfig, Preset
-from .io import AtomicDir, atomic_write_json
+from m3po_utils import world as W
+from m3po_utils.config import DpoConfig, Preset
+from m3po_utils.io import AtomicDir, atomic_write_json
+from m3po_utils.models.generate import greedy_answers
+from m3po_utils.models.lora import check_lora_targets, lora_summary, quiet_gc_warning
+from m3po_utils.models.lvlm import load_lvlm
+from m3po_utils.models.templates import n_image_tokens, prompt_for
+from m3po_utils.models.trl_api import REF_COLUMNS, build_trainer, training_processor, trl_texts
+from m3po_utils.runs import RunDir, StageMissing
+from m3po_utils.world.prompts import PREF_FAMILY_WEIGHTS
 
 SFT_ONLY = "best_of_n"
+
+
 TRL_COLUMNS = ("images", "prompt", "chosen", "rejected")
+
+
 SAMPLE_COLUMNS = ("chosen_token_ids", "rejected_token_ids", "logp_chosen", "logp_rejected")
-REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
 ADAPTER_FILE = "adapter_model.safetensors"
+
+
 INFO_FILE = "training_info.json"
+
+
 LOG_FILE = "training_log.json"
+
+
 CURVE_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
@@ -80,109 +94,7 @@ class DpoInputError(ValueError):
     """Pairs, images or settings that DPO training cannot use; raised before any training starts."""
 
 
-# ----------------------------------------------------------------------------------------------- LoRA
-
-def lora_parts(targets: Sequence[str] = ("q_proj", "v_proj"), projector: bool = False,
-               vision: bool = False) -> dict[str, str]:
-    """One regular expression per part of the LLaVA that gets LoRA (matched with ``re.fullmatch``).
-
-    LLaVA in transformers 5 names its parts ``model.language_model``, ``model.vision_tower`` and
-    ``model.multi_modal_projector``; the CLIP vision tower has ``q_proj`` / ``v_proj`` too, hence the prefixes.
-    """
-    names = "|".join(targets)
-    parts = {"language_model": rf"model\.language_model\..*\.({names})"}
-    if vision:
-        parts["vision_tower"] = rf"model\.vision_tower\..*\.({names})"
-    if projector:
-        parts["multi_modal_projector"] = r"model\.multi_modal_projector\.linear_\d+"
-    return parts
-
-
-def lora_target_regex(targets: Sequence[str] = ("q_proj", "v_proj"), projector: bool = False,
-                      vision: bool = False) -> str:
-    """PEFT's ``target_modules`` as one regular expression (PEFT matches a string with ``re.fullmatch``)."""
-    return "|".join(f"(?:{p})" for p in lora_parts(targets, projector, vision).values())
-
-
-def lora_config(dcfg: DpoConfig):
-    from peft import LoraConfig
-
-    return LoraConfig(r=dcfg.lora_r, lora_alpha=dcfg.lora_alpha, lora_dropout=dcfg.lora_dropout, bias="none",
-                      target_modules=lora_target_regex(dcfg.lora_targets, dcfg.lora_projector, dcfg.lora_vision))
-
-
-def wrap_lora(model, dcfg: DpoConfig):
-    """``peft.get_peft_model`` with a fresh adapter of ``dcfg`` (wraps ``model`` in place), to inspect it."""
-    from peft import get_peft_model
-
-    check_lora_targets(model, dcfg)
-    with _quiet():
-        return get_peft_model(model, lora_config(dcfg))
-
-
-def check_lora_targets(model, dcfg: DpoConfig) -> dict[str, list[str]]:
-    """Module names each LoRA part will wrap; a part that matches no module is a :class:`DpoInputError`."""
-    import re
-
-    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    out = {}
-    for part, pattern in lora_parts(dcfg.lora_targets, dcfg.lora_projector, dcfg.lora_vision).items():
-        hits = [n for n in names if re.fullmatch(pattern, n)]
-        if not hits:
-            inside = [n.rsplit(".", 1)[-1] for n in names if f".{part}." in f".{n}"]
-            sample = ", ".join(dict.fromkeys(inside)) or ", ".join(names[:8])
-            raise DpoInputError(
-                f"LoRA target {pattern!r} (dpo.lora_targets={tuple(dcfg.lora_targets)}, part {part}) matches no "
-                f"linear module of {type(model).__name__}; the linear layers there are named: {sample}")
-        out[part] = hits
-    return out
-
-
-def lora_summary(model) -> dict[str, Any]:
-    """Trainable (LoRA) and total parameters of a PEFT model, and how many LoRA modules sit in each part."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    modules: dict[str, int] = {}
-    for name, _ in model.named_modules():
-        if name.endswith(".lora_A"):
-            part = next((p for p in ("language_model", "vision_tower", "multi_modal_projector") if p in name), "other")
-            modules[part] = modules.get(part, 0) + 1
-    return {"trainable": trainable, "total": total, "trainable_share": trainable / total, "lora_modules": modules}
-
-
-# ----------------------------------------------------------------------------------------------- processor
-
-def training_processor(processor):
-    """The processor TRL should use: a copy whose chat template renders BOS when the tokenizer adds one.
-
-    TRL tokenises rendered templates with ``add_special_tokens=False``. If the template does not render BOS but
-    the tokenizer adds it by default (LLaVA-1.5), a copy with ``{{ bos_token }}`` in front of the template is
-    returned, so that the training context equals the generation context; otherwise the processor itself.
-    """
-    tok = processor.tokenizer
-    probe = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "x"}]}],
-                                          add_generation_prompt=True)
-    adds_bos = tok.bos_token_id is not None and tok("x", add_special_tokens=True).input_ids[:1] == [tok.bos_token_id]
-    if not adds_bos or probe.startswith(tok.bos_token):
-        return processor
-    out = copy.deepcopy(processor)
-    out.chat_template = "{{ bos_token }}" + processor.chat_template
-    return out
-
-
-def trl_texts(example: dict, processor) -> dict[str, str]:
-    """Prompt / chosen / rejected strings exactly as TRL's vision collator renders them."""
-    from trl.data_utils import apply_chat_template, prepare_multimodal_messages
-
-    images = example.get("images") or []
-    ex = {"prompt": prepare_multimodal_messages(example["prompt"], images=images),
-          "chosen": prepare_multimodal_messages(example["chosen"]),
-          "rejected": prepare_multimodal_messages(example["rejected"])}
-    return apply_chat_template(ex, processor)
-
-
 def _expand_image(text: str, processor) -> str:
-    from .training import n_image_tokens
 
     token = processor.image_token
     return text.replace(token, token * n_image_tokens(processor))
@@ -194,8 +106,6 @@ def _user_text(prompt: list[dict]) -> str:
         return content
     return "".join(c.get("text") or "" for c in content if c.get("type") == "text")
 
-
-# ----------------------------------------------------------------------------------------------- pairs
 
 def check_pairs(ds, strategy: str, reuse_reference: bool = True, check_images: bool = True) -> None:
     """Raise :class:`DpoInputError` for an empty pair set, a missing column or an image that cannot be read."""
@@ -225,12 +135,11 @@ def check_pairs(ds, strategy: str, reuse_reference: bool = True, check_images: b
 
 def load_strategy_pairs(run_dir, strategy: str):
     """``pairs/<strategy>/`` of ``run_dir``; a clear error when the strategy has no pairs there."""
-    from .selection import load_pairs, pairs_dir
-
+    run = RunDir(run_dir)
     try:
-        return load_pairs(run_dir, strategy)
-    except FileNotFoundError:
-        raise DpoInputError(f"strategy {strategy!r} has no pairs: {pairs_dir(run_dir, strategy)} is missing; run "
+        return run.load_pairs(strategy)
+    except StageMissing:
+        raise DpoInputError(f"strategy {strategy!r} has no pairs: {run.pairs(strategy)} is missing; run "
                             "notebook 04 (selection) for this run directory or remove the strategy from "
                             "dpo.strategies") from None
 
@@ -312,7 +221,6 @@ def reference_columns(ds, processor, generation_processor=None,
     tokens equal the generation prompt's tokens (chat template tokenised as generation does it, image
     placeholder expanded) and TRL's completion tokens equal the sampled ``*_token_ids`` (EOS included).
     """
-    from .training import prompt_for
 
     tok = processor.tokenizer
     gproc = generation_processor or processor
@@ -366,145 +274,12 @@ def training_table(ds, processor, reuse_reference: bool = True, generation_proce
     return table, stats
 
 
-# ----------------------------------------------------------------------------------------------- TRL
-
-class VisionPreferenceCollatorWithReference(DataCollatorForVisionPreference):
-    """TRL's vision collator, plus the rows' ``ref_chosen_logps`` / ``ref_rejected_logps`` (NaN = none stored)."""
-
-    def torch_call(self, examples):
-        refs = {c: torch.tensor([_nan(ex.pop(c, None)) for ex in examples], dtype=torch.float32)
-                for c in REF_COLUMNS if c in examples[0]}
-        out = super().torch_call(examples)
-        out.update(refs)
-        return out
-
-
-class ReusedReferenceDPOTrainer(DPOTrainer):
-    """``DPOTrainer`` that takes the reference log-probs from the batch where it has them.
-
-    TRL reads ``ref_chosen_logps`` / ``ref_rejected_logps`` from the batch only with
-    ``precompute_ref_log_probs=True``, which it refuses for vision datasets. This subclass keeps the two columns
-    (signature columns), fills the NaN rows with TRL's own ``compute_ref_log_probs`` (adapter disabled) on just
-    those pairs, and then runs TRL's loss as in the precomputed case. A batch without the columns goes through
-    TRL's default path (a reference forward on the whole batch). ``ref_rows`` counts reused / computed pairs.
-    """
-
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        self._signature_columns = list(self._signature_columns) + [
-            c for c in REF_COLUMNS if c not in self._signature_columns]
-
-    def _compute_loss(self, model, inputs, return_outputs):
-        if REF_COLUMNS[0] not in inputs or self.precompute_ref_logps:
-            return super()._compute_loss(model, inputs, return_outputs)
-        ref_c, ref_r = inputs[REF_COLUMNS[0]].clone(), inputs[REF_COLUMNS[1]].clone()
-        missing = torch.isnan(ref_c) | torch.isnan(ref_r)
-        if missing.any():
-            rows = missing.nonzero().flatten()
-            with _quiet():
-                c, r = self.compute_ref_log_probs(self.model, _select_pairs(inputs, rows))
-            ref_c[rows] = torch.where(torch.isnan(ref_c[rows]), c.to(ref_c.dtype), ref_c[rows])
-            ref_r[rows] = torch.where(torch.isnan(ref_r[rows]), r.to(ref_r.dtype), ref_r[rows])
-        if self.model.training:
-            counts = getattr(self, "ref_rows", {"reused": 0, "computed": 0})
-            n_missing = int(missing.sum())
-            self.ref_rows = {"reused": counts["reused"] + len(missing) - n_missing,
-                             "computed": counts["computed"] + n_missing}
-        self.precompute_ref_logps = True
-        try:
-            return super()._compute_loss(model, inputs | {REF_COLUMNS[0]: ref_c, REF_COLUMNS[1]: ref_r},
-                                         return_outputs)
-        finally:
-            self.precompute_ref_logps = False
-
-
-def _nan(v) -> float:
-    return float("nan") if v is None else float(v)
-
-
-def _select_pairs(inputs: dict, rows: torch.Tensor) -> dict:
-    """The sub-batch of pairs ``rows`` (chosen rows i and rejected rows B + i), keeping TRL's [chosen, rejected]."""
-    b2 = inputs["input_ids"].shape[0]
-    idx = torch.cat([rows, rows + b2 // 2]).to(inputs["input_ids"].device)
-    out = {}
-    for k, v in inputs.items():
-        if k in REF_COLUMNS:
-            continue
-        if not (torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == b2):
-            # e.g. Qwen-VL's flattened patches: no per-row slice, so compute the whole batch
-            return {k: v for k, v in inputs.items() if k not in REF_COLUMNS}
-        out[k] = v.index_select(0, idx.to(v.device))
-    return out
-
-
 def steps_for(n_pairs: int, dcfg: DpoConfig) -> int:
     return max(1, math.ceil(n_pairs * dcfg.epochs / (dcfg.batch_size * dcfg.grad_accum)))
 
 
-def trl_config(dcfg: DpoConfig, output_dir: str | Path, max_steps: int, sft_only: bool = False,
-               device: str = "auto", dtype: str = "float32", progress: bool = True):
-    """TRL's ``DPOConfig`` for one strategy. CPU: no bf16 and no gradient checkpointing (TRL defaults both on)."""
-    from .models import resolve_device
-
-    on_gpu = resolve_device(device).type == "cuda"
-    loss_type, weights = (["sft"], [1.0]) if sft_only else (list(dcfg.loss_type), list(dcfg.loss_weights))
-    with _quiet():
-        return TrlDPOConfig(
-            output_dir=str(output_dir), learning_rate=dcfg.learning_rate,
-            per_device_train_batch_size=dcfg.batch_size, gradient_accumulation_steps=dcfg.grad_accum,
-            max_steps=max_steps, beta=dcfg.beta, loss_type=loss_type, loss_weights=weights,
-            lr_scheduler_type=dcfg.lr_scheduler, warmup_steps=dcfg.warmup_ratio,   # a float < 1 is a ratio
-            weight_decay=dcfg.weight_decay, max_length=dcfg.max_length, seed=dcfg.seed, data_seed=dcfg.seed,
-            bf16=on_gpu and dtype == "bfloat16", fp16=False, use_cpu=not on_gpu,
-            gradient_checkpointing=on_gpu and dcfg.gradient_checkpointing,
-            logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=not progress,
-            dataloader_num_workers=0, remove_unused_columns=True)
-
-
-_GC_WARNING = ".*gradient_checkpointing.* is deprecated"   # transformers 5 renamed it; TRL still uses the old name
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence transformers 5's rename warning for ``gradient_checkpointing``, which TRL 1.16 still triggers."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_GC_WARNING, category=FutureWarning)
-        yield
-
-
-def build_trainer(model, processor, table, dcfg: DpoConfig, output_dir: str | Path, max_steps: int,
-                  sft_only: bool = False, device: str = "auto", dtype: str = "float32", progress: bool = True):
-    """A TRL trainer with a fresh LoRA adapter on ``model`` (which PEFT wraps in place).
-
-    ``table`` with the reference columns → :class:`ReusedReferenceDPOTrainer` with the reference-carrying
-    collator; without them → TRL's own ``DPOTrainer`` (a reference forward each step).
-    """
-    check_lora_targets(model, dcfg)
-    with _quiet():
-        return _build_trainer(model, processor, table, dcfg, output_dir, max_steps, sft_only, device, dtype, progress)
-
-
-def _build_trainer(model, processor, table, dcfg, output_dir, max_steps, sft_only, device, dtype, progress):
-    args = trl_config(dcfg, output_dir, max_steps, sft_only, device, dtype, progress)
-    if REF_COLUMNS[0] in table.column_names:
-        collator = VisionPreferenceCollatorWithReference(processor=processor, max_length=args.max_length)
-        trainer = ReusedReferenceDPOTrainer(model=model, args=args, train_dataset=table, processing_class=processor,
-                          peft_config=lora_config(dcfg), data_collator=collator)
-    else:
-        trainer = DPOTrainer(model=model, args=args, train_dataset=table, processing_class=processor,
-                             peft_config=lora_config(dcfg))
-    if not progress:   # no progress bar and no printed log dicts (the log is in trainer.state.log_history)
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
-    return trainer
-
-
-# ----------------------------------------------------------------------------------------------- adapters
-
 def adapters_dir(run_dir, strategy: str | None = None) -> Path:
-    base = Path(run_dir) / "adapters"
-    return base / strategy if strategy else base
+    return RunDir(run_dir).adapters(strategy)
 
 
 def adapter_complete(folder: Path, fingerprint: str | None = None) -> bool:
@@ -526,7 +301,7 @@ def load_adapter(model, folder: str | Path):
     if not (folder / ADAPTER_FILE).is_file():
         raise FileNotFoundError(f"{folder} holds no adapter ({ADAPTER_FILE}); run notebook 05 for this run "
                                 "directory")
-    with _quiet():
+    with quiet_gc_warning():
         return PeftModel.from_pretrained(model, str(folder)).eval()
 
 
@@ -551,14 +326,9 @@ def _fingerprint(dcfg: DpoConfig, strategy: str, table) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------------------------- the stage
-
 def base_loader(cfg: Preset, run_dir) -> Callable[[], tuple[Any, Any]]:
     """A function returning a fresh ``(model, processor)`` of the base LVLM (PEFT wraps the model in place)."""
-    from .basemodels import lvlm_dir
-    from .models import load_lvlm
-
-    name = lvlm_dir(run_dir) if cfg.world_kind == "shapes" else cfg.models.lvlm
+    name = RunDir(run_dir).lvlm_source(cfg)
     return lambda: load_lvlm(name, dtype=cfg.models.dtype, device=cfg.models.device)
 
 
@@ -606,7 +376,7 @@ def train_one(prep: PreparedStrategy, model, processor, dcfg: DpoConfig, folder:
                                 device, dtype, progress)
         lora = lora_summary(trainer.model)
         t0 = time.perf_counter()
-        with _quiet():
+        with quiet_gc_warning():
             trainer.train()
         seconds = time.perf_counter() - t0
         log = [row for row in trainer.state.log_history if "loss" in row]
@@ -689,8 +459,6 @@ def train_strategies(run_dir, cfg: Preset, strategies: Sequence[str] | None = No
     return results
 
 
-# ----------------------------------------------------------------------------------------------- checks & figures
-
 def reference_check(model, processor, prep: PreparedStrategy, dcfg: DpoConfig, adapter: str | Path | None = None,
                     batch_size: int | None = None, seed: int = 0) -> dict:
     """Loss and rewards on one batch: stored reference log-probs vs TRL's own reference forward.
@@ -729,7 +497,7 @@ def reference_check(model, processor, prep: PreparedStrategy, dcfg: DpoConfig, a
     inputs = trainer._prepare_inputs(batch)
     trainer.model.eval()
     out = {}
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet_gc_warning():
         for name, inp in (("reused", inputs), ("trl", {k: v for k, v in inputs.items() if k not in REF_COLUMNS})):
             trainer._metrics["eval"].clear()
             loss = trainer._compute_loss(trainer.model, inp, False)
@@ -742,55 +510,6 @@ def reference_check(model, processor, prep: PreparedStrategy, dcfg: DpoConfig, a
     return {"pairs": len(rows), "reused": out["reused"], "trl": out["trl"], "abs_diff": diffs,
             "max_abs_diff": max(diffs.values()),
             "max_ref_logp_diff": float((stored.cpu() - fresh).abs().max())}
-
-
-def curves_frame(logs: dict[str, list[dict]]):
-    """Long table (strategy, step, metric, value) of the per-step training logs, for seaborn."""
-    import pandas as pd
-
-    rows = []
-    for s, log in logs.items():
-        for r in log:
-            for m in CURVE_METRICS:
-                if m in r:
-                    rows.append({"strategy": s, "step": r["step"], "metric": m, "value": r[m]})
-    return pd.DataFrame(rows)
-
-
-def plot_training_curves(logs: dict[str, list[dict]], smooth: int = 5, sft_only: Sequence[str] = (SFT_ONLY,)):
-    """One panel per metric (loss, chosen / rejected reward, margin, reward accuracy), one line per strategy.
-
-    ``smooth``: rolling mean over this many steps (1 = raw). The ``sft_only`` runs appear in the loss and
-    chosen-reward panels only (their rejected column is a copy of the chosen one). Returns the matplotlib figure;
-    writes nothing.
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    df = curves_frame(logs)
-    if smooth > 1 and len(df):
-        df["value"] = df.groupby(["strategy", "metric"])["value"].transform(
-            lambda v: v.rolling(smooth, min_periods=1).mean())
-    only_chosen = df.strategy.isin(list(sft_only)) & df.metric.isin(CURVE_METRICS[2:])
-    df = df[~only_chosen]
-    palette = dict(zip(logs, sns.color_palette(n_colors=len(logs)), strict=True))
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.4))
-    for ax, metric in zip(axes.flat, CURVE_METRICS, strict=False):
-        part = df[df.metric == metric]
-        if len(part):
-            sns.lineplot(data=part, x="step", y="value", hue="strategy", palette=palette, ax=ax, legend=False)
-        ax.set_title(metric)
-        ax.set_ylabel("")
-        if metric.startswith("rewards/") and metric != "rewards/accuracies":
-            ax.axhline(0, color="0.6", lw=0.8, ls="--")
-        if metric == "rewards/accuracies":
-            ax.axhline(0.5, color="0.6", lw=0.8, ls="--")
-    legend_ax = axes.flat[-1]
-    legend_ax.axis("off")
-    handles = [plt.Line2D([], [], color=c, label=s + (" (SFT only)" if s in sft_only else "")) for s, c in palette.items()]
-    legend_ax.legend(handles=handles, title="strategy", loc="center")
-    fig.tight_layout()
-    return fig
 
 
 def final_table(infos: dict[str, dict]):
@@ -820,8 +539,6 @@ def validation_prompts(scenes, world_cfg, seed: int = 0) -> list[tuple[Any, Any]
     about an absent co-occurrence partner when the scene has one (the base model's typical hallucination), as the
     preference prompts do half of the time.
     """
-    from . import world as W
-    from .prompts import PREF_FAMILY_WEIGHTS
 
     rng = np.random.default_rng(seed)
     partner = dict(world_cfg.partners)
@@ -845,8 +562,6 @@ def validation_metrics(model, processor, scenes, world_cfg, seed: int = 0, batch
     of fully correct answers (overall and per family, ``acc_*``) and the hallucination rate (share of answers
     that assert an absent object). Pass :func:`m3po_utils.prompts.validation_scenes` — never the evaluation split.
     """
-    from . import world as W
-    from .generation import greedy_answers
 
     rows = validation_prompts(scenes, world_cfg, seed)
     # one family per batch: a batch of yes/no answers stops after a few tokens instead of waiting for descriptions

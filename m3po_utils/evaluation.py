@@ -23,8 +23,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import world as W
-from .config import WorldConfig
+from m3po_utils import world as W
+from m3po_utils.config import WorldConfig
+from m3po_utils.models.generate import greedy_answers
 
 POPE_SETTINGS = ("random", "popular", "adversarial")
 # MME-style perception subtasks the shapes world supports, and the yes/no family that asks each.
@@ -118,7 +119,6 @@ def description_metrics(scenes: Sequence[W.Scene], descriptions: Sequence[str], 
 def family_accuracy(model, processor, scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0,
                     batch_size: int = 64) -> dict[str, float]:
     """Share of greedy answers the verifier marks fully correct, per instruction family (one of each per scene)."""
-    from .generation import greedy_answers
 
     rng = np.random.default_rng(seed)
     rows = [(s, ins) for s in scenes for ins in W.instructions_for(s, cfg, rng)]
@@ -136,7 +136,6 @@ def base_model_report(model, processor, scenes: Sequence[W.Scene], cfg: WorldCon
 
     Returns ``{"pope": {setting: metrics}, "describe": {...}, "families": {...}, "examples": [...]}``.
     """
-    from .generation import greedy_answers
 
     images = [W.render(s, cfg) for s in scenes]
     report: dict = {"pope": {}}
@@ -321,7 +320,6 @@ def answer_file_questions(model, processor, rows: Sequence[dict], batch_size: in
     """Greedy answers of any LLaVA-class model (with or without an adapter) to loaded benchmark rows."""
     from PIL import Image
 
-    from .generation import greedy_answers
 
     cache: dict[str, Image.Image] = {}
     images = []

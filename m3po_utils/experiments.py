@@ -20,6 +20,7 @@ seed into ``run_dir/experiments/extra<k>/`` (resumable, like notebook 01), score
 verifier, and appended with candidate indices after the run's.
 """
 
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,13 +35,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import comparison as C
-from . import selection as S
-from . import world as W
-from .config import Preset
-from .io import atomic_write_json
+from m3po_utils import comparison as C
+from m3po_utils import selection as S
+from m3po_utils import world as W
+from m3po_utils.candidates import generate_candidates, generation_info
+from m3po_utils.comparison import answer_questions, questions_key, scene_stats
+from m3po_utils.config import Preset
+from m3po_utils.dpo import adapters_dir, base_loader, load_adapter, train_pairs
+from m3po_utils.io import atomic_write_json, load_results
+from m3po_utils.mas import (
+    clip_scorer,
+    combine,
+    judge_items,
+    normalise_clip,
+    open_judge,
+    score_candidates,
+    verifier_truth,
+)
+from m3po_utils.runs import RunDir
+from m3po_utils.world.prompts import ImageResolver, preference_prompts
 
 LOSSES = {"dpo+sft": None, "dpo": (("sigmoid",), (1.0,)), "sft": None}
+
+
 METRICS = ("pope_adversarial_f1", "mme_total", "chair_i", "ift")
 
 
@@ -99,18 +116,10 @@ def point_config(cfg: Preset, p: Point) -> Preset:
     return dataclasses.replace(cfg, dpo=dpo, selection=dataclasses.replace(cfg.selection, seed=p.seed))
 
 
-def experiments_dir(run_dir) -> Path:
-    return Path(run_dir) / "experiments"
-
-
-# ----------------------------------------------------------------------------------------------- candidates
-
 class CandidatePool:
     """The run's candidates with MAS variants and extra candidates, built on demand and cached."""
 
     def __init__(self, run_dir, cfg: Preset, splits: dict[str, list[W.Scene]]):
-        from .prompts import ImageResolver
-
         self.run, self.cfg, self.splits = Path(run_dir), cfg, splits
         self.base = S.scored_candidates(self.run)
         self.n_run = int(self.base.groupby("prompt_id")["cand_idx"].count().max())
@@ -131,7 +140,6 @@ class CandidatePool:
     # ---- MAS variants
     def judge_scores(self, table: pd.DataFrame, noise: float) -> pd.DataFrame:
         """``judge_score`` / ``judge_ok`` of every row of ``table`` from the local judge at ``noise``."""
-        from .mas import judge_items, open_judge
 
         items, rows = judge_items(table, self.resolver)
         raw = np.full(len(table), np.nan)
@@ -145,7 +153,6 @@ class CandidatePool:
 
     def table(self, mas: str = "default", n_candidates: int = 0) -> pd.DataFrame:
         """Candidates (first ``n_candidates`` per prompt, extra ones sampled if needed) with ``mas`` as asked."""
-        from .mas import combine, normalise_clip
 
         n = n_candidates or self.n_run
         if n <= self.n_run:
@@ -172,25 +179,20 @@ class CandidatePool:
         """``k`` more candidates per preference prompt (cached), scored like notebook 02 does."""
         if self._extra is not None and self._extra.groupby("prompt_id")["cand_idx"].count().min() >= k:
             return self._extra
-        from .dpo import base_loader
-        from .generation import generate_candidates, load_candidates
-        from .mas import ClipScorer, open_judge, score_candidates, verifier_truth
-        from .prompts import preference_prompts
-
         gc = self.cfg.generation
-        folder = experiments_dir(self.run) / f"extra{k}"
-        if not (folder / "candidates").exists():
+        folder = RunDir(self.run).experiments / f"extra{k}"
+        if not RunDir(folder).candidates.exists():
             model, processor = base_loader(self.cfg, self.run)()
             generate_candidates(model, processor, preference_prompts(self.cfg, self.splits), self.resolver,
                                 n_candidates=k, temperature=gc.temperature, top_p=gc.top_p, top_k=gc.top_k,
                                 max_new_tokens=gc.max_new_tokens, batch_size=gc.batch_size, seed=gc.seed + 1000 + k,
                                 run_dir=folder, progress=False)
-        cands = load_candidates(folder).to_pandas()
+        cands = RunDir(folder).load_candidates().to_pandas()
         scored_path = folder / "scored.json"
         if scored_path.is_file():
             scored = pd.read_json(scored_path, orient="split")
         else:
-            scorer = ClipScorer.from_run(self.cfg, self.run)
+            scorer = clip_scorer(self.cfg, self.run)
             with open_judge(self.cfg, self.run, splits=self.splits) as judge:
                 scored = score_candidates(cands, self.cfg.mas, self.resolver, clip=scorer, judge=judge)
             scenes = {s.scene_id: s for part in self.splits.values() for s in part}
@@ -205,8 +207,6 @@ class CandidatePool:
         self._extra = out[[c for c in self.base.columns if c in out.columns]]
         return self._extra
 
-
-# ----------------------------------------------------------------------------------------------- one point
 
 def point_key(p: Point, sel: S.Selection, cfg: Preset, questions_key: str, max_pairs: int) -> str:
     pairs = [(c.prompt_id, [list(x) if x else None for x in c.pairs]) for c in sel.choices if c.pairs]
@@ -225,8 +225,6 @@ def _save_stats(path: Path, stats: np.ndarray) -> None:
 def run_point(run_dir, cfg: Preset, pool: CandidatePool, p: Point, scenes: Sequence[W.Scene],
               questions: Sequence[dict], images: Sequence, max_pairs: int) -> dict:
     """Select, train and evaluate one point (or read it from its cache); returns its record."""
-    from .comparison import answer_questions, questions_key, scene_stats
-    from .dpo import adapters_dir, base_loader, load_adapter, train_pairs
 
     sc = cfg.selection
     table, groups, truth = pool.grouped(p.mas, p.n_candidates)
@@ -234,7 +232,7 @@ def run_point(run_dir, cfg: Preset, pool: CandidatePool, p: Point, scenes: Seque
     reference = S.select(groups, "best_worst", 0.0, p.delta, sc.min_margin, sc.pairs_per_prompt, p.seed)
     sstats = S.selection_stats(groups, sel, reference=reference, truth=truth)
     key = point_key(p, sel, cfg, questions_key(questions), max_pairs)
-    folder = experiments_dir(run_dir) / "points" / key
+    folder = RunDir(run_dir).experiments / "points" / key
     record_path, stats_path = folder / "result.json", folder / "stats.npy"
     base = {"point": dataclasses.asdict(p), "key": key, "selection": sstats}
     if record_path.is_file() and stats_path.is_file():
@@ -242,7 +240,7 @@ def run_point(run_dir, cfg: Preset, pool: CandidatePool, p: Point, scenes: Seque
     t0 = time.perf_counter()
     pcfg = point_config(cfg, p)
     S.write_pairs(folder, sel, table, pool.resolver, {"key": key})
-    ds = S.load_pairs(folder, p.strategy)
+    ds = RunDir(folder).load_pairs(p.strategy)
     loader = base_loader(cfg, run_dir)
     info = train_pairs(adapters_dir(folder, "adapter"), pcfg, ds, p.strategy, sft_only=p.loss == "sft",
                        model_loader=loader, max_pairs=max_pairs)
@@ -263,7 +261,6 @@ def run_sweep(run_dir, cfg: Preset, points: Sequence[Point], splits: dict[str, l
     """Every point (cached ones read back); returns the records and each point key's per-scene counts."""
     from tqdm.auto import tqdm
 
-    from .io import load_results
 
     if cfg.world_kind != "shapes":
         raise ValueError(f"notebook 10 measures against the shapes world's ground truth; preset {cfg.name!r} has "
@@ -278,11 +275,9 @@ def run_sweep(run_dir, cfg: Preset, points: Sequence[Point], splits: dict[str, l
     for p in tqdm(points, desc="sweep", unit="point", disable=not progress):
         r = run_point(run_dir, cfg, pool, p, scenes, questions, images, max_pairs)
         records.append(r)
-        stats[r["key"]] = np.load(experiments_dir(run_dir) / "points" / r["key"] / "stats.npy")
+        stats[r["key"]] = np.load(RunDir(run_dir).experiments / "points" / r["key"] / "stats.npy")
     return records, stats
 
-
-# ----------------------------------------------------------------------------------------------- summaries
 
 def settings_bootstrap(records: Sequence[dict], stats: dict[str, np.ndarray], experiment: str,
                        n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> C.Bootstrap:
@@ -310,7 +305,6 @@ def selection_frame(records: Sequence[dict], experiment: str) -> pd.DataFrame:
 
 def sampling_seconds(run_dir, cfg: Preset, budgets: Sequence[int]) -> list[float]:
     """Generation cost of each N: notebook 01's measured sampling time per candidate, times N."""
-    from .generation import generation_info
 
     gen = generation_info(run_dir)
     per_candidate = gen["seconds"] / max(1, gen["settings"].get("n_candidates", cfg.generation.n_candidates))
@@ -339,51 +333,3 @@ def best_cells(boot: C.Bootstrap, default: str, metrics: Sequence[str] = METRICS
         rows[k] = {"best cell": best, "best": boot.point[best][k], "default": boot.point[default][k],
                    "best − default": d["delta"], "lo": d["lo"], "hi": d["hi"]}
     return pd.DataFrame(rows).T
-
-
-def plot_heatmaps(boot: C.Bootstrap, alphas: Sequence[float], deltas: Sequence[float], default: tuple[float, float],
-                  metrics: Sequence[str] = METRICS):
-    """One heatmap per metric over the α/δ grid (mean over seeds), the default cell outlined."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    from matplotlib.patches import Rectangle
-
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
-    for ax, k in zip(axes[0], metrics, strict=True):
-        m = pd.DataFrame([[boot.point[grid_label(a, d)][k] for d in deltas] for a in alphas],
-                         index=[f"{a:g}" for a in alphas], columns=[f"{d:g}" for d in deltas])
-        sns.heatmap(m, annot=True, fmt=".1f" if k == "mme_total" else ".3f", cmap="viridis" if C.HEADLINE.get(k, True)
-                    else "viridis_r", ax=ax, cbar=False)
-        ax.set_xlabel("δ")
-        ax.set_ylabel("α")
-        ax.set_title(k + ("" if C.HEADLINE.get(k, True) else " (lower is better)"), fontsize=9)
-        if default[0] in alphas and default[1] in deltas:
-            ax.add_patch(Rectangle((list(deltas).index(default[1]), list(alphas).index(default[0])), 1, 1,
-                                   fill=False, edgecolor="red", lw=2.5))
-    fig.tight_layout()
-    return fig
-
-
-def plot_curve(frame: pd.DataFrame, x: Sequence[float], labels: Sequence[str], xlabel: str,
-               metrics: Sequence[str] = METRICS, extra: dict[str, pd.Series] | None = None):
-    """Metric (with interval) against a numeric setting ``x`` (rows ``labels`` of ``frame``); ``extra``: other
-    per-setting series (shares) drawn in an additional panel."""
-    import matplotlib.pyplot as plt
-
-    n = len(metrics) + (1 if extra else 0)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
-    for ax, k in zip(axes[0], metrics, strict=False):
-        f = frame.loc[list(labels)]
-        ax.errorbar(x, f[k], yerr=[f[k] - f[f"{k}_lo"], f[f"{k}_hi"] - f[k]], marker="o", capsize=3)
-        ax.set_title(k + ("" if C.HEADLINE.get(k, True) else " (lower is better)"), fontsize=9)
-        ax.set_xlabel(xlabel)
-    if extra:
-        ax = axes[0][-1]
-        for name, series in extra.items():
-            ax.plot(x, series.loc[list(labels)].to_numpy(), marker="o", label=name)
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7)
-        ax.set_xlabel(xlabel)
-        ax.set_title("selection (share)", fontsize=9)
-    fig.tight_layout()
-    return fig

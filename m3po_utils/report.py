@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_text
+from m3po_utils.io import atomic_write_text
 
 SECRET_WORDS = ("key", "token", "secret")
 MAX_TEXT = 80

@@ -32,9 +32,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, load_preset, parse_overrides, setup_run
-from .io import atomic_write_json
-from .report import fmt_duration, write_report
+from m3po_utils.config import ConfigError, load_preset, parse_overrides, setup_run
+from m3po_utils.io import atomic_write_json
+from m3po_utils.report import fmt_duration, write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NOTEBOOKS_DIR = REPO_ROOT / "notebooks"

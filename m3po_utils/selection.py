@@ -31,7 +31,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-STRATEGIES = ("m3po", "best_worst", "random", "best_of_n")
+from m3po_utils.config import STRATEGIES
+from m3po_utils.io import AtomicDir
+from m3po_utils.runs import RunDir
+
 SKIP_REASONS = ("fewer_than_two_distinct", "all_mas_equal", "margin_below_min", "mas_missing")
 
 
@@ -233,12 +236,6 @@ def selection_stats(groups: dict[str, dict], sel: Selection, reference: Selectio
 
 # --------------------------------------------------------------------------- pairs on disk
 
-def pairs_dir(run_dir, strategy: str):
-    from pathlib import Path
-
-    return Path(run_dir) / "pairs" / strategy
-
-
 def user_turn(instruction: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image", "text": None},
                                          {"type": "text", "text": instruction}]}]
@@ -288,7 +285,6 @@ def write_pairs(run_dir, sel: Selection, table, load_image, info: dict | None = 
 
     import datasets
 
-    from .io import AtomicDir
 
     rows = pair_rows(table, sel)
     if not rows:
@@ -306,30 +302,20 @@ def write_pairs(run_dir, sel: Selection, table, load_image, info: dict | None = 
     ds = ds.cast_column("images", datasets.Sequence(datasets.Image()))
     meta = {"strategy": sel.strategy, "alpha": sel.alpha, "delta": sel.delta, "pairs": len(rows),
             "prompts": len(sel.choices), "skipped": sel.skipped} | (info or {})
-    with AtomicDir(pairs_dir(run_dir, sel.strategy)) as tmp:
+    folder = RunDir(run_dir).pairs(sel.strategy)
+    with AtomicDir(folder) as tmp:
         ds.save_to_disk(str(tmp / "data"))
         (tmp / "info.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    return pairs_dir(run_dir, sel.strategy)
-
-
-def load_pairs(run_dir, strategy: str):
-    import datasets
-
-    folder = pairs_dir(run_dir, strategy)
-    if not (folder / "info.json").exists():
-        raise FileNotFoundError(f"{folder} has no pairs; run notebook 04 (selection) for this run directory")
-    return datasets.load_from_disk(str(folder / "data"))
+    return folder
 
 
 # --------------------------------------------------------------------------- stage helpers (notebook 04)
 
 def scored_candidates(run_dir):
     """Candidates (notebook 01) joined with their MAS (notebook 02), one row per candidate, as pandas."""
-    from .generation import load_candidates
-    from .mas import load_mas
-
-    cands = load_candidates(run_dir).to_pandas()
-    mas = load_mas(run_dir)
+    run = RunDir(run_dir)
+    cands = run.load_candidates().to_pandas()
+    mas = run.load_mas()
     keep = [c for c in ("prompt_id", "cand_idx", "mas", "truth", "clip_raw", "clip_score", "judge_score", "judge_ok")
             if c in mas.columns]
     table = cands.merge(mas[keep], on=["prompt_id", "cand_idx"], how="left", validate="one_to_one")

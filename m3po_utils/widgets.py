@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .selection import STRATEGIES, Selection, select, selection_stats
+from m3po_utils.config import STRATEGIES
+from m3po_utils.selection import Selection, select, selection_stats
 
 STATIC_ENV = "M3PO_STATIC_WIDGETS"
 

@@ -247,7 +247,7 @@ class FakeJudge:
         self.items = []
 
     def judge(self, items, progress=False):
-        from m3po_utils.mas import JudgeOutcome
+        from m3po_utils.judge.client import JudgeOutcome
 
         self.items += items
         return [[JudgeOutcome(float(len(r)), ok=r != "fail") for r in it.responses] for it in items]

@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from m3po_utils import confidence as C
+from m3po_utils import stats as ST
 from m3po_utils.config import load_preset
+from m3po_utils.runs import RunDir
 
 WC = load_preset("smoke").world
 
@@ -116,9 +118,9 @@ def test_reliability_and_ece():
 
 
 def test_spearman_and_length_effect():
-    assert C.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert C.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert math.isnan(C.spearman([1, 1, 1], [1, 2, 3]))
+    assert ST.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert ST.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(ST.spearman([1, 1, 1], [1, 2, 3]))
     t = pd.DataFrame({"family": ["describe"] * 4, "length": [2, 4, 6, 8], "conf_sum": [-1, -2, -3, -4],
                       "conf_mean": [-0.5, -0.5, -0.5, -0.5]})
     eff = C.length_effect(t)
@@ -130,16 +132,16 @@ def test_correlations_skip_uninformative_prompts():
                                                        "correct": [True, True, False, False, False, False]}))
     corr = C.confidence_correlations(t)
     assert corr["family"].tolist() == ["existence"] and corr.loc[0, "prompts"] == 1
-    assert corr.loc[0, "conf_sum"] == pytest.approx(C.spearman([-0.2, -0.3, -2.1], [1, 1, 0]))
+    assert corr.loc[0, "conf_sum"] == pytest.approx(ST.spearman([-0.2, -0.3, -2.1], [1, 1, 0]))
 
 
 def test_save_and_load_confidence(tmp_path):
     t = C.confidence_table(_table(), WC)
     C.save_confidence(tmp_path, t.drop(columns=["text"]), {"max_abs_logprob_diff": 1e-6})
-    back = C.load_confidence(tmp_path)
+    back = RunDir(tmp_path).load_confidence()
     assert len(back) == 6 and back["conf_sum"].tolist() == pytest.approx(t["conf_sum"].tolist())
     with pytest.raises(FileNotFoundError, match="run notebook 03"):
-        C.load_confidence(tmp_path / "elsewhere")
+        RunDir(tmp_path / "elsewhere").load_confidence()
 
 
 def test_table_dict_is_strict_json():

@@ -14,15 +14,20 @@ import pandas as pd
 import pytest
 import torch
 
+from m3po_utils import config as CFG
 from m3po_utils import dpo as D
 from m3po_utils import selection as S
-from m3po_utils import training as T
 from m3po_utils import world as W
-from m3po_utils.basemodels import lvlm_dir
 from m3po_utils.config import load_preset, setup_run
-from m3po_utils.generation import sample_candidates
-from m3po_utils.models import load_lvlm, save_lvlm
-from m3po_utils.prompts import ImageResolver, shapes_prompts
+from m3po_utils.models import lora as LORA
+from m3po_utils.models import sft as T
+from m3po_utils.models import templates as TT
+from m3po_utils.models import trl_api as TA
+from m3po_utils.models.generate import sample_candidates
+from m3po_utils.models.lora import LoraTargetError, quiet_gc_warning
+from m3po_utils.models.lvlm import load_lvlm, save_lvlm
+from m3po_utils.runs import RunDir
+from m3po_utils.world.prompts import ImageResolver, shapes_prompts
 
 
 def _cfg(**dpo):
@@ -38,8 +43,8 @@ def run(tmp_path_factory):
     splits = W.make_splits(cfg.world)
     model, processor = T.build_base(splits["train"], cfg.world, cfg.lvlm_train)
     T.train_base(model, processor, splits["train"], cfg.world, cfg.lvlm_train, progress=False)
-    save_lvlm(model, processor, lvlm_dir(run))
-    model, processor = load_lvlm(lvlm_dir(run), device="cpu")
+    save_lvlm(model, processor, RunDir(run).lvlm, extra={"seed": 0})   # as notebook 00 leaves it
+    model, processor = load_lvlm(RunDir(run).lvlm, device="cpu")
     prompts = shapes_prompts(splits["pref"], cfg)
     images = ImageResolver(cfg, splits)
     g = cfg.generation
@@ -66,13 +71,13 @@ def trained(run):
 
 
 def _base(run):
-    return load_lvlm(lvlm_dir(run), device="cpu")
+    return load_lvlm(RunDir(run).lvlm, device="cpu")
 
 
 def _logits(model, processor, run):
-    pairs = S.load_pairs(run, "m3po")
+    pairs = RunDir(run).load_pairs("m3po")
     row = pairs[0]
-    inputs = processor(images=row["images"], text=[T.prompt_for(processor, row["instruction"])], return_tensors="pt")
+    inputs = processor(images=row["images"], text=[TT.prompt_for(processor, row["instruction"])], return_tensors="pt")
     with torch.no_grad():
         return model(**inputs).logits
 
@@ -82,13 +87,13 @@ def _logits(model, processor, run):
 def test_lora_targets_only_the_language_model_by_default(run):
     model, _ = _base(run)
     dcfg = _cfg().dpo
-    parts = D.check_lora_targets(model, dcfg)
+    parts = LORA.check_lora_targets(model, dcfg)
     assert set(parts) == {"language_model"}
     n_layers = model.config.text_config.num_hidden_layers
     n_targets = len(dcfg.lora_targets)
     assert len(parts["language_model"]) == n_targets * n_layers       # every target projection of every layer
-    peft_model = D.wrap_lora(model, dcfg)
-    summary = D.lora_summary(peft_model)
+    peft_model = LORA.wrap_lora(model, dcfg)
+    summary = LORA.lora_summary(peft_model)
     assert summary["lora_modules"] == {"language_model": n_targets * n_layers}
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and ".language_model." in n for n in trainable)
@@ -98,15 +103,15 @@ def test_lora_targets_only_the_language_model_by_default(run):
 def test_lora_options_add_projector_and_vision_tower(run):
     model, _ = _base(run)
     dcfg = dataclasses.replace(_cfg().dpo, lora_projector=True, lora_vision=True)
-    assert set(D.check_lora_targets(model, dcfg)) == {"language_model", "vision_tower", "multi_modal_projector"}
-    modules = D.lora_summary(D.wrap_lora(model, dcfg))["lora_modules"]
+    assert set(LORA.check_lora_targets(model, dcfg)) == {"language_model", "vision_tower", "multi_modal_projector"}
+    modules = LORA.lora_summary(LORA.wrap_lora(model, dcfg))["lora_modules"]
     assert modules["vision_tower"] > 0 and modules["multi_modal_projector"] == 2
 
 
 def test_lora_target_matching_nothing_is_a_clear_error(run):
     model, _ = _base(run)
-    with pytest.raises(D.DpoInputError, match="matches no linear module.*q_proj"):
-        D.check_lora_targets(model, dataclasses.replace(_cfg().dpo, lora_targets=("query",)))
+    with pytest.raises(LoraTargetError, match="matches no linear module.*q_proj"):
+        LORA.check_lora_targets(model, dataclasses.replace(_cfg().dpo, lora_targets=("query",)))
 
 
 # ----------------------------------------------------------------------------------------------- processor / reference
@@ -114,22 +119,22 @@ def test_lora_target_matching_nothing_is_a_clear_error(run):
 def test_training_processor_restores_bos_without_touching_the_original(run):
     _, processor = _base(run)
     template = processor.chat_template
-    tproc = D.training_processor(processor)
+    tproc = TA.training_processor(processor)
     assert processor.chat_template == template and tproc is not processor
     ex = {"prompt": S.user_turn("Is there a star?"), "chosen": S.assistant_turn("Yes"),
           "rejected": S.assistant_turn("No")}
-    texts = D.trl_texts(ex | {"images": [None]}, tproc)
+    texts = TA.trl_texts(ex | {"images": [None]}, tproc)
     tok = processor.tokenizer
     ids = tok(texts["prompt"], add_special_tokens=False).input_ids
-    assert ids == tok(T.prompt_for(processor, "Is there a star?")).input_ids   # BOS first, as in generation
+    assert ids == tok(TT.prompt_for(processor, "Is there a star?")).input_ids   # BOS first, as in generation
     assert tok(texts["chosen"], add_special_tokens=False).input_ids == T.encode_pair(processor, "q", "Yes")[1]
-    assert D.training_processor(tproc) is tproc                                  # already renders BOS
+    assert TA.training_processor(tproc) is tproc                                  # already renders BOS
 
 
 def test_reference_columns_reuse_only_exact_token_matches(run):
     _, processor = _base(run)
-    pairs = S.load_pairs(run, "m3po")
-    ref_c, ref_r, stats = D.reference_columns(pairs, D.training_processor(processor), processor)
+    pairs = RunDir(run).load_pairs("m3po")
+    ref_c, ref_r, stats = D.reference_columns(pairs, TA.training_processor(processor), processor)
     assert stats.responses == 2 * len(pairs) and 0 < stats.matched <= stats.responses
     assert stats.prompt_mismatch == 0
     for i, row in enumerate(pairs):
@@ -140,7 +145,7 @@ def test_reference_columns_reuse_only_exact_token_matches(run):
             assert row[f"{side}_token_ids"][-1] == processor.tokenizer.eos_token_id
     # an answer cut before its EOS can never reuse its log-prob: the chat template appends one
     cut = pairs.select([0]).map(lambda r: {"chosen_token_ids": r["chosen_token_ids"][:-1]})
-    assert np.isnan(D.reference_columns(cut, D.training_processor(processor), processor)[0][0])
+    assert np.isnan(D.reference_columns(cut, TA.training_processor(processor), processor)[0][0])
 
 
 def test_reused_reference_equals_trl_reference_on_one_batch(run):
@@ -160,22 +165,22 @@ def test_rows_without_a_stored_reference_are_computed(run):
     cfg = _cfg()
     prep, _ = D.prepare_strategies(run, cfg, processor, ["m3po"])
     table = prep["m3po"].table
-    trainer = D.build_trainer(model, D.training_processor(processor), table, cfg.dpo, run / "mixed", 1,
+    trainer = TA.build_trainer(model, TA.training_processor(processor), table, cfg.dpo, run / "mixed", 1,
                               progress=False)
     with torch.no_grad():
         for name, p in trainer.model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
     batch = trainer._prepare_inputs(trainer.data_collator([table[i] for i in range(4)]))
-    batch[D.REF_COLUMNS[0]][::2] = float("nan")
-    batch[D.REF_COLUMNS[1]][1] = float("nan")
-    shifted = batch | {D.REF_COLUMNS[0]: batch[D.REF_COLUMNS[0]].clone()}
-    shifted[D.REF_COLUMNS[0]][3] += 1.0                                  # a stored value is really used
+    batch[TA.REF_COLUMNS[0]][::2] = float("nan")
+    batch[TA.REF_COLUMNS[1]][1] = float("nan")
+    shifted = batch | {TA.REF_COLUMNS[0]: batch[TA.REF_COLUMNS[0]].clone()}
+    shifted[TA.REF_COLUMNS[0]][3] += 1.0                                  # a stored value is really used
     trainer.model.eval()
-    with torch.no_grad(), D._quiet():
+    with torch.no_grad(), quiet_gc_warning():
         mixed = float(trainer._compute_loss(trainer.model, batch, False))
         plain = float(trainer._compute_loss(trainer.model, {k: v for k, v in batch.items()
-                                                            if k not in D.REF_COLUMNS}, False))
+                                                            if k not in TA.REF_COLUMNS}, False))
         moved = float(trainer._compute_loss(trainer.model, shifted, False))
     assert abs(mixed - plain) < 1e-4
     assert abs(moved - plain) > 1e-3
@@ -184,7 +189,7 @@ def test_rows_without_a_stored_reference_are_computed(run):
 # ----------------------------------------------------------------------------------------------- training
 
 def test_every_strategy_gets_the_same_budget(trained):
-    assert set(trained) == set(S.STRATEGIES)
+    assert set(trained) == set(CFG.STRATEGIES)
     assert len({i["pairs"] for i in trained.values()}) == 1
     assert len({i["steps"] for i in trained.values()}) == 1
     assert trained["m3po"]["pairs"] <= _cfg().dpo.max_pairs
@@ -197,7 +202,7 @@ def test_every_strategy_gets_the_same_budget(trained):
 
 
 def test_training_log_and_adapter_on_disk(run, trained):
-    for s in S.STRATEGIES:
+    for s in CFG.STRATEGIES:
         folder = D.adapters_dir(run, s)
         assert (folder / D.ADAPTER_FILE).is_file() and (folder / "adapter_config.json").is_file()
         log = D.load_training_log(run, s)
@@ -234,9 +239,9 @@ def test_saved_adapter_equals_the_trained_model(run):
     model, processor = _base(run)
     cfg = _cfg()
     prep, _ = D.prepare_strategies(run, cfg, processor, ["best_worst"])
-    tproc = D.training_processor(processor)
-    trainer = D.build_trainer(model, tproc, prep["best_worst"].table, cfg.dpo, run / "t", 2, progress=False)
-    with D._quiet():
+    tproc = TA.training_processor(processor)
+    trainer = TA.build_trainer(model, tproc, prep["best_worst"].table, cfg.dpo, run / "t", 2, progress=False)
+    with quiet_gc_warning():
         trainer.train()
     trainer.model.save_pretrained(str(run / "saved"))
     trained_logits = _logits(trainer.model.eval(), processor, run)
@@ -247,7 +252,7 @@ def test_saved_adapter_equals_the_trained_model(run):
 # ----------------------------------------------------------------------------------------------- bad input
 
 def _pairs(run, strategy="m3po"):
-    return S.load_pairs(run, strategy)
+    return RunDir(run).load_pairs(strategy)
 
 
 @pytest.mark.parametrize("case", ["empty", "missing_column", "bad_image", "no_pairs", "bad_target"])
@@ -258,7 +263,7 @@ def test_bad_input_fails_before_training(run, tmp_path, case):
     sub = tmp_path / "run"
     shutil.copytree(run / "models", sub / "models")
     shutil.copytree(run / "pairs", sub / "pairs")
-    pairs = {s: _pairs(run, s) for s in S.STRATEGIES}
+    pairs = {s: _pairs(run, s) for s in CFG.STRATEGIES}
     if case == "empty":
         pairs["random"] = pairs["random"].select([])
         match = "random.*empty"
@@ -279,7 +284,7 @@ def test_bad_input_fails_before_training(run, tmp_path, case):
     else:
         cfg = _cfg(lora_targets=("qkv",))
         match = "matches no linear module"
-    with pytest.raises(D.DpoInputError, match=match):
+    with pytest.raises(LoraTargetError if case == "bad_target" else D.DpoInputError, match=match):
         D.train_strategies(sub, cfg, pairs=pairs, progress=False)
     assert not (sub / "adapters").exists()                                # nothing trained, nothing written
 

@@ -23,10 +23,13 @@ import pytest
 from PIL import Image
 
 from m3po_utils import mas
-from m3po_utils import prompts as P
 from m3po_utils import world as W
 from m3po_utils.config import load_preset, setup_run
-from m3po_utils.judge_server import JudgeServer, judge_score, model_id_for
+from m3po_utils.judge import client as JC
+from m3po_utils.judge import protocol as JP
+from m3po_utils.judge.server import JudgeServer, judge_score, model_id_for
+from m3po_utils.runs import RunDir
+from m3po_utils.world import prompts as P
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"backoff_s": 0.01, "backoff_max_s": 0.05}
@@ -72,14 +75,14 @@ def test_models_endpoint_and_a_perfect_judge(world, index, frame):
         oa = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0)
         assert [m.id for m in oa.models.list()] == ["shapes-judge"]
         items = items_of(frame)
-        with mas.JudgeClient(srv.base_url, srv.model_id, **FAST) as client:
+        with JC.JudgeClient(srv.base_url, srv.model_id, **FAST) as client:
             out = client.judge(items)
         assert client.stats["requests"] == len(items)          # listwise: one request per prompt
         for res in out:
             assert [o.ok for o in res] == [True, True]
             assert res[0].score == 10.0 and res[1].score < 10.0   # right answer 10, wrong one lower
             assert res[0].reason
-        with mas.JudgeClient(srv.base_url, srv.model_id, mode="pointwise", **FAST) as client:
+        with JC.JudgeClient(srv.base_url, srv.model_id, mode="pointwise", **FAST) as client:
             point = client.judge(items)
         assert client.stats["requests"] == 2 * len(items)
         assert [[o.score for o in r] for r in point] == [[o.score for o in r] for r in out]
@@ -92,7 +95,7 @@ def test_noise_is_seeded_per_content_and_names_the_model(world, index, frame):
     runs = []
     for seed in (0, 0, 1):
         with server(world, index, noise=3.0, seed=seed) as srv, \
-                mas.JudgeClient(srv.base_url, srv.model_id, **FAST) as client:
+                JC.JudgeClient(srv.base_url, srv.model_id, **FAST) as client:
             assert srv.model_id == "shapes-judge-noise3"
             runs.append(np.array([[o.score for o in r] for r in client.judge(items)]))
     assert (runs[0] == runs[1]).all()                      # same seed, same content: same answers
@@ -112,7 +115,7 @@ def _post(url: str, data: bytes) -> tuple[int, dict]:
 
 def test_error_replies_are_openai_style(world, index, frame):
     items = items_of(frame)
-    good = mas.judge_messages(mas.PROMPTS["v1"], mas.png_data_url(items[0].image), items[0].instruction,
+    good = JP.judge_messages(JP.PROMPTS["v1"], JP.png_data_url(items[0].image), items[0].instruction,
                               items[0].responses)
     with server(world, index) as srv:
         status, body = _post(srv.base_url + "/chat/completions", b"{not json")
@@ -126,20 +129,20 @@ def test_error_replies_are_openai_style(world, index, frame):
         assert e.value.body["code"] == "model_not_found"
 
         noise_img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8))
-        unknown = mas.judge_messages(mas.PROMPTS["v1"], mas.png_data_url(noise_img), "Describe the image.", ["x"])
+        unknown = JP.judge_messages(JP.PROMPTS["v1"], JP.png_data_url(noise_img), "Describe the image.", ["x"])
         with pytest.raises(openai.BadRequestError) as e:
             oa.chat.completions.create(model=srv.model_id, messages=unknown)
         assert e.value.body["code"] == "unknown_image"
 
-        odd = mas.judge_messages(mas.PROMPTS["v1"], mas.png_data_url(items[0].image), "Sing me a song.", ["la"])
+        odd = JP.judge_messages(JP.PROMPTS["v1"], JP.png_data_url(items[0].image), "Sing me a song.", ["la"])
         with pytest.raises(openai.BadRequestError) as e:
             oa.chat.completions.create(model=srv.model_id, messages=odd)
         assert e.value.body["code"] == "unknown_instruction"
 
         # the client records such a request as a failure at once (no retry: a 400 will not change)
         before = srv.stats["chat_requests"]
-        with mas.JudgeClient(srv.base_url, srv.model_id, **FAST) as client:
-            out = client.judge([mas.JudgeItem(noise_img, "Describe the image.", ["a red circle."])])
+        with JC.JudgeClient(srv.base_url, srv.model_id, **FAST) as client:
+            out = client.judge([JC.JudgeItem(noise_img, "Describe the image.", ["a red circle."])])
         assert srv.stats["chat_requests"] - before == 1
         assert not out[0][0].ok and np.isnan(out[0][0].score) and "unknown_image" in out[0][0].error
 
@@ -150,7 +153,7 @@ def test_error_replies_are_openai_style(world, index, frame):
 def test_first_k_failures_are_retried(world, index, frame, fault):
     items = items_of(frame)[:1]
     with server(world, index, faults=[fault] * 3) as srv, \
-            mas.JudgeClient(srv.base_url, srv.model_id, max_retries=4, **FAST) as client:
+            JC.JudgeClient(srv.base_url, srv.model_id, max_retries=4, **FAST) as client:
         out = client.judge(items)
         assert all(o.ok for o in out[0]) and out[0][0].attempts == 4
         assert srv.stats["chat_requests"] == 4 and srv.stats["status"][int(fault)] == 3
@@ -160,7 +163,7 @@ def test_first_k_failures_are_retried(world, index, frame, fault):
 def test_retry_after_is_honoured(world, index, frame):
     items = items_of(frame)[:1]
     with server(world, index, faults=["429"], retry_after=0.4) as srv, \
-            mas.JudgeClient(srv.base_url, srv.model_id, backoff_s=0.001, backoff_max_s=5) as client:
+            JC.JudgeClient(srv.base_url, srv.model_id, backoff_s=0.001, backoff_max_s=5) as client:
         t0 = time.perf_counter()
         assert client.judge(items)[0][0].ok
         assert time.perf_counter() - t0 >= 0.4
@@ -170,14 +173,14 @@ def test_persistent_failure_is_recorded_not_scored_and_not_cached(world, index, 
     items = items_of(frame)[:2]
     cache = tmp_path / "cache.sqlite"
     with server(world, index, default_fault="500") as srv:
-        with mas.JudgeClient(srv.base_url, srv.model_id, max_retries=2, cache=cache, **FAST) as client:
+        with JC.JudgeClient(srv.base_url, srv.model_id, max_retries=2, cache=cache, **FAST) as client:
             out = client.judge(items)
         assert srv.stats["chat_requests"] == 2 * 3           # 1 + 2 retries per prompt
         for r in out:
             for o in r:
                 assert not o.ok and np.isnan(o.score) and "HTTP 500" in o.error and o.attempts == 3
         srv.default_fault = "ok"                              # the endpoint recovers: a rerun retries the failures
-        with mas.JudgeClient(srv.base_url, srv.model_id, max_retries=2, cache=cache, **FAST) as client:
+        with JC.JudgeClient(srv.base_url, srv.model_id, max_retries=2, cache=cache, **FAST) as client:
             assert all(o.ok for r in client.judge(items) for o in r)
             assert client.stats["cache_hits"] == 0
 
@@ -185,13 +188,13 @@ def test_persistent_failure_is_recorded_not_scored_and_not_cached(world, index, 
 def test_hanging_server_times_out_and_is_retried(world, index, frame):
     items = items_of(frame)[:1]
     with server(world, index, faults=["hang"], hang_s=30) as srv, \
-            mas.JudgeClient(srv.base_url, srv.model_id, timeout_s=0.5, max_retries=1, **FAST) as client:
+            JC.JudgeClient(srv.base_url, srv.model_id, timeout_s=0.5, max_retries=1, **FAST) as client:
         t0 = time.perf_counter()
         out = client.judge(items)
         assert out[0][0].ok and out[0][0].attempts == 2
         assert time.perf_counter() - t0 < 10
     with server(world, index, default_fault="hang", hang_s=30) as srv, \
-            mas.JudgeClient(srv.base_url, srv.model_id, timeout_s=0.3, max_retries=1, **FAST) as client:
+            JC.JudgeClient(srv.base_url, srv.model_id, timeout_s=0.3, max_retries=1, **FAST) as client:
         out = client.judge(items)
         assert not out[0][0].ok and "timeout" in out[0][0].error and srv.stats["chat_requests"] == 2
 
@@ -200,11 +203,11 @@ def test_hanging_server_times_out_and_is_retried(world, index, frame):
 def test_garbage_replies_are_retried_then_recorded(world, index, frame, fault):
     items = items_of(frame)[:1]
     with server(world, index, faults=[fault]) as srv, \
-            mas.JudgeClient(srv.base_url, srv.model_id, max_retries=2, **FAST) as client:
+            JC.JudgeClient(srv.base_url, srv.model_id, max_retries=2, **FAST) as client:
         assert client.judge(items)[0][0].ok                   # one bad reply, then a good one
         assert srv.stats["chat_requests"] == 2
     with server(world, index, default_fault=fault) as srv, \
-            mas.JudgeClient(srv.base_url, srv.model_id, max_retries=2, **FAST) as client:
+            JC.JudgeClient(srv.base_url, srv.model_id, max_retries=2, **FAST) as client:
         out = client.judge(items)[0]
         assert not out[0].ok and np.isnan(out[0].score) and "malformed" in out[0].error
         assert srv.stats["chat_requests"] == 3
@@ -215,7 +218,7 @@ def test_concurrency_is_bounded(world, index, frame):
     pairs = mas.contrast_pairs(splits["pref"][:12], cfg.world)
     df = mas.contrast_frame(pairs)
     items = mas.judge_items(df, P.ImageResolver(cfg, splits))[0]
-    with server(world, index) as srv, mas.JudgeClient(srv.base_url, srv.model_id, concurrency=3, **FAST) as c:
+    with server(world, index) as srv, JC.JudgeClient(srv.base_url, srv.model_id, concurrency=3, **FAST) as c:
         c.judge(items)
         assert 1 <= srv.stats["max_inflight"] <= 3 and srv.stats["answered"] == len(items)
 
@@ -224,27 +227,29 @@ def test_cache_hits_make_no_requests(world, index, frame, tmp_path):
     items = items_of(frame)
     with server(world, index) as srv:
         for expected in (len(items), 0):
-            with mas.JudgeClient(srv.base_url, srv.model_id, cache=tmp_path / "c.sqlite", **FAST) as c:
+            with JC.JudgeClient(srv.base_url, srv.model_id, cache=tmp_path / "c.sqlite", **FAST) as c:
                 out = c.judge(items)
                 assert c.stats["requests"] == expected
         assert all(o.cached for r in out for o in r)
         # another noise level is another model: nothing is shared
         with server(world, index, noise=1.0) as noisy, \
-                mas.JudgeClient(noisy.base_url, noisy.model_id, cache=tmp_path / "c.sqlite", **FAST) as c:
+                JC.JudgeClient(noisy.base_url, noisy.model_id, cache=tmp_path / "c.sqlite", **FAST) as c:
             c.judge(items)
             assert c.stats["requests"] == len(items)
 
 
 CHILD = r"""
 import sys
-from m3po_utils import mas, prompts as P, world as W
+from m3po_utils import mas, world as W
+from m3po_utils.judge import client as JC
+from m3po_utils.world import prompts as P
 from m3po_utils.config import load_preset
 base_url, model, cache = sys.argv[1:4]
 cfg = load_preset("smoke")
 splits = W.make_splits(cfg.world)
 df = mas.contrast_frame(mas.contrast_pairs(splits["pref"][:8], cfg.world))
 items = mas.judge_items(df, P.ImageResolver(cfg, splits))[0]
-with mas.JudgeClient(base_url, model, cache=cache, concurrency=2, timeout_s=120) as client:
+with JC.JudgeClient(base_url, model, cache=cache, concurrency=2, timeout_s=120) as client:
     client.judge(items)
 print("finished")
 """
@@ -287,7 +292,7 @@ def test_killed_run_resumes_from_cache_with_zero_repeated_requests(world, index,
 
         srv.default_fault = "ok"
         n_before = len(srv.bodies)
-        with mas.JudgeClient(srv.base_url, srv.model_id, cache=cache, **FAST) as client:
+        with JC.JudgeClient(srv.base_url, srv.model_id, cache=cache, **FAST) as client:
             out = client.judge(items)
         assert all(o.ok for r in out for o in r)
         new = srv.bodies[n_before:]
@@ -296,7 +301,7 @@ def test_killed_run_resumes_from_cache_with_zero_repeated_requests(world, index,
         assert client.stats["cache_hits"] == 2 * k
 
         # control: the same requests without the cache *are* recognised as repeats by this bookkeeping
-        with mas.JudgeClient(srv.base_url, srv.model_id, **FAST) as client:
+        with JC.JudgeClient(srv.base_url, srv.model_id, **FAST) as client:
             client.judge(items)
         assert answered_before <= set(srv.bodies[n_before + len(new):])
 
@@ -312,18 +317,18 @@ def test_api_key_is_used_but_never_recorded(world, index, frame, tmp_path, monke
     df, resolver = frame
     run = tmp_path / "run"
     with server(world, index, require_key=SENTINEL) as srv:     # the env key reaches the endpoint ...
-        with mas.JudgeClient(srv.base_url, srv.model_id, cache=mas.cache_path(run), **FAST) as client:
+        with JC.JudgeClient(srv.base_url, srv.model_id, cache=RunDir(run).judge_cache, **FAST) as client:
             assert SENTINEL not in repr(client)
             table = mas.score_candidates(df, cfg.mas.__class__(clip_weight=0.0, judge_weight=1.0), resolver,
                                          judge=client)
         assert table["judge_ok"].all()
         mas.save_mas(table, run)
     with server(world, index, default_fault="401") as srv:      # ... and an error echoing it is redacted
-        with mas.JudgeClient(srv.base_url, srv.model_id, cache=mas.cache_path(run), **FAST) as client:
-            out = client.judge([mas.JudgeItem(resolver("scene:pref-000000"), "Describe the image.", ["a star."])])
+        with JC.JudgeClient(srv.base_url, srv.model_id, cache=RunDir(run).judge_cache, **FAST) as client:
+            out = client.judge([JC.JudgeItem(resolver("scene:pref-000000"), "Describe the image.", ["a star."])])
         assert not out[0][0].ok and "HTTP 401" in out[0][0].error and SENTINEL not in out[0][0].error
         failed = mas.score_candidates(df.iloc[:2], cfg.mas.__class__(clip_weight=0.0, judge_weight=1.0), resolver,
-                                      judge=mas.JudgeClient(srv.base_url, srv.model_id, **FAST))
+                                      judge=JC.JudgeClient(srv.base_url, srv.model_id, **FAST))
         assert not failed["judge_ok"].any() and failed["mas"].isna().all() and not failed["mas_ok"].any()
         mas.save_mas(failed, tmp_path / "run-failed")
     for path in tmp_path.rglob("*"):
@@ -334,19 +339,19 @@ def test_api_key_is_used_but_never_recorded(world, index, frame, tmp_path, monke
 
 def test_remote_endpoint_without_key_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(mas.JudgeConfigError, match="OPENAI_API_KEY"):
-        mas.JudgeClient("https://judge.example.com/v1", "gpt-4o")
-    mas.JudgeClient("http://127.0.0.1:9/v1", "shapes-judge").close()   # loopback: a placeholder will do
+    with pytest.raises(JC.JudgeConfigError, match="OPENAI_API_KEY"):
+        JC.JudgeClient("https://judge.example.com/v1", "gpt-4o")
+    JC.JudgeClient("http://127.0.0.1:9/v1", "shapes-judge").close()   # loopback: a placeholder will do
 
 
 def test_base_url_from_environment_wins(monkeypatch):
     cfg = load_preset("smoke", {"models.judge_base_url": "http://127.0.0.1:1234/v1"})
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    assert mas.judge_base_url(cfg) == "http://127.0.0.1:1234/v1" and not mas.uses_local_judge(cfg)
+    assert JC.judge_base_url(cfg) == "http://127.0.0.1:1234/v1" and not JC.uses_local_judge(cfg)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:4321/v1")
-    assert mas.judge_base_url(cfg) == "http://127.0.0.1:4321/v1"
+    assert JC.judge_base_url(cfg) == "http://127.0.0.1:4321/v1"
     monkeypatch.delenv("OPENAI_BASE_URL")
-    assert mas.uses_local_judge(load_preset("smoke")) and mas.judge_base_url(load_preset("smoke")) is None
+    assert JC.uses_local_judge(load_preset("smoke")) and JC.judge_base_url(load_preset("smoke")) is None
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -357,7 +362,7 @@ def test_command_line_server(tmp_path):
     cfg, run = setup_run(tmp_path / "run", "smoke")
     prepare_world(cfg, run)
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    proc = subprocess.Popen([sys.executable, "-m", "m3po_utils.judge_server", "--run-dir", str(run), "--noise", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "m3po_utils.judge", "--run-dir", str(run), "--noise", "1"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
@@ -369,6 +374,6 @@ def test_command_line_server(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
     assert proc.returncode == 0 and "stopped" in proc.stdout.read()
-    bad = subprocess.run([sys.executable, "-m", "m3po_utils.judge_server", "--run-dir", str(tmp_path / "none")],
+    bad = subprocess.run([sys.executable, "-m", "m3po_utils.judge", "--run-dir", str(tmp_path / "none")],
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "error:" in bad.stderr

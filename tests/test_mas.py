@@ -14,10 +14,16 @@ import pandas as pd
 import pytest
 
 from m3po_utils import mas
-from m3po_utils import prompts as P
+from m3po_utils import stats as ST
 from m3po_utils import world as W
 from m3po_utils.config import ClipTrainConfig, ConfigError, MasConfig, load_preset
-from m3po_utils.judge_server import JudgeServer
+from m3po_utils.judge import cache as mas_cache
+from m3po_utils.judge import client as JC
+from m3po_utils.judge import protocol as JP
+from m3po_utils.judge.server import JudgeServer
+from m3po_utils.models import clip_score as CS
+from m3po_utils.runs import RunDir
+from m3po_utils.world import prompts as P
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +37,12 @@ def setup():
 
 @pytest.fixture(scope="module")
 def scorer():
-    from m3po_utils.tiny_clip import build_tiny_clip
+    from m3po_utils.models.clip import build_tiny_clip
 
     tc = ClipTrainConfig(embed_dim=16, vision_width=32, vision_layers=1, text_width=32, text_layers=1,
                          text_heads=2, context_length=12)
     model, preprocess, tokenizer = build_tiny_clip(tc, 96)
-    return mas.ClipScorer(model, preprocess, tokenizer, image_batch_size=4, text_batch_size=8)
+    return CS.ClipScorer(model, preprocess, tokenizer, image_batch_size=4, text_batch_size=8)
 
 
 # ------------------------------------------------------------------------------------------- CLIP
@@ -90,24 +96,24 @@ def test_normalise_clip_methods():
 # ------------------------------------------------------------------------------------------- judge prompt / parsing
 
 def test_parse_reply_accepts_json_and_rejects_everything_else():
-    assert mas.parse_reply('{"score": 7, "reason": "ok"}') == ([7.0], ["ok"])
-    assert mas.parse_reply('```json\n{"score": "8"}\n```') == ([8.0], [""])
-    assert mas.parse_reply('Sure! {"scores": [1, 10, 5.5]} Hope that helps.', n=3)[0] == [1.0, 10.0, 5.5]
+    assert JP.parse_reply('{"score": 7, "reason": "ok"}') == ([7.0], ["ok"])
+    assert JP.parse_reply('```json\n{"score": "8"}\n```') == ([8.0], [""])
+    assert JP.parse_reply('Sure! {"scores": [1, 10, 5.5]} Hope that helps.', n=3)[0] == [1.0, 10.0, 5.5]
     for bad, n in [("", None), ("great answer", None), ('{"score": 0}', None), ('{"score": 11}', None),
                    ('{"score": true}', None), ('{"score": "high"}', None), ('{"rating": 5}', None),
                    ('{"scores": [1, 2]}', 3), ('{"scores": 5}', 1), ("[1, 2]", 2), ('{"score": NaN}', None),
                    (None, None)]:
-        with pytest.raises(mas.JudgeParseError):
-            mas.parse_reply(bad, n)
+        with pytest.raises(JP.JudgeParseError):
+            JP.parse_reply(bad, n)
 
 
 def test_judge_messages_send_the_image_once():
     url = "data:image/png;base64,AAAA"
-    msgs = mas.judge_messages(mas.PROMPTS["v1"], url, "Describe the image.", ["a", "b", "c"])
+    msgs = JP.judge_messages(JP.PROMPTS["v1"], url, "Describe the image.", ["a", "b", "c"])
     parts = msgs[1]["content"]
     assert [p["type"] for p in parts] == ["text", "image_url"] and parts[1]["image_url"]["url"] == url
     assert '"responses": ["a", "b", "c"]' in parts[0]["text"] and "3 candidate responses" in parts[0]["text"]
-    point = mas.judge_messages(mas.PROMPTS["v1"], url, "Describe the image.", "a")
+    point = JP.judge_messages(JP.PROMPTS["v1"], url, "Describe the image.", "a")
     assert '"response": "a"' in point[1]["content"][0]["text"] and '"score"' in point[1]["content"][0]["text"]
 
 
@@ -115,17 +121,17 @@ def test_judge_messages_send_the_image_once():
 
 def test_cache_key_covers_every_field_and_survives_reopening(tmp_path):
     base = ("m", "v1/listwise", "img", "Describe the image.", "a red circle.")
-    keys = {mas.JudgeCache.key(*base)}
+    keys = {mas_cache.JudgeCache.key(*base)}
     for i in range(len(base)):
         changed = list(base)
         changed[i] = changed[i] + "x"
-        keys.add(mas.JudgeCache.key(*changed))
+        keys.add(mas_cache.JudgeCache.key(*changed))
     assert len(keys) == len(base) + 1
     path = tmp_path / "c.sqlite"
-    with mas.JudgeCache(path) as c:
-        c.put_many([(mas.JudgeCache.key(*base), *base, 7.0, "fine")])
-    with mas.JudgeCache(path) as c:
-        assert c.get_many([mas.JudgeCache.key(*base), "missing"]) == {mas.JudgeCache.key(*base): (7.0, "fine")}
+    with mas_cache.JudgeCache(path) as c:
+        c.put_many([(mas_cache.JudgeCache.key(*base), *base, 7.0, "fine")])
+    with mas_cache.JudgeCache(path) as c:
+        assert c.get_many([mas_cache.JudgeCache.key(*base), "missing"]) == {mas_cache.JudgeCache.key(*base): (7.0, "fine")}
         assert len(c) == 1
 
 
@@ -154,7 +160,7 @@ def test_score_candidates_end_to_end(setup, scorer, tmp_path):
     cfg, splits, df, resolver = setup
     mc = dataclasses.replace(cfg.mas, concurrency=2)
     with JudgeServer(splits["pref"], cfg.world) as srv, \
-            mas.JudgeClient(srv.base_url, srv.model_id, cache=mas.cache_path(tmp_path)) as judge:
+            JC.JudgeClient(srv.base_url, srv.model_id, cache=RunDir(tmp_path).judge_cache) as judge:
         table = mas.score_candidates(df, mc, resolver, clip=scorer, judge=judge)
     table["truth"] = mas.verifier_truth(df, {s.scene_id: s for s in splits["pref"]}, cfg.world)
     assert list(table[["prompt_id", "cand_idx"]].itertuples(index=False)) == \
@@ -164,12 +170,12 @@ def test_score_candidates_end_to_end(setup, scorer, tmp_path):
     assert table["judge_ok"].all() and table["mas_ok"].all()
     # a perfect judge is the truth on a 1..10 grid
     assert np.abs(table["judge_score"] - table["truth"]).max() <= 0.5 / 9 + 1e-9
-    assert mas.spearman(table["judge_score"], table["truth"]) > 0.95
+    assert ST.spearman(table["judge_score"], table["truth"]) > 0.95
     folder = mas.save_mas(table, tmp_path)
-    assert (tmp_path / "mas" / mas.CACHE_NAME).exists() and folder == tmp_path / "mas" / "scores"
+    assert RunDir(tmp_path).judge_cache.exists() and folder == tmp_path / "mas" / "scores"
     mas.save_mas(table.assign(mas=0.5), tmp_path)                     # rewriting keeps the cache
-    back = mas.load_mas(tmp_path)
-    assert (back["mas"] == 0.5).all() and (tmp_path / "mas" / mas.CACHE_NAME).exists()
+    back = RunDir(tmp_path).load_mas()
+    assert (back["mas"] == 0.5).all() and RunDir(tmp_path).judge_cache.exists()
     pd.testing.assert_frame_equal(back.drop(columns="mas"), table.drop(columns="mas"), check_dtype=False)
 
 
@@ -196,12 +202,12 @@ def test_candidates_frame_names_missing_columns(setup):
 # ------------------------------------------------------------------------------------------- agreement
 
 def test_spearman_by_hand():
-    assert mas.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert mas.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert ST.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert ST.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # ties: ranks x = 1, 2.5, 2.5, 4 and y = 1, 2, 3, 4 -> Pearson of ranks = 4.5 / sqrt(4.5 * 5)
-    assert mas.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / np.sqrt(4.5 * 5))
-    assert np.isnan(mas.spearman([1, 1, 1], [1, 2, 3])) and np.isnan(mas.spearman([1, 2], [1, 2]))
-    assert mas.spearman([1, 2, np.nan, 3, 4], [1, 2, 100, 3, 4]) == pytest.approx(1.0)
+    assert ST.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / np.sqrt(4.5 * 5))
+    assert np.isnan(ST.spearman([1, 1, 1], [1, 2, 3])) and np.isnan(ST.spearman([1, 2], [1, 2]))
+    assert ST.spearman([1, 2, np.nan, 3, 4], [1, 2, 100, 3, 4]) == pytest.approx(1.0)
 
 
 def test_top1_and_within_prompt_agreement():
@@ -211,7 +217,7 @@ def test_top1_and_within_prompt_agreement():
     # a: tie for first between a right and a wrong one -> 0.5; b: picks a wrong one -> 0; c: truth constant, skipped
     assert mas.top1_agreement(df, "s") == pytest.approx(0.25)
     assert mas.within_prompt_spearman(df, "s") == pytest.approx(
-        np.mean([mas.spearman([0.9, 0.9, 0.1], [1, 0, 0]), mas.spearman([0.8, 0.2, 0.5], [0, 1, 0.5])]))
+        np.mean([ST.spearman([0.9, 0.9, 0.1], [1, 0, 0]), ST.spearman([0.8, 0.2, 0.5], [0, 1, 0.5])]))
     table = mas.agreement(df.assign(t2=df["s"]), cols=("s", "t2"))
     assert list(table.index) == ["s", "t2"] and set(table.columns) >= {"spearman", "top1", "within_prompt_spearman"}
 

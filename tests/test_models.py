@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from m3po_utils import training as T
 from m3po_utils import world as W
 from m3po_utils.config import load_preset
-from m3po_utils.generation import greedy_answers, suppressed_token_ids
-from m3po_utils.models import IMAGE, ModelLoadError, load_lvlm, save_lvlm
+from m3po_utils.models import sft as T
+from m3po_utils.models import templates as TT
+from m3po_utils.models.generate import greedy_answers, suppressed_token_ids
+from m3po_utils.models.lvlm import IMAGE, ModelLoadError, load_lvlm, save_lvlm
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +29,9 @@ def test_answer_words_are_single_tokens(base):
 
 def test_one_image_token_per_cell(base):
     cfg, splits, model, processor = base
-    assert T.n_image_tokens(processor) == cfg.world.grid ** 2
+    assert TT.n_image_tokens(processor) == cfg.world.grid ** 2
     inputs = processor(images=[W.render(splits["train"][0], cfg.world)],
-                       text=[T.prompt_for(processor, "Describe the image.")], return_tensors="pt")
+                       text=[TT.prompt_for(processor, "Describe the image.")], return_tensors="pt")
     image_id = processor.tokenizer.convert_tokens_to_ids(IMAGE)
     assert int((inputs.input_ids == image_id).sum()) == cfg.world.grid ** 2
     assert model.config.image_token_index == image_id
@@ -41,10 +42,10 @@ def test_encode_pair_matches_processor_and_whole_conversation(base):
     scene = splits["train"][3]
     prompt_ids, answer_ids = T.encode_pair(processor, "Is there a star in the image?", "No")
     via_processor = processor(images=[W.render(scene, load_preset("smoke").world)],
-                              text=[T.prompt_for(processor, "Is there a star in the image?")], return_tensors="pt")
+                              text=[TT.prompt_for(processor, "Is there a star in the image?")], return_tensors="pt")
     assert via_processor.input_ids[0].tolist() == prompt_ids
     tok = processor.tokenizer
-    expanded = T.prompt_for(processor, "Is there a star in the image?").replace(IMAGE, IMAGE * 9) + " No"
+    expanded = TT.prompt_for(processor, "Is there a star in the image?").replace(IMAGE, IMAGE * 9) + " No"
     assert tok(expanded).input_ids + [tok.eos_token_id] == prompt_ids + answer_ids
     assert answer_ids[-1] == tok.eos_token_id
 
@@ -85,7 +86,7 @@ def test_save_reload_identical_logits_and_generation(base, tmp_path):
     loaded, proc2 = load_lvlm(folder)
     assert type(loaded).__name__ == "LlavaForConditionalGeneration"
     images = [W.render(s, cfg.world) for s in splits["eval"][:3]]
-    inputs = processor(images=images, text=[T.prompt_for(processor, "Describe the image.")] * 3,
+    inputs = processor(images=images, text=[TT.prompt_for(processor, "Describe the image.")] * 3,
                        return_tensors="pt", padding=True)
     with torch.no_grad():
         assert torch.equal(model.eval()(**inputs).logits, loaded(**inputs).logits)
@@ -100,7 +101,7 @@ def test_suppressed_tokens_never_generated(base):
     banned = suppressed_token_ids(processor)
     assert processor.tokenizer.convert_tokens_to_ids(IMAGE) in banned and processor.tokenizer.bos_token_id in banned
     images = [W.render(s, cfg.world) for s in splits["eval"][:4]]
-    inputs = processor(images=images, text=[T.prompt_for(processor, "Describe the image.")] * 4,
+    inputs = processor(images=images, text=[TT.prompt_for(processor, "Describe the image.")] * 4,
                        return_tensors="pt", padding=True)
     out = model.generate(**inputs, do_sample=True, top_k=0, temperature=5.0, max_new_tokens=12,
                          suppress_tokens=banned, pad_token_id=processor.tokenizer.pad_token_id)

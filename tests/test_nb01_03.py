@@ -4,11 +4,11 @@ import math
 
 import pytest
 
-from m3po_utils import confidence as C
-from m3po_utils import generation as G
+from m3po_utils import candidates as G
 from m3po_utils import world as W
 from m3po_utils.config import load_preset
 from m3po_utils.io import load_results
+from m3po_utils.runs import RunDir
 
 pytestmark = pytest.mark.notebooks
 SMOKE = load_preset("smoke").generation
@@ -32,9 +32,9 @@ def test_01_candidates(smoke_run):
     assert cov["mean_distinct"][0] == 1.0
     assert 0 <= r["eos_share"] <= 1 and 1 <= r["mean_length"] <= SMOKE.max_new_tokens
 
-    ds = G.load_candidates(smoke_run)
+    ds = RunDir(smoke_run).load_candidates()
     assert ds.features == G.candidate_features() and len(ds) == gen["rows"]
-    assert not G.parts_dir(smoke_run).exists()                 # shards are gone once the table is written
+    assert not RunDir(smoke_run).candidates_parts.exists()                 # shards are gone once the table is written
     ids = ds["prompt_id"]
     assert all(ids.count(p) == SMOKE.n_candidates for p in set(ids))
     for row in ds.select(range(0, len(ds), 7)):
@@ -61,10 +61,10 @@ def test_03_confidence(smoke_run):
     assert set(r["length_effect"]) <= set(W.FAMILIES) and set(r["correlations"]) <= set(W.FAMILIES)
     for fam in r["length_effect"].values():   # NaN is stored as null: the file is strict JSON
         assert all(v is None or -1 <= v <= 1 for k, v in fam.items() if k != "mean_length")
-    table = C.load_confidence(smoke_run)
+    table = RunDir(smoke_run).load_confidence()
     assert len(table) == SMOKE.n_prompts * SMOKE.n_candidates
     assert {"conf_sum", "conf_mean", "self_consistency", "conf_rank", "verifier_score"} <= set(table.columns)
     assert table["self_consistency"].between(0, 1).all()
-    cands = G.load_candidates(smoke_run).to_pandas()
+    cands = RunDir(smoke_run).load_candidates().to_pandas()
     merged = table.merge(cands[["prompt_id", "cand_idx", "logprob_sum"]], on=["prompt_id", "cand_idx"])
     assert (merged["conf_sum"] - merged["logprob_sum"]).abs().max() < 1e-9

@@ -6,10 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from m3po_utils import mas
-from m3po_utils.generation import load_candidates
 from m3po_utils.io import load_results
 from m3po_utils.run import run_series
+from m3po_utils.runs import RunDir
 
 pytestmark = pytest.mark.notebooks
 
@@ -19,7 +18,7 @@ SENTINEL = "sk-SENTINEL-nb02-7c1e9d44a0"
 def test_02_mas(smoke_run):
     r = load_results(smoke_run, "02_mas")
     assert r["complete"] is True and r["preset"] == "smoke"
-    n = len(load_candidates(smoke_run))
+    n = len(RunDir(smoke_run).load_candidates())
     assert r["n_candidates"] == n and r["mas_missing"] == 0 and r["judge"]["failures"] == 0
     assert r["clip"]["images_encoded"] == r["n_prompts"]          # one embedding per image, not per candidate
     assert r["judge"]["requests"] <= r["n_prompts"]                # listwise: at most one request per prompt
@@ -40,14 +39,14 @@ def test_02_mas(smoke_run):
             assert acc["judge"] == 1.0, family                     # right beats minimally wrong, every time
             assert 0.0 <= acc["CLIP"] <= 1.0
 
-    table = mas.load_mas(smoke_run)
+    table = RunDir(smoke_run).load_mas()
     assert len(table) == n
     assert {"prompt_id", "cand_idx", "clip_raw", "clip_score", "judge_score", "judge_ok", "mas", "mas_ok",
             "truth"} <= set(table.columns)
     for col in ("clip_score", "judge_score", "mas", "truth"):
         assert table[col].between(0, 1).all(), col
     assert table["judge_ok"].all() and table["mas_ok"].all()
-    assert (smoke_run / "mas" / mas.CACHE_NAME).exists()
+    assert RunDir(smoke_run).judge_cache.exists()
     assert json.loads((smoke_run / "results" / "02_mas.json").read_text())  # strict JSON: no NaN literals
     assert "NaN" not in (smoke_run / "results" / "02_mas.json").read_text()
 
@@ -65,5 +64,5 @@ def test_02_keeps_the_api_key_out_of_the_run(smoke_run, tmp_path, monkeypatch):
     hits = [p for p in run.rglob("*") if p.is_file() and SENTINEL.encode() in p.read_bytes()]
     assert hits == []
     # the same scores as the first run: the cache changed nothing
-    a, b = mas.load_mas(smoke_run), mas.load_mas(run)
+    a, b = RunDir(smoke_run).load_mas(), RunDir(run).load_mas()
     assert np.allclose(a["mas"], b["mas"], atol=1e-6) and (a["judge_raw"] == b["judge_raw"]).all()

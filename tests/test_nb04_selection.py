@@ -2,8 +2,9 @@
 
 import pytest
 
+from m3po_utils.config import STRATEGIES
 from m3po_utils.io import load_results
-from m3po_utils.selection import STRATEGIES, load_pairs
+from m3po_utils.runs import RunDir
 
 pytestmark = pytest.mark.notebooks
 
@@ -21,7 +22,7 @@ def test_04_selection(smoke_run):
     assert strategies["m3po"]["hard_negative_rate"] >= strategies["best_worst"]["hard_negative_rate"]
     assert strategies["best_worst"]["differs_from_reference"] == 0.0
     for name in STRATEGIES:
-        pairs = load_pairs(smoke_run, name)
+        pairs = RunDir(smoke_run).load_pairs(name)
         assert {"images", "prompt", "chosen", "rejected", "mas_chosen", "logp_chosen"} <= set(pairs.column_names)
         row = pairs[0]
         assert row["images"][0].size == (96, 96)

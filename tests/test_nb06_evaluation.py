@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m3po_utils import basemodels
 from m3po_utils import comparison as C
 from m3po_utils import dpo as D
 from m3po_utils.config import load_preset
 from m3po_utils.io import load_results
 from m3po_utils.run import run_series
+from m3po_utils.runs import RunDir
 
 pytestmark = pytest.mark.notebooks
 
@@ -37,7 +37,7 @@ def test_06_evaluation(smoke_run):
             assert info["complete"] and info["dpo"]["seed"] == seed
             assert info["steps"] == D.load_training_info(smoke_run, m)["steps"]
     # the recorded metrics are those of the cached answers
-    scenes = basemodels.prepare_world(cfg, smoke_run)["eval"][: ec.n_scenes or None]
+    scenes = RunDir(smoke_run).scenes()["eval"][: ec.n_scenes or None]
     questions = C.eval_questions(scenes, cfg.world, seed=cfg.seed)
     assert r["questions"] == len(questions) and r["scenes"] == len(scenes)
     for method in ("base", "m3po"):
@@ -71,7 +71,7 @@ def test_06_on_benchmark_files_with_a_hub_preset(smoke_run, tmp_path):
     (run / "results" / "06_evaluation.json").unlink()
     files = {"evaluation.pope_files": [str(DATA / "pope" / "shapes_pope_adversarial.json")],
              "evaluation.pope_images": str(DATA / "pope" / "images"), "evaluation.mme_dir": str(DATA / "mme")}
-    overrides = {"world_kind": "hub", "models.lvlm": str(basemodels.lvlm_dir(smoke_run)), "evaluation.seeds": [0],
+    overrides = {"world_kind": "hub", "models.lvlm": str(RunDir(smoke_run).lvlm), "evaluation.seeds": [0],
                  **files}
     cfg = load_preset("smoke", overrides)
     (run / "config.json").write_text(cfg.to_json())      # the run "was made" with this preset

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from m3po_utils import basemodels
 from m3po_utils import experiments as X
 from m3po_utils.config import load_preset
 from m3po_utils.io import load_results
 from m3po_utils.run import run_series
+from m3po_utils.runs import RunDir
 
 pytestmark = pytest.mark.notebooks
 
@@ -35,7 +35,7 @@ def test_10_experiments(experiments_run):
     assert set(r["budget"]) == {f"N={n}" for n in ec.budgets}
     big = max(ec.budgets)
     assert big > cfg.generation.n_candidates                       # the smoke budget samples extra candidates
-    assert (X.experiments_dir(run) / f"extra{big - cfg.generation.n_candidates}" / "scored.json").is_file()
+    assert (RunDir(run).experiments / f"extra{big - cfg.generation.n_candidates}" / "scored.json").is_file()
     for row in r["budget_selection"].values():
         assert 0 < row["pairs_trained"] <= row["pairs_selected"]
     assert set(r["negatives"]) == {"best-of-N SFT", "M3PO DPO+SFT", "M3PO DPO (no SFT term)",
@@ -48,14 +48,14 @@ def test_10_experiments(experiments_run):
 def test_sweep_resumes_and_retrains_only_what_is_missing(experiments_run):
     run = experiments_run
     cfg = load_preset("smoke")
-    splits = basemodels.prepare_world(cfg, run)
+    splits = RunDir(run).scenes()
     points = [p for p in X.plan(cfg) if p.experiment == "grid"]
     records, stats = X.run_sweep(run, cfg, points, splits, progress=False)
     assert all(r["cached"] for r in records)
     victim = records[-1]["key"]
-    (X.experiments_dir(run) / "points" / victim / "result.json").unlink()   # as if killed before the record
+    (RunDir(run).experiments / "points" / victim / "result.json").unlink()   # as if killed before the record
     again, stats2 = X.run_sweep(run, cfg, points, splits, progress=False)
     assert [r["key"] for r in again if not r["cached"]] == [victim]
     assert np.array_equal(stats[victim], stats2[victim])                   # the same adapter, the same answers
-    info = json.loads((X.experiments_dir(run) / "points" / victim / "result.json").read_text())
+    info = json.loads((RunDir(run).experiments / "points" / victim / "result.json").read_text())
     assert info["key"] == victim

@@ -72,6 +72,7 @@ def test_discover_orders_and_rejects_duplicates(series, tmp_path):
         discover(tmp_path)
 
 
+@pytest.mark.notebooks   # executes notebooks in a kernel
 def test_parameters_reach_notebooks_and_copies_are_kept(first_run):
     run, records = first_run
     assert [r["status"] for r in records] == ["ok", "ok"]
@@ -93,6 +94,7 @@ def test_parameters_reach_notebooks_and_copies_are_kept(first_run):
     assert all(t["status"] == "ok" and t["wall_s"] > 0 for t in timings.values())
 
 
+@pytest.mark.notebooks   # executes notebooks in a kernel
 def test_report_has_values_and_no_secrets(first_run):
     run, _ = first_run
     text = (run / "report.md").read_text()
@@ -112,6 +114,7 @@ def test_flatten_skips_secret_like_keys():
     assert rows == {"a": "1", "x.y": "true"}
 
 
+@pytest.mark.notebooks   # executes notebooks in a kernel
 def test_complete_notebooks_are_skipped_and_redo_reruns(first_run, series, capsys):
     run, _ = first_run
     capsys.readouterr()
@@ -132,6 +135,7 @@ def test_complete_notebooks_are_skipped_and_redo_reruns(first_run, series, capsy
     assert _counter(run) == ["00_a", "01_b", "01_b", "00_a", "01_b", "10_analysis"]
 
 
+@pytest.mark.notebooks   # executes notebooks in a kernel
 def test_failure_stops_the_series_and_keeps_the_failed_copy(tmp_path, capsys):
     folder = tmp_path / "nbs"
     folder.mkdir()
@@ -187,6 +191,7 @@ def test_run_dir_that_is_a_file_exits_2(series, tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
+@pytest.mark.notebooks   # executes notebooks in a kernel
 def test_run_dir_with_another_config_exits_2(first_run, series, capsys):
     run, _ = first_run
     rc = main(["--preset", "smoke", "-p", "world.n_eval=30", "--run-dir", str(run), "--notebooks-dir", str(series)])

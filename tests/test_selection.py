@@ -4,14 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from m3po_utils.selection import (
-    choose,
-    group_candidates,
-    m3p_scores,
-    select,
-    select_pair,
-    selection_stats,
-)
+from m3po_utils.runs import RunDir
+from m3po_utils.selection import choose, group_candidates, m3p_scores, select, select_pair, selection_stats
 
 MAS = [0.9, 0.2, 0.5, 0.1]
 LOGP = [-5.0, -4.0, -20.0, -30.0]
@@ -126,7 +120,7 @@ def test_table_selection_and_stats():
 def test_pairs_round_trip_in_trl_layout(tmp_path):
     from PIL import Image
 
-    from m3po_utils.selection import load_pairs, write_pairs
+    from m3po_utils.selection import write_pairs
 
     df = pd.DataFrame({"prompt_id": ["p1"] * 4, "cand_idx": [0, 1, 2, 3], "image": ["scene:a"] * 4,
                        "family": ["describe"] * 4, "instruction": ["Describe the image."] * 4, "text": TEXTS,
@@ -135,13 +129,13 @@ def test_pairs_round_trip_in_trl_layout(tmp_path):
     groups = group_candidates(df)
     write_pairs(tmp_path, select(groups, "m3po"), df, lambda ref: Image.new("RGB", (96, 96), "red"))
     write_pairs(tmp_path, select(groups, "best_of_n"), df, lambda ref: Image.new("RGB", (96, 96), "red"))
-    pairs = load_pairs(tmp_path, "m3po")
+    pairs = RunDir(tmp_path).load_pairs("m3po")
     row = pairs[0]
     assert row["images"][0].getpixel((5, 5)) == (255, 0, 0)
     assert row["prompt"][0]["content"][1]["text"] == "Describe the image."
     assert row["chosen"][0]["content"][0]["text"] == "a" and row["rejected"][0]["content"][0]["text"] == "b"
     assert (row["chosen_token_ids"], row["rejected_token_ids"]) == ([1, 2], [3])
     assert (row["logp_chosen"], row["logp_rejected"], row["truth_rejected"]) == (-5.0, -4.0, 0.0)
-    assert load_pairs(tmp_path, "best_of_n")[0]["rejected"] == []
+    assert RunDir(tmp_path).load_pairs("best_of_n")[0]["rejected"] == []
     with pytest.raises(FileNotFoundError, match="run notebook 04"):
-        load_pairs(tmp_path, "random")
+        RunDir(tmp_path).load_pairs("random")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from m3po_utils import tiny_clip as tc
 from m3po_utils.config import ClipTrainConfig
+from m3po_utils.models import clip as tc
 
 SIZE = 96
 ROWS = ("top", "middle", "bottom")

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import matplotlib
 
+from m3po_utils import world as W
+from m3po_utils.config import WorldConfig
+
 matplotlib.use(matplotlib.get_backend())  # keep the notebook's backend; headless runs fall back to Agg
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
-from . import world as W  # noqa: E402
-from .config import WorldConfig  # noqa: E402
 
 
 def scene_grid(scenes: Sequence[W.Scene], cfg: WorldConfig, instructions: Sequence[Sequence[W.Instruction]],

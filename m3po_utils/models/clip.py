@@ -46,8 +46,8 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .config import ClipTrainConfig
-from .io import AtomicDir
+from m3po_utils.config import ClipTrainConfig
+from m3po_utils.io import AtomicDir
 
 CONFIG_NAME = "open_clip_config.json"  # the names open_clip's hub / local-dir loader looks for
 WEIGHTS_NAME = "open_clip_model.safetensors"

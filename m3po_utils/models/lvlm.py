@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from .config import LvlmTrainConfig
+from m3po_utils.config import LvlmTrainConfig
+from m3po_utils.io import AtomicDir
 
 BOS, EOS, PAD, UNK, IMAGE = "<s>", "</s>", "<pad>", "<unk>", "<image>"
 SPECIAL_TOKENS = [UNK, BOS, EOS, PAD, IMAGE]
@@ -126,7 +127,6 @@ def build_tiny_llava(tokenizer, cfg: LvlmTrainConfig, image_size: int, patch_siz
 
 def save_lvlm(model, processor, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """``save_pretrained`` model and processor into ``folder`` atomically (safetensors weights)."""
-    from .io import AtomicDir
 
     with AtomicDir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

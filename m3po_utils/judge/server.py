@@ -33,35 +33,31 @@ From Python::
 
 From the command line (serves until Ctrl-C or SIGTERM)::
 
-    python -m m3po_utils.judge_server --run-dir runs/shapes [--port 8765] [--noise 1.0]
+    python -m m3po_utils.judge --run-dir runs/shapes [--port 8765] [--noise 1.0]
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import hashlib
 import io
 import json
-import signal
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import world as W
-from .config import WorldConfig
+from m3po_utils import world as W
+from m3po_utils.config import WorldConfig
+from m3po_utils.judge.protocol import INPUT_MARKER
 
 DEFAULT_MODEL = "shapes-judge"
-INPUT_MARKER = "INPUT (JSON):"  # the judge prompt puts its instruction / responses after this line
 FAULTS = ("ok", "429", "500", "503", "401", "hang", "garbage", "not_json")
 MAX_BODY = 32 * 2**20
 
@@ -137,14 +133,12 @@ class JudgeServer:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def for_run(cls, cfg, run_dir: str | Path, *, splits: dict[str, list[W.Scene]] | None = None,
-                which: Sequence[str] = ("pref", "eval"), **kwargs) -> JudgeServer:
-        """A judge for a run directory's shapes world (scenes of ``which`` splits; seed from ``cfg.mas``)."""
+    def for_splits(cls, cfg, splits: dict[str, list[W.Scene]], *, which: Sequence[str] = ("pref", "eval"),
+                   **kwargs) -> JudgeServer:
+        """A judge for a run's shapes world (the scenes of ``which`` splits; seed from ``cfg.mas``)."""
         if cfg.world_kind != "shapes":
             raise ValueError(f"preset {cfg.name!r} is not a shapes-world preset; point models.judge_base_url "
                              "(or OPENAI_BASE_URL) at an OpenAI-compatible judge instead")
-        if splits is None:
-            splits = W.load_world(Path(run_dir) / "world")
         scenes = [s for name in which for s in splits.get(name, [])]
         kwargs.setdefault("seed", cfg.mas.seed)
         return cls(scenes, cfg.world, **kwargs)
@@ -402,52 +396,3 @@ class _Handler(BaseHTTPRequestHandler):
                 judge.stats["answered"] += 1
                 judge.answered_bodies.append(digest)
         self._send(200, reply)
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m m3po_utils.judge_server",
-                                description="Serve the shapes world's ground-truth judge over the OpenAI protocol "
-                                            "on 127.0.0.1 (until Ctrl-C).")
-    p.add_argument("--run-dir", required=True, help="run directory whose world/ and config.json to use")
-    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free port)")
-    p.add_argument("--noise", type=float, default=None, help="judge noise (std on the 1-10 scale; default: preset)")
-    p.add_argument("--seed", type=int, default=None, help="noise seed (default: the preset's mas.seed)")
-    p.add_argument("--splits", nargs="+", default=["pref", "eval"], choices=list(W.SPLITS),
-                   help="world splits the judge knows (default: pref eval)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from .config import ConfigError, preset_from_dict
-
-    args = build_parser().parse_args(argv)
-    run = Path(args.run_dir)
-    try:
-        cfg = preset_from_dict(json.loads((run / "config.json").read_text()))
-        noise = cfg.mas.judge_noise if args.noise is None else args.noise
-        seed = cfg.mas.seed if args.seed is None else args.seed
-        server = JudgeServer.for_run(cfg, run, which=args.splits, noise=noise, seed=seed, port=args.port)
-    except (FileNotFoundError, ValueError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    def _stop(signum, frame):  # Ctrl-C and SIGTERM both stop the server cleanly
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    with server:
-        print(f"shapes judge {server.model_id!r} on {server.base_url} ({len(server.index)} scenes); Ctrl-C stops it",
-              flush=True)
-        print(f"  export OPENAI_BASE_URL={server.base_url}", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopped", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

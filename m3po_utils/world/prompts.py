@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import world as W
-from .config import Preset
+from m3po_utils import world as W
+from m3po_utils.config import Preset
 
 PREF_FAMILY_WEIGHTS = {
     "describe": 0.3, "existence": 0.2, "color": 0.08, "count": 0.06, "position": 0.08,
@@ -99,7 +99,7 @@ def file_prompts(path: str | Path, n: int | None = None) -> list[dict]:
 def preference_prompts(cfg: Preset, splits: dict[str, list[W.Scene]] | None) -> list[dict]:
     if cfg.world_kind == "shapes":
         if splits is None:
-            raise ValueError("the shapes world needs its splits; call basemodels.prepare_world first")
+            raise ValueError("the shapes world needs its splits; pass RunDir(run).scenes() (notebook 00 writes them)")
         return shapes_prompts(splits["pref"], cfg)
     return file_prompts(cfg.generation.prompts_file, cfg.generation.n_prompts)
 

@@ -18,6 +18,7 @@ What makes a 1-M-parameter LLaVA learn this world in minutes on two cores:
   (short answers / descriptions), so that a batch of yes/no questions is not padded to description length.
 """
 
+
 from __future__ import annotations
 
 import math
@@ -30,12 +31,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import world as W
-from .config import LvlmTrainConfig, WorldConfig
-from .models import IMAGE, build_processor, build_tiny_llava, train_tokenizer
+from m3po_utils import world as W
+from m3po_utils.config import LvlmTrainConfig, WorldConfig
+from m3po_utils.models.lvlm import IMAGE, build_processor, build_tiny_llava, train_tokenizer
+from m3po_utils.models.templates import n_image_tokens, prompt_for
 
 # Sampling weight of each instruction family in the SFT mix (existence questions come in yes/no pairs).
 LONG_FAMILIES = ("describe", "fmt_list", "fmt_start", "fmt_max_words")
+
+
 FAMILY_WEIGHTS = {
     "describe": 1.0, "existence": 3.0, "color": 1.5, "count": 1.0, "position": 1.5,
     "fmt_one_word": 0.5, "fmt_list": 0.5, "fmt_start": 0.5, "fmt_max_words": 0.5,
@@ -66,19 +70,6 @@ def sft_examples(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int) -> list
                     other = W.existence_instruction(scene, pool[rng.integers(len(pool))], cfg)
                     out.append(Example(i, other.family, other.text, other.reference))
     return out
-
-
-def prompt_for(processor, question: str) -> str:
-    """The chat-templated prompt (with one ``<image>`` placeholder) that ends where the answer starts."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
-
-
-def n_image_tokens(processor) -> int:
-    ip = processor.image_processor
-    side = ip.crop_size["height"] if getattr(ip, "crop_size", None) else ip.size["shortest_edge"]
-    return (side // processor.patch_size) ** 2 + processor.num_additional_image_tokens - (
-        1 if processor.vision_feature_select_strategy == "default" else 0)
 
 
 def encode_pair(processor, question: str, answer: str) -> tuple[list[int], list[int]]:

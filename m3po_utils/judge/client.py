@@ -1,0 +1,316 @@
+"""The judge client: OpenAI chat completions with retries, listwise or pointwise, cached; and the endpoint a preset uses."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from PIL import Image
+
+from m3po_utils import world as W
+from m3po_utils.config import Preset
+from m3po_utils.judge.cache import JudgeCache
+from m3po_utils.judge.protocol import PROMPTS, JudgeParseError, judge_messages, parse_reply, png_data_url
+
+LOCAL_KEY = "local-judge-needs-no-key"  # placeholder sent to the local judge instead of any real key
+
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx
+
+
+@dataclass
+class JudgeItem:
+    """One prompt to judge: its image, instruction and the candidate responses (in candidate order)."""
+
+    image: Image.Image
+    instruction: str
+    responses: list[str]
+    image_hash: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.image_hash:
+            self.image_hash = W.image_key(self.image)
+
+
+@dataclass
+class JudgeOutcome:
+    """The judge's answer for one response: ``score`` on 1..10 (NaN when ``ok`` is False)."""
+
+    score: float
+    ok: bool
+    reason: str = ""
+    error: str = ""
+    cached: bool = False
+    attempts: int = 0
+
+
+@dataclass
+class _Task:
+    item: int
+    responses: list[str]          # distinct responses to score in one request (one, pointwise)
+    keys: list[str]
+    users: list[tuple[int, str]] = field(default_factory=list)  # extra (item, response) sharing this task
+
+
+def _is_loopback(url: str | None) -> bool:
+    if not url:
+        return False
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class JudgeConfigError(ValueError):
+    """The judge cannot be set up (no key for a remote endpoint, an unknown prompt version, ...)."""
+
+
+class JudgeClient:
+    """Scores responses with an LVLM judge over the OpenAI chat-completions protocol (see module docs).
+
+    ``base_url=None`` is OpenAI itself. ``api_key=None`` reads ``OPENAI_API_KEY``; a loopback endpoint without a
+    key gets a placeholder. ``cache``: a :class:`JudgeCache`, a path, or None (no cache). ``stats`` counts HTTP
+    requests, request-body bytes, retries, cache hits and failures over the client's life.
+    """
+
+    def __init__(self, base_url: str | None, model: str, *, api_key: str | None = None, mode: str = "listwise",
+                 prompt_version: str = "v1", concurrency: int = 4, max_retries: int = 4, timeout_s: float = 60.0,
+                 cache: JudgeCache | str | Path | None = None, backoff_s: float = 0.5, backoff_max_s: float = 30.0,
+                 json_mode: bool = True, seed: int = 0):
+        import openai
+
+        if mode not in ("pointwise", "listwise"):
+            raise JudgeConfigError(f"mode={mode!r} is unknown; choose 'pointwise' or 'listwise'")
+        if prompt_version not in PROMPTS:
+            raise JudgeConfigError(f"prompt_version={prompt_version!r} is unknown; versions: {', '.join(PROMPTS)}")
+        if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
+            raise JudgeConfigError("need concurrency >= 1, max_retries >= 0 and timeout_s > 0")
+        key = os.environ.get("OPENAI_API_KEY", "") if api_key is None else api_key
+        if not key:
+            if not _is_loopback(base_url):
+                raise JudgeConfigError(f"OPENAI_API_KEY is not set; the judge at {base_url or 'api.openai.com'} "
+                                       "needs it (export OPENAI_API_KEY=...; never put it in a preset)")
+            key = LOCAL_KEY
+        self._secrets = [key] if key != LOCAL_KEY else []
+        self.base_url, self.model, self.mode = base_url, model, mode
+        self.prompt = PROMPTS[prompt_version]
+        self.prompt_id = f"{prompt_version}/{mode}"  # the cache's "prompt version": listwise and pointwise differ
+        self.concurrency, self.max_retries, self.timeout_s = concurrency, max_retries, float(timeout_s)
+        self.backoff_s, self.backoff_max_s, self.json_mode = backoff_s, backoff_max_s, json_mode
+        self._owns_cache = cache is not None and not isinstance(cache, JudgeCache)
+        self.cache = JudgeCache(cache) if self._owns_cache else cache
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.stats: dict[str, int] = {"requests": 0, "bytes_sent": 0, "tasks": 0, "retries": 0, "failures": 0,
+                                      "cache_hits": 0, "responses_scored": 0}
+        self._http = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request]})
+        self._client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=self.timeout_s,
+                                     http_client=self._http)
+        self._errors = openai
+        self.server = None  # the local JudgeServer when made by open_judge
+
+    def __repr__(self) -> str:  # never shows the key
+        return (f"JudgeClient(model={self.model!r}, base_url={self.base_url!r}, mode={self.mode!r}, "
+                f"prompt={self.prompt_id!r}, concurrency={self.concurrency})")
+
+    def close(self) -> None:
+        self._client.close()
+        if self._owns_cache and self.cache is not None:
+            self.cache.close()
+
+    def __enter__(self) -> JudgeClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def redact(self, text: str) -> str:
+        """``text`` with the API key (and anything shaped like an OpenAI key or bearer token) removed."""
+        for s in self._secrets:
+            if s:
+                text = text.replace(s, "<redacted>")
+        text = re.sub(r"sk-[A-Za-z0-9_\-*]{6,}", "sk-<redacted>", text)
+        return re.sub(r"(?i)(bearer\s+)\S+", r"\1<redacted>", text)
+
+    def _on_request(self, request) -> None:
+        try:
+            size = len(request.content)
+        except Exception:  # a streamed body: not counted
+            size = 0
+        with self._lock:
+            self.stats["requests"] += 1
+            self.stats["bytes_sent"] += size
+
+    def _bump(self, name: str, k: int = 1) -> None:
+        with self._lock:
+            self.stats[name] += k
+
+    def cache_key(self, image_hash: str, instruction: str, response: str) -> str:
+        return JudgeCache.key(self.model, self.prompt_id, image_hash, instruction, response)
+
+    # ------------------------------------------------------------------------------------------ requests
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(self.backoff_max_s, max(0.0, retry_after))
+        base = min(self.backoff_max_s, self.backoff_s * 2 ** attempt)
+        with self._lock:
+            return base * (0.5 + 0.5 * self._rng.random())
+
+    def _request(self, image_url: str, instruction: str, responses: list[str]) -> tuple[bool, list, list, str, int]:
+        """One task with retries: (ok, scores, reasons, error, attempts)."""
+        oa = self._errors
+        pointwise = self.mode == "pointwise"
+        messages = judge_messages(self.prompt, image_url, instruction, responses[0] if pointwise else responses)
+        extra: dict[str, Any] = {"response_format": {"type": "json_object"}} if self.json_mode else {}
+        max_tokens = 120 if pointwise else 40 + 8 * len(responses)
+        error = ""
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                completion = self._client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=0, max_tokens=max_tokens, **extra)
+                content = completion.choices[0].message.content
+                scores, reasons = parse_reply(content, None if pointwise else len(responses))
+                return True, scores, reasons, "", attempt + 1
+            except JudgeParseError as exc:
+                error = f"malformed reply: {exc}"
+            except oa.APITimeoutError:
+                error = f"timeout after {self.timeout_s:g} s"
+            except oa.APIConnectionError as exc:
+                error = f"connection error: {exc}"
+            except oa.APIStatusError as exc:
+                status = exc.status_code
+                error = f"HTTP {status}: {_error_message(exc)}"
+                if status not in RETRYABLE_STATUS and status < 500:
+                    return False, [], [], self.redact(error), attempt + 1
+                retry_after = _retry_after(exc)
+            except (oa.APIResponseValidationError, oa.APIError, AttributeError, IndexError, TypeError,
+                    ValueError) as exc:
+                error = f"malformed reply: {type(exc).__name__}: {exc}"
+            if attempt < self.max_retries:
+                self._bump("retries")
+                time.sleep(self._backoff(attempt, retry_after))
+        return False, [], [], self.redact(error), self.max_retries + 1
+
+    def _run_task(self, task: _Task, items: Sequence[JudgeItem], urls: dict[int, str]) -> tuple[bool, list, list, str, int]:
+        item = items[task.item]
+        ok, scores, reasons, error, attempts = self._request(urls[task.item], item.instruction, task.responses)
+        if ok and self.cache is not None:
+            self.cache.put_many([(k, self.model, self.prompt_id, item.image_hash, item.instruction, r, s, rs)
+                                 for k, r, s, rs in zip(task.keys, task.responses, scores, reasons, strict=True)])
+        return ok, scores, reasons, error, attempts
+
+    def judge(self, items: Sequence[JudgeItem], progress: bool = False) -> list[list[JudgeOutcome]]:
+        """Score every response of every item; ``out[i][j]`` answers ``items[i].responses[j]``.
+
+        Cached answers are used without a request; duplicates within an item (and, pointwise, across items)
+        are asked once. Failed requests give ``JudgeOutcome(nan, ok=False, error=...)``.
+        """
+        from tqdm.auto import tqdm
+
+        out: list[list[JudgeOutcome | None]] = [[None] * len(it.responses) for it in items]
+        keys = [[self.cache_key(it.image_hash, it.instruction, str(r)) for r in it.responses] for it in items]
+        hits = self.cache.get_many([k for ks in keys for k in ks]) if self.cache is not None else {}
+        tasks: list[_Task] = []
+        by_key: dict[str, _Task] = {}
+        for i, it in enumerate(items):
+            missing: dict[str, str] = {}
+            for j, (r, k) in enumerate(zip(it.responses, keys[i], strict=True)):
+                if k in hits:
+                    s, reason = hits[k]
+                    out[i][j] = JudgeOutcome(s, True, reason, cached=True)
+                    self._bump("cache_hits")
+                else:
+                    missing.setdefault(k, str(r))
+            if not missing:
+                continue
+            if self.mode == "listwise":
+                tasks.append(_Task(i, list(missing.values()), list(missing)))
+                continue
+            for k, r in missing.items():
+                if k in by_key:
+                    by_key[k].users.append((i, r))
+                else:
+                    by_key[k] = _Task(i, [r], [k])
+                    tasks.append(by_key[k])
+        self._bump("tasks", len(tasks))
+        if not tasks:
+            return out  # type: ignore[return-value]
+
+        urls: dict[int, str] = {}
+        for t in tasks:
+            if t.item not in urls:
+                urls[t.item] = png_data_url(items[t.item].image)
+        results: dict[int, tuple] = {}
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge")
+        bar = tqdm(total=len(tasks), desc=f"judge ({self.mode})", disable=not progress, leave=False)
+        try:
+            pending = {pool.submit(self._run_task, t, items, urls): n for n, t in enumerate(tasks)}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    results[pending.pop(fut)] = fut.result()
+                    bar.update(1)
+        finally:
+            bar.close()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+        for n, t in enumerate(tasks):
+            ok, scores, reasons, error, attempts = results[n]
+            if ok:
+                self._bump("responses_scored", len(t.responses))
+            else:
+                self._bump("failures")
+            answer = {}
+            for idx, r in enumerate(t.responses):
+                answer[r] = (JudgeOutcome(scores[idx], True, reasons[idx], attempts=attempts) if ok
+                             else JudgeOutcome(float("nan"), False, error=error, attempts=attempts))
+            targets = [(t.item, r) for r in t.responses] + t.users
+            for i, r in targets:
+                for j, resp in enumerate(items[i].responses):
+                    if out[i][j] is None and str(resp) == r:
+                        out[i][j] = answer[r]
+        return out  # type: ignore[return-value]
+
+
+def _error_message(exc) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            code = inner.get("code")
+            return f"{inner['message']}" + (f" ({code})" if code else "")
+    return str(getattr(exc, "message", exc))
+
+
+def _retry_after(exc) -> float | None:
+    response = getattr(exc, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def judge_base_url(cfg: Preset) -> str | None:
+    """``OPENAI_BASE_URL`` if set, else ``models.judge_base_url``; None when both are empty."""
+    return os.environ.get("OPENAI_BASE_URL") or cfg.models.judge_base_url or None
+
+
+def uses_local_judge(cfg: Preset) -> bool:
+    """True when this preset's judge is the shapes world's own server (shapes world, no endpoint configured)."""
+    return cfg.world_kind == "shapes" and judge_base_url(cfg) is None

@@ -1,0 +1,1 @@
+"""Models: the tiny LLaVA (build, save, load, SFT), prompt templates, generation, LoRA, TRL, and CLIP."""

@@ -1,0 +1,113 @@
+"""Figures of notebook 03 (confidence)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def logprob_agreement_plot(agree: pd.DataFrame):
+    """Generation-time vs teacher-forced log P(R) (left) and the distribution of the differences (right)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.scatter(agree["gen_sum"], agree["tf_sum"], s=8, alpha=0.6)
+    lo, hi = float(min(agree["gen_sum"].min(), agree["tf_sum"].min())), 0.0
+    ax1.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+    ax1.set_xlabel("log P(R) captured while generating")
+    ax1.set_ylabel("log P(R), teacher-forced pass")
+    diffs = np.maximum(agree["abs_sum_diff"].to_numpy(), 1e-12)
+    ax2.hist(np.log10(diffs), bins=30, color="tab:green")
+    ax2.axvline(-4, color="tab:red", ls="--", lw=1, label="1e-4 tolerance")
+    ax2.set_xlabel("log10 |difference| per sequence")
+    ax2.set_ylabel("sequences")
+    ax2.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confidence_distributions(table: pd.DataFrame):
+    """Summed and mean log-prob and self-consistency, per family."""
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    order = sorted(table["family"].unique())
+    for ax, col, label in zip(axes, ("conf_sum", "conf_mean", "self_consistency"),
+                              ("summed log P(R)", "mean log P per token", "self-consistency"), strict=True):
+        sns.violinplot(data=table, x="family", y=col, order=order, ax=ax, cut=0, density_norm="width",
+                       color="#c6dbef", inner="quartile")
+        ax.set_ylabel(label)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=40)
+    fig.tight_layout()
+    return fig
+
+
+def sum_vs_mean(table: pd.DataFrame):
+    """Length against the summed (left) and the mean (right) log-prob, coloured by correctness if known."""
+    import seaborn as sns
+
+    hue = "correct" if "correct" in table else None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, col, label in ((ax1, "conf_sum", "summed log P(R)"), (ax2, "conf_mean", "mean log P per token")):
+        sns.scatterplot(data=table, x="length", y=col, hue=hue, ax=ax, s=12, alpha=0.5,
+                        palette={True: "tab:green", False: "tab:red"} if hue else None)
+        ax.set_ylabel(label)
+        ax.set_xlabel("tokens")
+    fig.tight_layout()
+    return fig
+
+
+def calibration_plot(rel: pd.DataFrame, table: pd.DataFrame, bins: int = 5):
+    """Left: reliability of P(R) for short answers. Right: share correct by within-prompt confidence rank."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    if not rel.empty:
+        ax1.scatter(rel["p_mean"], rel["accuracy"], s=20 + 200 * rel["n"] / rel["n"].max(), alpha=0.7)
+    ax1.set_xlabel("P(R | I, Q) of short answers (binned)")
+    ax1.set_ylabel("share correct")
+    ax1.set_xlim(0, 1)
+    ax1.set_ylim(-0.02, 1.02)
+    t = table.copy()
+    t["rank_bin"] = np.minimum((t["conf_rank"] * bins).astype(int), bins - 1)
+    t["group"] = np.where(t["family"].isin(("describe", "fmt_start", "fmt_list", "fmt_max_words")),
+                          "long answers", "short answers")
+    curve = t.groupby(["group", "rank_bin"])["correct"].mean().reset_index()
+    for group, g in curve.groupby("group"):
+        ax2.plot((g["rank_bin"] + 0.5) / bins, g["correct"], marker="o", label=group)
+    ax2.set_xlabel("confidence rank within the prompt (0 = least, 1 = most sure)")
+    ax2.set_ylabel("share correct")
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.legend()
+    fig.tight_layout()
+    return fig
+
+
+def quadrant_heatmap(q: pd.DataFrame):
+    """Candidates by (confident?, correct?), counts and row shares."""
+    import seaborn as sns
+
+    share = q.div(q.sum(axis=1).replace(0, 1), axis=0)
+    labels = np.array([[f"{q.iloc[i, j]}\n({share.iloc[i, j]:.0%})" for j in range(q.shape[1])]
+                       for i in range(q.shape[0])])
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    sns.heatmap(share, annot=labels, fmt="", cmap="Reds", vmin=0, vmax=1, cbar=False, ax=ax)
+    ax.set_xlabel("verifier")
+    ax.set_ylabel("model (upper / lower half by log P)")
+    fig.tight_layout()
+    return fig
+
+
+def self_consistency_plot(table: pd.DataFrame):
+    """Self-consistency against the verifier score, per family group."""
+    import seaborn as sns
+
+    t = table.copy()
+    t["sc_bin"] = pd.cut(t["self_consistency"], [-0.01, 0.25, 0.5, 0.75, 1.0],
+                         labels=["0–.25", ".25–.5", ".5–.75", ".75–1"])
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    sns.barplot(data=t, x="sc_bin", y="verifier_score", ax=ax, errorbar=None, color="#74c476")
+    ax.set_xlabel("self-consistency with the other candidates")
+    ax.set_ylabel("mean verifier score")
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,250 @@
+"""Instruction families of the shapes world: templates, ground-truth parameters, and parsing an instruction back."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from m3po_utils.config import WorldConfig
+from m3po_utils.world.scenes import Obj, Scene, position_name, position_phrase
+
+FAMILIES = ("describe", "existence", "color", "count", "position", "fmt_one_word", "fmt_list", "fmt_start",
+            "fmt_max_words", "yn_position", "yn_color", "yn_count")
+
+
+# Yes/no questions about an attribute (MME-style perception: half true, half false); answers "Yes" / "No".
+YES_NO_FAMILIES = ("existence", "yn_position", "yn_color", "yn_count")
+
+
+TEMPLATES = {
+    "describe": "Describe the image.",
+    "existence": "Is there a {shape} in the image?",
+    "color": "What color is the {shape}?",
+    "count": "How many shapes are in the image?",
+    "position": "Where is the {shape}?",
+    "fmt_one_word": "Answer in one word: what color is the {shape}?",
+    "fmt_list": "List the shapes in the image, separated by commas.",
+    "fmt_start": 'Describe the image. Start your answer with "In this picture".',
+    "fmt_max_words": "Name the shapes in the image in at most {n} words.",
+    # yn_position is listed before yn_color: "Is the circle at the top?" must not parse as a colour question
+    "yn_position": "Is the {shape} at the {position}?",
+    "yn_color": "Is the {shape} {color}?",
+    "yn_count": "Are there {n} shapes in the image?",
+}
+
+
+SHAPE_FAMILIES = ("existence", "color", "position", "fmt_one_word", "yn_position", "yn_color")
+
+
+START_PHRASE = "In this picture"
+
+
+class UnknownInstruction(ValueError):
+    """An instruction that matches no template, or names an unknown shape."""
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """An instruction with its reference answer; ``params`` are sorted (key, value) pairs."""
+
+    family: str
+    text: str
+    reference: str
+    params: tuple
+
+    @property
+    def args(self) -> dict:
+        return dict(self.params)
+
+
+def describe(scene: Scene, cfg: WorldConfig) -> str:
+    """Canonical description: ``"a red circle at the top left, an orange square at the center."``"""
+    parts = [f"{_article(o.color)} {o.color} {o.shape} {position_phrase(o.cell, cfg.grid)}" for o in scene.objects]
+    return ", ".join(parts) + "."
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def _instruction_text(family: str, shape: str | None = None, n: int | None = None, color: str | None = None,
+                      position: str | None = None) -> str:
+    text = TEMPLATES[family]
+    if family == "existence":
+        text = text.replace("a {shape}", f"{_article(shape or '')} {{shape}}")
+    return text.format(shape=shape, n=n, color=color, position=position)
+
+
+def _position_names(cfg: WorldConfig) -> list[str]:
+    return [position_name(c, cfg.grid) for c in range(cfg.grid * cfg.grid)]
+
+
+def _yes_no_params(family: str, scene: Scene, obj: Obj, cfg: WorldConfig, rng: np.random.Generator | None,
+                   n: int | None, color: str | None, position: str | None) -> dict[str, Any]:
+    """The asked value of a yes/no attribute question: true or (50 % with ``rng``) a wrong one."""
+    flip = rng is not None and rng.random() < 0.5
+    if family == "yn_count":
+        true_n = len(scene.objects)
+        if n is None:
+            others = [k for k in range(1, cfg.max_objects + 1) if k != true_n]
+            n = others[int(rng.integers(len(others)))] if flip and others else true_n
+        return {"n": int(n)}
+    if family == "yn_color":
+        if color is None:
+            others = [c for c in cfg.colors if c != obj.color]
+            color = others[int(rng.integers(len(others)))] if flip else obj.color
+        if color not in cfg.colors:
+            raise UnknownInstruction(f"unknown color {color!r}; known colors: {', '.join(cfg.colors)}")
+        return {"color": color}
+    names = _position_names(cfg)
+    if position is None:
+        true_p = position_name(obj.cell, cfg.grid)
+        others = [p for p in names if p != true_p]
+        position = others[int(rng.integers(len(others)))] if flip else true_p
+    if position not in names:
+        raise UnknownInstruction(f"unknown position {position!r}; known positions: {', '.join(names)}")
+    return {"position": position}
+
+
+def _yes_no_truth(family: str, scene: Scene, params: dict[str, Any], cfg: WorldConfig) -> bool:
+    if family == "existence":
+        return scene.has(params["shape"])
+    if family == "yn_count":
+        return len(scene.objects) == params["n"]
+    obj = scene.obj(params["shape"])
+    if obj is None:
+        return False
+    if family == "yn_color":
+        return obj.color == params["color"]
+    return position_name(obj.cell, cfg.grid) == params["position"]
+
+
+def make_instruction(family: str, scene: Scene, cfg: WorldConfig, rng: np.random.Generator | None = None,
+                     shape: str | None = None, n: int | None = None, color: str | None = None,
+                     position: str | None = None) -> Instruction:
+    """Build one instruction of ``family`` for ``scene`` with its reference answer.
+
+    Unset ``shape`` / ``n`` are drawn with ``rng`` (existence: present or absent shape 50/50; other shape
+    families: a present shape; n = #objects + 0..2). Without ``rng`` the defaults are the first object and
+    n = #objects + 1. A colour / position question about an absent shape has the reference
+    ``"There is no {shape}."`` (one word ``"None"`` for fmt_one_word).
+    """
+    if family not in FAMILIES:
+        raise UnknownInstruction(f"unknown instruction family {family!r}; families: {', '.join(FAMILIES)}")
+    shapes = [o.shape for o in scene.objects]
+    params: dict[str, Any] = {}
+    if family in SHAPE_FAMILIES:
+        if shape is None:
+            if rng is None:
+                shape = shapes[0]
+            else:
+                absent = [s for s in cfg.shapes if s not in shapes]
+                if family == "existence" and absent and rng.random() < 0.5:
+                    shape = absent[int(rng.integers(len(absent)))]
+                else:
+                    shape = shapes[int(rng.integers(len(shapes)))]
+        if shape not in cfg.shapes:
+            raise UnknownInstruction(f"unknown shape {shape!r}; known shapes: {', '.join(cfg.shapes)}")
+        params["shape"] = shape
+    if family == "fmt_max_words":
+        if n is None:
+            n = len(shapes) + (int(rng.integers(0, 3)) if rng is not None else 1)
+        if int(n) < 1:
+            raise ValueError(f"n={n} must be a positive word limit")
+        params["n"] = n = int(n)
+    obj = scene.obj(shape) if shape is not None else None
+    if family in ("yn_position", "yn_color", "yn_count"):
+        if family != "yn_count" and obj is None and (color is None and position is None):
+            raise ValueError(f"{family} asks about a shape in the scene; {shape!r} is not in {scene.scene_id}")
+        params |= _yes_no_params(family, scene, obj, cfg, rng, n, color, position)
+        ref = "Yes" if _yes_no_truth(family, scene, params, cfg) else "No"
+        return Instruction(family=family, text=_instruction_text(family, shape, params.get("n"),
+                                                                 params.get("color"), params.get("position")),
+                           reference=ref, params=tuple(sorted(params.items())))
+    absent_ref = f"There is no {shape}."
+    if family == "describe":
+        ref = describe(scene, cfg)
+    elif family == "existence":
+        ref = "Yes" if obj is not None else "No"
+    elif family == "color":
+        ref = obj.color if obj is not None else absent_ref
+    elif family == "count":
+        ref = str(len(shapes))
+    elif family == "position":
+        ref = position_phrase(obj.cell, cfg.grid) if obj is not None else absent_ref
+    elif family == "fmt_one_word":
+        ref = obj.color if obj is not None else "None"
+    elif family == "fmt_list":
+        ref = ", ".join(shapes)
+    elif family == "fmt_start":
+        ref = f"{START_PHRASE}, {describe(scene, cfg)}"
+    else:  # fmt_max_words
+        ref = " ".join(shapes[:n])
+    return Instruction(family=family, text=_instruction_text(family, shape, n), reference=ref,
+                       params=tuple(sorted(params.items())))
+
+
+def existence_instruction(scene: Scene, shape: str, cfg: WorldConfig) -> Instruction:
+    """``"Is there a {shape} in the image?"`` with reference ``"Yes"`` / ``"No"``."""
+    return make_instruction("existence", scene, cfg, shape=shape)
+
+
+def instructions_for(scene: Scene, cfg: WorldConfig, rng: np.random.Generator,
+                     families: Sequence[str] = FAMILIES) -> list[Instruction]:
+    """One instruction per family, parameters drawn with ``rng``."""
+    return [make_instruction(f, scene, cfg, rng=rng) for f in families]
+
+
+def _normalise(text: str) -> str:
+    text = text.replace("\u201c", '"').replace("\u201d", '"').replace("\u2019", "'")
+    return re.sub(r"\s+", " ", text.strip()).lower()
+
+
+def _template_regex(family: str) -> re.Pattern:
+    body = TEMPLATES[family].lower().rstrip(".?")
+    pattern = re.escape(body)
+    pattern = pattern.replace(re.escape("a {shape}"), r"an?\ \{shape\}")
+    pattern = pattern.replace(re.escape("{shape}"), r"(?P<shape>[a-z][a-z\- ]*?)")
+    pattern = pattern.replace(re.escape("{n}"), r"(?P<n>\d+)")
+    pattern = pattern.replace(re.escape("{color}"), r"(?P<color>[a-z]+)")
+    pattern = pattern.replace(re.escape("{position}"), r"(?P<position>[a-z][a-z0-9 ]*?)")
+    return re.compile(pattern + r"\s*[.?!]?")
+
+
+_TEMPLATE_RES = {f: _template_regex(f) for f in FAMILIES}
+
+
+def parse_instruction(text: str, cfg: WorldConfig) -> tuple[str, dict]:
+    """Inverse of the templates (case and surrounding space ignored): ``(family, {"shape": ..., "n": ...})``."""
+    norm = _normalise(str(text))
+    for family, regex in _TEMPLATE_RES.items():
+        m = regex.fullmatch(norm)
+        if not m:
+            continue
+        params: dict[str, Any] = {}
+        if "shape" in regex.groupindex:
+            shape = m.group("shape").strip()
+            if shape not in cfg.shapes:
+                raise UnknownInstruction(f"unknown shape {shape!r} in instruction {text!r}; "
+                                         f"known shapes: {', '.join(cfg.shapes)}")
+            params["shape"] = shape
+        if "n" in regex.groupindex:
+            params["n"] = int(m.group("n"))
+        if "color" in regex.groupindex:
+            if m.group("color") not in cfg.colors:
+                raise UnknownInstruction(f"unknown color {m.group('color')!r} in instruction {text!r}; "
+                                         f"known colors: {', '.join(cfg.colors)}")
+            params["color"] = m.group("color")
+        if "position" in regex.groupindex:
+            names = _position_names(cfg)
+            if m.group("position").strip() not in names:
+                raise UnknownInstruction(f"unknown position {m.group('position')!r} in instruction {text!r}; "
+                                         f"known positions: {', '.join(names)}")
+            params["position"] = m.group("position").strip()
+        return family, params
+    supported = "; ".join(repr(t) for t in TEMPLATES.values())
+    raise UnknownInstruction(f"unknown instruction {text!r}; supported templates: {supported}")
