@@ -1,0 +1,89 @@
+"""The run directory as the contract between stages: a missing or unfinished output stops the stage that needs it
+with "run notebook NN first", and no stage rebuilds another stage's output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from m3po_utils import basemodels
+from m3po_utils.config import load_preset
+from m3po_utils.run import NotebookFailed, run_series
+from m3po_utils.runs import TRAINING_INFO, RunDir, StageMissing
+
+CFG = load_preset("smoke")
+
+
+@pytest.mark.parametrize("load, notebook, what", [
+    (lambda r: r.scenes(), "00", "world"),
+    (lambda r: basemodels.base_lvlm(CFG, r), "00", "models/lvlm"),
+    (lambda r: basemodels.base_clip(CFG, r), "00", "models/clip"),
+    (lambda r: r.load_candidates(), "01", "candidates"),
+    (lambda r: r.load_mas(), "02", "mas/scores"),
+    (lambda r: r.load_confidence(), "03", "confidence"),
+    (lambda r: r.load_pairs("m3po"), "04", "pairs/m3po"),
+])
+def test_missing_output_names_the_notebook(tmp_path, load, notebook, what):
+    with pytest.raises(StageMissing) as err:
+        load(RunDir(tmp_path))
+    assert str(err.value).startswith(f"run notebook {notebook} (")
+    assert f"first: {what} is missing in {tmp_path}" in str(err.value)
+    assert isinstance(err.value, FileNotFoundError)      # callers that catch FileNotFoundError still do
+    assert list(tmp_path.iterdir()) == []                # nothing was built on the stage's behalf
+
+
+def test_unfinished_model_folder_is_missing_not_loaded(tmp_path):
+    """A model folder without notebook 00's training record (a crash mid-save, a hand-copied folder) is unfinished."""
+    run = RunDir(tmp_path)
+    run.lvlm.mkdir(parents=True)
+    (run.lvlm / "config.json").write_text("{}")
+    with pytest.raises(StageMissing, match=r"models/lvlm is missing in .* \(or unfinished\)"):
+        basemodels.base_lvlm(CFG, run)
+    assert sorted(p.name for p in run.lvlm.iterdir()) == ["config.json"]
+
+
+def test_unfinished_candidates_point_at_the_resume(tmp_path):
+    run = RunDir(tmp_path)
+    run.candidates_parts.mkdir()
+    with pytest.raises(StageMissing, match="candidates.parts holds an unfinished run: rerun notebook 01"):
+        run.load_candidates()
+
+
+def test_hub_preset_needs_no_model_folder(tmp_path):
+    hub = load_preset("llava-1.5-7b")
+    assert RunDir(tmp_path).lvlm_source(hub) == "llava-hf/llava-1.5-7b-hf"
+
+
+def test_paths_are_those_of_the_design(tmp_path):
+    run = RunDir(tmp_path)
+    rel = {k: str(getattr(run, k).relative_to(tmp_path)) for k in
+           ("world", "lvlm", "clip", "candidates", "mas_scores", "judge_cache", "confidence", "evaluation",
+            "experiments", "results", "notebooks", "report")}
+    assert rel == {"world": "world", "lvlm": "models/lvlm", "clip": "models/clip", "candidates": "candidates",
+                   "mas_scores": "mas/scores", "judge_cache": "mas/judge_cache.sqlite", "confidence": "confidence",
+                   "evaluation": "evaluation", "experiments": "experiments", "results": "results",
+                   "notebooks": "notebooks", "report": "report.md"}
+    assert run.pairs("random") == tmp_path / "pairs" / "random"
+    assert run.adapters("m3po") == tmp_path / "adapters" / "m3po" and run.adapters() == tmp_path / "adapters"
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("victim, notebook", [("lvlm", "01_candidates"), ("clip", "02_mas")])
+def test_notebook_stops_when_a_model_is_missing(smoke_run, tmp_path, victim, notebook):
+    """Delete a model of notebook 00 and run the stage that needs it: it stops naming notebook 00, trains nothing."""
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run, ignore=shutil.ignore_patterns("adapters", "evaluation", "experiments"))
+    shutil.rmtree(run / "models" / victim)
+    for nb in ("01_candidates", "02_mas"):
+        (run / "results" / f"{nb}.json").unlink()
+    if notebook == "02_mas":
+        assert (run / "candidates").is_dir()
+    with pytest.raises(NotebookFailed) as err:
+        run_series("smoke", run, start=int(notebook[:2]), stop=int(notebook[:2]), kernel="python3")
+    msg = str(err.value)
+    assert f"notebook {notebook} failed" in msg
+    assert f"StageMissing: run notebook 00 (world and base models) first: models/{victim} is missing in {run}" in msg
+    assert not (run / "models" / victim).exists()          # no silent retrain in the wrong notebook
+    assert json.loads((run / "models" / ("clip" if victim == "lvlm" else "lvlm") / TRAINING_INFO).read_text())
