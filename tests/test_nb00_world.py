@@ -9,8 +9,14 @@ import json
 
 import pytest
 
+from m3po_utils import evaluation as E
+from m3po_utils import world as W
+from m3po_utils.config import load_preset
 from m3po_utils.io import load_results
+from m3po_utils.models.generate import greedy_answers
+from m3po_utils.models.lvlm import load_lvlm
 from m3po_utils.run import run_series
+from m3po_utils.runs import RunDir
 
 pytestmark = pytest.mark.notebooks
 
@@ -22,25 +28,56 @@ def test_series_writes_report_and_executed_copies(smoke_run):
     assert cfg["name"] == "smoke"
 
 
-def test_00_world(smoke_run):
-    r = load_results(smoke_run, "00_world")
+def check_00_world(run):
+    """Notebook 00's figures against what it wrote: the saved world's scenes and the saved base model."""
+    r = load_results(run, "00_world")
     assert r["complete"] is True and r["preset"] == "smoke"
+    cfg = load_preset("smoke")
+    wc = cfg.world
+    splits = RunDir(run).scenes()
+
     demo = r["verifier_demo"]
-    assert demo["truth_score"] == 1.0
-    assert demo["extra_score"] < 1.0
-    assert demo["extra_object"] in demo["extra_explanation"]
-    for a_b, p in r["partner_given_lead"].items():
-        assert 0.5 < p <= 1.0, a_b          # the prior is visible even in the smoke world
+    scene = splits["eval"][0]
+    assert demo["truth"] == W.describe(scene, wc) and demo["truth_score"] == 1.0
+    assert demo["extra_object"] in demo["extra_explanation"] and demo["extra_hallucinated"] == [demo["extra_object"]]
+    n_obj = len(scene.objects)        # all objects right plus one hallucinated: precision n/(n+1), recall 1
+    assert demo["extra_score"] == pytest.approx(2 * n_obj / (2 * n_obj + 1), abs=1e-12)
+
+    # P(partner | lead), counted over the saved train scenes
+    assert set(r["partner_given_lead"]) == {f"{a}->{b}" for a, b in wc.partners}
+    for a, b in wc.partners:
+        with_a = [sc for sc in splits["train"] if a in sc.shapes()]
+        p = sum(b in sc.shapes() for sc in with_a) / len(with_a)
+        assert r["partner_given_lead"][f"{a}->{b}"] == pytest.approx(p, abs=1e-12), (a, b)
+        assert p > 0.5, (a, b)        # the prior is visible even in the smoke world
+
+    # POPE: the saved model's greedy answers to the same questions, counted here
     pope = r["lvlm"]["pope"]
-    assert set(pope) == {"random", "popular", "adversarial"}
-    for m in pope.values():
-        assert 0.0 <= m["accuracy"] <= 1.0 and m["n"] > 0
+    assert set(pope) == set(E.POPE_SETTINGS)
+    model, processor = load_lvlm(RunDir(run).lvlm, device=cfg.models.device)
+    images = [W.render(sc, wc) for sc in splits["eval"]]
+    for setting, m in pope.items():
+        rows = E.pope_questions(splits["eval"], wc, setting, seed=cfg.seed)
+        answers = greedy_answers(model, processor, [images[q["scene"]] for q in rows], [q["question"] for q in rows],
+                                 max_new_tokens=8, batch_size=64)
+        said = [E.pope_parse(a) == "yes" for a in answers]
+        truth = [q["label"] == "yes" for q in rows]
+        tp = sum(s and t for s, t in zip(said, truth, strict=True))
+        tn = sum(not s and not t for s, t in zip(said, truth, strict=True))
+        assert m["n"] == len(rows) == 2 * sum(truth), setting
+        assert m["accuracy"] == pytest.approx((tp + tn) / len(rows), abs=1e-12), setting
+        assert m["yes_ratio"] == pytest.approx(sum(said) / len(rows), abs=1e-12), setting
+        assert m["recall"] == pytest.approx(tp / sum(truth), abs=1e-12), setting
     assert set(r["lvlm"]["describe"]) >= {"precision", "recall", "chair_i", "chair_s"}
     assert r["clip"]["retrieval"]["n"] == 40
-    models = smoke_run / "models"
+    models = run / "models"
     assert (models / "lvlm" / "model.safetensors").exists()
     assert (models / "clip" / "open_clip_model.safetensors").exists()
     assert not list(models.rglob("*.bin"))
+
+
+def test_00_world(smoke_run):
+    check_00_world(smoke_run)
 
 
 def test_rerun_skips_complete_notebooks(smoke_run):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 import subprocess
+import sys
 import tomllib
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -16,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
 EXTRAS = PROJECT.get("optional-dependencies", {})
-REQUIRED = ["jupyterlab", "papermill", "torch", "torchvision", "transformers", "peft", "trl", "open_clip_torch",
-            "openai", "seaborn", "ipywidgets", "datasets", "tqdm"]
+OWN_PACKAGE = "m3po_utils"
+# Modules that are files of this repository, imported by path (benchmarks/ and tests/ put their folder on sys.path).
+LOCAL_MODULES = {p.stem for folder in ("benchmarks", "tests") for p in (ROOT / folder).glob("*.py")}
 
 
 def _norm(name: str) -> str:
@@ -32,12 +37,83 @@ def _env() -> dict:
     return yaml.safe_load((ROOT / "environment.yml").read_text())
 
 
-def test_pyproject_lists_every_package_the_series_uses():
+def _guarded(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """True for an import inside ``try:`` whose handlers catch ImportError (an optional dependency by design)."""
+    child, node = node, parents.get(node)
+    while node is not None:
+        if isinstance(node, ast.Try) and child in node.body:
+            for h in node.handlers:
+                names = h.type.elts if isinstance(h.type, ast.Tuple) else [h.type]
+                if h.type is None or any(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError")
+                                         for n in names):
+                    return True
+        child, node = node, parents.get(node)
+    return False
+
+
+def _imports(source: str, where: str) -> list[tuple[str, str]]:
+    """(top-level module, file:line) of every absolute, unguarded ``import`` / ``from ... import`` in ``source``."""
+    tree = ast.parse(source, filename=where)
+    parents = {c: n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        if not _guarded(node, parents):
+            out += [(n.split(".")[0], f"{where}:{node.lineno}") for n in names]
+    return out
+
+
+def _notebook_source(path: Path) -> str:
+    """The code cells of a notebook as one module (IPython magics and shell lines dropped)."""
+    cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    lines = [ln for cell in cells for ln in cell.splitlines() if not ln.lstrip().startswith(("%", "!"))]
+    return "\n".join(lines)
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def _sources(kind: str) -> list[tuple[str, str]]:
+    """(source, where) of runtime code (the package, recursively, and the notebooks), benchmarks or tests."""
+    if kind == "runtime":
+        files = [(p.read_text(), _rel(p)) for p in sorted((ROOT / OWN_PACKAGE).rglob("*.py"))]
+        return files + [(_notebook_source(p), _rel(p)) for p in sorted((ROOT / "notebooks").glob("*.ipynb"))]
+    return [(p.read_text(), _rel(p)) for p in sorted((ROOT / kind).glob("*.py"))]
+
+
+# Runtime code (the package, the notebooks) may rely on [project] dependencies and the notebooks extra only;
+# benchmarks and tests may also use the dev extra.
+ALLOWED_EXTRAS = {"runtime": ["notebooks"], "benchmarks": ["notebooks", "dev"], "tests": ["notebooks", "dev"]}
+
+
+@pytest.mark.parametrize("kind", list(ALLOWED_EXTRAS))
+def test_every_imported_distribution_is_declared(kind):
+    """Every third-party module imported directly maps to a distribution that pyproject.toml declares
+    (one only installed as another package's dependency does not count)."""
     declared = _names(PROJECT["dependencies"])
-    for reqs in EXTRAS.values():
-        declared |= _names(reqs)
-    missing = [p for p in REQUIRED if _norm(p) not in declared]
-    assert not missing, f"add to pyproject.toml [project] dependencies or an extra: {missing}"
+    for extra in ALLOWED_EXTRAS[kind]:
+        declared |= _names(EXTRAS.get(extra, []))
+    dists = packages_distributions()
+    imports = [imp for src, where in _sources(kind) for imp in _imports(src, where)]
+    assert imports, f"no imports found in the {kind} sources: is the file walk broken?"
+    undeclared: dict[str, str] = {}
+    for module, where in imports:
+        if module in sys.stdlib_module_names or module == OWN_PACKAGE or module in LOCAL_MODULES:
+            continue
+        candidates = dists.get(module)
+        if not candidates:
+            undeclared.setdefault(f"{module} (no installed distribution provides it)", where)
+        elif not {_norm(d) for d in candidates} & declared:
+            undeclared.setdefault(_norm(candidates[0]), where)
+    assert not undeclared, (
+        f"{kind} code imports distributions pyproject.toml does not declare (in dependencies or "
+        f"{' / '.join(ALLOWED_EXTRAS[kind])}): " + ", ".join(f"{d} (first at {w})" for d, w in sorted(undeclared.items())))
 
 
 def test_extras_cover_notebooks_and_dev():
