@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from m3po_utils.io import atomic_write_text
 
@@ -467,35 +470,38 @@ def _field_types(obj: Any) -> dict[str, Any]:
     return get_type_hints(type(obj))
 
 
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "finite_number": "a finite number",
+             "string_type": "a string", "bool_type": "True or False", "tuple_type": "a list"}
+
+
+@functools.cache
+def _adapter(typ: Any) -> TypeAdapter:
+    # strict: no bool for an int, no "3" for an int, no 2.5 for an int; an int is a valid float
+    return TypeAdapter(typ, config=ConfigDict(strict=True, allow_inf_nan=False))
+
+
+def _tuples(value: Any) -> Any:
+    """Lists (from JSON, YAML or the command line) as tuples, recursively: the presets' sequences are tuples."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
 def _coerce(name: str, value: Any, typ: Any) -> Any:
-    """Turn an override (maybe a string from the command line) into ``typ`` or raise a ConfigError."""
+    """Turn an override (maybe a string from the command line) into ``typ`` or raise a ConfigError.
+
+    Type checking is pydantic's (strict mode); only the messages are ours, so that they name the setting.
+    """
     if isinstance(value, str) and typ is not str:
         try:
             value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             raise ConfigError(f"{name}={value!r} is not a valid {getattr(typ, '__name__', typ)} literal") from None
-    origin = get_origin(typ)
-    if typ is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(float(value)):
-            raise ConfigError(f"{name}={value!r} has the wrong type: expected a number")
-        return float(value)
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}={value!r} has the wrong type: expected an integer")
-        return value
-    if typ is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}={value!r} has the wrong type: expected a string")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{name}={value!r} has the wrong type: expected a list")
-        args = get_args(typ)
-        inner = args[0] if len(args) == 2 and args[1] is Ellipsis else None
-        if inner is None:
-            return tuple(value)
-        return tuple(_coerce(f"{name}[{i}]", v, inner) for i, v in enumerate(value))
-    return value
+    try:
+        return _adapter(typ).validate_python(_tuples(value))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = name + "".join(f"[{i}]" for i in err["loc"])
+        expected = _EXPECTED.get(err["type"], err["msg"])
+        raise ConfigError(f"{where}={err['input']!r} has the wrong type: expected {expected}") from None
 
 
 def _apply(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:

@@ -30,8 +30,8 @@ Judge
     (:data:`PROMPTS`) that asks for JSON: ``{"score": 1-10}`` per candidate (*pointwise*, one request per
     candidate) or ``{"scores": [...]}`` for all N candidates of a prompt with the image sent once (*listwise*).
     A malformed reply is retried, then recorded as a failure (never scored 0). 429, 5xx, timeouts and dropped
-    connections are retried with exponential backoff and jitter (``Retry-After`` honoured); other HTTP errors
-    fail at once. Requests run on a bounded thread pool (``MasConfig.concurrency``). Every successful answer is
+    connections are retried by the openai client itself (exponential backoff with jitter, ``Retry-After``
+    honoured); other HTTP errors fail at once. Requests run on a bounded thread pool (``MasConfig.concurrency``). Every successful answer is
     written at once to an SQLite cache (:class:`JudgeCache`, ``run_dir/mas/judge_cache.sqlite``) keyed by
     (model, prompt version and mode, image hash, instruction, response), so a rerun or a crash never repeats a
     paid call; failures are not cached, so a rerun retries exactly them.
@@ -142,7 +142,7 @@ def open_judge(cfg: Preset, run_dir: str | Path, *, noise: float | None = None,
     """
     mc = cfg.mas
     kwargs: dict[str, Any] = dict(mode=mc.judge_mode, prompt_version=mc.prompt_version, concurrency=mc.concurrency,
-                                  max_retries=mc.max_retries, timeout_s=mc.timeout_s, seed=mc.seed,
+                                  max_retries=mc.max_retries, timeout_s=mc.timeout_s,
                                   cache=RunDir(run_dir).judge_cache if use_cache else None)
     kwargs.update(client_kwargs)
     if uses_local_judge(cfg):

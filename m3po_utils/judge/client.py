@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import random
 import re
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -25,7 +23,6 @@ from m3po_utils.judge.protocol import PROMPTS, JudgeParseError, judge_messages, 
 LOCAL_KEY = "local-judge-needs-no-key"  # placeholder sent to the local judge instead of any real key
 
 
-RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx
 
 
 @dataclass
@@ -88,8 +85,7 @@ class JudgeClient:
 
     def __init__(self, base_url: str | None, model: str, *, api_key: str | None = None, mode: str = "listwise",
                  prompt_version: str = "v1", concurrency: int = 4, max_retries: int = 4, timeout_s: float = 60.0,
-                 cache: JudgeCache | str | Path | None = None, backoff_s: float = 0.5, backoff_max_s: float = 30.0,
-                 json_mode: bool = True, seed: int = 0):
+                 cache: JudgeCache | str | Path | None = None, json_mode: bool = True):
         import openai
 
         if mode not in ("pointwise", "listwise"):
@@ -109,15 +105,17 @@ class JudgeClient:
         self.prompt = PROMPTS[prompt_version]
         self.prompt_id = f"{prompt_version}/{mode}"  # the cache's "prompt version": listwise and pointwise differ
         self.concurrency, self.max_retries, self.timeout_s = concurrency, max_retries, float(timeout_s)
-        self.backoff_s, self.backoff_max_s, self.json_mode = backoff_s, backoff_max_s, json_mode
+        self.json_mode = json_mode
         self._owns_cache = cache is not None and not isinstance(cache, JudgeCache)
         self.cache = JudgeCache(cache) if self._owns_cache else cache
-        self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        self._task = threading.local()   # HTTP requests of the task this thread is running (retries included)
         self.stats: dict[str, int] = {"requests": 0, "bytes_sent": 0, "tasks": 0, "retries": 0, "failures": 0,
                                       "cache_hits": 0, "responses_scored": 0}
         self._http = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request]})
-        self._client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=self.timeout_s,
+        # HTTP-level retries are the openai client's: 408, 409, 429, 5xx, timeouts and dropped connections, with
+        # exponential backoff and jitter, honouring Retry-After; other statuses fail at once.
+        self._client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=max_retries, timeout=self.timeout_s,
                                      http_client=self._http)
         self._errors = openai
         self.server = None  # the local JudgeServer when made by open_judge
@@ -153,6 +151,7 @@ class JudgeClient:
         with self._lock:
             self.stats["requests"] += 1
             self.stats["bytes_sent"] += size
+        self._task.requests = getattr(self._task, "requests", 0) + 1
 
     def _bump(self, name: str, k: int = 1) -> None:
         with self._lock:
@@ -163,48 +162,44 @@ class JudgeClient:
 
     # ------------------------------------------------------------------------------------------ requests
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(self.backoff_max_s, max(0.0, retry_after))
-        base = min(self.backoff_max_s, self.backoff_s * 2 ** attempt)
-        with self._lock:
-            return base * (0.5 + 0.5 * self._rng.random())
-
     def _request(self, image_url: str, instruction: str, responses: list[str]) -> tuple[bool, list, list, str, int]:
-        """One task with retries: (ok, scores, reasons, error, attempts)."""
+        """One task: (ok, scores, reasons, error, attempts). ``attempts`` counts HTTP requests, retries included.
+
+        HTTP faults are retried inside the openai client (``max_retries``); a reply that is not the JSON asked for
+        is asked again here, up to ``max_retries`` times, and then recorded as a failure.
+        """
         oa = self._errors
         pointwise = self.mode == "pointwise"
         messages = judge_messages(self.prompt, image_url, instruction, responses[0] if pointwise else responses)
         extra: dict[str, Any] = {"response_format": {"type": "json_object"}} if self.json_mode else {}
         max_tokens = 120 if pointwise else 40 + 8 * len(responses)
-        error = ""
-        for attempt in range(self.max_retries + 1):
-            retry_after = None
+        self._task.requests = 0
+        error, ok, scores, reasons = "", False, [], []
+        for _ in range(self.max_retries + 1):
             try:
                 completion = self._client.chat.completions.create(
                     model=self.model, messages=messages, temperature=0, max_tokens=max_tokens, **extra)
                 content = completion.choices[0].message.content
                 scores, reasons = parse_reply(content, None if pointwise else len(responses))
-                return True, scores, reasons, "", attempt + 1
+                ok, error = True, ""
+                break
             except JudgeParseError as exc:
                 error = f"malformed reply: {exc}"
             except oa.APITimeoutError:
                 error = f"timeout after {self.timeout_s:g} s"
+                break
             except oa.APIConnectionError as exc:
                 error = f"connection error: {exc}"
+                break
             except oa.APIStatusError as exc:
-                status = exc.status_code
-                error = f"HTTP {status}: {_error_message(exc)}"
-                if status not in RETRYABLE_STATUS and status < 500:
-                    return False, [], [], self.redact(error), attempt + 1
-                retry_after = _retry_after(exc)
+                error = f"HTTP {exc.status_code}: {_error_message(exc)}"
+                break
             except (oa.APIResponseValidationError, oa.APIError, AttributeError, IndexError, TypeError,
                     ValueError) as exc:
                 error = f"malformed reply: {type(exc).__name__}: {exc}"
-            if attempt < self.max_retries:
-                self._bump("retries")
-                time.sleep(self._backoff(attempt, retry_after))
-        return False, [], [], self.redact(error), self.max_retries + 1
+        attempts = max(1, self._task.requests)
+        self._bump("retries", attempts - 1)
+        return ok, scores, reasons, self.redact(error), attempts
 
     def _run_task(self, task: _Task, items: Sequence[JudgeItem], urls: dict[int, str]) -> tuple[bool, list, list, str, int]:
         item = items[task.item]
@@ -295,15 +290,6 @@ def _error_message(exc) -> str:
             code = inner.get("code")
             return f"{inner['message']}" + (f" ({code})" if code else "")
     return str(getattr(exc, "message", exc))
-
-
-def _retry_after(exc) -> float | None:
-    response = getattr(exc, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def judge_base_url(cfg: Preset) -> str | None:
