@@ -283,12 +283,9 @@ def metrics_from_totals(t: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def bootstrap(stats: dict[str, np.ndarray], n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> Bootstrap:
-    """Intervals for every metric of every method.
+    """Intervals for every metric of every method: :func:`m3po_utils.stats.resample` over notebook 06's counts.
 
-    ``stats``: method → ``(n_seeds, n_scenes, len(STATS))`` counts (all methods on the same scenes). Each draw
-    resamples the scenes (one resample shared by every method, so differences are paired) and, per method, its
-    seeds (methods with the same number of seeds share the seed positions); the metric of every drawn seed is
-    computed on the drawn scenes and averaged over seeds.
+    ``stats``: method → ``(n_seeds, n_scenes, len(STATS))`` counts, all methods on the same scenes.
     """
     if not stats:
         raise ValueError("no methods to bootstrap")

@@ -27,7 +27,7 @@ CLIP score
 
 Judge
     :class:`JudgeClient` sends chat completions with the image as a base64 PNG data URL and a versioned prompt
-    (:data:`PROMPTS`) that asks for JSON: ``{"score": 1-10}`` per candidate (*pointwise*, one request per
+    (:data:`m3po_utils.judge.protocol.PROMPTS`) that asks for JSON: ``{"score": 1-10}`` per candidate (*pointwise*, one request per
     candidate) or ``{"scores": [...]}`` for all N candidates of a prompt with the image sent once (*listwise*).
     A malformed reply is retried, then recorded as a failure (never scored 0). 429, 5xx, timeouts and dropped
     connections are retried by the openai client itself (exponential backoff with jitter, ``Retry-After``
