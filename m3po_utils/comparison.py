@@ -55,7 +55,8 @@ from m3po_utils.stats import Bootstrap, fmt_interval, resample
 from m3po_utils.world.prompts import ImageResolver
 
 METHOD_LABELS = {"base": "SFT base", "best_of_n": "best-of-N SFT", "random": "random-pair DPO",
-                 "best_worst": "best-vs-worst DPO (α = 0)", "m3po": "M3PO"}
+                 "best_worst": "best-vs-worst DPO (α = 0)", "m3po": "M3PO",
+                 "oracle": "oracle (verifier-ranked DPO)"}
 
 
 IFT_FAMILIES = ("fmt_one_word", "fmt_list", "fmt_start", "fmt_max_words")
@@ -466,6 +467,72 @@ def ordering_lines(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE)) ->
             same = f"{boot.point[prev][k]:.3f}" == f"{boot.point[m][k]:.3f}"
             text += f" {'=' if same else '>'} {m} {boot.point[m][k]:.3f}"
         lines.append(f"- **{k}** ({'higher' if HEADLINE.get(k, True) else 'lower'} is better; best first): {text}")
+    return lines
+
+
+# The two metrics the series' headline question is asked on (the paper's POPE and MME claims).
+KEY_METRICS = ("pope_adversarial_f1", "mme_total")
+
+
+def _signed(metric: str, d: dict[str, float]) -> dict[str, float]:
+    """A delta turned so that positive is better (CHAIR_i is lower-is-better)."""
+    if HEADLINE.get(metric, True):
+        return d
+    return d | {"delta": -d["delta"], "lo": -d["hi"], "hi": -d["lo"]}
+
+
+def oracle_table(boot: Bootstrap, metrics: Sequence[str] = KEY_METRICS, oracle: str = "oracle",
+                 base: str = "base"):
+    """Can the benchmarks move, and how far does each method get? One row per metric.
+
+    ``gain``: oracle − base with its paired interval (positive = better); ``moves``: that interval excludes 0.
+    ``<method>``: the share of the oracle's gain the method recovers, (method − base) / (oracle − base), with its
+    bootstrap interval — meaningful only where the oracle moves the metric.
+    """
+    import pandas as pd
+
+    rows = {}
+    for k in metrics:
+        g = _signed(k, boot.delta(oracle, base, k))
+        row = {"gain": g["delta"], "gain_lo": g["lo"], "gain_hi": g["hi"], "moves": bool(g["lo"] > 0)}
+        for m in boot.point:
+            if m not in (oracle, base):
+                r = boot.recovered(m, k, oracle, base)
+                row |= {f"{m}": r["share"], f"{m}_lo": r["lo"], f"{m}_hi": r["hi"]}
+        rows[k] = row
+    return pd.DataFrame(rows).T
+
+
+def detectable_table(boot: Bootstrap, pairs: Sequence[tuple[str, str]], metrics: Sequence[str] = KEY_METRICS,
+                     power: float = 0.8):
+    """The minimum detectable paired difference of every pair and metric next to the observed difference."""
+    import pandas as pd
+
+    return pd.DataFrame([{"comparison": f"{a} − {b}", "metric": k, "mde": boot.mde(a, b, k, power),
+                          "observed": boot.point[a][k] - boot.point[b][k]}
+                         for a, b in pairs for k in metrics]).set_index(["comparison", "metric"])
+
+
+def headline_lines(boot: Bootstrap, metrics: Sequence[str] = KEY_METRICS, method: str = "m3po",
+                   baselines: Sequence[str] = ("random", "best_worst", "best_of_n"), oracle: str = "oracle",
+                   base: str = "base") -> list[str]:
+    """The series' question in sentences: does ``method`` beat each baseline, and does the oracle move the
+    metric at all (a metric the oracle cannot move judges nothing)?"""
+    lines = []
+    for k in metrics:
+        if oracle in boot.point and base in boot.point:
+            g = _signed(k, boot.delta(oracle, base, k))
+            moves = g["lo"] > 0
+            lines.append(f"- **{k}**: the oracle {'moves' if moves else 'does not move'} it "
+                         f"({g['delta']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] over {base})"
+                         + ("" if moves else ", so this metric cannot rank the methods"))
+        for b in baselines:
+            if method not in boot.point or b not in boot.point:
+                continue
+            d = _signed(k, boot.delta(method, b, k))
+            word = "beats" if d["lo"] > 0 else "is worse than" if d["hi"] < 0 else "is not distinguishable from"
+            lines.append(f"  - {method} {word} {b}: {d['delta']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]; "
+                         f"detectable difference {boot.mde(method, b, k):.3f}")
     return lines
 
 

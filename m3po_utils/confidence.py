@@ -230,6 +230,35 @@ def calibration_summary(table: pd.DataFrame) -> dict[str, float]:
             "top1_accuracy": float(top["correct"].mean()), "mean_accuracy": float(table["correct"].mean())}
 
 
+def headroom(table: pd.DataFrame, delta: float = 0.1, greedy: dict[str, float] | None = None) -> pd.DataFrame:
+    """What self-sampling can reach, per family: the room DPO on the model's own candidates has to work with.
+
+    * ``pass@1``: share of candidates fully correct; ``pass@N``: share of prompts with at least one;
+    * ``greedy`` (when given, e.g. notebook 00's held-out greedy accuracy) and ``pass@N − greedy``;
+    * ``confident_wrong``: among prompts with a wrong candidate, the share where some wrong candidate has
+      log P ≥ log P(Rw) − δ, Rw the verifier's best candidate (ties: the more confident) — a hard negative the
+      M3P-Score's confidence term can find.
+    """
+    rows = []
+    for fam, g in table.groupby("family", sort=True):
+        per = []
+        for _, p in g.groupby("prompt_id", sort=False):
+            best = p.sort_values(["verifier_score", "conf_sum"], ascending=False).iloc[0]
+            wrong = p[~p["correct"]].drop(index=best.name, errors="ignore")    # never Rw itself
+            per.append((bool(p["correct"].any()), len(wrong) > 0,
+                        bool((wrong["conf_sum"] >= best["conf_sum"] - delta).any())))
+        arr = np.array(per, dtype=bool)
+        with_wrong = arr[:, 1]
+        row = {"family": fam, "prompts": len(per), "pass@1": float(g["correct"].mean()),
+               "pass@N": float(arr[:, 0].mean()),
+               "confident_wrong": float(arr[with_wrong, 2].mean()) if with_wrong.any() else float("nan")}
+        if greedy is not None:
+            row["greedy"] = float(greedy.get(fam, float("nan")))
+            row["pass@N − greedy"] = row["pass@N"] - row["greedy"]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("family")
+
+
 def reliability(table: pd.DataFrame, bins: int = 10, families: Sequence[str] = ANSWER_KEY_FAMILIES) -> pd.DataFrame:
     """Reliability diagram data for short answers: P(response) = exp(conf_sum) in ``bins`` equal-width bins
     against the share that is correct. A calibrated model's points lie on the diagonal."""

@@ -24,7 +24,9 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from m3po_utils.io import atomic_write_text
 
 # Pair-selection strategies (stage 04); best_of_n is the SFT-only control on the chosen answers.
-STRATEGIES = ("m3po", "best_worst", "random", "best_of_n")
+STRATEGIES = ("m3po", "best_worst", "random", "best_of_n", "oracle")
+# Strategies that rank candidates by the verifier's ground truth: they exist in the shapes world only.
+TRUTH_STRATEGIES = ("oracle",)
 
 
 class ConfigError(ValueError):
@@ -48,8 +50,11 @@ class WorldConfig:
     max_objects: int = 4
     # Co-occurrence prior: when the first shape of a pair is in a scene, the second is added with
     # probability ``partner_prob``. A model trained on such scenes learns to expect (and hallucinate) the partner.
-    partners: tuple[tuple[str, str], ...] = (("circle", "square"), ("triangle", "star"), ("heart", "diamond"))
-    partner_prob: float = 0.85
+    partners: tuple[tuple[str, str], ...] = (("circle", "square"), ("triangle", "star"), ("heart", "diamond"),
+                                             ("cross", "hexagon"))
+    partner_prob: float = 0.5
+    # Share of objects drawn faint (small, washed out): evidence a model can miss, where the prior takes over.
+    faint_prob: float = 0.3
     n_train: int = 6000
     n_pref: int = 1300   # 1200 preference prompts + 100 validation scenes (prompts.n_validation)
     n_eval: int = 400
@@ -72,6 +77,7 @@ class WorldConfig:
             _check(len(pair) == 2 and all(s in self.shapes for s in pair) and pair[0] != pair[1],
                    "world.partners", pair, f"pairs of two different shapes from {self.shapes}")
         _check(0.0 <= self.partner_prob <= 1.0, "world.partner_prob", self.partner_prob, "a float in [0, 1]")
+        _check(0.0 <= self.faint_prob <= 1.0, "world.faint_prob", self.faint_prob, "a float in [0, 1]")
         for name in ("n_train", "n_pref", "n_eval"):
             _check(getattr(self, name) >= 1, f"world.{name}", getattr(self, name), "a positive integer")
 
@@ -92,8 +98,10 @@ class LvlmTrainConfig:
     batch_size: int = 48
     lr: float = 2e-3
     warmup_steps: int = 100
-    aux_weight: float = 1.0
+    aux_weight: float = 0.3
     existence_weight: float = 3.0
+    # share of a yes/no answer's loss on its first ("Yes"/"No") token; the justification shares the rest
+    lead_weight: float = 0.5
     eval_every: int = 350
     seed: int = 0
 
@@ -111,6 +119,7 @@ class LvlmTrainConfig:
         _check(0 <= self.warmup_steps < self.steps, "lvlm_train.warmup_steps", self.warmup_steps,
                f"an integer in [0, steps={self.steps})")
         _check(self.aux_weight >= 0, "lvlm_train.aux_weight", self.aux_weight, "a float >= 0")
+        _check(0 <= self.lead_weight <= 1, "lvlm_train.lead_weight", self.lead_weight, "a float in [0, 1]")
         _check(self.existence_weight > 0, "lvlm_train.existence_weight", self.existence_weight, "a float > 0")
 
 
@@ -236,7 +245,7 @@ class DpoConfig:
     sampled tokens, instead of a reference forward pass each step.
     """
 
-    strategies: tuple[str, ...] = ("m3po", "best_worst", "random", "best_of_n")
+    strategies: tuple[str, ...] = ("m3po", "best_worst", "random", "best_of_n", "oracle")
     max_pairs: int = 0            # 0 = all pairs of the smallest strategy
     learning_rate: float = 2e-3    # shapes: chosen on the preference split's validation scenes (notebook 05)
     batch_size: int = 8
@@ -302,7 +311,7 @@ class EvaluationConfig:
     the same parsers when set.
     """
 
-    methods: tuple[str, ...] = ("base", "best_of_n", "random", "best_worst", "m3po")
+    methods: tuple[str, ...] = ("base", "best_of_n", "random", "best_worst", "m3po", "oracle")
     seeds: tuple[int, ...] = (0, 1, 2)
     n_scenes: int = 0
     bootstrap: int = 2000
@@ -418,6 +427,11 @@ class Preset:
         if self.world_kind == "shapes":
             _check(self.models.lvlm == "local", "models.lvlm", self.models.lvlm,
                    "'local' in the shapes world (its tiny LLaVA is trained by notebook 00)")
+        else:
+            for name, names in (("dpo.strategies", self.dpo.strategies), ("evaluation.methods", self.evaluation.methods)):
+                _check(not set(names) & set(TRUTH_STRATEGIES), name, names,
+                       f"no {', '.join(TRUTH_STRATEGIES)} outside the shapes world: it ranks candidates by the "
+                       "verifier's ground truth, which only the shapes world has")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -459,7 +473,8 @@ def _llava_7b() -> Preset:
         # stated there; r = 16 / alpha = 32 on q_proj, v_proj is PEFT's customary choice.
         dpo=DpoConfig(learning_rate=5e-5, batch_size=8, epochs=1.0, beta=0.1, loss_type=("sigmoid",),
                       loss_weights=(1.0,), warmup_ratio=0.03, lora_r=16, lora_alpha=32, lora_dropout=0.05,
-                      gradient_checkpointing=True),
+                      gradient_checkpointing=True, strategies=("m3po", "best_worst", "random", "best_of_n")),
+        evaluation=EvaluationConfig(methods=("base", "best_of_n", "random", "best_worst", "m3po")),
     )
 
 

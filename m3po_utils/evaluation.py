@@ -64,6 +64,26 @@ def pope_questions(scenes: Sequence[W.Scene], cfg: WorldConfig, setting: str, se
     return rows
 
 
+def partner_share(scenes: Sequence[W.Scene], rows: Sequence[dict], answers: Sequence[str], cfg: WorldConfig
+                  ) -> dict[str, float]:
+    """Of the POPE false positives ("yes" to an absent shape), how many are co-occurrence hallucinations: the
+    asked shape is a ``cfg.partners`` partner (either side of the pair) of a shape that is in the scene.
+
+    ``{"false_positives": n, "partner": k, "partner_share": k / n}`` (share None without false positives).
+    """
+    linked: dict[str, set[str]] = {}
+    for a, b in cfg.partners:
+        linked.setdefault(a, set()).add(b)
+        linked.setdefault(b, set()).add(a)
+    fp = partner = 0
+    for r, ans in zip(rows, answers, strict=True):
+        if r["label"] != "no" or pope_parse(ans) != "yes":
+            continue
+        fp += 1
+        partner += bool(linked.get(r["shape"], set()) & scenes[r["scene"]].shapes())
+    return {"false_positives": fp, "partner": partner, "partner_share": partner / fp if fp else None}
+
+
 def pope_parse(answer: str) -> str:
     """POPE's answer rule: "no" if a word of the first sentence is No/no/not, else "yes" (case-sensitive)."""
     words = answer.split(".")[0].replace(",", "").split(" ")
@@ -143,7 +163,8 @@ def base_model_report(model, processor, scenes: Sequence[W.Scene], cfg: WorldCon
         rows = pope_questions(scenes, cfg, setting, seed=seed)
         answers = greedy_answers(model, processor, [images[r["scene"]] for r in rows],
                                  [r["question"] for r in rows], max_new_tokens=8, batch_size=batch_size)
-        report["pope"][setting] = pope_metrics(answers, [r["label"] for r in rows]) | {"n": len(rows)}
+        report["pope"][setting] = (pope_metrics(answers, [r["label"] for r in rows]) | {"n": len(rows)}
+                                   | partner_share(scenes, rows, answers, cfg))
     descriptions = greedy_answers(model, processor, images, ["Describe the image."] * len(scenes),
                                   batch_size=batch_size)
     report["describe"] = description_metrics(scenes, descriptions, cfg)
@@ -200,7 +221,7 @@ def mme_questions(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0) ->
                         W.make_instruction(family, scene, cfg, shape=shape, position=others[rng.integers(len(others))])]
             for ins in pair:
                 rows.append({"subtask": subtask, "image": scene.scene_id, "scene": i, "question": ins.text,
-                             "answer": ins.reference})
+                             "answer": W.yes_no(ins.reference).capitalize()})
     return rows
 
 

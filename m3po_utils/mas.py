@@ -331,7 +331,8 @@ def contrast_pairs(scenes: Sequence[W.Scene], world_cfg, seed: int = 0,
                    families: Sequence[str] = CONTRAST_FAMILIES) -> pd.DataFrame:
     """A right and a wrong answer per (scene, family): where can a scorer tell them apart?
 
-    The right answer is the reference; the wrong one changes exactly what the family asks about: yes <-> no,
+    The right answer is the reference; the wrong one changes exactly what the family asks about: yes <-> no
+    (with the matching claim),
     the count +-1, another position, another colour, and for descriptions one object's colour. Only pairs the
     verifier separates (right = 1, wrong < 1) are kept. Columns: scene_id, image, family, instruction, right,
     wrong.
@@ -344,7 +345,9 @@ def contrast_pairs(scenes: Sequence[W.Scene], world_cfg, seed: int = 0,
             ins = W.make_instruction(fam, scene, world_cfg, rng=rng)
             right = ins.reference
             if fam == "existence":
-                wrong = "No" if right == "Yes" else "Yes"
+                shape = ins.args["shape"]
+                wrong = (f"No, there is no {shape}." if scene.has(shape)
+                         else f"Yes, there is a {rng.choice(world_cfg.colors)} {shape}.")
             elif fam == "count":
                 n = len(scene.objects)
                 wrong = str(n + 1 if n == 1 or rng.random() < 0.5 else n - 1)
@@ -386,6 +389,36 @@ def contrast_frame(pairs: pd.DataFrame) -> pd.DataFrame:
             rows.append({"prompt_id": f"c{i:05d}", "image": p["image"], "instruction": p["instruction"],
                          "cand_idx": j, "text": p[col], "scene_id": p["scene_id"], "family": p["family"]})
     return pd.DataFrame(rows)
+
+
+MAS_WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+
+
+def weight_sweep(pairs: pd.DataFrame, right: pd.DataFrame, wrong: pd.DataFrame,
+                 clip_weights: Sequence[float] = MAS_WEIGHT_GRID) -> pd.DataFrame:
+    """Contrast accuracy of MAS = w · CLIP + (1 − w) · judge for every CLIP weight w (one row per w).
+
+    ``right`` / ``wrong``: the scored right and wrong answers of ``pairs`` (rows aligned), with ``clip_score`` and
+    ``judge_score``. Columns: ``clip_weight``, ``all`` (share of pairs ranked right, a tie counting ½) and one
+    column per family. Run it on validation scenes: the evaluation split never chooses a weight.
+    """
+    rows = []
+    for w in clip_weights:
+        if not 0 <= w <= 1:
+            raise ValueError(f"clip weight {w!r} must be in [0, 1]")
+        r = w * right["clip_score"].to_numpy(float) + (1 - w) * right["judge_score"].to_numpy(float)
+        x = w * wrong["clip_score"].to_numpy(float) + (1 - w) * wrong["judge_score"].to_numpy(float)
+        acc = contrast_accuracy(pairs, r, x)
+        win = np.where(r > x, 1.0, np.where(r == x, 0.5, 0.0))
+        rows.append({"clip_weight": float(w), "all": float(np.nanmean(win)), **acc.to_dict()})
+    return pd.DataFrame(rows)
+
+
+def best_weight(sweep: pd.DataFrame) -> float:
+    """The CLIP weight with the highest overall contrast accuracy; among equals, the smallest CLIP share
+    (the judge is the assessor that reads the instruction)."""
+    top = sweep["all"].max()
+    return float(sweep.loc[np.isclose(sweep["all"], top), "clip_weight"].min())
 
 
 def synthetic_candidates(prompt_rows: Sequence[dict], scenes: Sequence[W.Scene], world_cfg, n_candidates: int = 4,

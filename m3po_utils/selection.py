@@ -19,7 +19,9 @@ Strategies written to ``run_dir/pairs/<strategy>/`` in one format (TRL's vision 
 * ``m3po`` — the rule above at the preset's α, δ;
 * ``best_worst`` — best vs worst by MAS (reward-model DPO; α = 0);
 * ``random`` — two random distinct candidates, ordered by MAS (vanilla DPO);
-* ``best_of_n`` — the best candidate alone (chosen-only data for rejection-sampling SFT); ``rejected`` empty.
+* ``best_of_n`` — the best candidate alone (chosen-only data for rejection-sampling SFT); ``rejected`` empty;
+* ``oracle`` — best vs worst by the verifier's ground-truth score instead of MAS (shapes world only): what a
+  perfect assessor would pick from the same candidates, the upper bound the other strategies are read against.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from m3po_utils.config import STRATEGIES
+from m3po_utils.config import STRATEGIES, TRUTH_STRATEGIES
 from m3po_utils.io import AtomicDir
 from m3po_utils.runs import RunDir
 
@@ -187,11 +189,17 @@ def group_candidates(table) -> dict[str, dict[str, np.ndarray | list]]:
 
 
 def select(groups: dict[str, dict], strategy: str, alpha: float = 0.5, delta: float = 0.1,
-           min_margin: float = 0.0, k: int = 1, seed: int = 0) -> Selection:
-    """Apply ``strategy`` to every prompt (seeded for ``random``)."""
+           min_margin: float = 0.0, k: int = 1, seed: int = 0,
+           truth: dict[str, np.ndarray] | None = None) -> Selection:
+    """Apply ``strategy`` to every prompt (seeded for ``random``); ``oracle`` ranks by ``truth`` instead of MAS."""
     _check_params(alpha, delta)
     if min_margin < 0 or math.isnan(min_margin):
         raise ValueError(f"min_margin={min_margin!r} must be a number >= 0")
+    if strategy in TRUTH_STRATEGIES:
+        if truth is None:
+            raise ValueError(f"strategy={strategy!r} ranks candidates by the verifier's ground truth, which only the "
+                             "shapes world has (pass truth=truth_by_prompt(groups, table))")
+        groups = {pid: g | {"mas": np.asarray(truth[pid], dtype=float)} for pid, g in groups.items()}
     rng = np.random.default_rng(seed)
     choices = [choose(pid, g["mas"], g["logp"], g["text"], strategy, alpha, delta, min_margin, k, rng)
                for pid, g in groups.items()]
@@ -334,9 +342,11 @@ def truth_by_prompt(groups: dict[str, dict], table) -> dict[str, np.ndarray] | N
 
 
 def select_all(groups: dict[str, dict], alpha: float, delta: float, min_margin: float, k: int = 1,
-               seed: int = 0) -> dict[str, Selection]:
-    """Every strategy on the same prompts (``m3po`` at α, δ; the baselines as defined in STRATEGIES)."""
-    return {s: select(groups, s, alpha, delta, min_margin, k, seed) for s in STRATEGIES}
+               seed: int = 0, truth: dict[str, np.ndarray] | None = None) -> dict[str, Selection]:
+    """Every strategy on the same prompts (``m3po`` at α, δ; the baselines as defined in STRATEGIES); the
+    ground-truth ``oracle`` only when ``truth`` is given."""
+    return {s: select(groups, s, alpha, delta, min_margin, k, seed, truth) for s in STRATEGIES
+            if truth is not None or s not in TRUTH_STRATEGIES}
 
 
 def strategy_table(groups: dict[str, dict], sels: dict[str, Selection], truth=None):

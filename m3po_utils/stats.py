@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,36 @@ class Bootstrap:
         lo = (1 - self.ci) / 2
         return {"delta": self.point[a][metric] - self.point[b][metric], "lo": float(np.quantile(d, lo)),
                 "hi": float(np.quantile(d, 1 - lo)), "p_le_0": float(np.mean(d <= 0))}
+
+    def mde(self, a: str, b: str, metric: str, power: float = 0.8) -> float:
+        """Minimum detectable paired difference ``a − b`` at this interval's level and ``power``.
+
+        The normal approximation (z_{1−(1−ci)/2} + z_{power}) · SE, with SE the standard deviation of the paired
+        bootstrap draws, so it carries the scene and the seed variance this comparison actually has. A true
+        difference this large would give an interval excluding 0 with probability ``power``.
+        """
+        if not 0 < power < 1:
+            raise ValueError(f"power={power!r} must be in (0, 1)")
+        z = NormalDist()
+        se = float(np.std(self.draws[a][metric] - self.draws[b][metric], ddof=1))
+        return (z.inv_cdf(1 - (1 - self.ci) / 2) + z.inv_cdf(power)) * se
+
+    def recovered(self, method: str, metric: str, upper: str, lower: str) -> dict[str, float]:
+        """Share of the gain ``upper − lower`` that ``method`` recovers: (method − lower) / (upper − lower).
+
+        The interval is the paired bootstrap's, over draws whose denominator is not 0; it is wide (and
+        meaningless) when ``upper`` barely beats ``lower``, so read it next to ``delta(upper, lower)``.
+        """
+        num = self.draws[method][metric] - self.draws[lower][metric]
+        den = self.draws[upper][metric] - self.draws[lower][metric]
+        point_den = self.point[upper][metric] - self.point[lower][metric]
+        point = (self.point[method][metric] - self.point[lower][metric]) / point_den if point_den else float("nan")
+        ok = den != 0
+        if not ok.any():
+            return {"share": point, "lo": float("nan"), "hi": float("nan")}
+        r = num[ok] / den[ok]
+        lo = (1 - self.ci) / 2
+        return {"share": float(point), "lo": float(np.quantile(r, lo)), "hi": float(np.quantile(r, 1 - lo))}
 
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
         out: dict[str, dict[str, dict[str, float]]] = {}

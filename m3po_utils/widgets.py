@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from m3po_utils.config import STRATEGIES
+from m3po_utils.config import STRATEGIES, TRUTH_STRATEGIES
 from m3po_utils.selection import Selection, select, selection_stats
 
 STATIC_ENV = "M3PO_STATIC_WIDGETS"
@@ -145,7 +145,7 @@ class PairExplorer:
 
         a = w.FloatSlider(value=alpha, min=0.0, max=2.0, step=0.05, description="α", continuous_update=False)
         d = w.FloatSlider(value=delta, min=0.0, max=2.0, step=0.05, description="δ", continuous_update=False)
-        s = w.Dropdown(options=[x for x in STRATEGIES if x != "best_of_n"], value=strategy, description="strategy")
+        s = w.Dropdown(options=[x for x in STRATEGIES if x not in ("best_of_n", *TRUTH_STRATEGIES)], value=strategy, description="strategy")
         p = w.Dropdown(options=list(self.groups), value=self.focus, description="prompt")
         out, info = w.Output(), w.HTML()
 

@@ -163,7 +163,8 @@ def test_seed_dirs_and_model_keys(tmp_path):
     assert s2.selection.seed == 2 and s2.dpo.seed == 2 and s2.dpo.learning_rate == cfg.dpo.learning_rate
     keys = C.model_keys(cfg)
     assert keys.count(("base", 0)) == 1 and sum(m == "base" for m, _ in keys) == 1
-    assert len(keys) == 1 + 4 * len(cfg.evaluation.seeds)
+    assert len(keys) == 1 + (len(cfg.evaluation.methods) - 1) * len(cfg.evaluation.seeds)
+    assert ("oracle", 0) in keys
 
 
 def test_evaluation_config_is_checked():
@@ -280,3 +281,36 @@ def test_benchmark_paths_and_frame():
     assert C.benchmark_paths(own) == {"pope_files": [], "pope_images": "", "mme_dir": "/x/mme"}
     df = C.benchmark_frame({"base": {"pope:a.json": {"accuracy": 0.5, "f1": 0.1}, "mme": {"total": 283.0}}})
     assert df.loc["pope:a.json", "base"] == 0.5 and df.loc["mme", "base"] == 283.0
+
+
+def test_mde_recovered_share_and_oracle_table():
+    from m3po_utils.stats import Bootstrap
+    rng = np.random.default_rng(0)
+    base, oracle = rng.normal(0.0, 1.0, 4000), rng.normal(2.0, 1.0, 4000)
+    half = (base + oracle) / 2
+    boot = Bootstrap(point={"base": {"x": 0.0}, "oracle": {"x": 2.0}, "m3po": {"x": 1.0}},
+                     draws={"base": {"x": base}, "oracle": {"x": oracle}, "m3po": {"x": half}}, ci=0.95)
+    # the paired draws differ by N(2, sqrt 2): SE sqrt 2, MDE (1.96 + 0.8416) * sqrt 2 = 3.962
+    assert boot.mde("oracle", "base", "x") == pytest.approx(2.8016 * np.sqrt(2), rel=0.03)
+    assert boot.mde("m3po", "m3po", "x") == 0.0
+    r = boot.recovered("m3po", "x", "oracle", "base")
+    assert r["share"] == pytest.approx(0.5) and r["lo"] <= 0.5 <= r["hi"]
+    with pytest.raises(ValueError, match="power"):
+        boot.mde("oracle", "base", "x", power=1.0)
+
+
+def test_oracle_table_and_headline_lines(scenes, questions):
+    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    bad = C.scene_stats(scenes, questions, noisy_answers(questions, scenes, 0), WCFG)
+    boot = C.bootstrap({"base": bad[None], "oracle": good[None], "m3po": good[None], "random": bad[None]},
+                       n_boot=300, seed=0)
+    t = C.oracle_table(boot)
+    assert list(t.index) == list(C.KEY_METRICS)
+    assert t.loc["mme_total", "moves"] and t.loc["mme_total", "gain"] > 0
+    assert t.loc["mme_total", "m3po"] == pytest.approx(1.0) and t.loc["mme_total", "random"] == pytest.approx(0.0)
+    lines = "\n".join(C.headline_lines(boot))
+    assert "the oracle moves it" in lines and "m3po beats random" in lines
+    chair = C.oracle_table(boot, metrics=("chair_i",))          # lower is better: the gain is turned positive
+    assert chair.loc["chair_i", "gain"] >= 0
+    mde = C.detectable_table(boot, [("m3po", "random")])
+    assert (mde["mde"] > 0).all() and mde.loc[("m3po − random", "mme_total"), "observed"] > 0

@@ -150,3 +150,22 @@ def test_table_dict_is_strict_json():
     d = C.table_dict(pd.DataFrame({"family": ["a", "b"], "x": [0.123456, float("nan")]}))
     assert d == {"a": {"x": 0.1235}, "b": {"x": None}}
     json.dumps(d, allow_nan=False)
+
+
+def test_headroom_counts_reachable_and_confident_wrong_prompts():
+    import pandas as pd
+    t = pd.DataFrame({
+        "prompt_id": ["a", "a", "a", "b", "b", "c", "c"],
+        "family": ["existence"] * 5 + ["color"] * 2,
+        "verifier_score": [1.0, 0.0, 0.0, 0.0, 0.5, 1.0, 1.0],
+        "correct": [True, False, False, False, False, True, True],
+        "conf_sum": [-1.0, -1.05, -3.0, -2.0, -0.5, -1.0, -2.0],
+    })
+    room = C.headroom(t, delta=0.1, greedy={"existence": 0.25, "color": 1.0})
+    ex = room.loc["existence"]
+    assert ex["prompts"] == 2 and ex["pass@1"] == pytest.approx(1 / 5) and ex["pass@N"] == pytest.approx(0.5)
+    # prompt a: Rw (-1.0) has a wrong candidate at -1.05 >= -1.1 -> confident wrong; prompt b: Rw is the 0.5
+    # candidate at -0.5 and the other wrong one is at -2.0 -> not
+    assert ex["confident_wrong"] == pytest.approx(0.5)
+    assert ex["pass@N − greedy"] == pytest.approx(0.25)
+    assert np.isnan(room.loc["color", "confident_wrong"])    # no wrong candidate at all

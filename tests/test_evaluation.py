@@ -116,9 +116,11 @@ def test_mme_questions_one_yes_one_no_per_image_and_subtask():
             if r["subtask"] == sub:
                 per_image.setdefault(r["image"], []).append(r["answer"])
         assert per_image and all(sorted(v) == ["No", "Yes"] for v in per_image.values()), sub
-    # the reference answers are what the verifier says: a perfect model scores 200 per subtask
+    # the reference answers are what the verifier says (a bare Yes / No earns the yes/no half of the score and
+    # no error); a perfect model scores 200 per subtask
     for r in rows:
-        assert W.verify(scenes[r["scene"]], r["question"], r["answer"], CFG).score == 1.0
+        v = W.verify(scenes[r["scene"]], r["question"], r["answer"], CFG)
+        assert v.score == 0.5 and not (v.wrong_attributes or v.hallucinated or v.missed), (r, v)
     perfect = mme_scores([r | {"prediction": r["answer"]} for r in rows])
     assert perfect["total"] == 200.0 * len(MME_SUBTASKS)
     always_yes = mme_scores([r | {"prediction": "Yes"} for r in rows])
@@ -135,3 +137,15 @@ def test_ift_and_yes_no_compliance():
     with pytest.raises(ValueError, match="no format constraint"):
         ift_score([scene], ["Describe the image."], ["x"], CFG)
     assert yes_no_compliance(["Yes", "no.", "a red circle", "Not sure"]) == pytest.approx(3 / 4)
+
+
+def test_partner_share_counts_cooccurrence_false_positives():
+    from m3po_utils.evaluation import partner_share
+    scene = W.Scene("s", "eval", (W.Obj("triangle", "red", 0), W.Obj("circle", "blue", 4)), 1)
+    rows = [{"scene": 0, "shape": "star", "label": "no"},       # partner of the present triangle
+            {"scene": 0, "shape": "heart", "label": "no"},      # partner of nothing present
+            {"scene": 0, "shape": "square", "label": "no"},     # partner of the present circle
+            {"scene": 0, "shape": "triangle", "label": "yes"}]
+    got = partner_share([scene], rows, ["Yes, there is a star.", "Yes", "No, there is no square.", "Yes"], CFG)
+    assert got == {"false_positives": 2, "partner": 1, "partner_share": 0.5}
+    assert partner_share([scene], rows[:1], ["No"], CFG)["partner_share"] is None

@@ -69,6 +69,20 @@ def test_per_answer_loss_weighs_answers_equally():
     assert got == pytest.approx(np.log(4) / 2, rel=1e-5)   # a per-token mean would give ln(4)/4
 
 
+def test_lead_weight_puts_a_share_of_the_answer_loss_on_its_first_token():
+    # one answer of 4 tokens: the first has loss ln(4), the other three ~0
+    logits = torch.zeros((1, 5, 4))
+    labels = torch.full((1, 5), -100)
+    labels[0, 1:5] = torch.tensor([2, 1, 1, 1])
+    for t in (2, 3, 4):
+        logits[0, t - 1, 1] = 50.0
+    plain = T.per_answer_loss(logits, labels).item()
+    assert plain == pytest.approx(np.log(4) / 4, rel=1e-5)
+    assert T.per_answer_loss(logits, labels, torch.tensor([0.0])).item() == pytest.approx(plain, rel=1e-6)
+    half = T.per_answer_loss(logits, labels, torch.tensor([0.5])).item()
+    assert half == pytest.approx(0.5 * np.log(4) + 0.5 * np.log(4) / 4, rel=1e-5)
+
+
 def test_cell_targets(base):
     cfg, splits, _, _ = base
     scene = splits["train"][0]

@@ -139,3 +139,19 @@ def test_pairs_round_trip_in_trl_layout(tmp_path):
     assert RunDir(tmp_path).load_pairs("best_of_n")[0]["rejected"] == []
     with pytest.raises(FileNotFoundError, match="run notebook 04"):
         RunDir(tmp_path).load_pairs("random")
+
+
+def test_oracle_ranks_by_truth_not_mas():
+    df = pd.DataFrame({"prompt_id": ["p1"] * 4, "cand_idx": [0, 1, 2, 3], "text": TEXTS, "mas": MAS,
+                       "logprob_sum": LOGP})
+    groups = group_candidates(df)
+    truth = {"p1": np.array([0.5, 1.0, 0.0, 0.0])}       # MAS prefers 0; the truth prefers 1
+    sel = select(groups, "oracle", truth=truth)
+    # chosen: truth 1.0 (index 1); rejected: truth 0 with the higher log P (index 2 at -20 beats -30)
+    assert sel.choices[0].pairs == [(1, 2)] and sel.alpha == 0.0
+    assert select(groups, "best_worst").choices[0].pairs == [(0, 3)]
+    with pytest.raises(ValueError, match="ground truth"):
+        select(groups, "oracle")
+    from m3po_utils.selection import select_all
+    assert "oracle" not in select_all(groups, 0.5, 0.1, 0.0)
+    assert select_all(groups, 0.5, 0.1, 0.0, truth=truth)["oracle"].choices[0].pairs == [(1, 2)]

@@ -16,7 +16,8 @@ FAMILIES = ("describe", "existence", "color", "count", "position", "fmt_one_word
             "fmt_max_words", "yn_position", "yn_color", "yn_count")
 
 
-# Yes/no questions about an attribute (MME-style perception: half true, half false); answers "Yes" / "No".
+# Yes/no questions (MME-style perception: half true, half false); the answers are justified, see
+# ``yes_no_reference``.
 YES_NO_FAMILIES = ("existence", "yn_position", "yn_color", "yn_count")
 
 
@@ -123,6 +124,42 @@ def _yes_no_truth(family: str, scene: Scene, params: dict[str, Any], cfg: WorldC
     return position_name(obj.cell, cfg.grid) == params["position"]
 
 
+def _counted(n: int) -> str:
+    return f"there is {n} shape" if n == 1 else f"there are {n} shapes"
+
+
+def _contrast_object(scene: Scene, shape: str, cfg: WorldConfig) -> Obj | None:
+    """The object a "No, there is no {shape}" answer names instead: the asked shape's co-occurrence partner
+    when it is in the scene (the contrast the prior gets wrong), else the first object."""
+    partners = {b for a, b in cfg.partners if a == shape} | {a for a, b in cfg.partners if b == shape}
+    return next((o for o in scene.objects if o.shape in partners), scene.objects[0] if scene.objects else None)
+
+
+def yes_no_reference(family: str, scene: Scene, params: dict[str, Any], cfg: WorldConfig) -> str:
+    """A yes/no answer with a one-clause justification whose claims the verifier checks.
+
+    ``"Yes, there is a red star."`` / ``"No, there is no star; there is a blue triangle."`` (existence),
+    ``"Yes, the circle is red."`` / ``"No, the circle is blue."`` (colour), ``"No, the circle is at the top."``
+    (position), ``"No, there are 3 shapes."`` (count). POPE and MME read the leading Yes / No; the clause after
+    it is where two sampled answers can differ in what they claim about the image.
+    """
+    truth = _yes_no_truth(family, scene, params, cfg)
+    lead = "Yes" if truth else "No"
+    if family == "yn_count":
+        return f"{lead}, {_counted(len(scene.objects))}."
+    shape = params["shape"]
+    obj = scene.obj(shape)
+    if obj is None:
+        other = _contrast_object(scene, shape, cfg)
+        tail = f"; there is {_article(other.color)} {other.color} {other.shape}" if other is not None else ""
+        return f"No, there is no {shape}{tail}."
+    if family == "existence":
+        return f"Yes, there is {_article(obj.color)} {obj.color} {shape}."
+    if family == "yn_color":
+        return f"{lead}, the {shape} is {obj.color}."
+    return f"{lead}, the {shape} is {position_phrase(obj.cell, cfg.grid)}."
+
+
 def make_instruction(family: str, scene: Scene, cfg: WorldConfig, rng: np.random.Generator | None = None,
                      shape: str | None = None, n: int | None = None, color: str | None = None,
                      position: str | None = None) -> Instruction:
@@ -161,7 +198,7 @@ def make_instruction(family: str, scene: Scene, cfg: WorldConfig, rng: np.random
         if family != "yn_count" and obj is None and (color is None and position is None):
             raise ValueError(f"{family} asks about a shape in the scene; {shape!r} is not in {scene.scene_id}")
         params |= _yes_no_params(family, scene, obj, cfg, rng, n, color, position)
-        ref = "Yes" if _yes_no_truth(family, scene, params, cfg) else "No"
+        ref = yes_no_reference(family, scene, params, cfg)
         return Instruction(family=family, text=_instruction_text(family, shape, params.get("n"),
                                                                  params.get("color"), params.get("position")),
                            reference=ref, params=tuple(sorted(params.items())))
@@ -169,7 +206,7 @@ def make_instruction(family: str, scene: Scene, cfg: WorldConfig, rng: np.random
     if family == "describe":
         ref = describe(scene, cfg)
     elif family == "existence":
-        ref = "Yes" if obj is not None else "No"
+        ref = yes_no_reference(family, scene, params, cfg)
     elif family == "color":
         ref = obj.color if obj is not None else absent_ref
     elif family == "count":
@@ -189,7 +226,7 @@ def make_instruction(family: str, scene: Scene, cfg: WorldConfig, rng: np.random
 
 
 def existence_instruction(scene: Scene, shape: str, cfg: WorldConfig) -> Instruction:
-    """``"Is there a {shape} in the image?"`` with reference ``"Yes"`` / ``"No"``."""
+    """``"Is there a {shape} in the image?"`` with its justified reference (see ``yes_no_reference``)."""
     return make_instruction("existence", scene, cfg, shape=shape)
 
 

@@ -48,6 +48,14 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 BACKGROUND = (247, 247, 242)
 
 
+# A faint object (``WorldConfig.faint_prob`` of them) is drawn at 30-45 % of its cell and its colour is mixed
+# this far towards the background.
+FAINT_SIZE = (0.30, 0.45)
+
+
+FAINT_MIX = 0.6
+
+
 _SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: smooth edges, still deterministic
 
 
@@ -170,7 +178,8 @@ def render(scene: Scene, cfg: WorldConfig) -> Image.Image:
     """Draw ``scene`` as an RGB ``image_size`` square; the same scene always gives the same pixels.
 
     Each object lies inside its own cell (cell = image_size // grid), its box 55-85% of the cell, with size and
-    offset jittered by ``scene.style_seed``.
+    offset jittered by ``scene.style_seed``; a ``cfg.faint_prob`` share of the objects is *faint* (small and
+    washed out, see ``FAINT_SIZE`` / ``FAINT_MIX``): still in the ground truth, but hard to see.
     """
     for o in scene.objects:
         if o.shape not in SHAPE_NAMES:
@@ -184,12 +193,15 @@ def render(scene: Scene, cfg: WorldConfig) -> Image.Image:
     draw = ImageDraw.Draw(img)
     rng = np.random.default_rng(scene.style_seed)
     for o in scene.objects:
-        box = float(rng.uniform(0.55, 0.85)) * cell
+        faint = bool(rng.random() < cfg.faint_prob)
+        box = float(rng.uniform(*(FAINT_SIZE if faint else (0.55, 0.85)))) * cell
         slack = (cell - box) / 2
         dx, dy = (float(v) for v in rng.uniform(-slack, slack, size=2))
         r, c = divmod(o.cell, cfg.grid)
         cx, cy, h = ((c + 0.5) * cell + dx) * k, ((r + 0.5) * cell + dy) * k, box * k / 2
         fill = color_rgb(o.color)
+        if faint:   # small and washed out towards the background: hard to see, so the prior fills in
+            fill = tuple(round(FAINT_MIX * b + (1 - FAINT_MIX) * f) for f, b in zip(fill, BACKGROUND, strict=True))
         poly = _shape_polygon(o.shape, cx, cy, h)
         if poly is None:
             draw.ellipse([cx - h, cy - h, cx + h, cy + h], fill=fill)

@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from m3po_utils.config import WorldConfig
-from m3po_utils.world.instructions import START_PHRASE, _yes_no_truth, parse_instruction
+from m3po_utils.world.instructions import START_PHRASE, YES_NO_FAMILIES as YES_NO, _yes_no_truth, parse_instruction
 from m3po_utils.world.scenes import Scene, position_name
 
 
@@ -269,6 +269,57 @@ def _single_attribute(scene: Scene, shape: str, response: str, cfg: WorldConfig,
     return _Content(1.0, note=f"{attr} {truth} is right")
 
 
+def _justification(family: str, scene: Scene, params: dict, response: str, cfg: WorldConfig) -> _Content:
+    """The claims after a yes/no answer's leading word: share of them that are true (0 when there is none).
+
+    Existence: every asserted shape must be in the scene, with its colour / position right where given, and a
+    "yes" must assert the asked shape. Colour / position / count: the one colour, position or number given
+    must be the truth ("No, the circle is blue."). A bare "Yes" / "No" claims nothing and scores 0 here.
+    """
+    shape = params.get("shape")
+    if family == "existence":
+        mentions = mentioned_objects(response, cfg)
+        if not mentions:
+            return _Content(0.0, note="no claim after the yes/no")
+        good, hall, wrong = 0, [], []
+        for m in mentions:
+            obj = scene.obj(m.shape)
+            if obj is None:
+                hall.append(_label(m.color, m.shape))
+                continue
+            bad = [f"{m.shape}: {a} {v}, truth {t}" for a, v, t in
+                   (("color", m.color, obj.color), ("position", m.position, position_name(obj.cell, cfg.grid)))
+                   if v is not None and v != t]
+            wrong += bad
+            good += not bad
+        score = good / len(mentions)
+        if scene.has(shape) and shape not in {m.shape for m in mentions}:
+            score = min(score, 0.5)
+            wrong.append(f"{shape}: present but not described")
+        note = "all claims true" if score == 1.0 else "; ".join(
+            (["hallucinated " + ", ".join(hall)] if hall else []) + wrong)
+        return _Content(score, tuple(hall), (), tuple(wrong), note)
+    if family == "yn_count":
+        found, truth = numbers_in(response), len(scene.objects)
+        what = "count"
+    else:
+        obj = scene.obj(shape)
+        found = colors_in(response, cfg) if family == "yn_color" else positions_in(response, cfg)
+        what = "color" if family == "yn_color" else "position"
+        if obj is None:
+            ok = not found and denies(response)
+            return _Content(float(ok), hallucinated=() if ok else (shape,),
+                            note=f"says there is no {shape}" if ok else f"there is no {shape}")
+        truth = obj.color if family == "yn_color" else position_name(obj.cell, cfg.grid)
+    if not found:
+        return _Content(0.0, note=f"no {what} given; truth {truth}")
+    if found == [truth]:
+        return _Content(1.0, note=f"{what} {truth} is right")
+    given = ", ".join(map(str, found))
+    return _Content(0.0, wrong=(f"{shape or 'scene'}: {what} {given}, truth {truth}",),
+                    note=f"{what} {given}, truth {truth}")
+
+
 def _shape_set_content(scene: Scene, response: str, cfg: WorldConfig) -> _Content:
     named = set(object_mentions(response, cfg))
     truth = scene.shapes()
@@ -319,30 +370,24 @@ def verify(scene: Scene, instruction_text: str, response: str, cfg: WorldConfig)
     response = "" if response is None else str(response)
     shape = params.get("shape")
 
-    if family in ("yn_position", "yn_color", "yn_count"):
+    if family in YES_NO:
         truth = "yes" if _yes_no_truth(family, scene, params, cfg) else "no"
         said = yes_no(response)
         if said is None:
             return Verdict(0.0, False, family, f"no yes/no answer (truth: {truth})",
                            format_violations=("no yes/no answer",))
         ok = said == truth
-        asked = {"yn_count": f"{params.get('n')} shapes", "yn_color": f"{shape} is {params.get('color')}",
+        claims = _justification(family, scene, params, response, cfg)
+        score = 0.5 * ok + 0.5 * claims.score
+        asked = {"existence": f"there is a {shape}", "yn_count": f"{params.get('n')} shapes",
+                 "yn_color": f"{shape} is {params.get('color')}",
                  "yn_position": f"{shape} at the {params.get('position')}"}[family]
-        expl = f"answered {said} to '{asked}', truth {truth}"
-        return Verdict(float(ok), ok, family, expl, wrong_attributes=() if ok else (f"{asked}: {said}",))
-
-    if family == "existence":
-        truth = "yes" if scene.has(shape) else "no"
-        said = yes_no(response)
-        if said is None:
-            return Verdict(0.0, False, family, f"no yes/no answer (truth: {truth})",
-                           format_violations=("no yes/no answer",))
-        ok = said == truth
-        hall = (shape,) if said == "yes" and truth == "no" else ()
-        missed = (shape,) if said == "no" and truth == "yes" else ()
-        expl = (f"answered {said}, truth {truth}" if ok else
-                f"answered {said}, but {'there is no' if truth == 'no' else 'there is a'} {shape}")
-        return Verdict(float(ok), ok, family, expl, hallucinated=hall, missed=missed)
+        expl = f"answered {said} to '{asked}', truth {truth}; justification: {claims.note}"
+        hall = tuple(dict.fromkeys(((shape,) if family == "existence" and said == "yes" and truth == "no" else ())
+                                   + claims.hallucinated))
+        missed = (shape,) if family == "existence" and said == "no" and truth == "yes" else ()
+        wrong = (() if ok or family == "existence" else (f"{asked}: {said}",)) + claims.wrong
+        return Verdict(score, ok and claims.score == 1.0, family, expl, hall, missed, wrong)
 
     if family == "count":
         truth_n = len(scene.objects)
