@@ -266,8 +266,9 @@ def metrics_from_totals(t: np.ndarray) -> dict[str, np.ndarray]:
     m["pope_mean_accuracy"] = np.mean([m[f"pope_{s}_accuracy"] for s in E.POPE_SETTINGS], axis=0)
     total = 0.0
     for sub in E.MME_SUBTASKS:
-        score = 100 * _div(c(f"mme_{sub}_right"), c(f"mme_{sub}_q")) + 100 * _div(c(f"mme_{sub}_both"),
-                                                                                c(f"mme_{sub}_img"))
+        acc, acc_plus = _div(c(f"mme_{sub}_right"), c(f"mme_{sub}_q")), _div(c(f"mme_{sub}_both"), c(f"mme_{sub}_img"))
+        m[f"mme_{sub}_acc"], m[f"mme_{sub}_acc_plus"] = acc, acc_plus
+        score = 100 * acc + 100 * acc_plus
         m[f"mme_{sub}_score"] = score
         total = total + score
     m["mme_total"] = np.asarray(total)
@@ -330,9 +331,10 @@ def prepare_seeds(run_dir, cfg: Preset, progress: bool = True) -> dict[int, dict
             if table is None:
                 table = S.scored_candidates(run)
                 groups = S.group_candidates(table)
+                truth = S.truth_by_prompt(groups, table)
                 images = ImageResolver(cfg, RunDir(run).scenes() if cfg.world_kind == "shapes" else None)
             for s in missing:
-                sel = S.select(groups, s, sc.alpha, sc.delta, sc.min_margin, sc.pairs_per_prompt, sc.seed)
+                sel = S.select(groups, s, sc.alpha, sc.delta, sc.min_margin, sc.pairs_per_prompt, sc.seed, truth)
                 S.write_pairs(folder, sel, table, images, {"seed": seed})
         out[seed] = train_strategies(folder, scfg, strategies=dpo_strategies, model_loader=base_loader(cfg, run),
                                      progress=progress)

@@ -54,7 +54,8 @@ class WorldConfig:
                                              ("cross", "hexagon"))
     partner_prob: float = 0.5
     # Share of objects drawn faint (small, washed out): evidence a model can miss, where the prior takes over.
-    faint_prob: float = 0.3
+    # Off by default: at 0.1-0.3 the tiny LLaVA's yes/no colour answers fall to chance (README, measurements).
+    faint_prob: float = 0.0
     n_train: int = 6000
     n_pref: int = 1300   # 1200 preference prompts + 100 validation scenes (prompts.n_validation)
     n_eval: int = 400

@@ -228,7 +228,7 @@ def run_point(run_dir, cfg: Preset, pool: CandidatePool, p: Point, scenes: Seque
 
     sc = cfg.selection
     table, groups, truth = pool.grouped(p.mas, p.n_candidates)
-    sel = S.select(groups, p.strategy, p.alpha, p.delta, sc.min_margin, sc.pairs_per_prompt, p.seed)
+    sel = S.select(groups, p.strategy, p.alpha, p.delta, sc.min_margin, sc.pairs_per_prompt, p.seed, truth)
     reference = S.select(groups, "best_worst", 0.0, p.delta, sc.min_margin, sc.pairs_per_prompt, p.seed)
     sstats = S.selection_stats(groups, sel, reference=reference, truth=truth)
     key = point_key(p, sel, cfg, questions_key(questions), max_pairs)

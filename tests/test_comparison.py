@@ -85,6 +85,7 @@ def test_metrics_agree_with_the_public_scorers(scenes, questions):
     assert m["mme_total"] == pytest.approx(mme["total"]) and mme["total"] < 800
     for sub, v in mme["subtasks"].items():
         assert m[f"mme_{sub}_score"] == pytest.approx(v["score"])
+        assert m[f"mme_{sub}_acc"] == pytest.approx(v["acc"]) and m[f"mme_{sub}_acc_plus"] == pytest.approx(v["acc_plus"])
     d = [k for k, q in enumerate(questions) if q["kind"] == "describe"]
     desc = E.description_metrics([scenes[questions[k]["scene"]] for k in d], [answers[k] for k in d], WCFG)
     assert desc["chair_i"] > 0

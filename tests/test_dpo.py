@@ -59,7 +59,8 @@ def run(tmp_path_factory):
             truth = W.verify(scene, p["instruction"], c["text"], cfg.world).score
             rows.append(p | c | {"truth": truth, "mas": 0.8 * truth + 0.2 * rng.random()})
     table = pd.DataFrame(rows)
-    sels = S.select_all(S.group_candidates(table), 0.5, 0.1, 0.05)
+    groups = S.group_candidates(table)
+    sels = S.select_all(groups, 0.5, 0.1, 0.05, truth=S.truth_by_prompt(groups, table))
     for sel in sels.values():
         S.write_pairs(run, sel, table, images)
     return run

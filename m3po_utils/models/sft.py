@@ -127,14 +127,17 @@ def per_answer_loss(logits: torch.Tensor, labels: torch.Tensor, lead_weight: tor
 
 
 def cell_targets(scenes: Sequence[W.Scene], cfg: WorldConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-cell class targets (scenes × cells): shape index + 1 and colour index + 1, 0 for an empty cell."""
+    """Per-cell class targets (scenes × cells): shape index + 1 and colour index + 1, 0 for an empty cell and
+    -100 (ignored) for a faint object's cell."""
     n = cfg.grid * cfg.grid
     shapes = torch.zeros((len(scenes), n), dtype=torch.long)
     colors = torch.zeros((len(scenes), n), dtype=torch.long)
     for i, s in enumerate(scenes):
+        faint = W.faint_cells(s, cfg)
         for o in s.objects:
-            shapes[i, o.cell] = cfg.shapes.index(o.shape) + 1
-            colors[i, o.cell] = cfg.colors.index(o.color) + 1
+            # a faint object gets no per-cell target (-100): the model learns it from the text alone
+            shapes[i, o.cell] = -100 if o.cell in faint else cfg.shapes.index(o.shape) + 1
+            colors[i, o.cell] = -100 if o.cell in faint else cfg.colors.index(o.color) + 1
     return shapes, colors
 
 

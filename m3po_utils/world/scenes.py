@@ -174,6 +174,25 @@ def _shape_polygon(shape: str, cx: float, cy: float, h: float) -> list[tuple[flo
     raise ValueError(f"cannot draw shape {shape!r}; drawable shapes: {', '.join(SHAPE_NAMES)}")
 
 
+def _layout(scene: Scene, cfg: WorldConfig) -> list[tuple[bool, float, float, float]]:
+    """Per object (in cell order): faint?, box size and centre offset in pixels — drawn from ``style_seed``."""
+    cell = cfg.image_size // cfg.grid
+    rng = np.random.default_rng(scene.style_seed)
+    out = []
+    for _ in scene.objects:
+        faint = cfg.faint_prob > 0 and bool(rng.random() < cfg.faint_prob)   # no draw at 0: layouts unchanged
+        box = float(rng.uniform(*(FAINT_SIZE if faint else (0.55, 0.85)))) * cell
+        slack = (cell - box) / 2
+        dx, dy = (float(v) for v in rng.uniform(-slack, slack, size=2))
+        out.append((faint, box, dx, dy))
+    return out
+
+
+def faint_cells(scene: Scene, cfg: WorldConfig) -> set[int]:
+    """The cells whose object :func:`render` draws faint."""
+    return {o.cell for o, lay in zip(scene.objects, _layout(scene, cfg), strict=True) if lay[0]}
+
+
 def render(scene: Scene, cfg: WorldConfig) -> Image.Image:
     """Draw ``scene`` as an RGB ``image_size`` square; the same scene always gives the same pixels.
 
@@ -191,12 +210,7 @@ def render(scene: Scene, cfg: WorldConfig) -> Image.Image:
     cell = size // cfg.grid
     img = Image.new("RGB", (size * k, size * k), BACKGROUND)
     draw = ImageDraw.Draw(img)
-    rng = np.random.default_rng(scene.style_seed)
-    for o in scene.objects:
-        faint = bool(rng.random() < cfg.faint_prob)
-        box = float(rng.uniform(*(FAINT_SIZE if faint else (0.55, 0.85)))) * cell
-        slack = (cell - box) / 2
-        dx, dy = (float(v) for v in rng.uniform(-slack, slack, size=2))
+    for o, (faint, box, dx, dy) in zip(scene.objects, _layout(scene, cfg), strict=True):
         r, c = divmod(o.cell, cfg.grid)
         cx, cy, h = ((c + 0.5) * cell + dx) * k, ((r + 0.5) * cell + dy) * k, box * k / 2
         fill = color_rgb(o.color)
