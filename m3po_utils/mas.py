@@ -414,11 +414,11 @@ def weight_sweep(pairs: pd.DataFrame, right: pd.DataFrame, wrong: pd.DataFrame,
     return pd.DataFrame(rows)
 
 
-def best_weight(sweep: pd.DataFrame) -> float:
-    """The CLIP weight with the highest overall contrast accuracy; among equals, the smallest CLIP share
-    (the judge is the assessor that reads the instruction)."""
+def best_weights(sweep: pd.DataFrame) -> list[float]:
+    """Every CLIP weight that reaches the highest overall contrast accuracy. More than one means the
+    validation pairs cannot tell those weights apart: none of them is *chosen* by this sweep."""
     top = sweep["all"].max()
-    return float(sweep.loc[np.isclose(sweep["all"], top), "clip_weight"].min())
+    return [float(w) for w in sweep.loc[np.isclose(sweep["all"], top), "clip_weight"]]
 
 
 def synthetic_candidates(prompt_rows: Sequence[dict], scenes: Sequence[W.Scene], world_cfg, n_candidates: int = 4,

@@ -234,3 +234,20 @@ def test_contrast_pairs_are_right_versus_wrong(setup):
     assert (acc == 1.0).all()
     frame = mas.contrast_frame(pairs)
     assert len(frame) == 2 * len(pairs) and frame.groupby("prompt_id").size().eq(2).all()
+
+
+def test_weight_sweep_recombines_clip_and_judge():
+    import pandas as pd
+    pairs = pd.DataFrame({"family": ["color", "color", "count"]})
+    # pair 0: the judge is right, CLIP wrong; pair 1: both right; pair 2: the judge ties, CLIP right
+    right = pd.DataFrame({"clip_score": [0.2, 0.9, 0.8], "judge_score": [1.0, 1.0, 0.5]})
+    wrong = pd.DataFrame({"clip_score": [0.9, 0.1, 0.3], "judge_score": [0.0, 0.0, 0.5]})
+    sw = mas.weight_sweep(pairs, right, wrong, clip_weights=(0.0, 0.5, 1.0)).set_index("clip_weight")
+    assert sw.loc[0.0, "all"] == pytest.approx((1 + 1 + 0.5) / 3)      # judge only: the tie counts one half
+    assert sw.loc[0.5, "all"] == pytest.approx(1.0)                      # 0.6 > 0.45 on pair 0; CLIP breaks the tie
+    assert sw.loc[1.0, "all"] == pytest.approx(2 / 3) and sw.loc[1.0, "color"] == pytest.approx(0.5)
+    assert mas.best_weights(sw.reset_index()) == [0.5]
+    flat = sw.reset_index().assign(all=1.0)
+    assert mas.best_weights(flat) == [0.0, 0.5, 1.0]                      # a tie chooses nothing
+    with pytest.raises(ValueError, match="clip weight"):
+        mas.weight_sweep(pairs, right, wrong, clip_weights=(1.5,))
