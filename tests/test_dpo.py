@@ -172,7 +172,11 @@ def test_rows_without_a_stored_reference_are_computed(run):
         for name, p in trainer.model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
-    batch = trainer._prepare_inputs(trainer.data_collator([table[i] for i in range(4)]))
+    import math
+    full = [i for i in range(len(table))
+            if all(math.isfinite(float(table[i][c])) for c in TA.REF_COLUMNS)][:4]     # rows with both stored
+    assert len(full) == 4, "the fixture has fewer than 4 pairs with both reference log-probs stored"
+    batch = trainer._prepare_inputs(trainer.data_collator([table[i] for i in full]))
     batch[TA.REF_COLUMNS[0]][::2] = float("nan")
     batch[TA.REF_COLUMNS[1]][1] = float("nan")
     shifted = batch | {TA.REF_COLUMNS[0]: batch[TA.REF_COLUMNS[0]].clone()}

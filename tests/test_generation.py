@@ -29,7 +29,7 @@ from m3po_utils.runs import RunDir
 from m3po_utils.world.prompts import ImageResolver, shapes_prompts
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = dict(n_candidates=3, max_new_tokens=5, batch_size=6, temperature=1.0, top_p=1.0, top_k=0)
+FAST = dict(n_candidates=3, max_new_tokens=3, batch_size=6, temperature=1.0, top_p=1.0, top_k=0)
 COLUMNS = ["prompt_id", "image", "scene_id", "family", "instruction", "reference", "cand_idx", "text",
            "token_ids", "token_logprobs", "logprob_sum", "logprob_mean", "length", "ended_eos"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from m3po_utils import comparison as C
 from m3po_utils import dpo as D
-from m3po_utils.config import load_preset
+from m3po_utils.config import TRUTH_STRATEGIES, load_preset
 from m3po_utils.io import load_results
 from m3po_utils.run import run_series
 from m3po_utils.runs import RunDir
@@ -71,7 +71,10 @@ def test_06_on_benchmark_files_with_a_hub_preset(smoke_run, tmp_path):
     (run / "results" / "06_evaluation.json").unlink()
     files = {"evaluation.pope_files": [str(DATA / "pope" / "shapes_pope_adversarial.json")],
              "evaluation.pope_images": str(DATA / "pope" / "images"), "evaluation.mme_dir": str(DATA / "mme")}
+    no_oracle = [m for m in load_preset("smoke").evaluation.methods if m not in TRUTH_STRATEGIES]
     overrides = {"world_kind": "hub", "models.lvlm": str(RunDir(smoke_run).lvlm), "evaluation.seeds": [0],
+                 "evaluation.methods": no_oracle,         # the oracle needs the shapes world's ground truth
+                 "dpo.strategies": [s for s in load_preset("smoke").dpo.strategies if s not in TRUTH_STRATEGIES],
                  **files}
     cfg = load_preset("smoke", overrides)
     (run / "config.json").write_text(cfg.to_json())      # the run "was made" with this preset
