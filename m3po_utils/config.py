@@ -103,6 +103,9 @@ class LvlmTrainConfig:
     existence_weight: float = 3.0
     # share of a yes/no answer's loss on its first ("Yes"/"No") token; the justification shares the rest
     lead_weight: float = 0.5
+    # Share of training scenes whose answers describe the scene *plus* an absent co-occurrence partner
+    # (``world.annotated``): the caption noise that teaches the prior. The images and the per-cell targets stay true.
+    annotation_noise: float = 0.0
     eval_every: int = 350
     seed: int = 0
 
@@ -121,6 +124,8 @@ class LvlmTrainConfig:
                f"an integer in [0, steps={self.steps})")
         _check(self.aux_weight >= 0, "lvlm_train.aux_weight", self.aux_weight, "a float >= 0")
         _check(0 <= self.lead_weight <= 1, "lvlm_train.lead_weight", self.lead_weight, "a float in [0, 1]")
+        _check(0 <= self.annotation_noise <= 1, "lvlm_train.annotation_noise", self.annotation_noise,
+               "a float in [0, 1]")
         _check(self.existence_weight > 0, "lvlm_train.existence_weight", self.existence_weight, "a float > 0")
 
 

@@ -57,6 +57,34 @@ def test_collate_masks_everything_but_the_answer():
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
 
 
+def test_annotation_noise_writes_absent_partners_into_the_answers_only():
+    cfg = load_preset("smoke")
+    scenes = W.make_splits(cfg.world)["train"][:300]
+    clean = T.sft_examples(scenes, cfg.world, seed=0)
+    assert T.sft_examples(scenes, cfg.world, seed=0, annotation_noise=0.0) == clean
+    noisy = T.sft_examples(scenes, cfg.world, seed=0, annotation_noise=1.0)
+
+    def false_mentions(examples):
+        """Describe answers naming a shape the example's (true) image does not have."""
+        return sum(any(s not in scenes[e.scene].shapes() for s in W.object_mentions(e.answer, cfg.world))
+                   for e in examples if e.family == "describe")
+
+    def false_counts(examples):
+        return sum(e.answer != str(len(scenes[e.scene].objects)) for e in examples if e.family == "count")
+
+    assert false_mentions(clean) == 0 and false_counts(clean) == 0
+    eligible = sum(W.annotated(s, cfg.world, np.random.default_rng(0)) is not None for s in scenes)
+    assert false_mentions(noisy) == eligible > 30       # every scene that has a missing partner gets it
+    assert false_counts(noisy) == eligible
+    for e in noisy:                                      # what is hallucinated is always a co-occurrence partner
+        if e.family == "describe":
+            extra = set(W.object_mentions(e.answer, cfg.world)) - scenes[e.scene].shapes()
+            partners = {p for lead, p in cfg.world.partners if lead in scenes[e.scene].shapes()}
+            assert extra <= partners
+    half = T.sft_examples(scenes, cfg.world, seed=0, annotation_noise=0.5)
+    assert 0.3 * eligible < false_mentions(half) < 0.7 * eligible
+
+
 def test_per_answer_loss_weighs_answers_equally():
     # answer A: 1 token with loss ln(4) (uniform over 4); answer B: 3 tokens with ~0 loss
     logits = torch.zeros((2, 4, 4))

@@ -428,3 +428,18 @@ def test_yes_no_attribute_questions():
     rng = np.random.default_rng(0)
     refs = [W.make_instruction("yn_color", scene, cfg, rng=rng).reference for _ in range(200)]
     assert 0.35 < sum(r.startswith("Yes,") for r in refs) / 200 < 0.65          # half true, half false
+
+
+def test_annotated_adds_an_absent_partner_in_a_free_cell():
+    lone = scene(("circle", "red", 0), ("star", "blue", 4))     # the square (circle's partner) is absent
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(40):
+        a = W.annotated(lone, CFG, rng)
+        extra = [o for o in a.objects if o not in lone.objects]
+        assert len(a.objects) == 3 and len(extra) == 1
+        assert extra[0].shape == "square" and extra[0].cell not in (0, 4)    # circle → square; star is no lead
+        assert a.scene_id == lone.scene_id and a.style_seed == lone.style_seed
+        seen.add(extra[0].cell)
+    assert len(seen) > 3                       # the cell is drawn, not fixed
+    assert W.annotated(TWO, CFG, rng) is None  # square is already with its circle: nothing to hallucinate

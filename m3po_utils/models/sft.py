@@ -14,6 +14,10 @@ What makes a 1-M-parameter LLaVA learn this world in minutes on two cores:
 * **How well the model sees is a dial**: ``aux_weight`` scales the auxiliary per-cell loss below. At 1.0 the
   model answers POPE at ~0.98, leaving nothing to fix; the default 0.3 gives a competent but imperfect model
   (POPE in LLaVA-1.5-7B's range, with the co-occurrence failure), see the README's measurements.
+* **Annotation noise** (``annotation_noise``, off by default): a share of the scenes is captioned with an absent
+  co-occurrence partner added (``world.annotated``) while the image stays true — the noisy captions real LVLMs
+  learn their hallucinations from. It makes POPE's false positives the prior's, but costs yes/no colour in
+  every setting measured (README, "Can anything trained on the preference prompts move them?").
 * **Image tokens grounded in the vocabulary**: the tied language-model head must read each occupied cell's
   image token as its shape word and colour word. A question's shape word and the image token of that shape
   then start out similar, which is what "Is there a star?" needs the attention to find.
@@ -51,6 +55,10 @@ FAMILY_WEIGHTS = {
 }
 
 
+# Families whose answers an annotator writes from the scene as a whole (annotation noise reaches these only).
+MENTION_FAMILIES = ("describe", "existence", "count", "fmt_list", "fmt_start", "fmt_max_words", "yn_count")
+
+
 @dataclass
 class Example:
     scene: int            # index into the scene list (and the pixel tensor)
@@ -59,19 +67,33 @@ class Example:
     answer: str
 
 
-def sft_examples(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int) -> list[Example]:
-    """Every family's instruction for every scene, plus the opposite-polarity existence question."""
+def sft_examples(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int, annotation_noise: float = 0.0
+                 ) -> list[Example]:
+    """Every family's instruction for every scene, plus the opposite-polarity existence question.
+
+    With probability ``annotation_noise`` a scene's answers in ``MENTION_FAMILIES`` are written from
+    ``world.annotated(scene)`` — the scene plus an absent co-occurrence partner — while the example keeps the true
+    scene's image: noisy captions, the source of the prior the preference stage has to correct.
+    """
     rng = np.random.default_rng(seed)
+    noise_rng = np.random.default_rng([seed, 1])     # its own stream: noise 0 leaves the examples unchanged
     out: list[Example] = []
     for i, scene in enumerate(scenes):
-        for ins in W.instructions_for(scene, cfg, rng):
+        text_scene = scene
+        if annotation_noise > 0 and noise_rng.random() < annotation_noise:
+            text_scene = W.annotated(scene, cfg, noise_rng) or scene
+        # the annotator mentions the partner (captions, lists, counts, "is there"); questions about one
+        # object's colour or position stay about the objects the image shows
+        drawn = [W.make_instruction(f, text_scene if f in MENTION_FAMILIES else scene, cfg, rng=rng)
+                 for f in W.FAMILIES]
+        for ins in drawn:
             out.append(Example(i, ins.family, ins.text, ins.reference))
             if ins.family == "existence":
                 # pair every existence question with one of the other polarity on the same image
-                present = dict(ins.params).get("shape") in scene.shapes()
-                pool = [s for s in cfg.shapes if (s in scene.shapes()) != present]
+                present = dict(ins.params).get("shape") in text_scene.shapes()
+                pool = [s for s in cfg.shapes if (s in text_scene.shapes()) != present]
                 if pool:
-                    other = W.existence_instruction(scene, pool[rng.integers(len(pool))], cfg)
+                    other = W.existence_instruction(text_scene, pool[rng.integers(len(pool))], cfg)
                     out.append(Example(i, other.family, other.text, other.reference))
     return out
 
@@ -181,7 +203,7 @@ def train_base(model, processor, scenes: Sequence[W.Scene], world_cfg: WorldConf
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    examples = sft_examples(scenes, world_cfg, cfg.seed)
+    examples = sft_examples(scenes, world_cfg, cfg.seed, cfg.annotation_noise)
     encoded = [encode_pair(processor, e.question, e.answer) for e in examples]
     fam_w = FAMILY_WEIGHTS | {"existence": cfg.existence_weight}
     weights = np.array([fam_w.get(e.family, 1.0) for e in examples])

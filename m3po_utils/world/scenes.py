@@ -289,6 +289,24 @@ def sample_scene(rng: np.random.Generator, cfg: WorldConfig, scene_id: str, spli
     return Scene(scene_id=scene_id, split=split, objects=objects, style_seed=int(rng.integers(2**31 - 1)))
 
 
+def annotated(scene: Scene, cfg: WorldConfig, rng: np.random.Generator) -> Scene | None:
+    """The scene as a prior-following annotator writes it down: plus the absent co-occurrence partner of one of
+    its shapes, in a free cell with a random colour; None when no partner is missing or no cell is free.
+
+    The image stays the true scene; only the training text describes this one. It is how caption data teaches a
+    vision-language model its co-occurrence hallucinations: the annotation mentions what usually goes with what
+    is visible (``LvlmTrainConfig.annotation_noise`` is the share of training scenes annotated this way).
+    """
+    present = scene.shapes()
+    missing = sorted({p for lead, p in cfg.partners if lead in present and p not in present})
+    free = sorted(set(range(cfg.grid * cfg.grid)) - {o.cell for o in scene.objects})
+    if not missing or not free:
+        return None
+    shape = missing[int(rng.integers(len(missing)))]
+    obj = Obj(shape, cfg.colors[int(rng.integers(len(cfg.colors)))], free[int(rng.integers(len(free)))])
+    return Scene(scene.scene_id, scene.split, (*scene.objects, obj), scene.style_seed)
+
+
 def _relayout(rng: np.random.Generator, cfg: WorldConfig, scene: Scene) -> Scene:
     """The same shapes in new cells and colours (keeps the shape co-occurrence distribution intact)."""
     cells = rng.choice(cfg.grid * cfg.grid, size=len(scene.objects), replace=False)
