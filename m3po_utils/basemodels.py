@@ -137,8 +137,13 @@ def hallucination_examples(info: dict, k: int = 8) -> list[dict]:
 def verifier_demo(scene: W.Scene, cfg) -> dict:
     """Score the ground-truth description of ``scene`` and the same with one absent object added."""
     truth = W.describe(scene, cfg)
-    free = next(c for c in range(cfg.grid * cfg.grid) if c not in {o.cell for o in scene.objects})
-    absent = next(s for s in cfg.shapes if s not in scene.shapes())
+    used = {o.cell for o in scene.objects}
+    # a full grid (world.grid=2 with 4 objects) has no free cell: the absent shape is then claimed in an
+    # occupied one, which the verifier flags all the same
+    free = next((c for c in range(cfg.grid * cfg.grid) if c not in used), scene.objects[0].cell)
+    absent = next((s for s in cfg.shapes if s not in scene.shapes()), None)
+    if absent is None:
+        raise ValueError(f"scene {scene.scene_id} holds every shape; pick a scene with an absent one for the demo")
     extra = truth.rstrip(".") + f", a {cfg.colors[0]} {absent} at the {W.position_name(free, cfg.grid)}."
     v_truth = W.verify(scene, "Describe the image.", truth, cfg)
     v_extra = W.verify(scene, "Describe the image.", extra, cfg)

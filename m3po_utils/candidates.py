@@ -55,7 +55,7 @@ from m3po_utils.models.generate import (
     quiet_datasets,
     sample_candidates,
 )
-from m3po_utils.runs import DATASET_STATE, RunDir
+from m3po_utils.runs import DATASET_STATE, ArtifactCorrupt, RunDir, quarantine
 
 MANIFEST = "manifest.json"
 
@@ -122,7 +122,8 @@ def check_images(prompts: Sequence[dict], image_loader: Callable[[str], Any]) ->
             elif not ref.startswith("scene:") and scene_of is not None:
                 path = Path(ref)
                 if not path.is_file():
-                    raise FileNotFoundError(f"{where} does not exist")
+                    raise FileNotFoundError(f"{where} {'is a directory' if path.is_dir() else 'does not exist'}"
+                                            "; give the path of an image file")
                 with Image.open(path) as img:
                     img.verify()
             else:
@@ -229,6 +230,8 @@ def generate_candidates(model, processor, prompts: Sequence[dict], image_loader:
     bar = tqdm(chunks, desc=f"sampling {n_candidates} candidates per prompt", unit="chunk", disable=not progress)
     for c, idx in enumerate(bar):
         shard = parts / f"chunk-{c:05d}.parquet"
+        if shard.is_file() and not _readable_shard(shard):
+            print(f"WARNING: shard {shard} is unreadable; moved it to {quarantine(shard)} and sampling it again")
         if shard.is_file():
             if on_chunk is not None:
                 on_chunk(c, "skipped")
@@ -254,6 +257,16 @@ def generate_candidates(model, processor, prompts: Sequence[dict], image_loader:
     if not keep_parts:
         shutil.rmtree(parts, ignore_errors=True)
     return run.load_candidates()
+
+
+def _readable_shard(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_table(path)
+    except Exception:  # truncated or overwritten: any reader error
+        return False
+    return True
 
 
 def _assemble(parts: Path, prompts: Sequence[dict], chunks: list[list[int]], n: int):
@@ -283,7 +296,11 @@ def prepare_candidates(cfg, run_dir: str | Path, model, processor, prompts: Sequ
     """Notebook 01's entry: load ``run_dir/candidates/`` when complete, otherwise generate (or resume) it."""
     run = RunDir(run_dir)
     if (run.candidates / DATASET_STATE).is_file():
-        return run.load_candidates()
+        try:
+            return run.load_candidates()
+        except ArtifactCorrupt as exc:      # this stage's own output: set it aside and sample again
+            aside = quarantine(run.candidates)
+            print(f"WARNING: {exc.path} is unreadable ({exc.__cause__}); moved it to {aside} and sampling again")
     g = cfg.generation
     return generate_candidates(model, processor, prompts, image_loader, n_candidates=g.n_candidates,
                                temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,

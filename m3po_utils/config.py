@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -201,6 +202,11 @@ class MasConfig:
     concurrency: int = 4
     max_retries: int = 4
     timeout_s: float = 60.0
+    # Give a broken judge up after this many consecutive failures of one kind (or 90 % of 5x as many): a wrong
+    # key, an unknown model or a dead URL costs that many requests, not one per prompt. 0 = never.
+    judge_fail_after: int = 8
+    # Notebook 02 counts as done only if at most this share of the candidates is left without a MAS.
+    max_missing: float = 0.01
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -216,6 +222,9 @@ class MasConfig:
         _check(self.concurrency >= 1, "mas.concurrency", self.concurrency, "a positive integer")
         _check(self.max_retries >= 0, "mas.max_retries", self.max_retries, "an integer >= 0")
         _check(self.timeout_s > 0, "mas.timeout_s", self.timeout_s, "a float > 0")
+        _check(isinstance(self.judge_fail_after, int) and self.judge_fail_after >= 0, "mas.judge_fail_after",
+               self.judge_fail_after, "an integer >= 0 (0 = never stop early)")
+        _check(0 <= self.max_missing <= 1, "mas.max_missing", self.max_missing, "a share in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -598,14 +607,27 @@ def setup_run(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None
     run = Path(run_dir)
     if run.exists() and not run.is_dir():
         raise ConfigError(f"run_dir={str(run)!r} is a file; pass a directory path (it is created if missing)")
-    run.mkdir(parents=True, exist_ok=True)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        probe = run / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"run_dir={str(run)!r} cannot be written ({exc.strerror or exc}); pass a directory "
+                          "you can write to") from None
     path = run / "config.json"
     if path.exists():
         try:
             old = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid JSON ({exc}); delete it or use a new run directory") from None
         new = json.loads(cfg.to_json())
+        if not isinstance(old, dict) or old.get("name") != new["name"]:
+            what = (f"a {type(old).__name__}, not a configuration" if not isinstance(old, dict)
+                    else f"the configuration of preset {old['name']!r}" if old.get("name")
+                    else "no preset name: it is not a config.json the series wrote")
+            raise ConfigError(f"{path} holds {what}; this run uses preset {preset!r} — use a new run directory "
+                              "or restore that file")
         diffs = _diff(_common(old, new), _common(new, old))
         if diffs:
             raise ConfigError(

@@ -78,6 +78,7 @@ from m3po_utils.judge.client import (
     JudgeClient,
     JudgeConfigError,
     JudgeItem,
+    failure_kind,
     judge_base_url,
     uses_local_judge,
 )
@@ -142,7 +143,7 @@ def open_judge(cfg: Preset, run_dir: str | Path, *, noise: float | None = None,
     """
     mc = cfg.mas
     kwargs: dict[str, Any] = dict(mode=mc.judge_mode, prompt_version=mc.prompt_version, concurrency=mc.concurrency,
-                                  max_retries=mc.max_retries, timeout_s=mc.timeout_s,
+                                  max_retries=mc.max_retries, timeout_s=mc.timeout_s, fail_after=mc.judge_fail_after,
                                   cache=RunDir(run_dir).judge_cache if use_cache else None)
     kwargs.update(client_kwargs)
     if uses_local_judge(cfg):
@@ -270,6 +271,33 @@ def score_candidates(df: pd.DataFrame, cfg: MasConfig, load_image: Callable[[str
     out["judge_ok"] = judge_ok
     out["judge_error"] = errors.astype(str)
     out["mas"], out["mas_ok"] = combine(out["clip_score"], out["judge_score"], judge_ok, cfg)
+    return out
+
+
+class MasIncomplete(RuntimeError):
+    """Too many candidates without a MAS for notebook 02 to count as done (``MasConfig.max_missing``)."""
+
+
+def coverage(table: pd.DataFrame, mc: MasConfig) -> dict[str, Any]:
+    """How many candidates have a MAS, and why the others do not (judge failures by class, most common first).
+
+    Raises :class:`MasIncomplete` when the missing share exceeds ``mc.max_missing``: a stage whose output is
+    unusable must not be recorded as complete (a wrong key would otherwise leave every MAS NaN and "succeed").
+    """
+    n = len(table)
+    missing = int((~table["mas_ok"].astype(bool)).sum()) if n else 0
+    errors = table.loc[~table["judge_ok"].astype(bool), "judge_error"] if mc.judge_weight > 0 else pd.Series([], dtype=str)
+    kinds = errors[errors != ""].map(failure_kind).value_counts()
+    out = {"candidates": n, "missing": missing, "missing_share": missing / n if n else 0.0,
+           "max_missing": mc.max_missing, "failures_by_kind": {str(k): int(v) for k, v in kinds.items()}}
+    if n == 0 or missing / n > mc.max_missing:
+        why = ", ".join(f"{v} {k}" for k, v in out["failures_by_kind"].items()) or "no judge error recorded"
+        example = next((e for e in errors if e), "")
+        raise MasIncomplete(
+            f"{missing} of {n} candidates ({out['missing_share']:.1%}) have no MAS — more than "
+            f"mas.max_missing={mc.max_missing:g} allows (judge failures: {why}"
+            + (f"; e.g. {example[:160]!r}" if example else "") + "). Fix the judge and rerun notebook 02: the "
+            "answers already in mas/judge_cache.sqlite are reused and only the failed ones are sent again.")
     return out
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from m3po_utils.io import atomic_write_text
+from m3po_utils.runs import staleness
 
 SECRET_WORDS = ("key", "token", "secret")
 MAX_TEXT = 80
@@ -110,10 +111,14 @@ def build_report(run_dir: str | Path) -> str:
         for name in names:
             t = timings.get(name) if isinstance(timings.get(name), dict) else {}
             status = t.get("status", "—")
+            if status in ("failed", "interrupted") and t.get("error"):
+                status = f"{status}: {str(t['error']).replace('|', '/')}"
             if status == "ok" and name in {p.stem for p in results}:
                 data, _ = _read_json(run / "results" / f"{name}.json")
                 if isinstance(data, dict) and data.get("complete") is not True:
                     status = "ok (not marked complete)"
+                elif (why := staleness(run, name)) is not None:
+                    status = f"stale: {why}"
             wall = fmt_duration(float(t["wall_s"])) if isinstance(t.get("wall_s"), int | float) else "—"
             row = (name, status, wall)
             if has_mem:

@@ -9,9 +9,11 @@ Every notebook gets three papermill parameters: ``preset``, ``run_dir`` (absolut
 ``-p KEY=VALUE`` pairs as a dict). The executed copy is written to ``run_dir/notebooks/NN_name.ipynb`` only
 when the notebook succeeds; a failed execution is kept as ``NN_name.failed.ipynb`` for inspection.
 
-A notebook is skipped when it already finished in this run directory: ``results/NN_name.json`` holds
-``"complete": true`` and the executed copy exists. ``--redo`` runs every notebook in the range again. Once a
-notebook has been (re-)executed, the later notebooks of the range run too, because they read its outputs.
+A notebook is skipped when it already finished in this run directory — ``results/NN_name.json`` holds
+``"complete": true`` and the executed copy exists — and is still fresh: none of the earlier stages it consumed
+has been re-run, left unfinished or removed since (:func:`m3po_utils.runs.staleness`). ``--redo`` runs every
+notebook in the range again. Once a notebook has been (re-)executed, the later notebooks of the range run too,
+because they read its outputs; later notebooks outside the range become stale and run on the next call.
 
 Per-notebook wall time and peak memory of the kernel process tree go to ``results/timings.json``; the run
 ends with ``report.md`` (see :mod:`m3po_utils.report`).
@@ -32,9 +34,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from m3po_utils import preflight
 from m3po_utils.config import ConfigError, load_preset, parse_overrides, setup_run
 from m3po_utils.io import atomic_write_json
 from m3po_utils.report import fmt_duration, write_report
+from m3po_utils.runs import recorded_stages, staleness, stamp, upstream_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -249,6 +253,8 @@ def _execute(nb: Notebook, run_dir: Path, preset: str, overrides: dict[str, Any]
         copy = failed
     _mark_incomplete(run_dir, nb.name)
     entry["status"] = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    ename, evalue = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
+    entry["error"] = f"{ename}: {str(evalue).strip().splitlines()[0] if str(evalue).strip() else ''}"[:500]
     _record_timing(run_dir, nb.name, entry)
     record = {"notebook": nb.name, "status": entry["status"], "output": str(copy) if copy else None, **entry}
     records.append(record)
@@ -273,7 +279,7 @@ def run_series(preset: str, run_dir: str | Path, overrides: dict[str, Any] | Non
     from tqdm.auto import tqdm
 
     overrides = dict(overrides or {})
-    load_preset(preset, overrides)  # fail fast on a bad preset or override, before touching anything
+    cfg = load_preset(preset, overrides)  # fail fast on a bad preset or override, before touching anything
     if not (0 <= start <= 99 and 0 <= stop <= 99):
         raise ConfigError(f"--from/--to must be notebook numbers in [0, 99] (got {start}..{stop})")
     if start > stop:
@@ -286,6 +292,7 @@ def run_series(preset: str, run_dir: str | Path, overrides: dict[str, Any] | Non
     if not notebooks:
         folder = notebooks_dir if notebooks_dir is not None else DEFAULT_NOTEBOOKS_DIR
         raise ConfigError(f"no notebooks numbered {start:02d}..{stop:02d} in {folder}")
+    preflight.check(cfg, [nb.number for nb in notebooks])   # what later stages need, before the first runs
     kernels = available_kernels()
     # Kernels started from here have no widget frontend: explorers draw static figures (widgets.STATIC_ENV).
     os.environ.setdefault("M3PO_STATIC_WIDGETS", "1")
@@ -303,14 +310,18 @@ def run_series(preset: str, run_dir: str | Path, overrides: dict[str, Any] | Non
         with tqdm(notebooks, desc="series", unit="notebook", file=sys.stderr) as bar:
             for nb in bar:
                 bar.set_postfix_str(nb.name)
-                if not redo and rerun_from is None and is_complete(run, nb.name):
+                complete = is_complete(run, nb.name)
+                stale = staleness(run, nb.name) if complete else None
+                if not redo and rerun_from is None and complete and stale is None:
                     tqdm.write(f"skip {nb.name} (complete; --redo to run again)")
                     records.append({"notebook": nb.name, "status": "skipped",
                                     "output": str(run / "notebooks" / f"{nb.name}.ipynb")})
                     continue
-                why = f" (earlier stage {rerun_from} was re-run)" if rerun_from and is_complete(run, nb.name) else ""
+                why = (f" (earlier stage {rerun_from} was re-run)" if rerun_from and complete
+                       else f" (stale: {stale})" if stale and not redo else "")
                 tqdm.write(f"run  {nb.name}{why} ...")
                 rec = _execute(nb, run, preset, overrides, kernel, records)
+                stamp(run, nb.name, upstream_of(nb.name, recorded_stages(run)))
                 records.append(rec)
                 mem = f", peak kernel memory {rec['peak_rss_mb']:.0f} MB" if rec.get("peak_rss_mb") else ""
                 tqdm.write(f"done {nb.name} in {fmt_duration(rec['wall_s'])}{mem}")
@@ -339,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, help="run directory (created if missing), e.g. runs/shapes")
     p.add_argument("--from", dest="start", type=_notebook_number, default=DEFAULT_START, metavar="NN",
                    help=f"first notebook number (default {DEFAULT_START:02d})")
-    p.add_argument("--to", dest="stop", type=_notebook_number, default=DEFAULT_STOP, metavar="NN",
-                   help=f"last notebook number, inclusive (default {DEFAULT_STOP:02d}; analysis notebooks are 10+)")
+    p.add_argument("--to", dest="stop", type=_notebook_number, default=None, metavar="NN",
+                   help=f"last notebook number, inclusive (default {DEFAULT_STOP:02d}, or 99 when --from is an "
+                        "analysis notebook, 10+)")
     p.add_argument("-p", "--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset value with a dotted key, e.g. -p world.n_train=400 (repeatable)")
     p.add_argument("--redo", action="store_true", help="run every notebook in the range, even complete ones")
@@ -356,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         overrides = parse_overrides(args.params)
-        run_series(args.preset, args.run_dir, overrides, start=args.start, stop=args.stop, redo=args.redo,
+        stop = args.stop if args.stop is not None else (99 if args.start > DEFAULT_STOP else DEFAULT_STOP)
+        run_series(args.preset, args.run_dir, overrides, start=args.start, stop=stop, redo=args.redo,
                    kernel=args.kernel, notebooks_dir=args.notebooks_dir)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,11 +11,23 @@ the world and the models; only the runner and a stage's own notebook create that
 
 A sub-run (notebook 06's ``evaluation/seed1``, notebook 10's points) is a run directory of its own: ``RunDir``
 works on it unchanged.
+
+**Freshness.** When the runner finishes a notebook it stamps ``results/NN_name.json`` with a ``run_id`` and the
+``run_id`` of every earlier stage it consumed (``inputs``: every stage numbered below it; analysis notebooks 10+
+consume 00-09). A stage is *stale* when one of those inputs has been re-run, left unfinished or removed since
+(:func:`staleness`); the runner re-runs a stale stage and, in turn, everything after it.
+
+**Unreadable outputs.** A loader that finds an output present but unreadable (truncated, corrupt, not what the
+stage writes) raises :class:`ArtifactCorrupt`, naming the file and the command that rebuilds it.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +46,12 @@ TRAINING_INFO = "m3po_training.json"   # written last into models/lvlm and model
 DATASET_STATE = "state.json"           # written by datasets.save_to_disk: the table is complete
 
 
+def redo_command(run: Path, notebook: str) -> str:
+    """The runner command that (re)builds ``notebook``'s outputs in ``run``, even if it is recorded complete."""
+    nn = notebook[:2]
+    return f"python -m m3po_utils.run --run-dir {run} --from {nn} --to {nn} --redo"
+
+
 class StageMissing(FileNotFoundError):
     """An earlier stage's output is missing or unfinished; the message names the notebook that makes it."""
 
@@ -41,7 +59,121 @@ class StageMissing(FileNotFoundError):
         self.notebook, self.what, self.run = notebook, what, run
         extra = f" ({detail})" if detail else ""
         super().__init__(f"run notebook {NOTEBOOKS.get(notebook, notebook)} first: {what} is missing in "
-                         f"{run}{extra}")
+                         f"{run}{extra}; to rebuild it: {redo_command(run, notebook)}")
+
+
+class ArtifactCorrupt(OSError):
+    """An earlier stage's output exists but cannot be read; the message names the file and how to rebuild it."""
+
+    def __init__(self, notebook: str, path: Path, run: Path, error: BaseException):
+        self.notebook, self.path, self.run = notebook, path, run
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        super().__init__(f"{path} is unreadable ({type(error).__name__}: {text[:200]}); notebook "
+                         f"{NOTEBOOKS.get(notebook, notebook)} wrote it — rebuild it with {redo_command(run, notebook)} "
+                         "(the stages after it become stale and rerun with it)")
+
+
+@contextmanager
+def reading(run: Path, notebook: str, path: Path) -> Iterator[None]:
+    """Turn any failure to read ``path`` (an output of ``notebook``) into :class:`ArtifactCorrupt`."""
+    try:
+        yield
+    except (StageMissing, ArtifactCorrupt):
+        raise
+    except Exception as exc:   # truncated Arrow, bad JSON, corrupt safetensors, ...: name the file
+        raise ArtifactCorrupt(notebook, Path(path), Path(run), exc) from exc
+
+
+def quarantine(path: Path) -> Path:
+    """Rename a corrupt output aside (``<name>.corrupt-<time>``), never delete it; returns the new path."""
+    import time
+
+    path = Path(path)
+    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    k = 1
+    while target.exists():
+        target, k = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{k}"), k + 1
+    path.rename(target)
+    return target
+
+
+# ------------------------------------------------------------------------------------------ freshness
+
+RESULT_RE = re.compile(r"^(\d\d)_[A-Za-z0-9_\-]+$")
+
+
+def stage_number(name: str) -> int:
+    m = RESULT_RE.match(name)
+    if not m:
+        raise ValueError(f"{name!r} is not a stage name such as 01_candidates")
+    return int(m.group(1))
+
+
+def upstream_of(name: str, names: Sequence[str]) -> list[str]:
+    """The stages ``name`` consumes among ``names``: every lower number; analysis notebooks (10+) use 00-09."""
+    n = stage_number(name)
+    limit = min(n, 10)
+    return sorted(x for x in names if RESULT_RE.match(x) and stage_number(x) < limit)
+
+
+def _record(run: Path, name: str) -> dict | None:
+    try:
+        data = json.loads((run / "results" / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def recorded_stages(run: Path) -> list[str]:
+    """Names of the stages that have a results file in ``run``."""
+    folder = run / "results"
+    return sorted(p.stem for p in folder.glob("*.json") if RESULT_RE.match(p.stem)) if folder.is_dir() else []
+
+
+def stamp(run: Path, name: str, upstream: Sequence[str]) -> str:
+    """Give the just-finished stage a new ``run_id`` and record the ``run_id`` of each input it consumed."""
+    from m3po_utils.io import atomic_write_json
+
+    data = _record(run, name) or {}
+    inputs = {u: (_record(run, u) or {}).get("run_id") for u in upstream if _record(run, u) is not None}
+    data |= {"run_id": uuid.uuid4().hex, "inputs": inputs}
+    atomic_write_json(run / "results" / f"{name}.json", data)
+    return data["run_id"]
+
+
+def staleness(run: Path, name: str, upstream: Sequence[str] | None = None) -> str | None:
+    """Why ``name``'s outputs are out of date (an input re-run, unfinished or gone since), or None if fresh.
+
+    ``upstream``: the stages it consumes (default: :func:`upstream_of` over the recorded stages). A stage from
+    before freshness was recorded (no ``inputs``) is fresh unless an input has been re-run since.
+    """
+    run = Path(run)
+    if not RESULT_RE.match(name):
+        return None
+    mine = _record(run, name)
+    if mine is None or mine.get("complete") is not True:
+        return "not complete"
+    inputs = mine.get("inputs") or {}
+    if upstream is None:
+        upstream = upstream_of(name, recorded_stages(run))
+    for u in sorted(set(upstream) | set(inputs)):
+        rec = _record(run, u)
+        if rec is None:
+            if u in inputs:
+                return f"its input {u} is gone"
+            continue
+        if rec.get("complete") is not True:
+            return f"its input {u} is not complete"
+        if rec.get("run_id") != inputs.get(u):
+            return f"its input {u} was re-run since"
+    return None
+
+
+def _load_table(run: Path, notebook: str, folder: Path) -> datasets.Dataset:
+    """A ``datasets`` table; a truncated or corrupt Arrow file fails here (reading it maps every record batch),
+    naming itself."""
+    with reading(run, notebook, folder):
+        return datasets.load_from_disk(str(folder))
 
 
 @dataclass(frozen=True)
@@ -150,18 +282,21 @@ class RunDir:
     def scenes(self) -> dict[str, list[W.Scene]]:
         """The train / pref / eval scenes notebook 00 wrote."""
         self.require(self.world / W.WORLD_FILE, "00", self.world)
-        return W.load_world(self.world)
+        with reading(self.root, "00", self.world / W.WORLD_FILE):
+            return W.load_world(self.world)
 
     def lvlm_info(self) -> dict:
         """The tiny LLaVA's training record (``models/lvlm/m3po_training.json``)."""
         path = self.require(self.lvlm / TRAINING_INFO, "00", self.lvlm,
                             "or unfinished" if self.lvlm.exists() else "")
-        return json.loads(path.read_text())
+        with reading(self.root, "00", path):
+            return json.loads(path.read_text())
 
     def clip_info(self) -> dict:
         path = self.require(self.clip / TRAINING_INFO, "00", self.clip,
                             "or unfinished" if self.clip.exists() else "")
-        return json.loads(path.read_text())
+        with reading(self.root, "00", path):
+            return json.loads(path.read_text())
 
     def lvlm_source(self, cfg: Preset) -> str | Path:
         """What :func:`~m3po_utils.models.lvlm.load_lvlm` loads: the hub name, or ``models/lvlm`` (checked).
@@ -192,17 +327,17 @@ class RunDir:
         if self.candidates_parts.is_dir():
             detail = f"{self.rel(self.candidates_parts)} holds an unfinished run: rerun notebook 01 to finish it"
         self.require(self.candidates / DATASET_STATE, "01", self.candidates, detail)
-        return datasets.load_from_disk(str(self.candidates))
+        return _load_table(self.root, "01", self.candidates)
 
     def load_mas(self) -> pd.DataFrame:
         """Notebook 02's MAS table (one row per candidate; join on ``prompt_id, cand_idx``)."""
         self.require(self.mas_scores / DATASET_STATE, "02", self.mas_scores)
-        return datasets.load_from_disk(str(self.mas_scores)).to_pandas()
+        return _load_table(self.root, "02", self.mas_scores).to_pandas()
 
     def load_confidence(self) -> pd.DataFrame:
         """Notebook 03's confidence table."""
         self.require(self.confidence / "table" / DATASET_STATE, "03", self.confidence)
-        return datasets.load_from_disk(str(self.confidence / "table")).to_pandas()
+        return _load_table(self.root, "03", self.confidence / "table").to_pandas()
 
     def has_pairs(self, strategy: str) -> bool:
         return (self.pairs(strategy) / "info.json").is_file()
@@ -210,8 +345,9 @@ class RunDir:
     def load_pairs(self, strategy: str) -> datasets.Dataset:
         """Notebook 04's pairs of ``strategy`` (what TRL reads, plus the scores behind the choice)."""
         self.require(self.pairs(strategy) / "info.json", "04", self.pairs(strategy))
-        return datasets.load_from_disk(str(self.pairs(strategy) / "data"))
+        return _load_table(self.root, "04", self.pairs(strategy) / "data")
 
     def pairs_info(self, strategy: str) -> dict[str, Any]:
         path = self.require(self.pairs(strategy) / "info.json", "04", self.pairs(strategy))
-        return json.loads(path.read_text())
+        with reading(self.root, "04", path):
+            return json.loads(path.read_text())

@@ -378,3 +378,69 @@ def test_command_line_server(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "m3po_utils.judge", "--run-dir", str(tmp_path / "none")],
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+# ------------------------------------------------------------------------------------------- fail fast
+
+def _many(frame, n=40):
+    items = items_of(frame)
+    return (items * (n // len(items) + 1))[:n] if len(items) < n else items[:n]
+
+
+@pytest.mark.parametrize("case, kind, words", [
+    ("wrong_key", "auth", ["OPENAI_API_KEY"]),
+    ("unknown_model", "model", ["models.judge_model", "'no-such-judge'"]),
+    ("garbage", "unparseable", ["one failure: malformed reply", "mas.prompt_version"]),
+    ("server_error", "server", ["server errors"]),
+])
+def test_a_broken_judge_is_given_up_after_a_few_requests(world, index, frame, case, kind, words):
+    items = _many(frame)   # listwise without a cache: one request per item, repeats too
+    kw = {"require_key": "the-right-key"} if case == "wrong_key" else {}
+    kw |= {"default_fault": {"garbage": "garbage", "server_error": "500"}.get(case, "ok")}
+    with server(world, index, **kw) as srv:
+        model = "no-such-judge" if case == "unknown_model" else srv.model_id
+        key = "sk-wrongwrongwrong123" if case == "wrong_key" else None
+        with JC.JudgeClient(srv.base_url, model, api_key=key, max_retries=1, concurrency=2, fail_after=4) as client:
+            with pytest.raises(JC.JudgeUnavailable) as err:
+                client.judge(items)
+        assert err.value.kind == kind and err.value.total == len(items)
+        assert 4 <= err.value.done <= 4 + 2                   # the streak, plus what was in flight
+        assert srv.stats["chat_requests"] <= 2 * (4 + 2)      # with one retry each
+        msg = str(err.value)
+        assert srv.base_url in msg and all(w in msg for w in words), msg
+        assert "sk-wrong" not in msg
+
+
+def test_an_unreachable_judge_is_named(frame):
+    import socket
+    with socket.socket() as s:                                 # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    with JC.JudgeClient(url, "m", max_retries=0, concurrency=1, fail_after=3, timeout_s=2) as client:
+        with pytest.raises(JC.JudgeUnavailable) as err:
+            client.judge(_many(frame, 10))
+    assert err.value.kind == "unreachable" and err.value.done == 3 and url in str(err.value)
+
+
+def test_a_flaky_judge_is_not_given_up(world, index, frame):
+    items = _many(frame, 24)
+    faults = ["500", "ok"] * 40                                  # every other request fails once, then succeeds
+    with server(world, index, faults=faults) as srv, \
+            JC.JudgeClient(srv.base_url, srv.model_id, max_retries=0, concurrency=1, fail_after=3) as client:
+        out = client.judge(items)
+    assert sum(not r[0].ok for r in out) == 12 and sum(r[0].ok for r in out) == 12
+
+
+def test_failure_watch_rolling_share():
+    w = JC._FailureWatch(3)
+    kinds = [w.add(ok, "" if ok else "HTTP 401: no") for ok in [False, False, True] * 4]
+    assert all(k is None for k in kinds)                        # never 3 in a row, 67 % of the window
+    w = JC._FailureWatch(2)
+    seq = [False] * 9 + [True]
+    out = [w.add(ok, "" if ok else "malformed reply: x") for ok in seq]
+    assert out[1] == "unparseable"
+    assert JC._FailureWatch(0).add(False, "HTTP 401: x") is None
+    assert [JC.failure_kind(e) for e in ("connection error: x", "timeout after 1 s", "HTTP 403: x", "HTTP 404: x",
+                                         "HTTP 429: x", "HTTP 502: x", "malformed reply: x", "HTTP 400: x")] == \
+        ["unreachable", "timeout", "auth", "model", "rate_limit", "server", "unparseable", "other"]

@@ -201,3 +201,38 @@ def test_run_dir_with_another_config_exits_2(first_run, series, capsys):
 
 def test_report_of_an_empty_run_dir(tmp_path):
     assert "No notebook has run" in build_report(tmp_path)
+
+
+def test_a_rerun_stage_makes_the_later_ones_stale(series, tmp_path, capsys):
+    """--redo of one stage alone: the stages after it are stale — the report says so and the next run reruns them;
+    a failed rerun leaves the later stages stale, never "ok" on inputs that are gone."""
+    run = tmp_path / "r"
+    kw = dict(kernel="python3", notebooks_dir=series)
+    run_series("smoke", run, start=0, stop=10, **kw)
+    first = {n: json.loads((run / "results" / f"{n}.json").read_text()) for n in ("00_a", "01_b", "10_analysis")}
+    assert first["01_b"]["inputs"] == {"00_a": first["00_a"]["run_id"]}
+    assert set(first["10_analysis"]["inputs"]) == {"00_a", "01_b"}
+
+    run_series("smoke", run, start=0, stop=0, redo=True, **kw)          # 00 alone
+    report = build_report(run)
+    assert "| 01_b | stale: its input 00_a was re-run since |" in report
+    assert "| 10_analysis | stale: its input 00_a was re-run since |" in report
+    capsys.readouterr()
+    records = run_series("smoke", run, start=0, stop=10, **kw)
+    assert [r["status"] for r in records] == ["skipped", "ok", "ok"]
+    assert "run  01_b (stale: its input 00_a was re-run since)" in capsys.readouterr().out
+    assert _counter(run) == ["00_a", "01_b", "10_analysis", "00_a", "01_b", "10_analysis"]
+    assert "stale" not in build_report(run)
+
+    # 00 fails on a rerun: 01 and 10 are stale (their input is not complete), and a plain run reruns them
+    (run / "results" / "00_a.json").write_text(json.dumps({"complete": False}))
+    assert "| 01_b | stale: its input 00_a is not complete |" in build_report(run)
+    records = run_series("smoke", run, start=0, stop=1, **kw)
+    assert [r["status"] for r in records] == ["ok", "ok"]
+
+
+def test_analysis_range_needs_no_to(first_run, series, capsys):
+    run, _ = first_run
+    code = main(["--preset", "smoke", "--run-dir", str(run), "-p", "world.n_train=400", "--from", "10",
+                 "--kernel", "python3", "--notebooks-dir", str(series)])
+    assert code == 0 and "10_analysis" in capsys.readouterr().out

@@ -11,7 +11,7 @@ import pytest
 from m3po_utils import basemodels
 from m3po_utils.config import load_preset
 from m3po_utils.run import NotebookFailed, run_series
-from m3po_utils.runs import TRAINING_INFO, RunDir, StageMissing
+from m3po_utils.runs import TRAINING_INFO, ArtifactCorrupt, RunDir, StageMissing
 
 CFG = load_preset("smoke")
 
@@ -87,3 +87,69 @@ def test_notebook_stops_when_a_model_is_missing(smoke_run, tmp_path, victim, not
     assert f"StageMissing: run notebook 00 (world and base models) first: models/{victim} is missing in {run}" in msg
     assert not (run / "models" / victim).exists()          # no silent retrain in the wrong notebook
     assert json.loads((run / "models" / ("clip" if victim == "lvlm" else "lvlm") / TRAINING_INFO).read_text())
+
+
+# ------------------------------------------------------------------------------------------- corrupt outputs
+
+def _truncate(path, keep=0.5):
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.truncate(int(size * keep))
+
+
+def _arrow(folder):
+    return next(folder.glob("*.arrow"))
+
+
+@pytest.mark.parametrize("what, notebook, load, damage", [
+    ("candidates", "01", lambda r: r.load_candidates(), lambda r: _truncate(_arrow(r.candidates))),
+    ("mas/scores", "02", lambda r: r.load_mas(), lambda r: _arrow(r.mas_scores).write_bytes(b"not arrow")),
+    ("world", "00", lambda r: r.scenes(), lambda r: _truncate(r.world / "scenes.json")),
+    ("pairs/m3po", "04", lambda r: r.pairs_info("m3po"), lambda r: (r.pairs("m3po") / "info.json").write_text("[")),
+])
+def test_corrupt_output_names_the_file_and_the_fix(smoke_run, tmp_path, what, notebook, load, damage):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    damage(RunDir(run))
+    with pytest.raises(ArtifactCorrupt) as err:
+        load(RunDir(run))
+    msg = str(err.value)
+    assert str(run / what) in msg and f"notebook {notebook} (" in msg
+    assert f"--from {notebook} --to {notebook} --redo" in msg
+
+
+def test_missing_output_advice_is_a_command_that_works(tmp_path):
+    with pytest.raises(StageMissing) as err:
+        RunDir(tmp_path).load_pairs("m3po")
+    assert f"python -m m3po_utils.run --run-dir {tmp_path} --from 04 --to 04 --redo" in str(err.value)
+
+
+def test_stage_01_sets_its_own_corrupt_table_aside_and_samples_again(smoke_run, tmp_path, capsys):
+    from m3po_utils import candidates as G
+    from m3po_utils.basemodels import base_lvlm
+    from m3po_utils.world.prompts import ImageResolver, preference_prompts
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    rd = RunDir(run)
+    before = list(rd.load_candidates()["text"])      # a copy: the table is memory-mapped from the file cut below
+    _truncate(_arrow(rd.candidates))
+    model, processor, _ = base_lvlm(CFG, run)
+    splits = rd.scenes()
+    table = G.prepare_candidates(CFG, run, model, processor, preference_prompts(CFG, splits),
+                                 ImageResolver(CFG, splits), progress=False)
+    assert "moved it to" in capsys.readouterr().out
+    aside = [p for p in run.iterdir() if p.name.startswith("candidates.corrupt-")]
+    assert len(aside) == 1 and _arrow(aside[0]).exists()                 # kept, not deleted
+    assert list(table["text"]) == before                                  # the same seeded samples again
+
+
+def test_corrupt_judge_cache_is_named_with_the_cost_of_a_rebuild(tmp_path):
+    from m3po_utils.judge.cache import JudgeCache, JudgeCacheCorrupt
+
+    path = tmp_path / "judge_cache.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(JudgeCacheCorrupt) as err:
+        JudgeCache(path)
+    assert str(path) in str(err.value) and "sent again" in str(err.value) and "mv " in str(err.value)
+    assert path.read_bytes().startswith(b"this is not")                   # left as it was

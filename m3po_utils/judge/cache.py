@@ -12,6 +12,18 @@ from pathlib import Path
 from typing import Any
 
 
+class JudgeCacheCorrupt(RuntimeError):
+    """The judge cache file cannot be read: the message names it and says what a rebuild costs."""
+
+    def __init__(self, path: Path, error: str, entries: int | None = None):
+        self.path, self.entries = path, entries
+        held = f"it held {entries} answers; " if entries is not None else ""
+        super().__init__(f"the judge cache {path} is unreadable ({error}); {held}move it aside "
+                         f"(mv {path} {path}.corrupt) and rerun the notebook: every judge request it held is then "
+                         "sent again (one per prompt listwise, one per distinct candidate pointwise). The series "
+                         "never deletes it for you.")
+
+
 class JudgeCache:
     """Judge answers on disk (SQLite), one row per (model, prompt version, image hash, instruction, response).
 
@@ -24,13 +36,22 @@ class JudgeCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS judge (key TEXT PRIMARY KEY, model TEXT, prompt_version TEXT, "
-                "image_hash TEXT, instruction TEXT, response TEXT, score REAL, reason TEXT, created REAL)")
-            self._conn.commit()
+        try:
+            with self._lock:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS judge (key TEXT PRIMARY KEY, model TEXT, prompt_version TEXT, "
+                    "image_hash TEXT, instruction TEXT, response TEXT, score REAL, reason TEXT, created REAL)")
+                self._conn.commit()
+                n = int(self._conn.execute("SELECT COUNT(*) FROM judge").fetchone()[0])
+                bad = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise JudgeCacheCorrupt(self.path, str(exc)) from exc
+        if bad != "ok":
+            self._conn.close()
+            raise JudgeCacheCorrupt(self.path, f"integrity check: {bad}", n)
 
     @staticmethod
     def key(model: str, prompt_version: str, image_hash: str, instruction: str, response: str) -> str:

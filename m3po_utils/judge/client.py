@@ -59,7 +59,7 @@ class _Task:
     users: list[tuple[int, str]] = field(default_factory=list)  # extra (item, response) sharing this task
 
 
-def _is_loopback(url: str | None) -> bool:
+def is_loopback(url: str | None) -> bool:
     if not url:
         return False
     host = urlparse(url).hostname or ""
@@ -75,6 +75,51 @@ class JudgeConfigError(ValueError):
     """The judge cannot be set up (no key for a remote endpoint, an unknown prompt version, ...)."""
 
 
+class JudgeUnavailable(RuntimeError):
+    """The judge fails every request the same way (wrong key, unknown model, dead URL, unparseable replies...):
+    the client stopped instead of trying every prompt. ``kind`` is the failure class, ``done`` / ``total`` the
+    requests tried / planned."""
+
+    def __init__(self, message: str, kind: str, done: int, total: int):
+        super().__init__(message)
+        self.kind, self.done, self.total = kind, done, total
+
+
+FAILURE_KINDS = ("unreachable", "timeout", "auth", "model", "rate_limit", "server", "unparseable", "other")
+
+
+def failure_kind(error: str) -> str:
+    """The class of one recorded failure (the ``error`` text :meth:`JudgeClient._request` returns)."""
+    if error.startswith("connection error"):
+        return "unreachable"
+    if error.startswith("timeout"):
+        return "timeout"
+    m = re.match(r"HTTP (\d{3})", error)
+    if m:
+        code = int(m.group(1))
+        return ("auth" if code in (401, 403) else "model" if code == 404 else "rate_limit" if code == 429
+                else "server" if code >= 500 else "other")
+    return "unparseable" if error.startswith("malformed reply") else "other"
+
+
+def failure_advice(kind: str, where: str, model: str, example: str, settings: str = "") -> str:
+    """One sentence per failure class: what happened and what to change."""
+    return {
+        "unreachable": f"the judge at {where} is unreachable; check OPENAI_BASE_URL / models.judge_base_url and "
+                       "that the server is running",
+        "timeout": f"requests to the judge at {where} time out; check the server or raise mas.timeout_s",
+        "auth": f"the judge at {where} refuses the API key; check OPENAI_API_KEY (it is read from the "
+                "environment only)",
+        "model": f"the judge at {where} does not serve model {model!r}; set models.judge_model to one it serves",
+        "rate_limit": f"the judge at {where} keeps rate-limiting after every retry; lower mas.concurrency, raise "
+                      "mas.max_retries or wait for the quota",
+        "server": f"the judge at {where} keeps failing with server errors after every retry; try again later",
+        "unparseable": f"the judge at {where} answers in a form the {settings or 'judge prompt'} cannot parse; "
+                       "check models.judge_model, mas.judge_mode and mas.prompt_version",
+        "other": f"the judge at {where} fails every request",
+    }[kind] + f" (one failure: {example})"
+
+
 class JudgeClient:
     """Scores responses with an LVLM judge over the OpenAI chat-completions protocol (see module docs).
 
@@ -85,18 +130,18 @@ class JudgeClient:
 
     def __init__(self, base_url: str | None, model: str, *, api_key: str | None = None, mode: str = "listwise",
                  prompt_version: str = "v1", concurrency: int = 4, max_retries: int = 4, timeout_s: float = 60.0,
-                 cache: JudgeCache | str | Path | None = None, json_mode: bool = True):
+                 cache: JudgeCache | str | Path | None = None, json_mode: bool = True, fail_after: int = 8):
         import openai
 
         if mode not in ("pointwise", "listwise"):
             raise JudgeConfigError(f"mode={mode!r} is unknown; choose 'pointwise' or 'listwise'")
         if prompt_version not in PROMPTS:
             raise JudgeConfigError(f"prompt_version={prompt_version!r} is unknown; versions: {', '.join(PROMPTS)}")
-        if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
-            raise JudgeConfigError("need concurrency >= 1, max_retries >= 0 and timeout_s > 0")
+        if concurrency < 1 or max_retries < 0 or timeout_s <= 0 or fail_after < 0:
+            raise JudgeConfigError("need concurrency >= 1, max_retries >= 0, timeout_s > 0 and fail_after >= 0")
         key = os.environ.get("OPENAI_API_KEY", "") if api_key is None else api_key
         if not key:
-            if not _is_loopback(base_url):
+            if not is_loopback(base_url):
                 raise JudgeConfigError(f"OPENAI_API_KEY is not set; the judge at {base_url or 'api.openai.com'} "
                                        "needs it (export OPENAI_API_KEY=...; never put it in a preset)")
             key = LOCAL_KEY
@@ -106,6 +151,7 @@ class JudgeClient:
         self.prompt_id = f"{prompt_version}/{mode}"  # the cache's "prompt version": listwise and pointwise differ
         self.concurrency, self.max_retries, self.timeout_s = concurrency, max_retries, float(timeout_s)
         self.json_mode = json_mode
+        self.fail_after = int(fail_after)   # 0: never stop early
         self._owns_cache = cache is not None and not isinstance(cache, JudgeCache)
         self.cache = JudgeCache(cache) if self._owns_cache else cache
         self._lock = threading.Lock()
@@ -119,6 +165,11 @@ class JudgeClient:
                                      http_client=self._http)
         self._errors = openai
         self.server = None  # the local JudgeServer when made by open_judge
+
+    @property
+    def where(self) -> str:
+        """The endpoint in words (for messages): its URL, or OpenAI."""
+        return self.base_url or "api.openai.com"
 
     def __repr__(self) -> str:  # never shows the key
         return (f"JudgeClient(model={self.model!r}, base_url={self.base_url!r}, mode={self.mode!r}, "
@@ -251,6 +302,7 @@ class JudgeClient:
             if t.item not in urls:
                 urls[t.item] = png_data_url(items[t.item].image)
         results: dict[int, tuple] = {}
+        watch = _FailureWatch(self.fail_after)
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge")
         bar = tqdm(total=len(tasks), desc=f"judge ({self.mode})", disable=not progress, leave=False)
         try:
@@ -258,8 +310,23 @@ class JudgeClient:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    results[pending.pop(fut)] = fut.result()
+                    res = results[pending.pop(fut)] = fut.result()
                     bar.update(1)
+                    kind = watch.add(res[0], res[3])
+                    if watch.failures:
+                        bar.set_postfix_str(f"failed {watch.failures}", refresh=False)
+                    if kind is not None:
+                        for f in pending:
+                            f.cancel()
+                        self._bump("failures", watch.failures)
+                        raise JudgeUnavailable(
+                            f"judge stopped after {len(results)} of {len(tasks)} requests, the last "
+                            f"{watch.streak if watch.streak >= self.fail_after else 'most'} failing the same way: "
+                            + failure_advice(kind, self.where, self.model, watch.example[kind],
+                                             f"prompt {self.prompt_id}")
+                            + f". Answers already received stay in the cache ({len(results) - watch.failures} "
+                              "requests); after the fix, rerun the notebook and only the rest is sent.",
+                            kind, len(results), len(tasks))
         finally:
             bar.close()
             pool.shutdown(wait=True, cancel_futures=True)
@@ -280,6 +347,36 @@ class JudgeClient:
                     if out[i][j] is None and str(resp) == r:
                         out[i][j] = answer[r]
         return out  # type: ignore[return-value]
+
+
+class _FailureWatch:
+    """Decides when a judge is broken rather than flaky: ``fail_after`` consecutive failures of one class, or
+    at least 90 % failures of one class over the last ``5 · fail_after`` requests (0 = never)."""
+
+    def __init__(self, fail_after: int):
+        self.fail_after, self.window = fail_after, 5 * fail_after
+        self.recent: list[str | None] = []
+        self.streak, self.last, self.failures = 0, None, 0
+        self.example: dict[str, str] = {}
+
+    def add(self, ok: bool, error: str) -> str | None:
+        """Record one finished request; the failure class when the judge should be given up, else None."""
+        kind = None if ok else failure_kind(error)
+        if kind is not None:
+            self.failures += 1
+            self.example.setdefault(kind, error[:200])
+        self.streak = self.streak + 1 if kind is not None and kind == self.last else int(kind is not None)
+        self.last = kind
+        self.recent = (self.recent + [kind])[-self.window:] if self.window else []
+        if not self.fail_after:
+            return None
+        if kind is not None and self.streak >= self.fail_after:
+            return kind
+        if len(self.recent) == self.window:
+            top = max(set(self.recent) - {None}, key=self.recent.count, default=None)
+            if top is not None and self.recent.count(top) >= 0.9 * self.window:
+                return top
+        return None
 
 
 def _error_message(exc) -> str:

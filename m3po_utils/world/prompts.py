@@ -72,27 +72,46 @@ def shapes_prompts(pref: Sequence[W.Scene], cfg: Preset) -> list[dict]:
     return rows
 
 
-def file_prompts(path: str | Path, n: int | None = None) -> list[dict]:
-    """Prompt rows from a JSON-lines file (hub presets)."""
+def file_prompts(path: str | Path, n: int | None = None, check_images: bool = False) -> list[dict]:
+    """Prompt rows from a JSON-lines file (hub presets); UTF-8, one ``{"image": path, "instruction": text}``
+    object per line (optional ``id``, ``family``, ``reference``). ``check_images``: every image must be a file."""
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"prompts file {str(path)!r} is a directory; set generation.prompts_file to a "
+                                'JSON-lines file of {"image": path, "instruction": text}')
     if not path.is_file():
         raise FileNotFoundError(f"prompts file {str(path)!r} does not exist; set generation.prompts_file to a "
                                 'JSON-lines file of {"image": path, "instruction": text}')
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line_no = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line_no} is not UTF-8 ({exc.reason} at byte {exc.start}); save the prompts "
+                         "file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     rows = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+    for line_no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
-            image, instruction = str(item["image"]), str(item["instruction"])
+            image, instruction = item["image"], item["instruction"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}:{line_no} is not a JSON object with 'image' and 'instruction' ({exc})") from None
+        for key, value in (("image", image), ("instruction", instruction)):
+            if not isinstance(value, str):
+                raise ValueError(f"{path}:{line_no}: {key!r} is {json.dumps(value)}, not a string")
         if not instruction.strip():
             raise ValueError(f"{path}:{line_no} has an empty instruction")
         image_path = Path(image) if Path(image).is_absolute() else path.parent / image
+        if check_images and not image_path.is_file():
+            what = "is a directory" if image_path.is_dir() else "does not exist"
+            raise FileNotFoundError(f"{path}:{line_no}: image {str(image_path)!r} {what}; give the path of an "
+                                    "image file (relative paths are read from the prompts file's folder)")
         rows.append({"prompt_id": str(item.get("id", f"p{len(rows):05d}")), "image": str(image_path),
                      "scene_id": "", "family": str(item.get("family", "free")), "instruction": instruction,
                      "reference": str(item.get("reference", ""))})
+    if not rows:
+        raise ValueError(f"prompts file {path} holds no prompts")
     return rows[:n] if n else rows
 
 

@@ -1,0 +1,65 @@
+"""Settings checked when a run starts, before any notebook: what a later stage would otherwise find out late.
+
+:func:`config.load_preset` checks each value on its own. This module checks what needs more than one value or
+something outside the configuration — the judge's prompt versions, the prompts file of a hub preset, the API key
+of a remote judge, the memory that ``N × prompts × length`` implies — with the same kind of message: the setting,
+its value and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from m3po_utils.config import ConfigError, Preset
+
+# Bytes a candidate's token costs in the candidates table and while it is sampled (ids, log-probs, logits row
+# slices kept per step): a deliberately generous bound, so that the check only stops settings that cannot work.
+BYTES_PER_TOKEN = 64
+
+
+def memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def candidate_bytes(cfg: Preset) -> int:
+    g = cfg.generation
+    return g.n_prompts * g.n_candidates * g.max_new_tokens * BYTES_PER_TOKEN
+
+
+def check(cfg: Preset, stages: Sequence[int] = tuple(range(100)), environ: dict[str, str] | None = None) -> None:
+    """Raise :class:`ConfigError` for the first setting that a stage in ``stages`` could not work with."""
+    from m3po_utils.judge.client import is_loopback, judge_base_url
+    from m3po_utils.judge.protocol import PROMPTS
+
+    env = os.environ if environ is None else environ
+    mc, g = cfg.mas, cfg.generation
+    if mc.prompt_version not in PROMPTS:
+        raise ConfigError(f"mas.prompt_version={mc.prompt_version!r} is not a judge prompt; versions: "
+                          f"{', '.join(PROMPTS)}")
+    total = memory_bytes()
+    need = candidate_bytes(cfg)
+    if total and need > total // 2:
+        raise ConfigError(
+            f"generation.n_candidates={g.n_candidates} × generation.n_prompts={g.n_prompts} × "
+            f"generation.max_new_tokens={g.max_new_tokens} implies ~{need / 2**30:.0f} GiB of candidates, more "
+            f"than half of this machine's {total / 2**30:.0f} GiB; lower one of them")
+    if cfg.world_kind == "hub" and any(1 <= s <= 9 for s in stages):
+        if not g.prompts_file:
+            raise ConfigError("generation.prompts_file is empty; a hub preset samples candidates for your own "
+                              'prompts: set it to a JSON-lines file of {"image": path, "instruction": text}')
+        path = Path(g.prompts_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"generation.prompts_file={g.prompts_file!r} "
+                              f"{'is a directory' if path.is_dir() else 'does not exist'}; set it to a "
+                              'JSON-lines file of {"image": path, "instruction": text}')
+    url = env.get("OPENAI_BASE_URL") or judge_base_url(cfg)
+    remote = cfg.world_kind == "hub" or bool(url)
+    if remote and mc.judge_weight > 0 and any(s >= 2 for s in stages) and not is_loopback(url):
+        if not env.get("OPENAI_API_KEY"):
+            raise ConfigError(f"OPENAI_API_KEY is not set; the judge at {url or 'api.openai.com'} needs it from "
+                              "notebook 02 on (export OPENAI_API_KEY=...; it is never read from a preset)")
