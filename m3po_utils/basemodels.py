@@ -18,7 +18,7 @@ from m3po_utils.io import atomic_write_json
 from m3po_utils.models import clip as C
 from m3po_utils.models.lvlm import count_parameters, load_lvlm, resolve_device, save_lvlm
 from m3po_utils.models.sft import build_base, train_base
-from m3po_utils.runs import TRAINING_INFO, RunDir
+from m3po_utils.runs import TRAINING_INFO, RunDir, reading
 from m3po_utils.world.prompts import validation_scenes
 
 
@@ -32,7 +32,8 @@ def base_lvlm(cfg: Preset, run_dir: str | Path):
     if cfg.world_kind == "hub":
         model, processor = load_lvlm(source, dtype=cfg.models.dtype, device=cfg.models.device)
         return model, processor, None
-    model, processor = load_lvlm(source, device=cfg.models.device)
+    with reading(run.root, "00", run.lvlm):      # a truncated or corrupt weights file names the folder
+        model, processor = load_lvlm(source, device=cfg.models.device)
     return model, processor, run.lvlm_info()
 
 
@@ -43,7 +44,8 @@ def base_clip(cfg: Preset, run_dir: str | Path):
     if not run.uses_local_clip(cfg):
         model, preprocess, tokenizer = C.load_clip(name, pretrained, device=str(resolve_device(cfg.models.device)))
         return model, preprocess, tokenizer, None
-    model, preprocess, tokenizer = C.load_clip(name)
+    with reading(run.root, "00", run.clip):
+        model, preprocess, tokenizer = C.load_clip(name)
     return model, preprocess, tokenizer, run.clip_info()
 
 

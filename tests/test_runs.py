@@ -106,6 +106,8 @@ def _arrow(folder):
     ("mas/scores", "02", lambda r: r.load_mas(), lambda r: _arrow(r.mas_scores).write_bytes(b"not arrow")),
     ("world", "00", lambda r: r.scenes(), lambda r: _truncate(r.world / "scenes.json")),
     ("pairs/m3po", "04", lambda r: r.pairs_info("m3po"), lambda r: (r.pairs("m3po") / "info.json").write_text("[")),
+    ("models/lvlm", "00", lambda r: basemodels.base_lvlm(CFG, r),
+     lambda r: _truncate(next(r.lvlm.glob("*.safetensors")), 0.01)),
 ])
 def test_corrupt_output_names_the_file_and_the_fix(smoke_run, tmp_path, what, notebook, load, damage):
     run = tmp_path / "run"
