@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from m3po_utils.config import ConfigError, Preset
+from m3po_utils.judge.client import is_loopback, judge_base_url
+from m3po_utils.judge.protocol import PROMPTS
 
 # Bytes a candidate's token costs in the candidates table and while it is sampled (ids, log-probs, logits row
 # slices kept per step): a deliberately generous bound, so that the check only stops settings that cannot work.
@@ -33,9 +35,6 @@ def candidate_bytes(cfg: Preset) -> int:
 
 def check(cfg: Preset, stages: Sequence[int] = tuple(range(100)), environ: dict[str, str] | None = None) -> None:
     """Raise :class:`ConfigError` for the first setting that a stage in ``stages`` could not work with."""
-    from m3po_utils.judge.client import is_loopback, judge_base_url
-    from m3po_utils.judge.protocol import PROMPTS
-
     env = os.environ if environ is None else environ
     mc, g = cfg.mas, cfg.generation
     if mc.prompt_version not in PROMPTS:
@@ -48,7 +47,7 @@ def check(cfg: Preset, stages: Sequence[int] = tuple(range(100)), environ: dict[
             f"generation.n_candidates={g.n_candidates} × generation.n_prompts={g.n_prompts} × "
             f"generation.max_new_tokens={g.max_new_tokens} implies ~{need / 2**30:.0f} GiB of candidates, more "
             f"than half of this machine's {total / 2**30:.0f} GiB; lower one of them")
-    if cfg.world_kind == "hub" and any(1 <= s <= 9 for s in stages):
+    if cfg.world_kind == "hub" and 1 in stages:          # notebook 01 samples the prompts file's prompts
         if not g.prompts_file:
             raise ConfigError("generation.prompts_file is empty; a hub preset samples candidates for your own "
                               'prompts: set it to a JSON-lines file of {"image": path, "instruction": text}')
@@ -59,7 +58,9 @@ def check(cfg: Preset, stages: Sequence[int] = tuple(range(100)), environ: dict[
                               'JSON-lines file of {"image": path, "instruction": text}')
     url = env.get("OPENAI_BASE_URL") or judge_base_url(cfg)
     remote = cfg.world_kind == "hub" or bool(url)
-    if remote and mc.judge_weight > 0 and any(s >= 2 for s in stages) and not is_loopback(url):
+    # the judge is called by notebook 02 and, in the shapes world, by notebook 06 (judge score of the answers)
+    judged = 2 in stages or (cfg.world_kind == "shapes" and 6 in stages)
+    if remote and mc.judge_weight > 0 and judged and not is_loopback(url):
         if not env.get("OPENAI_API_KEY"):
-            raise ConfigError(f"OPENAI_API_KEY is not set; the judge at {url or 'api.openai.com'} needs it from "
-                              "notebook 02 on (export OPENAI_API_KEY=...; it is never read from a preset)")
+            raise ConfigError(f"OPENAI_API_KEY is not set; the judge at {url or 'api.openai.com'} needs it for "
+                              "notebook 02 (and 06 in the shapes world); export OPENAI_API_KEY=... — it is never read from a preset")

@@ -37,6 +37,7 @@ import pandas as pd
 
 from m3po_utils import world as W
 from m3po_utils.config import Preset
+from m3po_utils.io import atomic_write_json
 
 # Notebook of each stage, for the "run notebook NN first" messages.
 NOTEBOOKS = {"00": "00 (world and base models)", "01": "01 (candidates)", "02": "02 (MAS)",
@@ -132,8 +133,6 @@ def recorded_stages(run: Path) -> list[str]:
 
 def stamp(run: Path, name: str, upstream: Sequence[str]) -> str:
     """Give the just-finished stage a new ``run_id`` and record the ``run_id`` of each input it consumed."""
-    from m3po_utils.io import atomic_write_json
-
     data = _record(run, name) or {}
     inputs = {u: (_record(run, u) or {}).get("run_id") for u in upstream if _record(run, u) is not None}
     data |= {"run_id": uuid.uuid4().hex, "inputs": inputs}

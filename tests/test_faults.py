@@ -37,7 +37,8 @@ def test_hub_preset_needs_its_prompts_file_and_a_key(tmp_path):
     cfg = load_preset("llava-1.5-7b", {"generation.prompts_file": str(prompts)})
     with pytest.raises(ConfigError, match="OPENAI_API_KEY is not set; the judge at api.openai.com"):
         preflight.check(cfg, environ={})
-    preflight.check(cfg, stages=[0, 1], environ={})                    # no judge in 00-01: no key needed
+    preflight.check(cfg, stages=[0, 1, 3, 4, 5, 6], environ={})       # only 02 calls a hub preset's judge
+    preflight.check(load_preset("llava-1.5-7b"), stages=[2, 3], environ={"OPENAI_API_KEY": "k"})  # 01 reads it
     preflight.check(cfg, environ={"OPENAI_API_KEY": "k"})
     preflight.check(cfg, environ={"OPENAI_BASE_URL": "http://127.0.0.1:8000/v1"})   # a local endpoint
 

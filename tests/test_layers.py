@@ -35,6 +35,7 @@ RANK = {
     "comparison": 6.06, "experiments": 6.10,
     "plots": 7, "plots.world": 7.1, "plots.candidates": 7.1, "plots.mas": 7.1, "plots.confidence": 7.1,
     "plots.dpo": 7.1, "plots.evaluation": 7.1, "plots.experiments": 7.1, "widgets": 7, "report": 7,
+    "preflight": 7,
     "run": 8, "judge.__main__": 8,
 }
 
