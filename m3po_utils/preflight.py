@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from m3po_utils.config import ConfigError, Preset
-from m3po_utils.judge.client import is_loopback, judge_base_url
+from m3po_utils.judge.client import is_loopback
 from m3po_utils.judge.protocol import PROMPTS
 
 # Bytes a candidate's token costs in the candidates table and while it is sampled (ids, log-probs, logits row
@@ -56,11 +56,12 @@ def check(cfg: Preset, stages: Sequence[int] = tuple(range(100)), environ: dict[
             raise ConfigError(f"generation.prompts_file={g.prompts_file!r} "
                               f"{'is a directory' if path.is_dir() else 'does not exist'}; set it to a "
                               'JSON-lines file of {"image": path, "instruction": text}')
-    url = env.get("OPENAI_BASE_URL") or judge_base_url(cfg)
+    url = env.get("OPENAI_BASE_URL") or cfg.models.judge_base_url or None   # as judge.client.judge_base_url
     remote = cfg.world_kind == "hub" or bool(url)
     # the judge is called by notebook 02 and, in the shapes world, by notebook 06 (judge score of the answers)
     judged = 2 in stages or (cfg.world_kind == "shapes" and 6 in stages)
     if remote and mc.judge_weight > 0 and judged and not is_loopback(url):
         if not env.get("OPENAI_API_KEY"):
             raise ConfigError(f"OPENAI_API_KEY is not set; the judge at {url or 'api.openai.com'} needs it for "
-                              "notebook 02 (and 06 in the shapes world); export OPENAI_API_KEY=... — it is never read from a preset")
+                              "notebook 02 (and 06 in the shapes world); export OPENAI_API_KEY=... — it is never "
+                              "read from a preset")

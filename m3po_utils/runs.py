@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -87,13 +88,11 @@ def reading(run: Path, notebook: str, path: Path) -> Iterator[None]:
 
 def quarantine(path: Path) -> Path:
     """Rename a corrupt output aside (``<name>.corrupt-<time>``), never delete it; returns the new path."""
-    import time
-
     path = Path(path)
-    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-    k = 1
+    stem = f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+    target, k = path.with_name(stem), 1
     while target.exists():
-        target, k = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{k}"), k + 1
+        target, k = path.with_name(f"{stem}-{k}"), k + 1
     path.rename(target)
     return target
 
@@ -134,17 +133,18 @@ def recorded_stages(run: Path) -> list[str]:
 def stamp(run: Path, name: str, upstream: Sequence[str]) -> str:
     """Give the just-finished stage a new ``run_id`` and record the ``run_id`` of each input it consumed."""
     data = _record(run, name) or {}
-    inputs = {u: (_record(run, u) or {}).get("run_id") for u in upstream if _record(run, u) is not None}
+    records = {u: _record(run, u) for u in upstream}
+    inputs = {u: rec.get("run_id") for u, rec in records.items() if rec is not None}
     data |= {"run_id": uuid.uuid4().hex, "inputs": inputs}
     atomic_write_json(run / "results" / f"{name}.json", data)
     return data["run_id"]
 
 
-def staleness(run: Path, name: str, upstream: Sequence[str] | None = None) -> str | None:
+def staleness(run: Path, name: str) -> str | None:
     """Why ``name``'s outputs are out of date (an input re-run, unfinished or gone since), or None if fresh.
 
-    ``upstream``: the stages it consumes (default: :func:`upstream_of` over the recorded stages). A stage from
-    before freshness was recorded (no ``inputs``) is fresh unless an input has been re-run since.
+    Its inputs are what it recorded plus :func:`upstream_of` over the recorded stages. A stage from before
+    freshness was recorded (no ``inputs``) is fresh unless an input has been re-run since.
     """
     run = Path(run)
     if not RESULT_RE.match(name):
@@ -153,9 +153,7 @@ def staleness(run: Path, name: str, upstream: Sequence[str] | None = None) -> st
     if mine is None or mine.get("complete") is not True:
         return "not complete"
     inputs = mine.get("inputs") or {}
-    if upstream is None:
-        upstream = upstream_of(name, recorded_stages(run))
-    for u in sorted(set(upstream) | set(inputs)):
+    for u in sorted(set(upstream_of(name, recorded_stages(run))) | set(inputs)):
         rec = _record(run, u)
         if rec is None:
             if u in inputs:

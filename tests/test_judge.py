@@ -434,8 +434,14 @@ def test_a_flaky_judge_is_not_given_up(world, index, frame):
 
 def test_failure_watch_rolling_share():
     w = JC._FailureWatch(3)
-    kinds = [w.add(ok, "" if ok else "HTTP 401: no") for ok in [False, False, True] * 4]
-    assert all(k is None for k in kinds)                        # never 3 in a row, 67 % of the window
+    kinds = [w.add(ok, "" if ok else "HTTP 401: no") for ok in [False, False, True] * 10]
+    assert all(k is None for k in kinds)                        # never 3 in a row, 67 % of a full window
+    w = JC._FailureWatch(10)                                    # window of 50 requests
+    out = [w.add(ok, "" if ok else "HTTP 500: no") for ok in ([False] * 9 + [True]) * 6]
+    assert w.streak < 10 and out[:49] == [None] * 49 and out[49] == "server"   # 45 of 50 = 90 %: given up
+    w = JC._FailureWatch(10)                                    # 90 % failing, but of two different kinds
+    errs = ["HTTP 500: x", "HTTP 401: y"] * 4 + ["HTTP 404: z", ""]
+    assert all(w.add(not e, e) is None for e in errs * 6)
     w = JC._FailureWatch(2)
     seq = [False] * 9 + [True]
     out = [w.add(ok, "" if ok else "malformed reply: x") for ok in seq]

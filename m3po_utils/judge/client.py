@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 import threading
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -83,9 +84,6 @@ class JudgeUnavailable(RuntimeError):
     def __init__(self, message: str, kind: str, done: int, total: int):
         super().__init__(message)
         self.kind, self.done, self.total = kind, done, total
-
-
-FAILURE_KINDS = ("unreachable", "timeout", "auth", "model", "rate_limit", "server", "unparseable", "other")
 
 
 def failure_kind(error: str) -> str:
@@ -354,8 +352,8 @@ class _FailureWatch:
     at least 90 % failures of one class over the last ``5 · fail_after`` requests (0 = never)."""
 
     def __init__(self, fail_after: int):
-        self.fail_after, self.window = fail_after, 5 * fail_after
-        self.recent: list[str | None] = []
+        self.fail_after = fail_after
+        self.recent: deque[str | None] = deque(maxlen=5 * fail_after)
         self.streak, self.last, self.failures = 0, None, 0
         self.example: dict[str, str] = {}
 
@@ -367,14 +365,14 @@ class _FailureWatch:
             self.example.setdefault(kind, error[:200])
         self.streak = self.streak + 1 if kind is not None and kind == self.last else int(kind is not None)
         self.last = kind
-        self.recent = (self.recent + [kind])[-self.window:] if self.window else []
+        self.recent.append(kind)
         if not self.fail_after:
             return None
         if kind is not None and self.streak >= self.fail_after:
             return kind
-        if len(self.recent) == self.window:
+        if len(self.recent) == self.recent.maxlen:
             top = max(set(self.recent) - {None}, key=self.recent.count, default=None)
-            if top is not None and self.recent.count(top) >= 0.9 * self.window:
+            if top is not None and self.recent.count(top) >= 0.9 * self.recent.maxlen:
                 return top
         return None
 

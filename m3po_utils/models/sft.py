@@ -83,7 +83,8 @@ def sft_examples(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int, annotat
         if annotation_noise > 0 and noise_rng.random() < annotation_noise:
             text_scene = W.annotated(scene, cfg, noise_rng) or scene
         # the annotator mentions the partner (captions, lists, counts, "is there"); questions about one
-        # object's colour or position stay about the objects the image shows
+        # object's colour or position stay about the objects the image shows. Every family is drawn before the
+        # opposite-polarity question below, so the random stream (and the examples at noise 0) stay as they were.
         drawn = [W.make_instruction(f, text_scene if f in MENTION_FAMILIES else scene, cfg, rng=rng)
                  for f in W.FAMILIES]
         for ins in drawn:
