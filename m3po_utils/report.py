@@ -119,6 +119,9 @@ def build_report(run_dir: str | Path) -> str:
                     status = "ok (not marked complete)"
                 elif (why := staleness(run, name)) is not None:
                     status = f"stale: {why}"
+                elif t.get("rerun_failed"):
+                    status = (f"ok, previous outputs kept: a re-run failed "
+                              f"({str(t['rerun_failed']).replace('|', '/')})")
             wall = fmt_duration(float(t["wall_s"])) if isinstance(t.get("wall_s"), int | float) else "—"
             row = (name, status, wall)
             if has_mem:

@@ -38,6 +38,7 @@ from m3po_utils import preflight
 from m3po_utils.config import ConfigError, load_preset, parse_overrides, setup_run
 from m3po_utils.io import atomic_write_json
 from m3po_utils.report import fmt_duration, write_report
+from m3po_utils import runs as R
 from m3po_utils.runs import recorded_stages, staleness, stamp, upstream_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -169,16 +170,19 @@ class _PeakMemory:
         return round(self.peak / 2**20, 1) if self._psutil is not None and self.peak else None
 
 
-def _record_timing(run_dir: Path, name: str, entry: dict[str, Any]) -> None:
+def _read_timings(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "results" / "timings.json"
     try:
         data = json.loads(path.read_text()) if path.exists() else {}
-        if not isinstance(data, dict):
-            data = {}
     except (json.JSONDecodeError, OSError):
-        data = {}
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _record_timing(run_dir: Path, name: str, entry: dict[str, Any]) -> None:
+    data = _read_timings(run_dir)
     data[name] = entry
-    atomic_write_json(path, data)
+    atomic_write_json(run_dir / "results" / "timings.json", data)
 
 
 def _source_cell_index(nb: Notebook, source: str, fallback: int) -> tuple[int, str]:
@@ -268,6 +272,28 @@ def _execute(nb: Notebook, run_dir: Path, preset: str, overrides: dict[str, Any]
                          failed_copy=copy, records=records) from error
 
 
+def _attempt(nb: Notebook, run: Path, preset: str, overrides: dict[str, Any], kernel: str,
+             records: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`_execute`; for a re-run of a complete stage, the previous outputs come back if it fails."""
+    if not R.has_previous(run, nb.name):
+        return _execute(nb, run, preset, overrides, kernel, records)
+    previous = _read_timings(run).get(nb.name)
+    try:
+        rec = _execute(nb, run, preset, overrides, kernel, records)
+    except BaseException as exc:   # noqa: B036 - Ctrl-C restores too
+        attempt = _read_timings(run).get(nb.name) or {}
+        failed = R.restore_previous(run, nb.name)
+        kept = dict(previous) if isinstance(previous, dict) and previous.get("status") == "ok" else {"status": "ok"}
+        kept["rerun_failed"] = attempt.get("error") or f"{type(exc).__name__}: {exc}"[:500]
+        kept["rerun_outputs"] = str(failed)
+        _record_timing(run, nb.name, kept)
+        print(f"kept the previous outputs of {nb.name}; what the failed re-run wrote is in {failed}",
+              file=sys.stderr, flush=True)
+        raise
+    R.drop_previous(run, nb.name)
+    return rec
+
+
 def run_series(preset: str, run_dir: str | Path, overrides: dict[str, Any] | None = None, start: int = DEFAULT_START,
                stop: int = DEFAULT_STOP, redo: bool = False, kernel: str | None = None,
                notebooks_dir: str | Path | None = None) -> list[dict[str, Any]]:
@@ -306,6 +332,12 @@ def run_series(preset: str, run_dir: str | Path, overrides: dict[str, Any] | Non
           f"kernel {kernel}" + (f", overrides {overrides}" if overrides else ""), flush=True)
     records: list[dict[str, Any]] = []
     rerun_from: str | None = None
+    in_range = {nb.name for nb in notebooks}
+    for name in R.interrupted_reruns(run):
+        if name not in in_range:   # a killed re-run this call will not resume: put the good outputs back
+            R.restore_previous(run, name)
+            print(f"restored the previous outputs of {name}: its re-run was interrupted "
+                  f"(what it had written is in {run / R.FAILED / name})", flush=True)
     try:
         with tqdm(notebooks, desc="series", unit="notebook", file=sys.stderr) as bar:
             for nb in bar:
@@ -320,7 +352,9 @@ def run_series(preset: str, run_dir: str | Path, overrides: dict[str, Any] | Non
                 why = (f" (earlier stage {rerun_from} was re-run)" if rerun_from and complete
                        else f" (stale: {stale})" if stale and not redo else "")
                 tqdm.write(f"run  {nb.name}{why} ...")
-                rec = _execute(nb, run, preset, overrides, kernel, records)
+                if complete or R.has_previous(run, nb.name):
+                    R.keep_previous(run, nb.name, reuse=not redo)
+                rec = _attempt(nb, run, preset, overrides, kernel, records)
                 stamp(run, nb.name, upstream_of(nb.name, recorded_stages(run)))
                 records.append(rec)
                 mem = f", peak kernel memory {rec['peak_rss_mb']:.0f} MB" if rec.get("peak_rss_mb") else ""

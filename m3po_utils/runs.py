@@ -17,14 +17,25 @@ works on it unchanged.
 consume 00-09). A stage is *stale* when one of those inputs has been re-run, left unfinished or removed since
 (:func:`staleness`); the runner re-runs a stale stage and, in turn, everything after it.
 
+**A re-run that fails keeps the previous outputs.** Before the runner re-runs a stage that was complete, it puts
+that stage's record and outputs (:data:`STAGE_OUTPUTS`; caches such as the judge's stay where they are) aside in
+``.previous/NN_name/`` and clears them: an explicit ``--redo`` starts the stage from nothing, a stale re-run keeps
+only what the stage checks against its new inputs (:data:`REUSABLE`). If the re-run fails, its partial outputs go to
+``.failed/NN_name/`` (for inspection; the next failure replaces them) and the previous ones come back, record
+and ``run_id`` included, so the later stages stay fresh (:func:`restore_previous`). A runner killed mid-re-run
+leaves ``.previous/NN_name/``: the next run of that stage resumes and still restores it if it fails; a run that
+does not include the stage restores it first.
+
 **Unreadable outputs.** A loader that finds an output present but unreadable (truncated, corrupt, not what the
 stage writes) raises :class:`ArtifactCorrupt`, naming the file and the command that rebuilds it.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -95,6 +106,124 @@ def quarantine(path: Path) -> Path:
         target, k = path.with_name(f"{stem}-{k}"), k + 1
     path.rename(target)
     return target
+
+
+# ------------------------------------------------------------------------------------------ re-runs
+
+# What each stage writes, relative to the run directory (a stage's record, results/NN_name.json, goes with it).
+# The judge cache (mas/judge_cache.sqlite) is not an output: every answer in it stays valid.
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "00": ("world", "models"), "01": ("candidates", "candidates.parts"), "02": ("mas/scores",),
+    "03": ("confidence",), "04": ("pairs",), "05": ("adapters",), "06": ("evaluation",), "10": ("experiments",),
+}
+# What a stale re-run may reuse: outputs the stage itself checks against its inputs (05: adapters fingerprinted
+# with their settings and pairs; 06: the other seeds' sub-runs, which depend on the settings alone; 10: points
+# keyed by their selection and settings). Everything else of the stage is computed again.
+REUSABLE: dict[str, tuple[str, ...]] = {"05": ("adapters",), "06": ("evaluation/seed*",), "10": ("experiments",)}
+PREVIOUS, FAILED = ".previous", ".failed"
+
+
+def _kept(name: str) -> list[str]:
+    return [f"results/{name}.json", *STAGE_OUTPUTS.get(name[:2], ())]
+
+
+def _rmtree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def has_previous(run: Path, name: str) -> bool:
+    return (Path(run) / PREVIOUS / name).is_dir()
+
+
+def interrupted_reruns(run: Path) -> list[str]:
+    """Stages whose re-run was cut off (the runner killed): their previous outputs wait in ``.previous/``."""
+    folder = Path(run) / PREVIOUS
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and RESULT_RE.match(p.name)) \
+        if folder.is_dir() else []
+
+
+def _outputs(run: Path, name: str) -> list[str]:
+    """The outputs of ``name`` present in ``run``, relative (its record first)."""
+    return [rel for rel in _kept(name) if (run / rel).exists() or (run / rel).is_symlink()]
+
+
+def _reusable(rel: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(rel, pat) for pat in patterns)
+
+
+def _clear(run: Path, rel: str, patterns: Sequence[str]) -> None:
+    """Remove output ``rel`` except the parts matching ``patterns`` (a stage may reuse those)."""
+    if _reusable(rel, patterns):
+        return
+    path = run / rel
+    inner = [pat for pat in patterns if pat.startswith(rel + "/")]
+    if inner and path.is_dir():
+        for child in path.iterdir():
+            _clear(run, f"{rel}/{child.name}", inner)
+        return
+    _rmtree(path)
+
+
+def keep_previous(run: Path, name: str, reuse: bool = False) -> bool:
+    """Put ``name``'s record and outputs aside in ``.previous/name`` before it is re-run; False if already there.
+
+    The live outputs are then cleared, so that the stage computes them again — all of them for an explicit
+    ``--redo`` (``reuse=False``); for a stale re-run (``reuse=True``) only what the stage cannot check against
+    its new inputs (:data:`REUSABLE` stays). Copied through a temporary folder: a crash never leaves half a copy.
+    """
+    run = Path(run)
+    backup = run / PREVIOUS / name
+    if backup.is_dir():
+        return False
+    tmp = run / PREVIOUS / f".{name}.partial"
+    _rmtree(tmp)
+    tmp.mkdir(parents=True)
+    present = _outputs(run, name)
+    for rel in present:
+        src, dst = run / rel, tmp / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, dst, symlinks=True)
+        else:
+            shutil.copy2(src, dst, follow_symlinks=False)
+    tmp.rename(backup)
+    patterns = REUSABLE.get(name[:2], ()) if reuse else ()
+    for rel in present:          # only now that the copy is whole: the originals are never the only copy
+        if not rel.startswith("results/"):
+            _clear(run, rel, patterns)
+    return True
+
+
+def restore_previous(run: Path, name: str) -> Path | None:
+    """A re-run of ``name`` failed: move what it wrote to ``.failed/name`` and put the previous outputs back.
+
+    Returns the folder holding the failed attempt's outputs (None when there was nothing to restore).
+    """
+    run = Path(run)
+    backup = run / PREVIOUS / name
+    if not backup.is_dir():
+        return None
+    failed = run / FAILED / name
+    _rmtree(failed)
+    failed.mkdir(parents=True)
+    for rel in _kept(name):
+        cur, prev = run / rel, backup / rel
+        if cur.exists() or cur.is_symlink():
+            (failed / rel).parent.mkdir(parents=True, exist_ok=True)
+            cur.rename(failed / rel)
+        if prev.exists() or prev.is_symlink():
+            cur.parent.mkdir(parents=True, exist_ok=True)
+            prev.rename(cur)
+    _rmtree(backup)
+    return failed
+
+
+def drop_previous(run: Path, name: str) -> None:
+    """The re-run of ``name`` finished: its previous outputs are no longer needed."""
+    _rmtree(Path(run) / PREVIOUS / name)
 
 
 # ------------------------------------------------------------------------------------------ freshness

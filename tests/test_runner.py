@@ -236,3 +236,92 @@ def test_analysis_range_needs_no_to(first_run, series, capsys):
     code = main(["--preset", "smoke", "--run-dir", str(run), "-p", "world.n_train=400", "--from", "10",
                  "--kernel", "python3", "--notebooks-dir", str(series)])
     assert code == 0 and "10_analysis" in capsys.readouterr().out
+
+
+STAGE_BODY = (   # a stage "01_*" whose output is candidates/: notes what it found, writes, fails on request
+    "out = Path(run_dir) / 'candidates'\n"
+    "found = sorted(p.name for p in out.iterdir()) if out.is_dir() else []\n"
+    "with open(Path(run_dir) / 'found.txt', 'a') as fh:\n"
+    "    fh.write(','.join(found) + '\\n')\n"
+    "out.mkdir(exist_ok=True)\n"
+    "attempt = len((Path(run_dir) / 'counter.txt').read_text().split())\n"
+    "(out / 'table.txt').write_text(f'attempt {attempt}')\n"
+    "if (Path(run_dir) / 'fail-now').exists():\n"
+    "    raise ValueError('broken on purpose')\n"
+    "record_results(run_dir, NAME, {'complete': True})\n"
+)
+
+
+@pytest.mark.notebooks   # executes notebooks in a kernel
+def test_a_failed_rerun_keeps_the_previous_outputs(tmp_path, capsys):
+    """--redo starts the stage from nothing; if it fails, its previous outputs, record and run_id come back, so
+    the later stages stay fresh, and what the failed attempt wrote is kept aside in .failed/."""
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _write(folder, "00_a", OK_BODY)
+    _write(folder, "01_c", STAGE_BODY)
+    _write(folder, "02_d", OK_BODY)
+    run = tmp_path / "run"
+    kw = dict(kernel="python3", notebooks_dir=folder)
+    run_series("smoke", run, start=0, stop=2, **kw)
+    table = run / "candidates" / "table.txt"
+    assert table.read_text() == "attempt 2"
+    before = json.loads((run / "results" / "01_c.json").read_text())
+
+    (run / "fail-now").touch()
+    args = ["--preset", "smoke", "--run-dir", str(run), "--from", "1", "--to", "1", "--redo",
+            "--kernel", "python3", "--notebooks-dir", str(folder)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "kept the previous outputs of 01_c" in err
+    assert table.read_text() == "attempt 2"                              # the previous output is back
+    assert json.loads((run / "results" / "01_c.json").read_text()) == before
+    assert (run / ".failed" / "01_c" / "candidates" / "table.txt").read_text() == "attempt 4"
+    assert not (run / ".previous" / "01_c").exists()
+    assert (run / "found.txt").read_text().splitlines() == ["", ""]    # --redo: it started from nothing
+    report = build_report(run)
+    assert "| 01_c | ok, previous outputs kept: a re-run failed (ValueError: broken on purpose) |" in report
+    assert "| 02_d | ok |" in report                                     # still fresh: 01_c's run_id is back
+    assert [r["status"] for r in run_series("smoke", run, start=0, stop=2, **kw)] == ["skipped"] * 3
+
+    (run / "fail-now").unlink()
+    assert main(args) == 0
+    assert table.read_text() == "attempt 5"
+    assert "| 02_d | stale: its input 01_c was re-run since |" in build_report(run)
+    assert not (run / ".previous").exists() or not any((run / ".previous").iterdir())
+
+
+@pytest.mark.notebooks   # executes notebooks in a kernel
+def test_an_interrupted_rerun_is_restored_or_resumed(tmp_path, capsys):
+    """A runner killed during a re-run leaves .previous/NN: a run without that stage restores it; a run with it
+    resumes (the stage sees its partial outputs) and drops the backup when it finishes."""
+    from m3po_utils import runs as R
+
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _write(folder, "00_a", OK_BODY)
+    _write(folder, "01_c", STAGE_BODY)
+    run = tmp_path / "run"
+    kw = dict(kernel="python3", notebooks_dir=folder)
+    run_series("smoke", run, start=0, stop=1, **kw)
+    table = run / "candidates" / "table.txt"
+
+    def killed_rerun():   # what the runner had done when it was killed: backup, record dropped, partial output
+        R.keep_previous(run, "01_c")
+        (run / "results" / "01_c.json").unlink()
+        (run / "candidates").mkdir()
+        table.write_text("partial")
+
+    killed_rerun()
+    capsys.readouterr()
+    run_series("smoke", run, start=0, stop=0, **kw)
+    assert "restored the previous outputs of 01_c" in capsys.readouterr().out
+    assert table.read_text() == "attempt 2"
+    assert (run / ".failed" / "01_c" / "candidates" / "table.txt").read_text() == "partial"
+    assert json.loads((run / "results" / "01_c.json").read_text())["complete"] is True
+
+    killed_rerun()
+    records = run_series("smoke", run, start=0, stop=1, **kw)
+    assert [r["status"] for r in records] == ["skipped", "ok"]
+    assert (run / "found.txt").read_text().splitlines()[-1] == "table.txt"   # it resumed on its partial output
+    assert not R.has_previous(run, "01_c")

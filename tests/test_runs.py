@@ -155,3 +155,34 @@ def test_corrupt_judge_cache_is_named_with_the_cost_of_a_rebuild(tmp_path):
         JudgeCache(path)
     assert str(path) in str(err.value) and "sent again" in str(err.value) and "mv " in str(err.value)
     assert path.read_bytes().startswith(b"this is not")                   # left as it was
+
+
+def test_keep_previous_clears_what_a_stale_rerun_cannot_check(tmp_path):
+    """A stale re-run of 06 keeps the other seeds' sub-runs (they depend on the settings alone) and recomputes the
+    answers; --redo clears both; restore_previous puts back exactly what was there."""
+    from m3po_utils import runs as R
+
+    run = tmp_path
+    (run / "results").mkdir()
+    (run / "results" / "06_evaluation.json").write_text('{"complete": true, "run_id": "a"}')
+    for rel in ("evaluation/answers/m3po_seed0.json", "evaluation/seed1/models/lvlm/w.bin", "evaluation/x.json"):
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_text(rel)
+    assert R.keep_previous(run, "06_evaluation", reuse=True)
+    assert not R.keep_previous(run, "06_evaluation", reuse=True)    # an attempt is already in flight
+    assert sorted(p.name for p in (run / "evaluation").iterdir()) == ["seed1"]
+    assert (run / "evaluation/seed1/models/lvlm/w.bin").read_text() == "evaluation/seed1/models/lvlm/w.bin"
+    (run / "evaluation" / "answers").mkdir()
+    (run / "evaluation" / "answers" / "half.json").write_text("half")
+    failed = R.restore_previous(run, "06_evaluation")
+    assert (failed / "evaluation/answers/half.json").read_text() == "half"
+    assert (run / "evaluation/answers/m3po_seed0.json").read_text() == "evaluation/answers/m3po_seed0.json"
+    assert (run / "evaluation/x.json").exists() and not (run / "evaluation/answers/half.json").exists()
+    assert R.interrupted_reruns(run) == []
+
+    assert R.keep_previous(run, "06_evaluation", reuse=False)
+    assert not (run / "evaluation").exists()
+    assert (run / "results" / "06_evaluation.json").exists()         # the record goes when the notebook starts
+    assert R.interrupted_reruns(run) == ["06_evaluation"]
+    R.drop_previous(run, "06_evaluation")
+    assert R.interrupted_reruns(run) == []
