@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from m3po_utils import preflight
+from m3po_utils import runs as R
 from m3po_utils.config import ConfigError, load_preset, parse_overrides, setup_run
 from m3po_utils.io import atomic_write_json
 from m3po_utils.report import fmt_duration, write_report
-from m3po_utils import runs as R
 from m3po_utils.runs import recorded_stages, staleness, stamp, upstream_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
