@@ -50,7 +50,7 @@ from m3po_utils.dpo import (
 from m3po_utils.io import atomic_write_json
 from m3po_utils.judge.client import JudgeItem
 from m3po_utils.models.generate import greedy_answers
-from m3po_utils.runs import RunDir
+from m3po_utils.runs import RunDir, quarantine
 from m3po_utils.stats import Bootstrap, fmt_interval, resample
 from m3po_utils.world.prompts import ImageResolver
 
@@ -365,7 +365,15 @@ def cached_answers(run_dir, cfg: Preset, method: str, seed: int, images: Sequenc
     path = answers_path(run_dir, method, seed)
     key = questions_key(questions)
     if path.is_file():
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or not isinstance(data.get("answers", []), list):
+                raise ValueError("not an answers record")
+        except (ValueError, OSError) as exc:   # this stage's own cache: set it aside and answer again
+            aside = quarantine(path)
+            print(f"WARNING: {path} is unreadable ({type(exc).__name__}: {exc}); moved it to {aside} and "
+                  "answering again", flush=True)
+            data = {}
         if data.get("questions") == key and len(data.get("answers", [])) == len(questions):
             return data["answers"]
     model, processor = load_method(cfg, run_dir, method, seed)

@@ -66,7 +66,7 @@ from m3po_utils.models.lora import check_lora_targets, lora_summary, quiet_gc_wa
 from m3po_utils.models.lvlm import load_lvlm
 from m3po_utils.models.templates import n_image_tokens, prompt_for
 from m3po_utils.models.trl_api import REF_COLUMNS, build_trainer, training_processor, trl_texts
-from m3po_utils.runs import RunDir, StageMissing
+from m3po_utils.runs import RunDir, StageMissing, quarantine
 from m3po_utils.world.prompts import PREF_FAMILY_WEIGHTS
 
 SFT_ONLY = "best_of_n"
@@ -293,6 +293,21 @@ def adapter_complete(folder: Path, fingerprint: str | None = None) -> bool:
     return data.get("complete") is True and (fingerprint is None or data.get("fingerprint") == fingerprint)
 
 
+def adapter_unreadable(folder: Path) -> str | None:
+    """Why the complete-looking adapter in ``folder`` cannot be used (a truncated or corrupt file), or None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(folder / ADAPTER_FILE), framework="pt") as fh:
+            for key in fh.keys():
+                fh.get_tensor(key)
+        json.loads((folder / LOG_FILE).read_text())
+        json.loads((folder / "adapter_config.json").read_text())
+    except Exception as exc:   # SafetensorError, JSONDecodeError, OSError, ...
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+    return None
+
+
 def load_adapter(model, folder: str | Path):
     """Wrap ``model`` with the LoRA adapter saved in ``folder`` (``PeftModel``, eval mode)."""
     from peft import PeftModel
@@ -436,7 +451,8 @@ def train_strategies(run_dir, cfg: Preset, strategies: Sequence[str] | None = No
 
     All pair sets are loaded and checked first (empty set, missing column, unreadable image, LoRA target matching
     nothing: :class:`DpoInputError` before any training). A strategy whose adapter is complete for the same
-    settings and data is loaded from disk, not retrained (``redo=True`` retrains). Returns the training info of
+    settings and data is loaded from disk, not retrained (``redo=True`` retrains); one whose files are truncated
+    or corrupt is quarantined (:func:`~m3po_utils.runs.quarantine`) and retrained. Returns the training info of
     every strategy (see :func:`train_one`), ``best_of_n`` included.
     """
     loader = model_loader or base_loader(cfg, run_dir)
@@ -449,8 +465,13 @@ def train_strategies(run_dir, cfg: Preset, strategies: Sequence[str] | None = No
         folder = adapters_dir(run_dir, s)
         fp = _fingerprint(cfg.dpo, s, prep.table)
         if not redo and adapter_complete(folder, fp):
-            results[s] = json.loads((folder / INFO_FILE).read_text()) | {"skipped": True}
-            continue
+            why = adapter_unreadable(folder)
+            if why is None:
+                results[s] = json.loads((folder / INFO_FILE).read_text()) | {"skipped": True}
+                continue
+            aside = quarantine(folder)   # this stage's own output: set it aside, never delete it, and retrain
+            print(f"WARNING: the adapter in {folder} is unreadable ({why}); moved it to {aside} and training "
+                  "it again", flush=True)
         if model is None:   # PEFT wraps the model in place: every strategy starts from a fresh base
             model, processor = loader()
         results[s] = train_one(prep, model, processor, cfg.dpo, folder, max_steps, cfg.models.device,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -60,6 +61,8 @@ class AtomicDir:
 
     >>> with AtomicDir(run / "models" / "lvlm") as tmp:
     ...     model.save_pretrained(tmp)
+
+    What a killed writer left under a temporary name (``.lvlm.*``) is removed by the next write of the folder.
     """
 
     def __init__(self, final: str | Path):
@@ -67,6 +70,8 @@ class AtomicDir:
 
     def __enter__(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
+        for left in self.final.parent.glob(f".{glob.escape(self.final.name)}.*"):   # a killed writer's
+            shutil.rmtree(left, ignore_errors=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=self.final.parent))
         os.chmod(self.tmp, 0o755)
         return self.tmp

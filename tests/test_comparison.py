@@ -315,3 +315,23 @@ def test_oracle_table_and_headline_lines(scenes, questions):
     assert chair.loc["chair_i", "gain"] >= 0
     mde = C.detectable_table(boot, [("m3po", "random")])
     assert (mde["mde"] > 0).all() and mde.loc[("m3po − random", "mme_total"), "observed"] > 0
+
+
+def test_a_corrupt_answers_cache_is_set_aside_and_answered_again(tmp_path, monkeypatch):
+    from m3po_utils import comparison as C
+    from m3po_utils.config import load_preset
+
+    calls = []
+    monkeypatch.setattr(C, "load_method", lambda cfg, run, method, seed: ("model", "processor"))
+    monkeypatch.setattr(C, "answer_questions", lambda m, p, images, qs, batch_size: calls.append(1) or
+                        [f"answer {i}" for i in range(len(qs))])
+    cfg = load_preset("smoke")
+    questions = [{"scene": 0, "question": "Is there a red circle?"}] * 3
+    path = C.answers_path(tmp_path, "m3po", 0)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"method": "m3po", "answers": ["a", "b"')              # truncated
+    assert C.cached_answers(tmp_path, cfg, "m3po", 0, [None], questions) == ["answer 0", "answer 1", "answer 2"]
+    aside = [p.name for p in path.parent.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1 and (path.parent / aside[0]).read_text().endswith('"b"')
+    assert C.cached_answers(tmp_path, cfg, "m3po", 0, [None], questions)[2] == "answer 2"
+    assert len(calls) == 1                                                  # the rebuilt cache is used

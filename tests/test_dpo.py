@@ -309,3 +309,71 @@ def test_unknown_strategy_is_a_config_error():
         load_preset("smoke", {"dpo.strategies": ["m3po", "dpo_magic"]})
     with pytest.raises(ConfigError, match="dpo.loss_weights"):
         load_preset("smoke", {"dpo.loss_type": ["sigmoid", "sft"], "dpo.loss_weights": [1.0]})
+
+
+def _wait_for(predicate, proc, timeout=600.0):
+    import time
+
+    t0 = time.monotonic()
+    while not predicate():
+        assert proc.poll() is None, "the training process ended before the kill point"
+        assert time.monotonic() - t0 < timeout, "kill point not reached"
+        time.sleep(0.05)
+
+
+def test_killed_training_resumes_to_the_same_adapters(run, trained, tmp_path):
+    """Kill -9 notebook 05's training inside the first adapter, then again between two adapters: the resumed run
+    trains only what is missing, and every adapter is byte-identical to an uninterrupted run's."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for rel in ("models", "pairs"):
+        shutil.copytree(run / rel, copy / rel)
+    shutil.copy2(run / "config.json", copy / "config.json")
+    script = ("from m3po_utils import dpo as D; from m3po_utils.config import load_preset; "
+              f"D.train_strategies({str(copy)!r}, load_preset('smoke'), progress=False)")
+    order = list(trained)
+    adapters = copy / "adapters"
+
+    def temp(s):
+        return list(adapters.glob(f".{s}.*")) if adapters.is_dir() else []
+
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: temp(order[0]), proc)                               # point 1: inside the first adapter
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not any(D.adapter_complete(adapters / s) for s in order)
+
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: D.adapter_complete(adapters / order[0]) and temp(order[1]), proc)   # point 2: between
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    resumed = D.train_strategies(copy, _cfg(), progress=False)
+    assert resumed[order[0]].get("skipped") and not any(resumed[s].get("skipped") for s in order[1:])
+    for s in order:
+        for name in (D.ADAPTER_FILE, D.LOG_FILE):
+            assert (adapters / s / name).read_bytes() == (D.adapters_dir(run, s) / name).read_bytes(), (s, name)
+    assert not list(adapters.glob(".*"))                                   # the killed runs' temporary folders
+
+
+def test_a_truncated_adapter_is_set_aside_and_retrained(run, trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for rel in ("models", "pairs", "adapters"):
+        shutil.copytree(run / rel, copy / rel)
+    shutil.copy2(run / "config.json", copy / "config.json")
+    weights = D.adapters_dir(copy, "m3po") / D.ADAPTER_FILE
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    again = D.train_strategies(copy, _cfg(), progress=False)
+    assert not again["m3po"].get("skipped") and all(again[s].get("skipped") for s in again if s != "m3po")
+    assert weights.read_bytes() == good                                    # retrained to the same adapter
+    aside = [p for p in (copy / "adapters").iterdir() if p.name.startswith("m3po.corrupt-")]
+    assert len(aside) == 1 and len((aside[0] / D.ADAPTER_FILE).read_bytes()) == len(good) // 2

@@ -392,17 +392,23 @@ def _many(frame, n=40):
     ("unknown_model", "model", ["models.judge_model", "'no-such-judge'"]),
     ("garbage", "unparseable", ["one failure: malformed reply", "mas.prompt_version"]),
     ("server_error", "server", ["server errors"]),
+    ("rate_limited", "rate_limit", ["mas.concurrency", "HTTP 429"]),
+    ("hanging", "timeout", ["mas.timeout_s", "timeout"]),
 ])
 def test_a_broken_judge_is_given_up_after_a_few_requests(world, index, frame, case, kind, words):
     items = _many(frame)   # listwise without a cache: one request per item, repeats too
     kw = {"require_key": "the-right-key"} if case == "wrong_key" else {}
-    kw |= {"default_fault": {"garbage": "garbage", "server_error": "500"}.get(case, "ok")}
+    kw |= {"default_fault": {"garbage": "garbage", "server_error": "500", "rate_limited": "429",
+                             "hanging": "hang"}.get(case, "ok"), "hang_s": 30}
     with server(world, index, **kw) as srv:
         model = "no-such-judge" if case == "unknown_model" else srv.model_id
         key = "sk-wrongwrongwrong123" if case == "wrong_key" else None
-        with JC.JudgeClient(srv.base_url, model, api_key=key, max_retries=1, concurrency=2, fail_after=4) as client:
+        t0 = time.perf_counter()
+        with JC.JudgeClient(srv.base_url, model, api_key=key, max_retries=1, concurrency=2, fail_after=4,
+                            timeout_s=0.3 if case == "hanging" else 30) as client:
             with pytest.raises(JC.JudgeUnavailable) as err:
                 client.judge(items)
+        assert time.perf_counter() - t0 < 20                   # within seconds, not after all 40 prompts
         assert err.value.kind == kind and err.value.total == len(items)
         assert 4 <= err.value.done <= 4 + 2                   # the streak, plus what was in flight
         assert srv.stats["chat_requests"] <= 2 * (4 + 2)      # with one retry each
