@@ -66,7 +66,7 @@ from m3po_utils.models.lora import check_lora_targets, lora_summary, quiet_gc_wa
 from m3po_utils.models.lvlm import load_lvlm
 from m3po_utils.models.templates import n_image_tokens, prompt_for
 from m3po_utils.models.trl_api import REF_COLUMNS, build_trainer, training_processor, trl_texts
-from m3po_utils.runs import RunDir, StageMissing, quarantine
+from m3po_utils.runs import RunDir, StageMissing, quarantine, reading
 from m3po_utils.world.prompts import PREF_FAMILY_WEIGHTS
 
 SFT_ONLY = "best_of_n"
@@ -316,7 +316,8 @@ def load_adapter(model, folder: str | Path):
     if not (folder / ADAPTER_FILE).is_file():
         raise FileNotFoundError(f"{folder} holds no adapter ({ADAPTER_FILE}); run notebook 05 for this run "
                                 "directory")
-    with quiet_gc_warning():
+    # folder is <run>/adapters/<strategy>: a corrupt file names itself and notebook 05's --redo command
+    with quiet_gc_warning(), reading(folder.parent.parent, "05", folder / ADAPTER_FILE):
         return PeftModel.from_pretrained(model, str(folder)).eval()
 
 

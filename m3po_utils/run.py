@@ -14,6 +14,8 @@ A notebook is skipped when it already finished in this run directory — ``resul
 has been re-run, left unfinished or removed since (:func:`m3po_utils.runs.staleness`). ``--redo`` runs every
 notebook in the range again. Once a notebook has been (re-)executed, the later notebooks of the range run too,
 because they read its outputs; later notebooks outside the range become stale and run on the next call.
+A re-run of a complete notebook that fails puts that stage's previous outputs back (see
+:func:`m3po_utils.runs.keep_previous`): the run directory stays as it was before the attempt.
 
 Per-notebook wall time and peak memory of the kernel process tree go to ``results/timings.json``; the run
 ends with ``report.md`` (see :mod:`m3po_utils.report`).
