@@ -38,6 +38,7 @@ import numpy as np
 from m3po_utils import evaluation as E
 from m3po_utils import selection as S
 from m3po_utils import world as W
+from m3po_utils.benchfiles import MME_COGNITION, MME_SUBTASK_NAMES, mme_group, open_image
 from m3po_utils.config import Preset, WorldConfig
 from m3po_utils.dpo import (
     SFT_ONLY,
@@ -65,10 +66,13 @@ IFT_FAMILIES = ("fmt_one_word", "fmt_list", "fmt_start", "fmt_max_words")
 SHORT_FAMILIES = ("color", "count", "position")     # the judge's short open questions, one per scene in turn
 
 
+# MME subtasks the per-scene counts cover: the shapes world's (all perception subtasks), then the rest of MME's 14.
+MME_STAT_SUBTASKS: tuple[str, ...] = tuple(dict.fromkeys([*E.MME_SUBTASKS, *MME_SUBTASK_NAMES]))
+
 # Per-scene counts every metric is a ratio of.
 STATS: tuple[str, ...] = (
     *(f"pope_{s}_{c}" for s in E.POPE_SETTINGS for c in ("tp", "fp", "fn", "tn")),
-    *(f"mme_{t}_{c}" for t in E.MME_SUBTASKS for c in ("q", "right", "img", "both")),
+    *(f"mme_{t}_{c}" for t in MME_STAT_SUBTASKS for c in ("q", "right", "img", "both")),
     "desc_n", "desc_mentions", "desc_hall", "desc_any_hall", "desc_objects", "desc_covered",
     "ift_n", "ift_correct", "ift_followed", "yn_n", "yn_ok", "judge_n", "judge_sum", "judge_win",
 )
@@ -78,7 +82,8 @@ _COL = {name: i for i, name in enumerate(STATS)}
 
 
 # Headline metrics (the comparison table), in the order of the paper's layout; True = higher is better.
-HEADLINE = {"mme_total": True, "pope_adversarial_f1": True, "pope_mean_accuracy": True, "chair_i": False,
+# mme_total is MME's perception total; mme_cognition (real MME only) its cognition total, shown where asked.
+HEADLINE = {"mme_total": True, "mme_cognition": True, "pope_adversarial_f1": True, "pope_mean_accuracy": True, "chair_i": False,
             "ift": True, "judge_score": True, "judge_win_rate": True, "yes_no_compliance": True}
 
 
@@ -111,52 +116,67 @@ def pope_setting(path) -> str:
     found = [s for s in E.POPE_SETTINGS if s in name]
     if len(found) != 1:
         raise ValueError(f"POPE file {str(path)!r}: its name must contain exactly one of {E.POPE_SETTINGS} "
-                         "(as the official files do, e.g. coco_pope_adversarial.json); rename it")
+                         "(as the official files do, e.g. coco_pope_adversarial.json); rename it — or use the "
+                         "lmms-lab parquet export, whose category column names each row's setting")
     return found[0]
 
 
-def file_questions(pope_files: Sequence[str] = (), pope_images: str = "", mme_dir: str = ""
-                   ) -> tuple[list[str], list[dict]]:
-    """Real benchmark files as a question set: ``(image paths, questions)`` in :func:`eval_questions`' format.
+def pope_rows(path, image_dir=None) -> dict[str, list[dict]]:
+    """One POPE file's questions by setting: from each row's ``category`` (lmms-lab parquet: all three settings
+    in one file) or else from the file name (the official JSON files: one setting each)."""
+    rows = E.load_pope_file(path, image_dir or None)
+    if all(r.get("category") in E.POPE_SETTINGS for r in rows):
+        out: dict[str, list[dict]] = {}
+        for r in rows:
+            out.setdefault(r["category"], []).append(r)
+        return out
+    return {pope_setting(path): rows}
 
-    ``scene`` indexes the image list; POPE rows get kind ``pope_<setting>`` (from the file name), MME rows kind
-    ``mme`` with their subtask. :func:`scene_stats` scores them with ``scenes = [None] * len(paths)``.
+
+def file_questions(pope_files: Sequence[str] = (), pope_images: str = "", mme_dir: str = ""
+                   ) -> tuple[list, list[dict]]:
+    """Real benchmark files as a question set: ``(images, questions)`` in :func:`eval_questions`' format.
+
+    ``images``: one entry per distinct image, a path or a decoded image (parquet); ``scene`` indexes it. POPE rows
+    get kind ``pope_<setting>``, MME rows kind ``mme`` with their subtask. :func:`scene_stats` scores them with
+    ``scenes = [None] * len(images)``; :func:`load_images` opens them.
     """
-    paths: dict[str, int] = {}
+    images: dict[str, int] = {}
+    sources: list = []
     rows: list[dict] = []
 
-    def index(path: str) -> int:
-        return paths.setdefault(str(path), len(paths))
+    def index(r: dict) -> int:
+        key = str(r["image_id"])
+        if key not in images:
+            images[key] = len(sources)
+            sources.append(r["image"])
+        return images[key]
 
     for f in pope_files:
-        kind = f"pope_{pope_setting(f)}"
-        for r in E.load_pope_file(f, pope_images):
-            rows.append({"kind": kind, "scene": index(r["image"]), "family": "existence", "question": r["question"],
-                         "label": r["label"]})
+        for setting, found in pope_rows(f, pope_images).items():
+            for r in found:
+                rows.append({"kind": f"pope_{setting}", "scene": index(r), "family": "existence",
+                             "question": r["question"], "label": r["label"]})
     if mme_dir:
         for r in E.load_mme_dir(mme_dir):
-            rows.append({"kind": "mme", "scene": index(r["image"]), "family": f"mme_{r['subtask']}",
-                         "question": r["question"], "subtask": r["subtask"], "image": r["image"],
+            rows.append({"kind": "mme", "scene": index(r), "family": f"mme_{r['subtask']}",
+                         "question": r["question"], "subtask": r["subtask"], "image": r["image_id"],
                          "answer": r["answer"]})
     if not rows:
-        raise ValueError("no benchmark questions: set evaluation.pope_files (with evaluation.pope_images) and/or "
-                         "evaluation.mme_dir")
-    return list(paths), rows
+        raise ValueError("no benchmark questions: set evaluation.pope_files (with evaluation.pope_images for JSON "
+                         "files) and/or evaluation.mme_dir")
+    return sources, rows
 
 
-def load_images(paths: Sequence[str]) -> list:
-    from PIL import Image
-
-    out = []
-    for p in paths:
-        with Image.open(p) as im:
-            out.append(im.convert("RGB"))
-    return out
+def load_images(sources: Sequence) -> list:
+    """RGB images from :func:`file_questions`' sources (paths are opened, decoded images passed through)."""
+    return [open_image(s) for s in sources]
 
 
 def available_metrics(stats: dict[str, np.ndarray], metrics: Sequence[str] = tuple(HEADLINE)) -> list[str]:
     """The metrics some method has data for (benchmark files have no descriptions, format tasks or judge)."""
-    need = {"mme_total": "mme_", "pope_adversarial_f1": "pope_adversarial_", "pope_mean_accuracy": "pope_",
+    need = {"mme_total": "mme_", "mme_cognition": tuple(f"mme_{t}_" for t in MME_COGNITION),
+            "pope_adversarial_f1": "pope_adversarial_", "pope_mean_accuracy": "pope_",
             "chair_i": "desc_n", "ift": "ift_n", "judge_score": "judge_n", "judge_win_rate": "judge_n",
             "yes_no_compliance": "yn_n"}
     total = sum(st.sum(axis=(0, 1)) for st in stats.values())
@@ -211,6 +231,9 @@ def scene_stats(scenes: Sequence[W.Scene], questions: Sequence[dict], answers: S
             pred, gold = E.pope_parse(a), q["label"]
             add(i, f"{kind}_{'t' if pred == gold else 'f'}{'p' if pred == 'yes' else 'n'}")
         elif kind == "mme":
+            if q["subtask"] not in MME_STAT_SUBTASKS:
+                raise ValueError(f"MME subtask {q['subtask']!r} is not one of MME's: {list(MME_STAT_SUBTASKS)}; "
+                                 "name its folder (or category) after the subtask it holds")
             mme.setdefault((q["subtask"], i), []).append(E.mme_parse(a) == q["answer"].lower())
         elif kind == "describe":
             named = set(W.object_mentions(a, cfg))
@@ -264,14 +287,17 @@ def metrics_from_totals(t: np.ndarray) -> dict[str, np.ndarray]:
         m[f"pope_{s}_f1"] = _div(2 * prec * rec, prec + rec)
         m[f"pope_{s}_yes_ratio"] = _div(tp + fp, tp + fp + fn + tn)
     m["pope_mean_accuracy"] = np.mean([m[f"pope_{s}_accuracy"] for s in E.POPE_SETTINGS], axis=0)
-    total = 0.0
-    for sub in E.MME_SUBTASKS:
+    sums = {"perception": np.zeros(t.shape[:-1]), "cognition": np.zeros(t.shape[:-1])}
+    for sub in MME_STAT_SUBTASKS:
+        if sub not in E.MME_SUBTASKS and not np.any(c(f"mme_{sub}_q") > 0):
+            continue   # a subtask nobody asked: no metric (the shapes world asks its four only)
         acc, acc_plus = _div(c(f"mme_{sub}_right"), c(f"mme_{sub}_q")), _div(c(f"mme_{sub}_both"), c(f"mme_{sub}_img"))
         m[f"mme_{sub}_acc"], m[f"mme_{sub}_acc_plus"] = acc, acc_plus
         score = 100 * acc + 100 * acc_plus
         m[f"mme_{sub}_score"] = score
-        total = total + score
-    m["mme_total"] = np.asarray(total)
+        sums[mme_group(sub)] = sums[mme_group(sub)] + score
+    m["mme_total"] = np.asarray(sums["perception"])
+    m["mme_cognition"] = np.asarray(sums["cognition"])
     m["chair_i"] = _div(c("desc_hall"), c("desc_mentions"))
     m["chair_s"] = _div(c("desc_any_hall"), c("desc_n"))
     m["desc_precision"] = _div(c("desc_mentions") - c("desc_hall"), c("desc_mentions"))
@@ -608,42 +634,66 @@ def hallucination_changes(scenes: Sequence[W.Scene], questions: Sequence[dict], 
 
 
 def benchmark_paths(cfg: Preset) -> dict[str, Any]:
-    """The benchmark files of ``cfg.evaluation``; without any, the small fixtures in the official layouts under
-    the project's ``data/`` (when present), so that the file path is shown working."""
+    """The benchmark files of ``cfg.evaluation``; without any, the small fixtures under the project's ``data/``
+    (when present) in every layout the loaders read — POPE JSON lines, a JSON array and lmms-lab parquet, the MME
+    release folder and lmms-lab parquet — so that each path is shown working."""
     ec = cfg.evaluation
     if ec.pope_files or ec.mme_dir:
-        return {"pope_files": list(ec.pope_files), "pope_images": ec.pope_images, "mme_dir": ec.mme_dir}
+        return {"pope_files": list(ec.pope_files), "pope_images": ec.pope_images,
+                "mme_dirs": [ec.mme_dir] if ec.mme_dir else []}
     data = Path(__file__).resolve().parent.parent / "data"
     if not (data / "pope").is_dir():
-        return {"pope_files": [], "pope_images": "", "mme_dir": ""}
-    return {"pope_files": sorted(str(p) for p in (data / "pope").glob("*.json")),
-            "pope_images": str(data / "pope" / "images"), "mme_dir": str(data / "mme")}
+        return {"pope_files": [], "pope_images": "", "mme_dirs": []}
+    return {"pope_files": sorted(str(p) for p in (data / "pope").glob("*.json")) +
+            sorted(str(p) for p in (data / "lmms-lab" / "POPE").glob("*.parquet")),
+            "pope_images": str(data / "pope" / "images"),
+            "mme_dirs": [str(d) for d in (data / "mme", data / "lmms-lab" / "MME") if d.is_dir()]}
+
+
+def _mme_label(path: str) -> str:
+    p = Path(path)
+    return f"mme:{p.parent.name}/{p.name}" if p.parent.name else f"mme:{p.name}"
 
 
 def benchmark_frame(scores: dict[str, dict[str, dict]]):
-    """method → :func:`benchmark_files` output as one table: POPE accuracy and MME total per file and method."""
+    """method → :func:`benchmark_files` output as one table: POPE accuracy per file (and setting, for a parquet
+    holding all three); per MME source its perception total and, where cognition subtasks were asked, its
+    cognition total — the official tool's two sums, never added up."""
     import pandas as pd
 
-    return pd.DataFrame({m: {k: v["accuracy"] if "accuracy" in v else v["total"] for k, v in b.items()}
-                         for m, b in scores.items()})
+    def cells(b: dict) -> dict:
+        out = {}
+        for k, v in b.items():
+            if k.startswith("mme"):
+                out[f"{k} perception"] = v["perception"]
+                if any(t.get("group") == "cognition" for t in v.get("subtasks", {}).values()):
+                    out[f"{k} cognition"] = v["cognition"]
+            else:
+                out[k] = v["accuracy"]
+        return out
+
+    return pd.DataFrame({m: cells(b) for m, b in scores.items()})
 
 
 def benchmark_files(cfg: Preset, loader: Callable[[], tuple[Any, Any]], pope_files: Sequence[str] = (),
-                    pope_images: str = "", mme_dir: str = "") -> dict[str, Any]:
-    """POPE question files and an MME folder on local disk, answered by ``loader()``'s model and scored with the
-    official parsers (:func:`evaluation.pope_metrics`, :func:`evaluation.mme_scores`)."""
+                    pope_images: str = "", mme_dirs: Sequence[str] = ()) -> dict[str, Any]:
+    """POPE question files and MME sources on local disk, answered by ``loader()``'s model and scored with the
+    official parsers (:func:`evaluation.pope_metrics`, :func:`evaluation.mme_scores`). Keys: ``pope:<file>``
+    (``pope:<file>:<setting>`` for a file holding several settings) and ``mme:<folder>``."""
     out: dict[str, Any] = {}
-    if not (pope_files or mme_dir):
+    if not (pope_files or mme_dirs):
         return out
     model, processor = loader()
     bs = cfg.evaluation.batch_size
     for f in pope_files:
-        rows = E.load_pope_file(f, pope_images)
+        by_setting = pope_rows(f, pope_images)
+        for setting, rows in by_setting.items():
+            answers = E.answer_file_questions(model, processor, rows, batch_size=bs, max_new_tokens=8)
+            key = f"pope:{Path(f).name}" + (f":{setting}" if len(by_setting) > 1 else "")
+            out[key] = E.pope_metrics(answers, [r["label"] for r in rows]) | {"n": len(rows), "setting": setting}
+    for d in mme_dirs:
+        rows = E.load_mme_dir(d)
         answers = E.answer_file_questions(model, processor, rows, batch_size=bs, max_new_tokens=8)
-        out[f"pope:{Path(f).name}"] = E.pope_metrics(answers, [r["label"] for r in rows]) | {"n": len(rows)}
-    if mme_dir:
-        rows = E.load_mme_dir(mme_dir)
-        answers = E.answer_file_questions(model, processor, rows, batch_size=bs, max_new_tokens=8)
-        out["mme"] = E.mme_scores([r | {"prediction": a} for r, a in zip(rows, answers, strict=True)])
-        out["mme"]["n"] = len(rows)
+        out[_mme_label(d)] = E.mme_scores([r | {"prediction": a} for r, a in zip(rows, answers, strict=True)]) | {
+            "n": len(rows)}
     return out

@@ -322,8 +322,9 @@ class EvaluationConfig:
     seed equal to the run's own selection and DPO seeds reuses notebook 04's pairs and notebook 05's adapters.
     ``n_scenes``: the first scenes of the evaluation split (0 = all of them). ``bootstrap`` resamples of seeds and
     scenes give the ``ci`` intervals. ``pope_files`` / ``pope_images`` / ``mme_dir``: real benchmark files on
-    local disk (POPE JSON-lines question files and their image folder, MME's per-subtask folders), evaluated with
-    the same parsers when set.
+    local disk, evaluated with the same parsers when set: POPE question files (JSON lines or a JSON array, with
+    ``pope_images`` their image folder; or lmms-lab parquet, images embedded) and MME (the release folder, its
+    zip's nesting, or lmms-lab parquet) — see :mod:`m3po_utils.benchfiles`.
     """
 
     methods: tuple[str, ...] = ("base", "best_of_n", "random", "best_worst", "m3po", "oracle")
@@ -352,8 +353,9 @@ class EvaluationConfig:
         _check(0.5 <= self.ci < 1, "evaluation.ci", self.ci, "a float in [0.5, 1)")
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1, "evaluation.batch_size",
                self.batch_size, "a positive integer")
-        _check(not self.pope_files or bool(self.pope_images), "evaluation.pope_images", self.pope_images,
-               "the folder of the POPE images when evaluation.pope_files is set")
+        json_files = [f for f in self.pope_files if not str(f).lower().endswith(".parquet")]
+        _check(not json_files or bool(self.pope_images), "evaluation.pope_images", self.pope_images,
+               "the folder of the POPE images when evaluation.pope_files has JSON files (parquet embeds them)")
 
 
 @dataclass(frozen=True)

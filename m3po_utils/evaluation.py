@@ -13,7 +13,10 @@ MME (Fu et al., 2023) perception subtasks ask two yes/no questions per image, on
 whose answer is No. Its calculation script lower-cases the prediction; "yes" or "no" count as they are,
 otherwise the first four characters decide ("yes" in them ⇒ yes, else "no" in them ⇒ no, else "other", which is
 always wrong). Per subtask: acc = share of questions right, acc+ = share of images with both right,
-score = 100·acc + 100·acc+ (at most 200).
+score = 100·acc + 100·acc+ (at most 200); the official totals are the perception and the cognition sums.
+
+Real benchmark files (POPE question files, the MME release, their parquet exports) are read by
+:mod:`m3po_utils.benchfiles`; ``load_pope_file`` and ``load_mme_dir`` are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from m3po_utils import world as W
+from m3po_utils.benchfiles import load_mme_dir as load_mme_dir  # re-exported: evaluation.load_mme_dir
+from m3po_utils.benchfiles import load_pope_file as load_pope_file  # re-exported
+from m3po_utils.benchfiles import mme_group, open_image
 from m3po_utils.config import WorldConfig
 from m3po_utils.models.generate import greedy_answers
 
@@ -226,24 +232,33 @@ def mme_questions(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0) ->
 
 
 def mme_scores(rows: Sequence[dict]) -> dict:
-    """Per-subtask acc, acc+ and score (100·acc + 100·acc+) and their total, MME's calculation.
+    """Per-subtask acc, acc+ and score (100·acc + 100·acc+), and the sums MME's calculation script reports.
 
-    ``rows``: mappings with ``subtask``, ``image``, ``answer`` ("Yes"/"No") and ``prediction``.
+    ``rows``: mappings with ``subtask``, ``image`` (or ``image_id``: acc+ pairs the questions of one image),
+    ``answer`` ("Yes"/"No") and ``prediction``. ``perception`` sums the perception subtasks present (existence,
+    count, position, color, posters, celebrity, scene, landmark, artwork, OCR), ``cognition`` the cognition ones
+    (commonsense_reasoning, numerical_calculation, text_translation, code_reasoning) — the official tool reports
+    the two apart, never added up. ``total`` is the headline "MME" score: the perception total, plus any subtask
+    of another name (a custom one); cognition is never in it. The shapes world's subtasks (existence, count,
+    position, color) are perception subtasks, so there ``total == perception``.
     """
     by_sub: dict[str, dict[str, list[bool]]] = {}
     for r in rows:
-        truth = str(r["answer"]).lower()
+        truth = str(r["answer"]).strip().lower()
         if truth not in ("yes", "no"):
             raise ValueError(f"answer {r['answer']!r} must be 'Yes' or 'No'")
         ok = mme_parse(r["prediction"]) == truth
-        by_sub.setdefault(r["subtask"], {}).setdefault(str(r["image"]), []).append(ok)
+        by_sub.setdefault(r["subtask"], {}).setdefault(str(r.get("image_id", r["image"])), []).append(ok)
     out: dict = {"subtasks": {}}
     for name, images in by_sub.items():
         answers = [ok for oks in images.values() for ok in oks]
         acc = sum(answers) / len(answers)
         acc_plus = sum(all(oks) for oks in images.values()) / len(images)
-        out["subtasks"][name] = {"acc": acc, "acc_plus": acc_plus, "score": 100 * acc + 100 * acc_plus}
-    out["total"] = sum(v["score"] for v in out["subtasks"].values())
+        out["subtasks"][name] = {"acc": acc, "acc_plus": acc_plus, "score": 100 * acc + 100 * acc_plus,
+                                 "group": mme_group(name)}
+    for group in ("perception", "cognition"):
+        out[group] = sum(v["score"] for v in out["subtasks"].values() if v["group"] == group)
+    out["total"] = sum(v["score"] for v in out["subtasks"].values() if v["group"] != "cognition")
     return out
 
 
@@ -271,83 +286,16 @@ def yes_no_compliance(answers: Sequence[str]) -> float:
 
 # --------------------------------------------------------------------------- real benchmark files
 
-def load_pope_file(path, image_dir) -> list[dict]:
-    """A POPE question file (JSON lines with question_id, image, text, label) and its image folder."""
-    import json
-    from pathlib import Path
-
-    path, image_dir = Path(path), Path(image_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"POPE question file {str(path)!r} does not exist")
-    if not image_dir.is_dir():
-        raise FileNotFoundError(f"POPE image folder {str(image_dir)!r} does not exist")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            row = {"question_id": item["question_id"], "image": str(image_dir / item["image"]),
-                   "question": str(item["text"]), "label": str(item["label"]).strip().lower()}
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{n} is not a POPE question (needs question_id, image, text, label): {exc}") \
-                from None
-        if row["label"] not in ("yes", "no"):
-            raise ValueError(f"{path}:{n} has label {item['label']!r}; POPE labels are yes / no")
-        if not Path(row["image"]).is_file():
-            raise FileNotFoundError(f"{path}:{n} names image {item['image']!r}, missing from {image_dir}")
-        rows.append(row)
-    return rows
-
-
-def load_mme_dir(root, subtasks: Sequence[str] | None = None) -> list[dict]:
-    """MME perception questions from its per-subtask folders.
-
-    Two layouts are read, as in the MME release: ``<subtask>/images/<name>.<ext>`` with
-    ``<subtask>/questions_answers_YN/<name>.txt``, or image and ``.txt`` side by side in ``<subtask>/``. Each
-    text file holds one ``question<TAB>answer`` line per question (answers Yes / No).
-    """
-    from pathlib import Path
-
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"MME folder {str(root)!r} does not exist")
-    names = subtasks or sorted(p.name for p in root.iterdir() if p.is_dir())
-    rows = []
-    for sub in names:
-        folder = root / sub
-        if not folder.is_dir():
-            raise FileNotFoundError(f"MME subtask folder {str(folder)!r} does not exist")
-        qa_dir, img_dir = (folder / "questions_answers_YN", folder / "images")
-        if not qa_dir.is_dir():
-            qa_dir = img_dir = folder
-        for txt in sorted(qa_dir.glob("*.txt")):
-            images = [p for p in img_dir.glob(txt.stem + ".*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
-            if not images:
-                raise FileNotFoundError(f"{txt} has no image {txt.stem}.png/.jpg in {img_dir}")
-            for n, line in enumerate(txt.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                parts = line.rstrip("\n").split("\t")
-                if len(parts) != 2 or parts[1].strip() not in ("Yes", "No"):
-                    raise ValueError(f"{txt}:{n} is not 'question<TAB>Yes|No': {line!r}")
-                rows.append({"subtask": sub, "image": str(images[0]), "question": parts[0].strip(),
-                             "answer": parts[1].strip()})
-    return rows
-
-
 def answer_file_questions(model, processor, rows: Sequence[dict], batch_size: int = 16,
                           max_new_tokens: int = 16) -> list[str]:
-    """Greedy answers of any LLaVA-class model (with or without an adapter) to loaded benchmark rows."""
-    from PIL import Image
-
-
-    cache: dict[str, Image.Image] = {}
+    """Greedy answers of any LLaVA-class model (with or without an adapter) to loaded benchmark rows (images as
+    paths or decoded, see :mod:`m3po_utils.benchfiles`)."""
+    cache: dict[str, object] = {}
     images = []
     for r in rows:
-        if r["image"] not in cache:
-            with Image.open(r["image"]) as im:
-                cache[r["image"]] = im.convert("RGB")
-        images.append(cache[r["image"]])
+        key = str(r.get("image_id", r["image"]))
+        if key not in cache:
+            cache[key] = open_image(r["image"])
+        images.append(cache[key])
     return greedy_answers(model, processor, images, [r["question"] for r in rows], max_new_tokens=max_new_tokens,
                           batch_size=batch_size)

@@ -222,6 +222,14 @@ def _save_stats(path: Path, stats: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _stats_width(path: Path) -> int:
+    """Columns of a cached stats array (a cache from before the per-scene counts changed is recomputed)."""
+    try:
+        return int(np.load(path, mmap_mode="r").shape[-1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
 def run_point(run_dir, cfg: Preset, pool: CandidatePool, p: Point, scenes: Sequence[W.Scene],
               questions: Sequence[dict], images: Sequence, max_pairs: int) -> dict:
     """Select, train and evaluate one point (or read it from its cache); returns its record."""
@@ -235,7 +243,7 @@ def run_point(run_dir, cfg: Preset, pool: CandidatePool, p: Point, scenes: Seque
     folder = RunDir(run_dir).experiments / "points" / key
     record_path, stats_path = folder / "result.json", folder / "stats.npy"
     base = {"point": dataclasses.asdict(p), "key": key, "selection": sstats}
-    if record_path.is_file() and stats_path.is_file():
+    if record_path.is_file() and stats_path.is_file() and _stats_width(stats_path) == len(C.STATS):
         return json.loads(record_path.read_text()) | base | {"cached": True}
     t0 = time.perf_counter()
     pcfg = point_config(cfg, p)

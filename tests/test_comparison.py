@@ -276,12 +276,20 @@ def test_judge_answers_asks_each_distinct_answer_once_and_maps_scores_back(scene
 def test_benchmark_paths_and_frame():
     cfg = load_preset("smoke")
     files = C.benchmark_paths(cfg)
-    assert files["pope_files"] == [str(DATA / "pope" / "shapes_pope_adversarial.json")]
-    assert files["mme_dir"] == str(DATA / "mme")
+    assert files["pope_files"] == [str(DATA / "pope" / "shapes_pope_adversarial.json"),
+                                   str(DATA / "pope" / "shapes_pope_seem_popular.json"),
+                                   str(DATA / "lmms-lab" / "POPE" / "test-00000-of-00001.parquet")]
+    assert files["mme_dirs"] == [str(DATA / "mme"), str(DATA / "lmms-lab" / "MME")]
     own = load_preset("smoke", {"evaluation.mme_dir": "/x/mme"})
-    assert C.benchmark_paths(own) == {"pope_files": [], "pope_images": "", "mme_dir": "/x/mme"}
-    df = C.benchmark_frame({"base": {"pope:a.json": {"accuracy": 0.5, "f1": 0.1}, "mme": {"total": 283.0}}})
-    assert df.loc["pope:a.json", "base"] == 0.5 and df.loc["mme", "base"] == 283.0
+    assert C.benchmark_paths(own) == {"pope_files": [], "pope_images": "", "mme_dirs": ["/x/mme"]}
+    real = {"subtasks": {"OCR": {"group": "perception"}, "code_reasoning": {"group": "cognition"}},
+            "perception": 150.0, "cognition": 95.0, "total": 150.0}
+    df = C.benchmark_frame({"base": {"pope:a.json": {"accuracy": 0.5, "f1": 0.1},
+                                     "mme:data/mme": {"subtasks": {"count": {"group": "perception"}},
+                                                      "perception": 283.0, "cognition": 0.0},
+                                     "mme:x/MME": real}})
+    assert df["base"].to_dict() == {"pope:a.json": 0.5, "mme:data/mme perception": 283.0,
+                                    "mme:x/MME perception": 150.0, "mme:x/MME cognition": 95.0}
 
 
 def test_mde_recovered_share_and_oracle_table():

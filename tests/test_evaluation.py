@@ -99,8 +99,8 @@ def test_mme_scores_hand_computed():
         {"subtask": "count", "image": "a", "answer": "No", "prediction": "no"},
     ]
     s = mme_scores(rows)
-    assert s["subtasks"]["existence"] == {"acc": 0.75, "acc_plus": 0.5, "score": 125.0}
-    assert s["subtasks"]["count"] == {"acc": 0.5, "acc_plus": 0.0, "score": 50.0}
+    assert s["subtasks"]["existence"] == {"acc": 0.75, "acc_plus": 0.5, "score": 125.0, "group": "perception"}
+    assert s["subtasks"]["count"] == {"acc": 0.5, "acc_plus": 0.0, "score": 50.0, "group": "perception"}
     assert s["total"] == 175.0
     with pytest.raises(ValueError, match="'Maybe' must be 'Yes' or 'No'"):
         mme_scores([{"subtask": "x", "image": "a", "answer": "Maybe", "prediction": "yes"}])
@@ -124,7 +124,7 @@ def test_mme_questions_one_yes_one_no_per_image_and_subtask():
     perfect = mme_scores([r | {"prediction": r["answer"]} for r in rows])
     assert perfect["total"] == 200.0 * len(MME_SUBTASKS)
     always_yes = mme_scores([r | {"prediction": "Yes"} for r in rows])
-    assert always_yes["subtasks"]["existence"] == {"acc": 0.5, "acc_plus": 0.0, "score": 50.0}
+    assert always_yes["subtasks"]["existence"] == {"acc": 0.5, "acc_plus": 0.0, "score": 50.0, "group": "perception"}
 
 
 def test_ift_and_yes_no_compliance():

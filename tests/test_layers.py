@@ -7,7 +7,7 @@ order given there; stages may import earlier stages only):
     1  config, stats                        presets; statistics used by several stages
     2  world/                               scenes -> instructions -> verifier -> prompts
     3  models/                              lvlm -> templates -> generate -> sft, lora -> trl_api, clip -> clip_score
-    4  judge/                               protocol -> cache -> client, server
+    4  judge/                               protocol -> cache -> client, server; benchfiles (real benchmark files)
     5  evaluation, runs                     benchmark questions and scoring; the run directory (paths, loaders)
     6  stages                               basemodels 00 < candidates 01 < mas 02 < confidence 03 < selection 04
                                             < dpo 05 < comparison 06 < experiments 10
@@ -30,7 +30,7 @@ RANK = {
     "models": 3, "models.lvlm": 3.1, "models.templates": 3.2, "models.generate": 3.3, "models.sft": 3.4,
     "models.lora": 3.4, "models.trl_api": 3.5, "models.clip": 3.1, "models.clip_score": 3.2,
     "judge": 4, "judge.protocol": 4.1, "judge.cache": 4.1, "judge.client": 4.2, "judge.server": 4.2,
-    "evaluation": 5, "runs": 5,
+    "benchfiles": 4.9, "evaluation": 5, "runs": 5,
     "basemodels": 6.00, "candidates": 6.01, "mas": 6.02, "confidence": 6.03, "selection": 6.04, "dpo": 6.05,
     "comparison": 6.06, "experiments": 6.10,
     "plots": 7, "plots.world": 7.1, "plots.candidates": 7.1, "plots.mas": 7.1, "plots.confidence": 7.1,

@@ -56,7 +56,11 @@ def test_06_evaluation(smoke_run):
     assert {k: r["hallucination_changes"][k] for k in ("n_fixed", "n_introduced")} == \
         {k: changes[k] for k in ("n_fixed", "n_introduced")}
     scores = r["benchmark_files"]["scores"]["base"]
-    assert "pope:shapes_pope_adversarial.json" in scores and scores["mme"]["n"] > 0
+    assert {"pope:shapes_pope_adversarial.json", "pope:shapes_pope_seem_popular.json",
+            "pope:test-00000-of-00001.parquet:random", "mme:data/mme", "mme:lmms-lab/MME"} <= set(scores)
+    assert scores["mme:data/mme"]["n"] == scores["mme:lmms-lab/MME"]["n"] == 24
+    # the same images and questions in two layouts: the same answers, so the same scores
+    assert scores["mme:data/mme"]["perception"] == scores["mme:lmms-lab/MME"]["perception"]
     report = (smoke_run / "report.md").read_text()
     assert "| method | mme_total | pope_adversarial_f1" in report and "| M3PO |" in report
 
