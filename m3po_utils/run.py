@@ -354,7 +354,7 @@ def run_series(preset: str, run_dir: str | Path, overrides: dict[str, Any] | Non
                 why = (f" (earlier stage {rerun_from} was re-run)" if rerun_from and complete
                        else f" (stale: {stale})" if stale and not redo else "")
                 tqdm.write(f"run  {nb.name}{why} ...")
-                if complete or R.has_previous(run, nb.name):
+                if (complete and R.previous_is_good(run, nb.name)) or R.has_previous(run, nb.name):
                     R.keep_previous(run, nb.name, reuse=not redo)
                 rec = _attempt(nb, run, preset, overrides, kernel, records)
                 stamp(run, nb.name, upstream_of(nb.name, recorded_stages(run)))

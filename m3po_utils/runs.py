@@ -110,10 +110,11 @@ def quarantine(path: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------ re-runs
 
-# What each stage writes, relative to the run directory (a stage's record, results/NN_name.json, goes with it).
+# What each stage writes, relative to the run directory (a stage's record, results/NN_name.json, goes with it);
+# the first is its main output, without which a "complete" record is not worth restoring.
 # The judge cache (mas/judge_cache.sqlite) is not an output: every answer in it stays valid.
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "00": ("world", "models"), "01": ("candidates", "candidates.parts"), "02": ("mas/scores",),
+    "00": ("models", "world"), "01": ("candidates", "candidates.parts"), "02": ("mas/scores",),
     "03": ("confidence",), "04": ("pairs",), "05": ("adapters",), "06": ("evaluation",), "10": ("experiments",),
 }
 # What a stale re-run may reuse: outputs the stage itself checks against its inputs (05: adapters fingerprinted
@@ -132,6 +133,13 @@ def _rmtree(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def previous_is_good(run: Path, name: str) -> bool:
+    """Whether a complete ``name`` still has its main output (the first of :data:`STAGE_OUTPUTS`): only then is
+    there something worth restoring if its re-run fails."""
+    outputs = STAGE_OUTPUTS.get(name[:2], ())
+    return not outputs or (Path(run) / outputs[0]).exists()
 
 
 def has_previous(run: Path, name: str) -> bool:

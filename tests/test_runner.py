@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from m3po_utils.report import build_report, flatten
-from m3po_utils.run import NotebookFailed, discover, main, run_series
+from m3po_utils.run import NotebookFailed, discover, is_complete, main, run_series
 
 PARAMS = 'preset = "smoke"\nrun_dir = ""\noverrides = {}'
 
@@ -289,6 +290,13 @@ def test_a_failed_rerun_keeps_the_previous_outputs(tmp_path, capsys):
     assert table.read_text() == "attempt 5"
     assert "| 02_d | stale: its input 01_c was re-run since |" in build_report(run)
     assert not (run / ".previous").exists() or not any((run / ".previous").iterdir())
+
+    # a "complete" record whose main output was deleted by hand is nothing to restore: a failed re-run leaves the
+    # stage incomplete, and a plain run tries it again
+    shutil.rmtree(run / "candidates")
+    (run / "fail-now").touch()
+    assert main(args) == 1
+    assert not is_complete(run, "01_c") and not (run / ".previous" / "01_c").exists()
 
 
 @pytest.mark.notebooks   # executes notebooks in a kernel
