@@ -338,7 +338,7 @@ def seed_config(cfg: Preset, seed: int) -> Preset:
                                dpo=dataclasses.replace(cfg.dpo, seed=seed))
 
 
-def prepare_seeds(run_dir, cfg: Preset, progress: bool = True) -> dict[int, dict[str, dict]]:
+def prepare_seeds(run_dir, cfg: Preset) -> dict[int, dict[str, dict]]:
     """Pairs and adapters of every evaluation seed (trained here where missing); training info per seed."""
     run = Path(run_dir)
     trained = [m for m in cfg.evaluation.methods if m != "base"]
@@ -362,8 +362,8 @@ def prepare_seeds(run_dir, cfg: Preset, progress: bool = True) -> dict[int, dict
             for s in missing:
                 sel = S.select(groups, s, sc.alpha, sc.delta, sc.min_margin, sc.pairs_per_prompt, sc.seed, truth)
                 S.write_pairs(folder, sel, table, images, {"seed": seed})
-        out[seed] = train_strategies(folder, scfg, strategies=dpo_strategies, model_loader=base_loader(cfg, run),
-                                     progress=progress)
+        # no per-step trainer output: the curves are notebook 05's
+        out[seed] = train_strategies(folder, scfg, strategies=dpo_strategies, model_loader=base_loader(cfg, run))
     return out
 
 

@@ -447,7 +447,7 @@ def _rmtree(path: Path) -> None:
 
 def train_strategies(run_dir, cfg: Preset, strategies: Sequence[str] | None = None,
                      pairs: dict[str, Any] | None = None, model_loader: Callable[[], tuple[Any, Any]] | None = None,
-                     redo: bool = False, progress: bool = True) -> dict[str, dict]:
+                     redo: bool = False, progress: bool = False) -> dict[str, dict]:
     """Train every strategy on the same number of pairs and steps; adapters to ``run_dir/adapters/<strategy>/``.
 
     All pair sets are loaded and checked first (empty set, missing column, unreadable image, LoRA target matching

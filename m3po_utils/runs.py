@@ -118,9 +118,9 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "03": ("confidence",), "04": ("pairs",), "05": ("adapters",), "06": ("evaluation",), "10": ("experiments",),
 }
 # What a stale re-run may reuse: outputs the stage itself checks against its inputs (05: adapters fingerprinted
-# with their settings and pairs; 06: the other seeds' sub-runs, which depend on the settings alone; 10: points
-# keyed by their selection and settings). Everything else of the stage is computed again.
-REUSABLE: dict[str, tuple[str, ...]] = {"05": ("adapters",), "06": ("evaluation/seed*",), "10": ("experiments",)}
+# with their settings and pairs; 10: points keyed by their pairs and settings). Everything else of the stage is
+# computed again — 06's other-seed sub-runs too, whose pairs come from this run's candidates and MAS.
+REUSABLE: dict[str, tuple[str, ...]] = {"05": ("adapters",), "10": ("experiments",)}
 PREVIOUS, FAILED = ".previous", ".failed"
 
 
@@ -158,21 +158,10 @@ def _outputs(run: Path, name: str) -> list[str]:
     return [rel for rel in _kept(name) if (run / rel).exists() or (run / rel).is_symlink()]
 
 
-def _reusable(rel: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(rel, pat) for pat in patterns)
-
-
-def _clear(run: Path, rel: str, patterns: Sequence[str]) -> None:
-    """Remove output ``rel`` except the parts matching ``patterns`` (a stage may reuse those)."""
-    if _reusable(rel, patterns):
-        return
-    path = run / rel
-    inner = [pat for pat in patterns if pat.startswith(rel + "/")]
-    if inner and path.is_dir():
-        for child in path.iterdir():
-            _clear(run, f"{rel}/{child.name}", inner)
-        return
-    _rmtree(path)
+def _clear(run: Path, rel: str, reusable: Sequence[str]) -> None:
+    """Remove output ``rel`` unless the stage may reuse it."""
+    if not any(fnmatch.fnmatchcase(rel, pat) for pat in reusable):
+        _rmtree(run / rel)
 
 
 def keep_previous(run: Path, name: str, reuse: bool = False) -> bool:

@@ -11,7 +11,7 @@ order given there; stages may import earlier stages only):
     5  evaluation, runs                     benchmark questions and scoring; the run directory (paths, loaders)
     6  stages                               basemodels 00 < candidates 01 < mas 02 < confidence 03 < selection 04
                                             < dpo 05 < comparison 06 < experiments 10
-    7  plots/, widgets, report              figures, widgets, the report
+    7  plots/, widgets, report, learnt      figures, widgets, the report, each notebook's closing summary
     8  run, judge/__main__                  entry points
 """
 
@@ -34,7 +34,7 @@ RANK = {
     "basemodels": 6.00, "candidates": 6.01, "mas": 6.02, "confidence": 6.03, "selection": 6.04, "dpo": 6.05,
     "comparison": 6.06, "experiments": 6.10,
     "plots": 7, "plots.world": 7.1, "plots.candidates": 7.1, "plots.mas": 7.1, "plots.confidence": 7.1,
-    "plots.dpo": 7.1, "plots.evaluation": 7.1, "plots.experiments": 7.1, "widgets": 7, "report": 7,
+    "plots.dpo": 7.1, "plots.evaluation": 7.1, "plots.experiments": 7.1, "widgets": 7, "report": 7, "learnt": 7,
     "preflight": 7,
     "run": 8, "judge.__main__": 8,
 }

@@ -61,3 +61,47 @@ def test_one_literal_parameters_cell(notebook):
         names |= {t.id for t in stmt.targets if isinstance(t, ast.Name)}
     missing = RUNNER_PARAMETERS - names
     assert not missing, f"{path.name}: the parameters cell must define {sorted(missing)} (the runner sets them)"
+
+
+# ------------------------------------------------------------------------------------------ stale numbers
+# Markdown teaches ideas and formulas; a figure of a run is printed by code from its results, so it cannot go
+# stale. Numbers a sentence may type: notebook numbers, list and section numbers, and these constants (grid and
+# image sizes, the paper's settings, interval levels, score ranges, years of cited papers, versions, addresses).
+ALLOWED_NUMBERS = {
+    "0", "1", "2", "3", "4", "5", "8", "9", "10", "16", "32", "48", "50", "77", "80", "95", "96", "100", "200",
+    "800", "2000", "0.1", "0.5", "1.5", "5e-5", "127.0.0.1", "2018", "2023", "2025",
+}
+_NUMBER = re.compile(r"(?<![\w.\-])(\d+(?:\.\d+)*(?:e-?\d+)?)(?![\w.]*\w)")
+_SKIP = [re.compile(p, re.S) for p in (r"\$\$.*?\$\$", r"\$[^$\n]*\$", r"`[^`\n]*`", r"\]\([^)]*\)", r"<[^>]+>")]
+_NOTEBOOK_REF = re.compile(r"^(0\d|1\d)$")
+
+
+def stale_numbers(markdown: str) -> list[str]:
+    """Numbers in ``markdown`` that look like figures of a run (not a notebook number, list number or an
+    allowed constant)."""
+    text = markdown
+    for pat in _SKIP:
+        text = pat.sub(" ", text)
+    text = re.sub(r"(?m)^\s*(#+\s*)?\d+\s*[.·)]\s", " ", text)          # "1. ", "## 3 · "
+    out = []
+    for m in _NUMBER.finditer(text):
+        tok = m.group(1)
+        if tok in ALLOWED_NUMBERS or (_NOTEBOOK_REF.match(tok) and len(tok) == 2 and tok.startswith(("0", "1"))):
+            continue
+        out.append(text[max(0, m.start() - 40):m.end() + 20].replace("\n", " ").strip())
+    return out
+
+
+def test_stale_number_check_catches_a_planted_sentence():
+    planted = "With 614 pairs and 77 steps the base scores 0.757 / 0.640, and 46 % of prompts can give a pair."
+    assert [s.split()[1] if s.startswith("With") else s for s in stale_numbers(planted)] and \
+        len(stale_numbers(planted)) == 4                                # 614, 0.757, 0.640, 46 (77 is allowed)
+    assert stale_numbers("Notebook 04 picks pairs; α = 0.5, N = 32, a 3×3 grid, $\\beta = 0.37$, `n=614`.") == []
+    assert stale_numbers("1. first\n2. second\n## 3 · Section") == []
+
+
+def test_markdown_types_no_run_figure(notebook):
+    path, nb = notebook
+    found = [(i, s) for i, c in enumerate(nb.cells) if c.cell_type == "markdown" for s in stale_numbers(c.source)]
+    assert not found, (f"{path.name}: markdown cells type numbers that look like run figures (print them from the "
+                       f"results instead, or add a true constant to ALLOWED_NUMBERS): {found}")

@@ -158,31 +158,36 @@ def test_corrupt_judge_cache_is_named_with_the_cost_of_a_rebuild(tmp_path):
 
 
 def test_keep_previous_clears_what_a_stale_rerun_cannot_check(tmp_path):
-    """A stale re-run of 06 keeps the other seeds' sub-runs (they depend on the settings alone) and recomputes the
-    answers; --redo clears both; restore_previous puts back exactly what was there."""
+    """A stale re-run of 05 keeps its adapters (fingerprinted with their pairs and settings), one of 06 clears its
+    answers and seed sub-runs (they came from the old inputs); --redo clears all; restore_previous puts back exactly
+    what was there."""
     from m3po_utils import runs as R
 
     run = tmp_path
     (run / "results").mkdir()
-    (run / "results" / "06_evaluation.json").write_text('{"complete": true, "run_id": "a"}')
-    for rel in ("evaluation/answers/m3po_seed0.json", "evaluation/seed1/models/lvlm/w.bin", "evaluation/x.json"):
+    for name in ("05_dpo", "06_evaluation"):
+        (run / "results" / f"{name}.json").write_text('{"complete": true, "run_id": "a"}')
+    for rel in ("adapters/m3po/adapter_model.safetensors", "evaluation/answers/m3po_seed0.json",
+                "evaluation/seed1/pairs/m3po/info.json"):
         (run / rel).parent.mkdir(parents=True, exist_ok=True)
         (run / rel).write_text(rel)
+    assert R.keep_previous(run, "05_dpo", reuse=True)
+    assert (run / "adapters/m3po/adapter_model.safetensors").is_file()
+    R.drop_previous(run, "05_dpo")
     assert R.keep_previous(run, "06_evaluation", reuse=True)
     assert not R.keep_previous(run, "06_evaluation", reuse=True)    # an attempt is already in flight
-    assert sorted(p.name for p in (run / "evaluation").iterdir()) == ["seed1"]
-    assert (run / "evaluation/seed1/models/lvlm/w.bin").read_text() == "evaluation/seed1/models/lvlm/w.bin"
-    (run / "evaluation" / "answers").mkdir()
+    assert not (run / "evaluation").exists()
+    (run / "evaluation" / "answers").mkdir(parents=True)
     (run / "evaluation" / "answers" / "half.json").write_text("half")
     failed = R.restore_previous(run, "06_evaluation")
     assert (failed / "evaluation/answers/half.json").read_text() == "half"
     assert (run / "evaluation/answers/m3po_seed0.json").read_text() == "evaluation/answers/m3po_seed0.json"
-    assert (run / "evaluation/x.json").exists() and not (run / "evaluation/answers/half.json").exists()
+    assert (run / "evaluation/seed1/pairs/m3po/info.json").exists() and not (run / "evaluation/answers/half.json").exists()
     assert R.interrupted_reruns(run) == []
 
-    assert R.keep_previous(run, "06_evaluation", reuse=False)
-    assert not (run / "evaluation").exists()
-    assert (run / "results" / "06_evaluation.json").exists()         # the record goes when the notebook starts
-    assert R.interrupted_reruns(run) == ["06_evaluation"]
-    R.drop_previous(run, "06_evaluation")
+    assert R.keep_previous(run, "05_dpo", reuse=False)                # --redo: the adapters go too
+    assert not (run / "adapters").exists()
+    assert (run / "results" / "05_dpo.json").exists()                # the record goes when the notebook starts
+    assert R.interrupted_reruns(run) == ["05_dpo"]
+    R.drop_previous(run, "05_dpo")
     assert R.interrupted_reruns(run) == []

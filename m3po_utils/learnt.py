@@ -1,0 +1,248 @@
+""""What we learnt here": each notebook's closing paragraph, written from the results it records.
+
+Every number in these sentences comes from the stage's own results dict (the one ``record_results`` writes), so
+the conclusion changes with the run and never goes stale. ``summary(name, results)`` returns Markdown; the
+notebook displays it and records it as ``results["learnt"]``; notebook 06's leads ``report.md``.
+
+A difference is called a change only when its paired 95 % interval excludes 0; otherwise the sentence says the
+run cannot tell (and, for notebook 06, how small a difference it could have told).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from m3po_utils.comparison import HEADLINE, METHOD_LABELS
+
+HEADER = "## What we learnt here"
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    try:
+        return f"{float(x):.{digits}f}"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+def _pct(x: Any) -> str:
+    try:
+        return f"{100 * float(x):.0f} %"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+def _interval(d: Mapping[str, Any], digits: int = 3) -> str:
+    return f"{float(d['delta']):+.{digits}f} [{float(d['lo']):+.{digits}f}, {float(d['hi']):+.{digits}f}]"
+
+
+def _digits(metric: str) -> int:
+    return 1 if metric.startswith("mme_") else 3
+
+
+def _bullets(lines: list[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines if line)
+
+
+# ------------------------------------------------------------------------------------------ stages
+
+def _world(r: Mapping[str, Any]) -> list[str]:
+    lv = r.get("lvlm")
+    if not lv:
+        return ["This preset loads its base model from the hub: nothing was trained here, and the shapes world's "
+                "held-out checks do not apply."]
+    pope = lv["pope"]
+    acc = {s: pope[s]["accuracy"] for s in ("random", "popular", "adversarial") if s in pope}
+    lines = [f"The base model answers held-out POPE questions at {' / '.join(_f(a) for a in acc.values())} "
+             f"({' / '.join(acc)}); adversarial is {abs(100 * (acc['random'] - acc['adversarial'])):.1f} points "
+             f"{'below' if acc['adversarial'] < acc['random'] else 'above'} random."]
+    if "partner_share" in pope.get("adversarial", {}):
+        lines.append(f"{_pct(pope['adversarial']['partner_share'])} of its adversarial false positives name a "
+                     "co-occurrence partner of a shape in the scene (the errors the world's prior is built to cause).")
+    fam = {k.removeprefix("acc_"): v for k, v in lv.get("families", {}).items()}
+    if fam:
+        best, worst = max(fam, key=fam.get), min(fam, key=fam.get)
+        lines.append(f"Across instruction families its greedy accuracy runs from {_f(fam[worst])} ({worst}) to "
+                     f"{_f(fam[best])} ({best}); descriptions hallucinate at CHAIR_i "
+                     f"{_f(lv.get('describe', {}).get('chair_i'))}.")
+    clip = r.get("clip", {}).get("retrieval")
+    if clip:
+        lines.append(f"The tiny CLIP retrieves the right description first for {_pct(clip['top1'])} of held-out "
+                     f"images (chance {_pct(clip['chance_top1'])}).")
+    return lines
+
+
+def _candidates(r: Mapping[str, Any]) -> list[str]:
+    g, d = r["generation"], r.get("diversity", {})
+    lines = [f"{g['rows']} candidates were sampled, {g['n_candidates']} for each of {g['prompts']} prompts, in "
+             f"{_f(g['seconds'], 1)} s; {_pct(r.get('eos_share'))} ended with their end-of-sequence token."]
+    if d:
+        lines.append(f"A prompt gets {_f(d['mean_distinct'], 1)} distinct answers on average and "
+                     f"{_pct(d['share_prompts_with_spread'])} of prompts have candidates of different quality — "
+                     f"the only prompts a preference pair can come from; {_pct(d['candidate_accuracy'])} of all "
+                     "candidates are fully correct.")
+    cov = r.get("coverage_by_n")
+    if cov and cov.get("k"):
+        lines.append(f"With {cov['k'][0]} candidate(s) per prompt {_pct(cov['share_with_pair'][0])} of prompts could "
+                     f"give a pair; with {cov['k'][-1]}, {_pct(cov['share_with_pair'][-1])}.")
+    return lines
+
+
+def _mas(r: Mapping[str, Any]) -> list[str]:
+    sp = r.get("spearman", {})
+    lines = [f"Against the verifier's truth, Spearman correlation is {_f(sp.get('clip'))} for CLIP, "
+             f"{_f(sp.get('judge'))} for the judge and {_f(sp.get('mas'))} for their weighted mean, MAS."]
+    top1 = r.get("agreement", {}).get("mas", {}).get("top1")
+    if top1 is not None:
+        lines.append(f"MAS puts a fully correct candidate on top for {_pct(top1)} of the prompts that have one.")
+    contrast = {k: v for k, v in r.get("contrast", {}).items() if isinstance(v, dict) and "CLIP" in v}
+    if contrast:
+        clip = sum(v["CLIP"] for v in contrast.values()) / len(contrast)
+        lines.append(f"On minimal pairs (a right and a wrong answer to one question) CLIP ranks the right one higher "
+                     f"{_pct(clip)} of the time on average over {len(contrast)} families — a coin flip scores 50 %.")
+    cov = r.get("coverage")
+    if cov:
+        lines.append(f"{cov['missing']} of {cov['candidates']} candidates have no MAS (bound "
+                     f"{_pct(cov['max_missing'])}).")
+    return lines
+
+
+def _confidence(r: Mapping[str, Any]) -> list[str]:
+    lines = [f"The log-probs recorded while sampling equal a separate scoring pass to "
+             f"{float(r['max_abs_logprob_diff']):.1e} nats over {r['checked_sequences']} sequences: no second pass "
+             "is needed."]
+    cal = r.get("calibration")
+    if cal:
+        lines.append(f"A confident answer is wrong {_pct(cal['p_wrong_given_confident'])} of the time, an unsure one "
+                     f"{_pct(cal['p_wrong_given_unsure'])}; {_pct(cal['prompts_with_confident_wrong'])} of prompts "
+                     "with a wrong candidate have a confident wrong one — the negatives M3PO looks for.")
+    le = [v["length_vs_sum"] for v in r.get("length_effect", {}).values() if v.get("length_vs_sum") is not None]
+    if le:
+        lines.append(f"The summed log P falls with length (mean correlation {_f(sum(le) / len(le), 2)} over "
+                     f"{len(le)} families): it favours short answers.")
+    return lines
+
+
+def _selection(r: Mapping[str, Any]) -> list[str]:
+    st = r.get("strategies", {})
+    m3, bw = st.get("m3po", {}), st.get("best_worst", {})
+    lines = [f"At α = {r['alpha']}, δ = {r['delta']}, M3PO built {int(m3.get('pairs') or 0)} pairs from "
+             f"{r['prompts']} prompts; {_pct(m3.get('differs_from_reference'))} of them differ from best-vs-worst."]
+    if m3.get("hard_negative_rate") is not None and bw.get("hard_negative_rate") is not None:
+        more = m3["hard_negative_rate"] > bw["hard_negative_rate"]
+        lines.append(f"Its rejected answer is one the model is confident in (a hard negative) for "
+                     f"{_pct(m3['hard_negative_rate'])} of pairs, against {_pct(bw['hard_negative_rate'])} for "
+                     "best-vs-worst" + (": the confidence term shifts the negatives as intended." if more else
+                                        ": at these settings the confidence term does not raise that share."))
+    if m3.get("rejected_wrong") is not None:
+        lines.append(f"{_pct(m3['rejected_wrong'])} of M3PO's rejected answers are wrong by the verifier, "
+                     f"{_pct(bw.get('rejected_wrong'))} of best-vs-worst's.")
+    return lines
+
+
+def _dpo(r: Mapping[str, Any]) -> list[str]:
+    lines = [f"Every strategy trained on {r['pairs_per_strategy']} pairs for {r['steps']} steps; LoRA trains "
+             f"{_pct(r['lora']['trainable_share'])} of the parameters."]
+    if "retokenisation_match_share" in r:
+        lines.append(f"The stored reference log-probs could be reused for {_pct(r['retokenisation_match_share'])} "
+                     f"of the DPO responses; with them the loss equals TRL's own reference pass to "
+                     f"{float(r['reference_check']['max_abs_diff']):.1e}.")
+    val = r.get("validation")
+    if val and "base" in val:
+        base = val["base"].get("score")
+        rows = {s: v.get("score") for s, v in val.items() if s != "base" and v.get("score") is not None}
+        if rows and base is not None:
+            best = max(rows, key=rows.get)
+            above = [s for s, v in rows.items() if v > base]
+            lines.append(f"On the validation scenes the base scores {_f(base)}; the best adapter, {best}, "
+                         f"{_f(rows[best])}; {len(above)} of {len(rows)} adapters score above the base. "
+                         "These are single-seed point values on validation scenes — notebook 06 measures the "
+                         "methods with intervals on the evaluation split.")
+    return lines
+
+
+def _by(rows: list[dict], comparison: str, metric: str) -> dict | None:
+    return next((d for d in rows if d["comparison"] == comparison and d["metric"] == metric), None)
+
+
+def _moved(d: Mapping[str, Any]) -> bool:
+    return float(d["lo"]) > 0 or float(d["hi"]) < 0
+
+
+def _better(metric: str, d: Mapping[str, Any]) -> bool:
+    return (float(d["delta"]) > 0) == HEADLINE.get(metric, True)
+
+
+def evaluation_conclusion(r: Mapping[str, Any]) -> list[str]:
+    """Notebook 06's conclusion: what moved, by how much, against which control, whether the benchmark could
+    move at all (the oracle), and the smallest difference this run could detect."""
+    rows = r.get("deltas", [])
+    metrics = [m for m in HEADLINE if any(d["metric"] == m for d in rows)]
+    label = {k: METHOD_LABELS.get(k, k) for k in ("base", "best_of_n", "best_worst", "random", "oracle", "m3po")}
+    lines = []
+    control = "best_of_n" if any(d["comparison"] == "m3po − best_of_n" for d in rows) else "base"
+    moved, flat = [], []
+    for m in metrics:
+        d = _by(rows, f"m3po − {control}", m)
+        if d is None:
+            continue
+        (moved if _moved(d) else flat).append(
+            f"{m} {_interval(d, _digits(m))}" + (f" ({'better' if _better(m, d) else 'worse'})" if _moved(d) else ""))
+    lines.append(f"**M3PO against {label[control]}** (paired 95 % intervals): "
+                 + (f"it changed {'; '.join(moved)}. " if moved else "no metric changed beyond its interval. ")
+                 + (f"Within the noise: {'; '.join(flat)}." if flat else ""))
+    for other in ("best_worst", "random"):
+        ds = [(m, _by(rows, f"m3po − {other}", m)) for m in metrics]
+        changed = [f"{m} {_interval(d, _digits(m))}" for m, d in ds if d is not None and _moved(d)]
+        if any(d is not None for _, d in ds):
+            lines.append(f"Against {label[other]}, M3PO " + (f"differs on {'; '.join(changed)}."
+                                                              if changed else "differs on no metric."))
+    oracle = [(m, _by(rows, "oracle − base", m)) for m in metrics]
+    oracle = [(m, d) for m, d in oracle if d is not None]
+    if oracle:
+        can = [f"{m} {_interval(d, _digits(m))} ({'better' if _better(m, d) else 'worse'})"
+               for m, d in oracle if _moved(d)]
+        cannot = [m for m, d in oracle if not _moved(d)]
+        lines.append("**Can the benchmarks move?** Training on verifier-chosen pairs (the oracle) "
+                     + (f"moves {'; '.join(can)} against the base" if can else "moves no metric against the base")
+                     + (f"; it does not move {', '.join(cannot)}, so no selection rule can be judged on "
+                        f"{'it' if len(cannot) == 1 else 'them'} in this run." if cannot else "."))
+    mde = [d for d in r.get("mde", []) if d["comparison"] == f"m3po − {control}"]
+    if mde:
+        lines.append(f"The smallest difference M3PO − {label[control]} this run would detect (80 % power): "
+                     + "; ".join(f"{d['metric']} {_f(d['mde'], _digits(d['metric']))}" for d in mde)
+                     + ". Differences below these are no evidence either way.")
+    lines.append("Notebook 10 asks *why*: it varies α and δ, the judge's noise and the number of candidates, and "
+                 "separates what the hard negatives add from the chosen answers alone.")
+    return lines
+
+
+def _experiments(r: Mapping[str, Any]) -> list[str]:
+    lines = []
+    neg = r.get("negatives_vs_sft") or []
+    if neg:
+        changed = [f"{d['comparison']}: {d['metric']} {_interval(d, _digits(d['metric']))}" for d in neg if _moved(d)]
+        lines.append("Hard negatives against the chosen answers alone (best-of-N SFT on the same prompts): "
+                     + ("; ".join(changed) if changed else "no metric changed beyond its interval") + ".")
+    grid = r.get("grid") or {}
+    if grid:
+        lines.append(f"The α/δ grid trained {len(grid)} settings; its table above gives each cell's metrics with "
+                     "intervals, and the α = 0 row is the confidence-free control.")
+    if r.get("distinct_models") is not None:
+        lines.append(f"The sweep trained or reused {r['distinct_models']} distinct models in "
+                     f"{_f(r.get('sweep_seconds', 0) / 60, 1)} minutes.")
+    return lines
+
+
+STAGES: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
+    "00_world": _world, "01_candidates": _candidates, "02_mas": _mas, "03_confidence": _confidence,
+    "04_selection": _selection, "05_dpo": _dpo, "06_evaluation": evaluation_conclusion,
+    "10_experiments": _experiments,
+}
+
+
+def summary(name: str, results: Mapping[str, Any]) -> str:
+    """The "What we learnt here" paragraph of notebook ``name`` as Markdown, from its results."""
+    if name not in STAGES:
+        raise KeyError(f"no summary for {name!r}; known: {sorted(STAGES)}")
+    return f"{HEADER}\n\n{_bullets(STAGES[name](results))}\n"
