@@ -3,10 +3,10 @@
 It is built only from files in the run directory — ``config.json``, ``results/NN_name.json`` and
 ``results/timings.json`` — so it can be rebuilt at any time with ``write_report(run_dir)``.
 
-Each results file becomes a section. A file may carry ``"report_md"``: markdown that goes into the *Key results*
-section right after the stage table, verbatim (notebook 06 puts its comparison table there); the file's own
-section holds a table of its other scalar values (nested dicts flattened to dotted keys, floats to 4
-significant digits; lists and long text left out).
+The page reads top-down: *Key results* — the ``"report_md"`` a results file carries, verbatim (notebook 06: the
+series' conclusion and the comparison table) —, the stage table, *What each stage learnt* (each notebook's
+generated ``"learnt"`` paragraph), then an appendix with every stage's other scalar values (nested dicts
+flattened to dotted keys, floats to 4 significant digits; lists and long text left out).
 Keys that look like credentials (containing "key", "token" or "secret") never reach the report.
 """
 
@@ -102,6 +102,15 @@ def build_report(run_dir: str | Path) -> str:
     timings = timings if isinstance(timings, dict) else {}
     results = sorted(p for p in (run / "results").glob("*.json") if p.name != "timings.json")
 
+    key = []
+    for path in results:
+        data, err = _read_json(path)
+        md = data.get("report_md") if err is None and isinstance(data, dict) else None
+        if isinstance(md, str) and md.strip():
+            key += [f"### {path.stem}", "", md.strip(), ""]
+    if key:   # what a notebook wrote for the report (notebook 06: its conclusion and the comparison table) first
+        out += ["## Key results", ""] + key
+
     out += ["## Stages", ""]
     names = sorted(set(timings) | {p.stem for p in results})
     if names:
@@ -134,17 +143,21 @@ def build_report(run_dir: str | Path) -> str:
     else:
         out += ["No notebook has run in this directory yet.", ""]
 
-    key = []
+    learnt = []
     for path in results:
         data, err = _read_json(path)
-        md = data.get("report_md") if err is None and isinstance(data, dict) else None
-        if isinstance(md, str) and md.strip():
-            key += [f"### {path.stem}", "", md.strip(), ""]
-    if key:   # the summaries a notebook wrote for the report (notebook 06: the comparison table) come first
-        out += ["## Key results", ""] + key
+        text = data.get("learnt") if err is None and isinstance(data, dict) else None
+        if isinstance(text, str) and text.strip() and path.stem != "06_evaluation":   # 06's leads the page
+            body = text.strip().removeprefix("## What we learnt here").strip()
+            learnt += [f"### {path.stem}", "", body, ""]
+    if learnt:
+        out += ["## What each stage learnt", ""] + learnt
 
+    if results:
+        out += ["## Appendix: every recorded figure", "",
+                "The scalar values each stage recorded in `results/NN_name.json` (the files hold the rest).", ""]
     for path in results:
-        out += [f"## {path.stem}", ""]
+        out += [f"### {path.stem}", ""]
         copy = run / "notebooks" / f"{path.stem}.ipynb"
         if copy.exists():
             out += [f"Executed notebook: [`notebooks/{copy.name}`](notebooks/{copy.name})", ""]
@@ -152,9 +165,7 @@ def build_report(run_dir: str | Path) -> str:
         if err is not None or not isinstance(data, dict):
             out += [f"_Could not read `results/{path.name}`: {err or 'not a JSON object'}._", ""]
             continue
-        if isinstance(data.get("report_md"), str) and data["report_md"].strip():
-            out += ["Its summary is under *Key results* above.", ""]
-        rows = flatten({k: v for k, v in data.items() if k != "report_md"})
+        rows = flatten({k: v for k, v in data.items() if k not in ("report_md", "learnt")})
         if rows:
             out += [_table(("name", "value"), rows), ""]
     return "\n".join(out).rstrip() + "\n"

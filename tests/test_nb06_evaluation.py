@@ -63,6 +63,12 @@ def test_06_evaluation(smoke_run):
     assert scores["mme:data/mme"]["perception"] == scores["mme:lmms-lab/MME"]["perception"]
     report = (smoke_run / "report.md").read_text()
     assert "| method | mme_total | pope_adversarial_f1" in report and "| M3PO |" in report
+    # the page leads with the series' conclusion, then the table and the stages; raw figures in the appendix
+    assert report.index("## Conclusion") < report.index("| method | mme_total") < report.index("## Stages") \
+        < report.index("## What each stage learnt") < report.index("## Appendix")
+    assert r["learnt"].startswith("## What we learnt here") and "Notebook 10" in r["learnt"]
+    for name in ("00_world", "01_candidates", "02_mas", "03_confidence", "04_selection", "05_dpo"):
+        assert load_results(smoke_run, name)["learnt"].startswith("## What we learnt here"), name
 
 
 DATA = Path(__file__).resolve().parent.parent / "data"

@@ -1,0 +1,51 @@
+"""'What we learnt here': generated from a stage's results, every number taken from them, honest about intervals."""
+
+import pytest
+
+from m3po_utils import learnt as L
+
+
+def _d(comparison, metric, delta, lo, hi):
+    return {"comparison": comparison, "metric": metric, "delta": delta, "lo": lo, "hi": hi}
+
+
+def test_a_change_is_claimed_only_when_its_interval_excludes_zero():
+    r = {"deltas": [_d("m3po − best_of_n", "pope_adversarial_f1", 0.021, 0.004, 0.038),
+                    _d("m3po − best_of_n", "mme_total", -3.0, -9.5, 2.5),
+                    _d("m3po − best_of_n", "chair_i", -0.02, -0.03, -0.01),
+                    _d("m3po − best_worst", "pope_adversarial_f1", 0.001, -0.01, 0.012),
+                    _d("oracle − base", "pope_adversarial_f1", 0.05, 0.03, 0.07),
+                    _d("oracle − base", "mme_total", 1.0, -4.0, 6.0)],
+         "mde": [{"comparison": "m3po − best_of_n", "metric": "mme_total", "mde": 11.94, "observed": -3.0}]}
+    text = L.summary("06_evaluation", r)
+    assert text.startswith(L.HEADER)
+    assert "it changed pope_adversarial_f1 +0.021 [+0.004, +0.038] (better); chair_i -0.020 [-0.030, -0.010] " \
+           "(better)" in text                                # lower CHAIR_i is better
+    assert "Within the noise: mme_total -3.0 [-9.5, +2.5]" in text
+    assert "Against best-vs-worst DPO (α = 0), M3PO differs on no metric." in text
+    assert "moves pope_adversarial_f1 +0.050 [+0.030, +0.070] (better) against the base; it does not move " \
+           "mme_total, so no selection rule can be judged on it" in text
+    assert "mme_total 11.9" in text and "Notebook 10" in text
+
+
+def test_nothing_moved_is_said_plainly():
+    r = {"deltas": [_d("m3po − best_of_n", "ift", 0.0, -0.01, 0.01)], "mde": []}
+    assert "no metric changed beyond its interval" in L.summary("06_evaluation", r)
+
+
+def test_stage_summaries_cite_their_results():
+    world = {"lvlm": {"pope": {"random": {"accuracy": 0.9}, "popular": {"accuracy": 0.85},
+                               "adversarial": {"accuracy": 0.81, "partner_share": 0.62}},
+                      "families": {"acc_count": 0.7, "acc_describe": 0.1}, "describe": {"chair_i": 0.05}},
+             "clip": {"retrieval": {"top1": 0.4, "chance_top1": 0.025}}}
+    text = L.summary("00_world", world)
+    assert "0.900 / 0.850 / 0.810" in text and "9.0 points below random" in text and "62 %" in text
+    assert "from 0.100 (describe) to 0.700 (count)" in text
+    assert "nothing was trained here" in L.summary("00_world", {"clip": {}})
+    sel = {"alpha": 0.5, "delta": 0.1, "prompts": 100,
+           "strategies": {"m3po": {"pairs": 80, "differs_from_reference": 0.3, "hard_negative_rate": 0.4},
+                          "best_worst": {"hard_negative_rate": 0.6}}}
+    text = L.summary("04_selection", sel)
+    assert "80 pairs from 100 prompts" in text and "does not raise that share" in text
+    with pytest.raises(KeyError, match="no summary for '07_x'"):
+        L.summary("07_x", {})
