@@ -17,6 +17,9 @@ because they read its outputs; later notebooks outside the range become stale an
 A re-run of a complete notebook that fails puts that stage's previous outputs back (see
 :func:`m3po_utils.runs.keep_previous`): the run directory stays as it was before the attempt.
 
+While a notebook runs, stderr shows its cells done of total and, for a slow cell, what it is doing (the cell's
+``# papermill_description=...`` comment, e.g. ``Executing training_the_tiny_LLaVA``).
+
 Per-notebook wall time and peak memory of the kernel process tree go to ``results/timings.json``; the run
 ends with ``report.md`` (see :mod:`m3po_utils.report`).
 """
@@ -47,6 +50,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 NOTEBOOK_RE = re.compile(r"^(\d\d)_[A-Za-z0-9_\-]+\.ipynb$")
 DEFAULT_START, DEFAULT_STOP = 0, 9
+# Inside a notebook: cells done of total, and what a slow cell is doing (its ``# papermill_description=...``
+# comment), on stderr, refreshed at most every 2 s so that a log stays short.
+PROGRESS = {"unit": "cell", "desc": "  cells", "leave": False, "mininterval": 2.0}
 
 
 class NotebookFailed(RuntimeError):
@@ -237,7 +243,7 @@ def _execute(nb: Notebook, run_dir: Path, preset: str, overrides: dict[str, Any]
     with _PeakMemory() as mem:
         try:
             papermill.execute_notebook(str(nb.path), str(tmp), parameters=params, kernel_name=kernel,
-                                       cwd=str(REPO_ROOT), progress_bar=False)
+                                       cwd=str(REPO_ROOT), progress_bar=PROGRESS | {"file": sys.stderr})
         except BaseException as exc:  # noqa: B036 - Ctrl-C also keeps the partial copy
             error = exc
     wall = time.perf_counter() - t0

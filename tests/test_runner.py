@@ -333,3 +333,13 @@ def test_an_interrupted_rerun_is_restored_or_resumed(tmp_path, capsys):
     assert [r["status"] for r in records] == ["skipped", "ok"]
     assert (run / "found.txt").read_text().splitlines()[-1] == "table.txt"   # it resumed on its partial output
     assert not R.has_previous(run, "01_c")
+
+
+@pytest.mark.notebooks   # executes notebooks in a kernel
+def test_progress_inside_a_notebook_names_the_slow_cell(tmp_path, capsys):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _write(folder, "00_a", "# papermill_description=training_the_model\nimport time\ntime.sleep(0.5)\n" + OK_BODY)
+    run_series("smoke", tmp_path / "run", kernel="python3", notebooks_dir=folder, stop=0)
+    err = capsys.readouterr().err
+    assert "Executing training_the_model" in err and "cell" in err
