@@ -25,7 +25,6 @@ says what was expected — never zero rows.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -261,15 +260,8 @@ def load_mme_dir(root, subtasks: Sequence[str] | None = None) -> list[dict]:
                 f"{SPLIT_QA}/) holding question<TAB>Yes|No .txt files — the release's "
                 "MME_Benchmark_release_version/ folder or its zip's MME_Benchmark/ inside it — or lmms-lab "
                 "parquet files")
-    if root.is_file() or (_subtask_parent(root) is None and not _is_subtask(root)):
-        files = _parquet_files(root) if (root.is_dir() or root.suffix.lower() == ".parquet") else []
-        if not files:
-            raise BenchmarkFileError(f"no MME question found under {root}: {expected}")
-        rows = _mme_parquet_rows(files)
-    elif _is_subtask(root) and _subtask_parent(root) is None:   # one subtask folder given
-        rows = _mme_txt_rows(root, root.name)
-    else:
-        parent = _subtask_parent(root)
+    parent = _subtask_parent(root) if root.is_dir() else None
+    if parent is not None:
         folders = [c for c in sorted(parent.iterdir()) if _is_subtask(c)]
         if subtasks:
             missing = sorted(set(subtasks) - {f.name for f in folders})
@@ -277,6 +269,13 @@ def load_mme_dir(root, subtasks: Sequence[str] | None = None) -> list[dict]:
                 raise FileNotFoundError(f"MME subtask folder(s) {missing} not found in {parent}")
             folders = [f for f in folders if f.name in subtasks]
         rows = [r for f in folders for r in _mme_txt_rows(f, f.name)]
+    elif _is_subtask(root):                                     # one subtask folder given
+        rows = _mme_txt_rows(root, root.name)
+    else:
+        files = _parquet_files(root) if (root.is_dir() or root.suffix.lower() == ".parquet") else []
+        if not files:
+            raise BenchmarkFileError(f"no MME question found under {root}: {expected}")
+        rows = _mme_parquet_rows(files)
     if subtasks:
         rows = [r for r in rows if r["subtask"] in subtasks]
     if not rows:
@@ -298,10 +297,3 @@ def open_image(image: Any):
         with Image.open(image) as im:
             return im.convert("RGB")
     return image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
-
-
-def image_bytes(image: Any) -> bytes:
-    """PNG bytes of a decoded image (for tests and fixtures)."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()

@@ -675,25 +675,37 @@ def benchmark_frame(scores: dict[str, dict[str, dict]]):
     return pd.DataFrame({m: cells(b) for m, b in scores.items()})
 
 
-def benchmark_files(cfg: Preset, loader: Callable[[], tuple[Any, Any]], pope_files: Sequence[str] = (),
-                    pope_images: str = "", mme_dirs: Sequence[str] = ()) -> dict[str, Any]:
-    """POPE question files and MME sources on local disk, answered by ``loader()``'s model and scored with the
-    official parsers (:func:`evaluation.pope_metrics`, :func:`evaluation.mme_scores`). Keys: ``pope:<file>``
-    (``pope:<file>:<setting>`` for a file holding several settings) and ``mme:<folder>``."""
-    out: dict[str, Any] = {}
-    if not (pope_files or mme_dirs):
-        return out
-    model, processor = loader()
-    bs = cfg.evaluation.batch_size
+def benchmark_sets(pope_files: Sequence[str] = (), pope_images: str = "", mme_dirs: Sequence[str] = ()
+                   ) -> dict[str, list[dict]]:
+    """The questions of POPE files and MME sources, read (and embedded images decoded) once for every model that
+    answers them: ``pope:<file>`` (``pope:<file>:<setting>`` for a file holding several settings) and
+    ``mme:<folder>`` → rows."""
+    out: dict[str, list[dict]] = {}
     for f in pope_files:
         by_setting = pope_rows(f, pope_images)
         for setting, rows in by_setting.items():
-            answers = E.answer_file_questions(model, processor, rows, batch_size=bs, max_new_tokens=8)
-            key = f"pope:{Path(f).name}" + (f":{setting}" if len(by_setting) > 1 else "")
-            out[key] = E.pope_metrics(answers, [r["label"] for r in rows]) | {"n": len(rows), "setting": setting}
+            out[f"pope:{Path(f).name}" + (f":{setting}" if len(by_setting) > 1 else "")] = \
+                [r | {"setting": setting} for r in rows]
     for d in mme_dirs:
-        rows = E.load_mme_dir(d)
-        answers = E.answer_file_questions(model, processor, rows, batch_size=bs, max_new_tokens=8)
-        out[_mme_label(d)] = E.mme_scores([r | {"prediction": a} for r, a in zip(rows, answers, strict=True)]) | {
-            "n": len(rows)}
+        out[_mme_label(d)] = E.load_mme_dir(d)
+    return out
+
+
+def benchmark_files(cfg: Preset, loader: Callable[[], tuple[Any, Any]], sets: dict[str, list[dict]]
+                    ) -> dict[str, Any]:
+    """:func:`benchmark_sets` answered by ``loader()``'s model and scored with the official parsers
+    (:func:`evaluation.pope_metrics`, :func:`evaluation.mme_scores`), under the same keys."""
+    if not sets:
+        return {}
+    model, processor = loader()
+    out: dict[str, Any] = {}
+    for key, rows in sets.items():
+        answers = E.answer_file_questions(model, processor, rows, batch_size=cfg.evaluation.batch_size,
+                                          max_new_tokens=8)
+        if key.startswith("mme"):
+            out[key] = E.mme_scores([r | {"prediction": a} for r, a in zip(rows, answers, strict=True)]) | {
+                "n": len(rows)}
+        else:
+            out[key] = E.pope_metrics(answers, [r["label"] for r in rows]) | {"n": len(rows),
+                                                                               "setting": rows[0]["setting"]}
     return out

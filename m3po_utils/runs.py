@@ -32,7 +32,6 @@ stage writes) raises :class:`ArtifactCorrupt`, naming the file and the command t
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 import shutil
@@ -128,10 +127,14 @@ def _kept(name: str) -> list[str]:
     return [f"results/{name}.json", *STAGE_OUTPUTS.get(name[:2], ())]
 
 
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
 def _rmtree(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
+    elif _present(path):
         path.unlink()
 
 
@@ -155,13 +158,7 @@ def interrupted_reruns(run: Path) -> list[str]:
 
 def _outputs(run: Path, name: str) -> list[str]:
     """The outputs of ``name`` present in ``run``, relative (its record first)."""
-    return [rel for rel in _kept(name) if (run / rel).exists() or (run / rel).is_symlink()]
-
-
-def _clear(run: Path, rel: str, reusable: Sequence[str]) -> None:
-    """Remove output ``rel`` unless the stage may reuse it."""
-    if not any(fnmatch.fnmatchcase(rel, pat) for pat in reusable):
-        _rmtree(run / rel)
+    return [rel for rel in _kept(name) if _present(run / rel)]
 
 
 def keep_previous(run: Path, name: str, reuse: bool = False) -> bool:
@@ -187,10 +184,10 @@ def keep_previous(run: Path, name: str, reuse: bool = False) -> bool:
         else:
             shutil.copy2(src, dst, follow_symlinks=False)
     tmp.rename(backup)
-    patterns = REUSABLE.get(name[:2], ()) if reuse else ()
+    keep = REUSABLE.get(name[:2], ()) if reuse else ()
     for rel in present:          # only now that the copy is whole: the originals are never the only copy
-        if not rel.startswith("results/"):
-            _clear(run, rel, patterns)
+        if not rel.startswith("results/") and rel not in keep:
+            _rmtree(run / rel)
     return True
 
 
@@ -208,10 +205,10 @@ def restore_previous(run: Path, name: str) -> Path | None:
     failed.mkdir(parents=True)
     for rel in _kept(name):
         cur, prev = run / rel, backup / rel
-        if cur.exists() or cur.is_symlink():
+        if _present(cur):
             (failed / rel).parent.mkdir(parents=True, exist_ok=True)
             cur.rename(failed / rel)
-        if prev.exists() or prev.is_symlink():
+        if _present(prev):
             cur.parent.mkdir(parents=True, exist_ok=True)
             prev.rename(cur)
     _rmtree(backup)

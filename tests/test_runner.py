@@ -44,6 +44,15 @@ def _write(folder: Path, name: str, body: str) -> None:
     nbformat.write(_notebook(name, body.replace("NAME", repr(name))), folder / f"{name}.ipynb")
 
 
+def _series(tmp_path: Path, **bodies: str) -> Path:
+    """A folder of tiny notebooks, one per ``name=body``, in the given order."""
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    for name, body in bodies.items():
+        _write(folder, name, body)
+    return folder
+
+
 def _counter(run: Path) -> list[str]:
     path = run / "counter.txt"
     return path.read_text().split() if path.exists() else []
@@ -141,11 +150,8 @@ def test_complete_notebooks_are_skipped_and_redo_reruns(first_run, series, capsy
 
 @pytest.mark.notebooks   # executes notebooks in a kernel
 def test_failure_stops_the_series_and_keeps_the_failed_copy(tmp_path, capsys):
-    folder = tmp_path / "nbs"
-    folder.mkdir()
-    _write(folder, "00_a", OK_BODY)
-    _write(folder, "01_bad", "x = 1\nraise ValueError('broken on purpose')")
-    _write(folder, "02_c", OK_BODY)
+    folder = _series(tmp_path, **{"00_a": OK_BODY, "01_bad": "x = 1\nraise ValueError('broken on purpose')",
+                                  "02_c": OK_BODY})
     run = tmp_path / "run"
     rc = main(["--preset", "smoke", "--run-dir", str(run), "--kernel", "python3", "--notebooks-dir", str(folder)])
     err = capsys.readouterr().err
@@ -260,11 +266,7 @@ STAGE_BODY = (   # a stage "01_*" whose output is candidates/: notes what it fou
 def test_a_failed_rerun_keeps_the_previous_outputs(tmp_path, capsys):
     """--redo starts the stage from nothing; if it fails, its previous outputs, record and run_id come back, so
     the later stages stay fresh, and what the failed attempt wrote is kept aside in .failed/."""
-    folder = tmp_path / "nbs"
-    folder.mkdir()
-    _write(folder, "00_a", OK_BODY)
-    _write(folder, "01_c", STAGE_BODY)
-    _write(folder, "02_d", OK_BODY)
+    folder = _series(tmp_path, **{"00_a": OK_BODY, "01_c": STAGE_BODY, "02_d": OK_BODY})
     run = tmp_path / "run"
     kw = dict(kernel="python3", notebooks_dir=folder)
     run_series("smoke", run, start=0, stop=2, **kw)
@@ -308,10 +310,7 @@ def test_an_interrupted_rerun_is_restored_or_resumed(tmp_path, capsys):
     resumes (the stage sees its partial outputs) and drops the backup when it finishes."""
     from m3po_utils import runs as R
 
-    folder = tmp_path / "nbs"
-    folder.mkdir()
-    _write(folder, "00_a", OK_BODY)
-    _write(folder, "01_c", STAGE_BODY)
+    folder = _series(tmp_path, **{"00_a": OK_BODY, "01_c": STAGE_BODY})
     run = tmp_path / "run"
     kw = dict(kernel="python3", notebooks_dir=folder)
     run_series("smoke", run, start=0, stop=1, **kw)
@@ -340,9 +339,8 @@ def test_an_interrupted_rerun_is_restored_or_resumed(tmp_path, capsys):
 
 @pytest.mark.notebooks   # executes notebooks in a kernel
 def test_progress_inside_a_notebook_names_the_slow_cell(tmp_path, capsys):
-    folder = tmp_path / "nbs"
-    folder.mkdir()
-    _write(folder, "00_a", "# papermill_description=training_the_model\nimport time\ntime.sleep(0.5)\n" + OK_BODY)
+    folder = _series(tmp_path, **{"00_a": "# papermill_description=training_the_model\nimport time\n"
+                                          "time.sleep(0.5)\n" + OK_BODY})
     run_series("smoke", tmp_path / "run", kernel="python3", notebooks_dir=folder, stop=0)
     err = capsys.readouterr().err
     assert "Executing training_the_model" in err and "cell" in err
