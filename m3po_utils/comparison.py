@@ -356,7 +356,7 @@ def prepare_seeds(run_dir, cfg: Preset) -> dict[int, dict[str, dict]]:
         if missing:
             if table is None:
                 table = S.scored_candidates(run)
-                groups = S.group_candidates(table)
+                groups = S.group_candidates(table, sc.confidence)
                 truth = S.truth_by_prompt(groups, table)
                 images = ImageResolver(cfg, RunDir(run).scenes() if cfg.world_kind == "shapes" else None)
             for s in missing:
@@ -510,7 +510,7 @@ def ordering_lines(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE)) ->
 KEY_METRICS = ("pope_adversarial_f1", "mme_total")
 
 
-def _signed(metric: str, d: dict[str, float]) -> dict[str, float]:
+def signed_delta(metric: str, d: dict[str, float]) -> dict[str, float]:
     """A delta turned so that positive is better (CHAIR_i is lower-is-better)."""
     if HEADLINE.get(metric, True):
         return d
@@ -529,7 +529,7 @@ def oracle_table(boot: Bootstrap, metrics: Sequence[str] = KEY_METRICS, oracle: 
 
     rows = {}
     for k in metrics:
-        g = _signed(k, boot.delta(oracle, base, k))
+        g = signed_delta(k, boot.delta(oracle, base, k))
         row = {"gain": g["delta"], "gain_lo": g["lo"], "gain_hi": g["hi"], "moves": bool(g["lo"] > 0)}
         for m in boot.point:
             if m not in (oracle, base):
@@ -557,7 +557,7 @@ def headline_lines(boot: Bootstrap, metrics: Sequence[str] = KEY_METRICS, method
     lines = []
     for k in metrics:
         if oracle in boot.point and base in boot.point:
-            g = _signed(k, boot.delta(oracle, base, k))
+            g = signed_delta(k, boot.delta(oracle, base, k))
             moves = g["lo"] > 0
             lines.append(f"- **{k}**: the oracle {'moves' if moves else 'does not move'} it "
                          f"({g['delta']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] over {base})"
@@ -565,7 +565,7 @@ def headline_lines(boot: Bootstrap, metrics: Sequence[str] = KEY_METRICS, method
         for b in baselines:
             if method not in boot.point or b not in boot.point:
                 continue
-            d = _signed(k, boot.delta(method, b, k))
+            d = signed_delta(k, boot.delta(method, b, k))
             word = "beats" if d["lo"] > 0 else "is worse than" if d["hi"] < 0 else "is not distinguishable from"
             lines.append(f"  - {method} {word} {b}: {d['delta']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]; "
                          f"detectable difference {boot.mde(method, b, k):.3f}")

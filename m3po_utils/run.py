@@ -283,6 +283,7 @@ def _execute(nb: Notebook, run_dir: Path, preset: str, overrides: dict[str, Any]
 def _attempt(nb: Notebook, run: Path, preset: str, overrides: dict[str, Any], kernel: str,
              records: list[dict[str, Any]]) -> dict[str, Any]:
     """:func:`_execute`; for a re-run of a complete stage, the previous outputs come back if it fails."""
+    os.environ["M3PO_NOTEBOOK"] = nb.name    # names the notebook in the figure audit (plots.audit)
     if not R.has_previous(run, nb.name):
         return _execute(nb, run, preset, overrides, kernel, records)
     previous = _read_timings(run).get(nb.name)

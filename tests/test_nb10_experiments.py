@@ -8,16 +8,9 @@ import pytest
 from m3po_utils import experiments as X
 from m3po_utils.config import load_preset
 from m3po_utils.io import load_results
-from m3po_utils.run import run_series
 from m3po_utils.runs import RunDir
 
 pytestmark = pytest.mark.notebooks
-
-
-@pytest.fixture(scope="module")
-def experiments_run(smoke_run):
-    run_series("smoke", smoke_run, start=10, stop=10, kernel="python3")
-    return smoke_run
 
 
 def test_10_experiments(experiments_run):
@@ -59,3 +52,17 @@ def test_sweep_resumes_and_retrains_only_what_is_missing(experiments_run):
     assert np.array_equal(stats[victim], stats2[victim])                   # the same adapter, the same answers
     info = json.loads((RunDir(run).experiments / "points" / victim / "result.json").read_text())
     assert info["key"] == victim
+
+
+def test_every_figure_of_the_smoke_series_can_be_read(experiments_run):
+    from conftest import figure_audit_path
+
+    path = figure_audit_path(experiments_run)
+    assert path.exists(), "the smoke series showed no figure at all (or M3PO_FIGURE_AUDIT was not honoured)"
+    shown = [json.loads(x) for x in path.read_text().splitlines()]
+    notebooks = {x["where"].split()[0] for x in shown}
+    # every notebook of the series shows figures; the audit must have seen each of them
+    assert {"00_world", "01_candidates", "02_mas", "03_confidence", "04_selection", "05_dpo", "06_evaluation",
+            "10_experiments"} <= notebooks, notebooks
+    bad = [f"{x['where']} {x['titles'][:2]}: {p}" for x in shown for p in x["problems"]]
+    assert not bad, "figures that cannot be read:\n" + "\n".join(bad)

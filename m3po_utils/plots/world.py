@@ -17,17 +17,24 @@ import pandas as pd  # noqa: E402
 
 def scene_grid(scenes: Sequence[W.Scene], cfg: WorldConfig, instructions: Sequence[Sequence[W.Instruction]],
                cols: int = 4, max_lines: int = 4):
-    """Scenes with a few of their instructions and reference answers underneath."""
+    """Scenes with a few of their instructions and reference answers underneath (each in its own text panel, sized
+    to its text, so one row's answers never run under the next row's images)."""
     rows = int(np.ceil(len(scenes) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.9 * rows), squeeze=False)
+    texts = ["\n".join(_wrap(f"Q: {i.text}\nA: {i.reference}", 46) for i in ins[:max_lines]) for ins in instructions]
+    n_lines = max((t.count("\n") + 1 for t in texts), default=1)
+    text_h = 0.13 * n_lines + 0.1
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(3.4 * cols, (3.2 + text_h) * rows), squeeze=False,
+                             gridspec_kw={"height_ratios": [3.2, text_h] * rows})
     for ax in axes.flat:
         ax.axis("off")
-    for ax, scene, ins in zip(axes.flat, scenes, instructions, strict=False):
+    for k, (scene, text) in enumerate(zip(scenes, texts, strict=False)):
+        r, c = divmod(k, cols)
+        ax, tax = axes[2 * r, c], axes[2 * r + 1, c]
         ax.imshow(W.render(scene, cfg))
-        lines = [f"Q: {i.text}\nA: {i.reference}" for i in ins[:max_lines]]
         ax.set_title(scene.scene_id, fontsize=8)
-        ax.text(0.0, -0.04, "\n".join(_wrap(line, 46) for line in lines), transform=ax.transAxes,
-                fontsize=6.5, va="top", family="monospace")
+        tax.text(0.0, 1.0, text, transform=tax.transAxes, fontsize=6.5, va="top", family="monospace")
+    fig.suptitle("The shapes world: every image comes with instructions whose reference answers a verifier checks",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
