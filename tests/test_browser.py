@@ -10,6 +10,7 @@ goes to ``<run>/browser/explorer.png``. Skipped, with the reason, only where Chr
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -57,8 +58,8 @@ def _shown(state) -> tuple[dict[str, str], list[str]]:
     return stats, rejected
 
 
-def prepare_notebook(smoke_run: Path, tmp: Path) -> tuple[Path, Path]:
-    """A copy of the smoke run and notebook 04 parameterised for it, in a JupyterLab root folder."""
+def prepare_notebook(smoke_run: Path, tmp: Path, name: str = "04_selection") -> tuple[Path, Path]:
+    """A copy of the smoke run and notebook ``name`` parameterised for it, in a JupyterLab root folder."""
     import nbformat
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
@@ -67,10 +68,10 @@ def prepare_notebook(smoke_run: Path, tmp: Path) -> tuple[Path, Path]:
     shutil.copytree(smoke_run, run, ignore=shutil.ignore_patterns("notebooks"))
     root = tmp / "lab"
     root.mkdir()
-    nb = load_notebook_node(str(ROOT / "notebooks" / "04_selection.ipynb"))
+    nb = load_notebook_node(str(ROOT / "notebooks" / f"{name}.ipynb"))
     nb = parameterize_notebook(nb, {"preset": "smoke", "run_dir": str(run), "overrides": {}})
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, root / "04_selection.ipynb")
+    nbformat.write(nb, root / f"{name}.ipynb")
     return root, run
 
 
@@ -119,6 +120,26 @@ def test_alpha_slider_changes_stats_and_examples_in_jupyterlab(smoke_run, tmp_pa
         drive(url, token, run)
 
 
+def open_and_run(page, url: str, token: str, name: str) -> None:
+    """Open notebook ``name`` in JupyterLab on ``page`` and send Run All Cells (once the kernel is idle)."""
+    from playwright import sync_api
+
+    page.goto(f"{url}/lab/tree/{name}.ipynb?token={token}")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+    page.get_by_text("| Idle").first.wait_for(timeout=90_000)        # the kernel is connected
+    for attempt in range(3):       # a Run All sent while the kernel session settles can be dropped
+        page.locator("#jp-MainMenu .lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try:
+            page.wait_for_function("() => [...document.querySelectorAll('.jp-InputPrompt')]"
+                                   ".some(e => /\\[(\\d+|\\*)\\]/.test(e.textContent))", timeout=20_000)
+            break
+        except sync_api.TimeoutError:
+            if attempt == 2:
+                raise
+
+
 def drive(url: str, token: str, run: Path) -> None:
     """Open notebook 04, run it, type a new α and compare the page with ``PairExplorer.update``."""
     from playwright import sync_api
@@ -139,22 +160,9 @@ def drive(url: str, token: str, run: Path) -> None:
 
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            page.goto(f"{url}/lab/tree/04_selection.ipynb?token={token}")
-            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            page.get_by_text("| Idle").first.wait_for(timeout=90_000)        # the kernel is connected
-            for attempt in range(3):       # a Run All sent while the kernel session settles can be dropped
-                page.locator("#jp-MainMenu .lm-MenuBar-itemLabel", has_text="Run").first.click()
-                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-                try:
-                    page.wait_for_function("() => [...document.querySelectorAll('.jp-InputPrompt')]"
-                                           ".some(e => /\\[(\\d+|\\*)\\]/.test(e.textContent))", timeout=20_000)
-                    break
-                except sync_api.TimeoutError:
-                    if attempt == 2:
-                        raise
+            open_and_run(page, url, token, "04_selection")
             page.wait_for_selector(".m3po-stat", timeout=180_000)
             assert page_state(page) == before                      # the page shows the preset's α first
             slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="α")).first
@@ -185,3 +193,65 @@ def drive(url: str, token: str, run: Path) -> None:
     assert got == after
     assert got[0] != before[0] and got[1] != before[1]
     assert (shots / "explorer.png").stat().st_size > 10_000
+
+
+def test_token_viewer_follows_its_dropdown_in_jupyterlab(smoke_run, tmp_path):
+    """Notebook 03's token viewer: picking another candidate shows exactly ``TokenViewer.update``'s tokens."""
+    if CHROMIUM is None:
+        pytest.skip("no Chromium on this machine (apt install chromium; .ci/run does it where apt is available)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    root, run = prepare_notebook(smoke_run, tmp_path, "03_confidence")
+    with jupyterlab(root, tmp_path) as (url, token):
+        drive_tokens(url, token, run)
+
+
+def drive_tokens(url: str, token: str, run: Path) -> None:
+    from playwright import sync_api
+
+    from m3po_utils.runs import RunDir
+    from m3po_utils.widgets import TokenViewer
+
+    frame = RunDir(run).load_candidates().to_pandas()
+    viewer = TokenViewer(frame, decode=str)                       # the page's token texts are not compared
+    longest = frame.loc[frame["length"].idxmax()]
+    first = viewer.update(longest["prompt_id"], int(longest["cand_idx"]))
+    target = next(c for c in first.candidates
+                  if viewer.update(first.prompt_id, c).logprobs != first.logprobs)
+    want = viewer.update(first.prompt_id, target)
+
+    def shown(page) -> list[str]:
+        return page.eval_on_selector_all(".m3po-token", "els => els.map(e => e.dataset.logp)")
+
+    def expect(state) -> list[str]:
+        return [f"{lp:.4f}" for lp in state.logprobs]
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        try:
+            open_and_run(page, url, token, "03_confidence")
+            page.wait_for_selector(".m3po-token", timeout=180_000)
+            before = shown(page)
+            box = page.locator(".m3po-tokens-box").first
+            box.locator(".widget-dropdown", has=page.locator(".widget-label", has_text="candidate")) \
+                .locator("select").select_option(str(target))
+            page.wait_for_function("want => JSON.stringify([...document.querySelectorAll('.m3po-token')]"
+                                   ".map(e => e.dataset.logp)) === want", arg=json.dumps(expect(want)),
+                                   timeout=60_000)
+            after = shown(page)
+            sum_shown = page.eval_on_selector(".m3po-tokens .m3po-stat[data-key='logp_sum']", "e => e.textContent")
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+            shots = run / "browser"
+            shots.mkdir(exist_ok=True)
+            box.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "token_viewer.png"), full_page=False)
+        except Exception:
+            (run / "browser").mkdir(exist_ok=True)
+            page.screenshot(path=str(run / "browser" / "failure_tokens.png"))
+            print(f"browser test failed; screenshot: {run / 'browser' / 'failure_tokens.png'}")
+            raise
+        finally:
+            browser.close()
+    assert before == expect(first) and after == expect(want) and before != after
+    assert sum_shown == f"{want.stats['logp_sum']:.3f}"
+    assert (shots / "token_viewer.png").stat().st_size > 10_000

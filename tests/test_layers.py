@@ -33,8 +33,9 @@ RANK = {
     "benchfiles": 4.9, "evaluation": 5, "runs": 5,
     "basemodels": 6.00, "candidates": 6.01, "mas": 6.02, "confidence": 6.03, "selection": 6.04, "dpo": 6.05,
     "comparison": 6.06, "experiments": 6.10,
-    "plots": 7, "plots.world": 7.1, "plots.candidates": 7.1, "plots.mas": 7.1, "plots.confidence": 7.1,
-    "plots.dpo": 7.1, "plots.evaluation": 7.1, "plots.experiments": 7.1, "widgets": 7, "report": 7, "learnt": 7,
+    "plots": 7, "plots.audit": 7.05, "plots.world": 7.1, "plots.candidates": 7.1, "plots.mas": 7.1, "plots.confidence": 7.1,
+    "plots.dpo": 7.1, "plots.evaluation": 7.1, "plots.experiments": 7.1, "widgets": 7.2, "widgets.base": 7.21, "widgets.candidates": 7.22,
+    "widgets.mas": 7.22, "widgets.tokens": 7.22, "widgets.pairs": 7.22, "report": 7, "learnt": 7,
     "preflight": 7,
     "run": 8, "judge.__main__": 8,
 }

@@ -47,7 +47,7 @@ def test_rendering_without_a_browser(explorer):
     assert len(fig.axes) == 2
     html = explorer.html(st)
     assert "confident wrong" in html and "hard_negative_rate" in html
-    assert explorer.show(static=True) is not None       # papermill path returns a figure
+    assert explorer.show(static=True) is None           # papermill path displays the figure itself
 
 
 def test_bad_focus():
@@ -67,3 +67,96 @@ def test_contrasting_prompts_put_the_pairs_alpha_changes_first(explorer):
     assert order == ["p1", "p2", "p0"]
     assert contrasting_prompts({"p0": g3["p0"], **g}, 0.5, 0.1, k=1) == ["p1"]
     assert contrasting_prompts({"p0": g3["p0"], **g}, 0.0, 0.1, k=3) == ["p0", "p1", "p2"]   # α = 0: nothing differs
+
+
+# ---------------------------------------------------------------------------------------------- the new widgets
+from m3po_utils.config import MasConfig  # noqa: E402
+from m3po_utils.plots.audit import problems  # noqa: E402
+from m3po_utils.widgets import CandidateInspector, MasWeights, TokenViewer  # noqa: E402
+
+
+def _candidates():
+    return pd.DataFrame({
+        "prompt_id": ["p1"] * 3 + ["p2"] * 2,
+        "family": ["count"] * 3 + ["existence"] * 2,
+        "instruction": ["How many?"] * 3 + ["Is there a star?"] * 2,
+        "reference": ["2"] * 3 + ["No, there is no star."] * 2,
+        "cand_idx": [0, 1, 2, 0, 1],
+        "text": ["3", "2", "2", "Yes, there is a star.", "No, there is no star."],
+        "logprob_sum": [-0.5, -1.5, -1.5, -0.2, -2.0],
+        "length": [1, 1, 1, 6, 6],
+        "verifier_score": [0.0, 1.0, 1.0, 0.0, 1.0],
+        "correct": [False, True, True, False, True],
+        "token_ids": ["[5]", "[6]", "[6]", "[7, 8, 9]", "[10, 11]"],
+        "token_logprobs": ["[-0.5]", "[-1.5]", "[-1.5]", "[-0.1, -0.05, -0.05]", "[-1.5, -0.5]"],
+    })
+
+
+def test_candidate_inspector_sorts_by_confidence_and_summarises():
+    ins = CandidateInspector(_candidates(), load_image=lambda p: np.zeros((8, 8, 3)))
+    st = ins.update()
+    assert st.prompt_id == "p1" and [r["text"] for r in st.rows] == ["3", "2", "2"]   # most likely first
+    assert st.summary == {"candidates": 3.0, "distinct": 2.0, "share_correct": pytest.approx(2 / 3),
+                          "pass_at_n": 1.0, "most_likely_correct": 0.0}
+    assert ins.update() == st                                                       # pure
+    ex = ins.update(family="existence")
+    assert ex.prompt_id == "p2" and ex.prompts == ("p2",) and ex.summary["most_likely_correct"] == 0.0
+    assert ins.update(family="existence", prompt="p1").prompt_id == "p2"            # the filter wins
+    with pytest.raises(ValueError, match="family='colour'"):
+        ins.update(family="colour")
+    with pytest.raises(ValueError, match="prompt='zz'"):
+        ins.update(prompt="zz")
+    fig = ins.figure(st)
+    assert problems(fig) == [] and len(fig.axes) == 2                               # image + candidates
+    assert "How many?" in ins.html(st) and "✓" in ins.html(st)
+    assert ins.show(static=True) is None
+
+
+def test_mas_weights_recombine_the_recorded_scores():
+    df = _candidates().assign(clip_score=[0.9, 0.2, 0.3, 0.8, 0.1], judge_score=[0.0, 1.0, 1.0, 0.0, 1.0],
+                              judge_ok=True, truth=[0.0, 1.0, 1.0, 0.0, 1.0])
+    mw = MasWeights(df, MasConfig(clip_weight=0.3, judge_weight=0.7))
+    assert mw.default == pytest.approx(0.3)
+    st = mw.update()
+    assert st.clip_weight == pytest.approx(0.3)
+    # truth-sorted rows of p1; MAS = 0.3·clip + 0.7·judge
+    assert [r["mas"] for r in st.rows] == pytest.approx([0.3 * 0.2 + 0.7, 0.3 * 0.3 + 0.7, 0.3 * 0.9])
+    assert st.stats["top1"] == 1.0
+    clip_only = mw.update(clip_weight=1.0)       # CLIP alone puts the wrong answers first in both prompts
+    assert clip_only.stats["top1"] == 0.0 and clip_only.stats["spearman"] < 0 < st.stats["spearman"]
+    assert mw.curve.loc[1.0, "top1"] == 0.0 and mw.curve.loc[0.0, "top1"] == 1.0
+    with pytest.raises(ValueError, match="clip_weight=1.5"):
+        mw.update(clip_weight=1.5)
+    fig = mw.figure(clip_only)
+    assert problems(fig) == []
+    assert "m3po-stat" in mw.html(st)
+
+
+def test_token_viewer_shows_where_the_sum_goes():
+    tv = TokenViewer(_candidates(), decode=lambda t: f"t{t}", correct={("p2", 0): False})
+    st = tv.update("p2", 0)
+    assert st.tokens == ("t7", "t8", "t9") and st.logprobs == (-0.1, -0.05, -0.05)
+    assert st.stats["logp_sum"] == pytest.approx(-0.2) and st.stats["logp_mean"] == pytest.approx(-0.2 / 3)
+    assert st.stats["least_likely_logp"] == -0.1 and st.stats["share_of_sum_in_least_likely"] == pytest.approx(0.5)
+    assert st.stats["correct"] == 0.0 and st.candidates == (0, 1)
+    with pytest.raises(ValueError, match="cand_idx=5"):
+        tv.update("p2", 5)
+    assert problems(tv.figure(st)) == []
+    assert tv.html(st).count("m3po-token'") == 3
+
+
+def test_pair_explorer_filters_by_family_and_by_what_alpha_changes(explorer):
+    explorer.families = {"p1": "existence", "p2": "describe"}
+    st = explorer.update(0.5, 0.1, family="describe")
+    assert st.shown == ("p2",) and st.focus["prompt_id"] == "p2"
+    assert [ex["prompt_id"] for ex in st.examples] == ["p2"]
+    changed = explorer.update(0.5, 0.1, changed_only=True)
+    assert changed.shown == ("p1", "p2")                          # both negatives move with α = 0.5 …
+    assert explorer.update(0.5, 0.1, family="existence", changed_only=True).shown == ("p1",)   # … filters combine
+    assert changed.focus["before_l"] == 3 and changed.focus["l"] == 1
+    assert changed.examples[0]["rejected_truth"] == 0.0 and changed.examples[0]["chosen_truth"] == 1.0
+    assert explorer.update(0.0, 0.1, changed_only=True).shown == ()  # α = 0 changes nothing
+    assert changed.stats == explorer.update(0.5, 0.1).stats        # the statistics cover every prompt
+    with pytest.raises(ValueError, match="family='color'"):
+        explorer.update(family="color")
+    assert problems(explorer.figure(changed)) == []

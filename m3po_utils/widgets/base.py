@@ -1,0 +1,96 @@
+"""What every widget of the series shares: a pure ``update()``, a static figure under papermill, sliders in a lab.
+
+A widget is a class with three pure methods — ``update(**values)`` returns a frozen state computed from its inputs
+and the data it was built with, ``figure(state)`` draws that state with matplotlib, ``html(state)`` writes it as
+HTML — and ``controls(**initial)``, the ipywidgets that set ``update``'s keyword arguments. :meth:`Widget.show`
+wires them together in JupyterLab; where no widget frontend is attached (papermill, the series runner, which sets
+``M3PO_STATIC_WIDGETS=1``), it displays the static figure for the initial values instead, so an executed notebook
+still shows what the widget would.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from m3po_utils.plots import audit
+from m3po_utils.plots.candidates import printable
+
+STATIC_ENV = "M3PO_STATIC_WIDGETS"
+
+
+def static_default() -> bool:
+    return os.environ.get(STATIC_ENV) == "1"
+
+
+def short(text: str, n: int) -> str:
+    """``text`` on one line, at most ``n`` characters, with what the figure font cannot draw shown as ``·``."""
+    text = printable(" ".join(str(text).split()))
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+class Widget:
+    css = "m3po-widget"          # the box's CSS class (the browser test finds widgets by it)
+
+    def update(self, **values) -> Any:           # pragma: no cover - every widget defines it
+        raise NotImplementedError
+
+    def figure(self, state):                      # pragma: no cover
+        raise NotImplementedError
+
+    def html(self, state) -> str:                 # pragma: no cover
+        raise NotImplementedError
+
+    def controls(self, **initial) -> dict:        # pragma: no cover
+        raise NotImplementedError
+
+    def link(self, controls: dict) -> None:
+        """Hook for controls that depend on each other (a prompt list that follows a family filter)."""
+
+    def show(self, static: bool | None = None, **initial):
+        """Controls in JupyterLab; the static figure for ``initial`` under papermill (or when ``static=True``).
+
+        Either way the widget displays itself and returns None, so a call inside an ``if`` block shows too."""
+        from IPython.display import display
+
+        if static is None:
+            static = static_default()
+        import matplotlib.pyplot as plt
+
+        state = self.update(**initial)
+        if static:
+            fig = self.figure(state)
+            plt.close(fig)       # shown once, here, not again by the inline backend
+            audit.note(fig)
+            display(fig)
+            return None
+        import ipywidgets as w
+
+        controls = self.controls(**initial)
+        self.link(controls)
+        out, info = w.Output(), w.HTML()
+
+        def redraw(*_):
+            st = self.update(**{k: c.value for k, c in controls.items()})
+            with out:
+                out.clear_output(wait=True)
+                fig = self.figure(st)
+                display(fig)
+                plt.close(fig)
+            info.value = self.html(st)      # last: when the HTML shows the new state, the figure does too
+
+        for ctl in controls.values():
+            ctl.observe(redraw, names="value")
+        redraw()
+        rows = list(controls.values())
+        box = w.VBox([w.HBox(rows[i:i + 3]) for i in range(0, len(rows), 3)] + [out, info])
+        box.add_class(self.css + "-box")
+        display(box)
+        return None
+
+
+def dropdown(options, value, description: str):
+    import ipywidgets as w
+
+    options = list(options)
+    return w.Dropdown(options=options, value=value if value in options else options[0], description=description)
