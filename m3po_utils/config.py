@@ -236,14 +236,22 @@ class SelectionConfig:
     min_margin: float = 0.05   # skip a prompt whose best pair differs by less MAS than this
     pairs_per_prompt: int = 1
     seed: int = 0
+    # log P in the score: "sum" over the answer's tokens (the paper's), or "mean" per token (length-normalised;
+    # δ is then in nats per token). Notebook 04 shows what the choice changes.
+    confidence: str = "sum"
 
     def __post_init__(self) -> None:
+        _check(self.confidence in CONFIDENCE_KINDS, "selection.confidence", self.confidence,
+               f"one of {CONFIDENCE_KINDS} (the summed or the per-token log P)")
         _check(self.alpha >= 0 and not math.isinf(self.alpha), "selection.alpha", self.alpha,
                "a finite float >= 0 (paper default 0.5)")
         _check(self.delta >= 0 and not math.isinf(self.delta), "selection.delta", self.delta,
                "a finite float >= 0 (paper default 0.1)")
         _check(0 <= self.min_margin < 1, "selection.min_margin", self.min_margin, "a float in [0, 1)")
         _check(self.pairs_per_prompt >= 1, "selection.pairs_per_prompt", self.pairs_per_prompt, "an integer >= 1")
+
+
+CONFIDENCE_KINDS = ("sum", "mean")
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,7 @@ class CandidatePool:
         key = (mas, n_candidates or self.n_run)
         if key not in self._grouped:
             table = self.table(mas, n_candidates)
-            groups = S.group_candidates(table)
+            groups = S.group_candidates(table, self.cfg.selection.confidence)
             self._grouped[key] = (table, groups, S.truth_by_prompt(groups, table))
         return self._grouped[key]
 

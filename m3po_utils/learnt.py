@@ -137,7 +137,52 @@ def _selection(r: Mapping[str, Any]) -> list[str]:
     if m3.get("rejected_wrong") is not None:
         lines.append(f"{_pct(m3['rejected_wrong'])} of M3PO's rejected answers are wrong by the verifier, "
                      f"{_pct(bw.get('rejected_wrong'))} of best-vs-worst's.")
+    if r.get("unit_scales"):
+        lines.append(f"The penalty is in nats and MAS in [0, 1]: at α ≈ {_f(r['unit_scales']['alpha_balance'], 3)} "
+                     "the median penalty equals the median MAS gap, which is why a small α already saturates the "
+                     "hard-negative rate.")
+    kinds = r.get("confidence_kinds", {})
+    if kinds.get("m3po, summed log P") and kinds.get("m3po, mean log P per token"):
+        lines.append(f"The summed log P favours short answers (length–log P ρ = {_f(r.get('length_logp_spearman'), 2)}); "
+                     f"the selection uses the {r.get('confidence', 'sum')} (selection.confidence).")
     return lines
+
+
+def units_lesson(scales: Mapping[str, Any], sweep: Mapping[str, Any] | None = None) -> str:
+    """Notebook 04's first lesson, from ``selection.unit_scales`` (and the α sweep's hard-negative rates)."""
+    text = (f"Half the MAS gaps are below {_f(scales['median_mas_gap'], 2)} (90 % below "
+            f"{_f(scales['p90_mas_gap'], 2)}), on a scale that ends at 1. {_pct(scales['share_penalised'])} of the "
+            f"candidates are penalised, and the median of those is {_f(scales['median_excess_nats'], 2)} nats less "
+            f"likely than Rw beyond δ (90 % within {_f(scales['p90_excess_nats'], 1)}). So at "
+            f"α ≈ {_f(scales['alpha_balance'], 3)} the median penalty already equals the median MAS gap: for most "
+            "penalised candidates a larger α no longer leaves any gap to win, and Rl is picked among the "
+            "unpenalised ones.")
+    rates = (sweep or {}).get("hard_negative_rate")
+    alphas = (sweep or {}).get("alpha")
+    if rates and alphas:
+        text += (" The sweep above shows it: the hard-negative rate goes "
+                 + ", ".join(f"{_pct(h)} at α = {a:g}" for a, h in zip(alphas, rates, strict=True)) + ".")
+    return text
+
+
+def length_lesson(kinds: Mapping[str, Mapping[str, Any]], length_logp_spearman: float, delta_mean: float) -> str:
+    """Notebook 04's second lesson, from ``selection.confidence_kinds`` (rows keyed by selection)."""
+    s_sum = kinds.get("m3po, summed log P", {})
+    s_mean = kinds.get("m3po, mean log P per token", {})
+    bw = kinds.get("best_worst (α = 0)", {})
+    text = (f"Within a prompt, a candidate's length and its summed log P correlate at ρ = "
+            f"{_f(length_logp_spearman, 2)} (mean over prompts whose candidates differ in length): every token costs "
+            "log-probability, so the sum calls short answers confident.")
+    if s_sum and s_mean:
+        text += (f" With the summed log P, M3PO's rejected answers are {_f(s_sum['len_rejected'], 1)} tokens long on "
+                 f"average (chosen {_f(s_sum['len_chosen'], 1)}; best-vs-worst rejects {_f(bw.get('len_rejected'), 1)}); "
+                 f"with the mean per token (δ = {_f(delta_mean, 4)} nats per token) they are "
+                 f"{_f(s_mean['len_rejected'], 1)} tokens long, and the rejected answer is shorter than the chosen "
+                 f"one in {_pct(s_sum['rejected_shorter'])} against {_pct(s_mean['rejected_shorter'])} of pairs.")
+        if "rejected_wrong" in s_sum:
+            text += (f" The verifier calls {_pct(s_sum['rejected_wrong'])} (sum) and {_pct(s_mean['rejected_wrong'])} "
+                     "(mean) of the rejected answers wrong.")
+    return text
 
 
 def _dpo(r: Mapping[str, Any]) -> list[str]:

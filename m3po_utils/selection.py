@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from m3po_utils.config import STRATEGIES, TRUTH_STRATEGIES
+from m3po_utils.config import CONFIDENCE_KINDS, STRATEGIES, TRUTH_STRATEGIES
 from m3po_utils.io import AtomicDir
+from m3po_utils.models.generate import quiet_datasets
 from m3po_utils.runs import RunDir
+from m3po_utils.stats import spearman
 
 SKIP_REASONS = ("fewer_than_two_distinct", "all_mas_equal", "margin_below_min", "mas_missing")
 
@@ -178,13 +180,21 @@ class Selection:
         return {r: counts.get(r, 0) for r in SKIP_REASONS}
 
 
-def group_candidates(table) -> dict[str, dict[str, np.ndarray | list]]:
-    """Group a candidates table (pandas DataFrame with prompt_id, cand_idx, text, logprob_sum, mas) by prompt."""
+def group_candidates(table, confidence: str = "sum") -> dict[str, dict[str, np.ndarray | list]]:
+    """Group a candidates table (pandas DataFrame with prompt_id, cand_idx, text, logprob_sum, mas) by prompt.
+
+    ``logp`` — the confidence the M3P-Score reads — is the summed log P (``confidence="sum"``, the paper's) or the
+    mean per token (``"mean"``, column ``logprob_mean``); ``length`` is each answer's token count where known."""
+    if confidence not in CONFIDENCE_KINDS:
+        raise ValueError(f"confidence={confidence!r}: use one of {CONFIDENCE_KINDS} (selection.confidence)")
+    column = "logprob_sum" if confidence == "sum" else "logprob_mean"
     df = table.sort_values(["prompt_id", "cand_idx"])
     groups: dict[str, dict] = {}
     for pid, g in df.groupby("prompt_id", sort=True):
         groups[str(pid)] = {"idx": g["cand_idx"].to_numpy(), "text": g["text"].tolist(),
-                            "mas": g["mas"].to_numpy(dtype=float), "logp": g["logprob_sum"].to_numpy(dtype=float)}
+                            "mas": g["mas"].to_numpy(dtype=float), "logp": g[column].to_numpy(dtype=float)}
+        if "length" in g:
+            groups[str(pid)]["length"] = g["length"].to_numpy(dtype=float)
     return groups
 
 
@@ -306,18 +316,112 @@ def write_pairs(run_dir, sel: Selection, table, load_image, info: dict | None = 
         return {"bytes": buf.getvalue(), "path": None}
 
     encoded = {ref: png(ref) for ref in {r["image"] for r in rows}}
-    ds = datasets.Dataset.from_list([r | {"images": [encoded[r["image"]]]} for r in rows])
-    ds = ds.cast_column("images", datasets.Sequence(datasets.Image()))
     meta = {"strategy": sel.strategy, "alpha": sel.alpha, "delta": sel.delta, "pairs": len(rows),
             "prompts": len(sel.choices), "skipped": sel.skipped} | (info or {})
     folder = RunDir(run_dir).pairs(sel.strategy)
-    with AtomicDir(folder) as tmp:
+    with AtomicDir(folder) as tmp, quiet_datasets():    # no progress bar per strategy in the notebook
+        ds = datasets.Dataset.from_list([r | {"images": [encoded[r["image"]]]} for r in rows])
+        ds = ds.cast_column("images", datasets.Sequence(datasets.Image()))
         ds.save_to_disk(str(tmp / "data"))
         (tmp / "info.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     return folder
 
 
 # --------------------------------------------------------------------------- stage helpers (notebook 04)
+
+def worked_example(g: dict, alpha: float, delta: float, truth: Sequence[float] | None = None, rows: int = 10):
+    """One prompt's candidates as notebook 04's worked example: MAS, log P, the two terms of the M3P-Score and
+    ``role`` — Rw, M3PO's Rl and the α = 0 (best-vs-worst) Rl — those rows first, then the other distinct answers
+    by score. The index is the candidate's position in the prompt's group."""
+    import pandas as pd
+
+    mas, lp = np.asarray(g["mas"], float), np.asarray(g["logp"], float)
+    w, l_m3 = select_pair(mas, lp, alpha, delta, g["text"])
+    _, l_bw = select_pair(mas, lp, 0.0, delta, g["text"])
+    role = [""] * len(mas)
+    role[l_bw] = "Rl at α = 0"
+    role[l_m3] = "Rl (M3PO)" if l_m3 != l_bw else "Rl (M3PO and α = 0)"
+    role[w] = "Rw"
+    df = pd.DataFrame({"role": role, "text": g["text"], "MAS": mas, "log P": lp, "MAS gap": mas[w] - mas,
+                       "penalty": alpha * np.maximum(0.0, lp[w] - lp - delta),
+                       "m3p_scores": m3p_scores(mas, lp, alpha, delta, g["text"])})
+    if truth is not None:
+        df["truth"] = np.asarray(truth, float)
+    order = {"Rw": 0, "Rl (M3PO)": 1, "Rl (M3PO and α = 0)": 1, "Rl at α = 0": 2, "": 3}
+    df = df.assign(_o=df["role"].map(order)).sort_values(["_o", "m3p_scores"], ascending=[True, False], kind="stable")
+    return df.drop_duplicates("text").drop(columns="_o").head(rows)
+
+
+def unit_scales(groups: dict[str, dict], delta: float) -> dict[str, float]:
+    """Why a small α already saturates the hard-negative rate: the two terms of the M3P-Score in their units.
+
+    Over every non-preferred candidate: the MAS gap MAS(Rw) − MAS(Rj), in [0, 1], and the log P excess
+    max(0, log P(Rw) − log P(Rj) − δ), in nats, which α multiplies. ``alpha_balance`` is the α at which the
+    median penalised candidate's penalty equals the median MAS gap: above it, the penalty outweighs the gap for
+    most penalised candidates, so Rl is picked among the unpenalised (hard) ones.
+    """
+    gaps, excess = [], []
+    for g in groups.values():
+        mas, lp = np.asarray(g["mas"], float), np.asarray(g["logp"], float)
+        if mas.size < 2 or not np.isfinite(mas).any():
+            continue
+        w = best_index(mas, lp)
+        others = np.arange(mas.size) != w
+        gaps.append((mas[w] - mas)[others])
+        excess.append(np.maximum(0.0, lp[w] - lp - delta)[others])
+    if not gaps:
+        raise ValueError("no prompt has two candidates with a MAS: nothing to compare")
+    gap, ex = np.concatenate(gaps), np.concatenate(excess)
+    keep = np.isfinite(gap)
+    gap, ex = gap[keep], ex[keep]
+    pen = ex > 0
+    med_gap = float(np.median(gap))
+    med_ex = float(np.median(ex[pen])) if pen.any() else 0.0
+    return {"median_mas_gap": med_gap, "p90_mas_gap": float(np.quantile(gap, 0.9)),
+            "share_penalised": float(pen.mean()), "median_excess_nats": med_ex,
+            "p90_excess_nats": float(np.quantile(ex[pen], 0.9)) if pen.any() else 0.0,
+            "alpha_balance": med_gap / med_ex if med_ex > 0 else float("inf")}
+
+
+def confidence_kinds(table, alpha: float, delta_sum: float, delta_mean: float, min_margin: float = 0.0,
+                     seed: int = 0):
+    """What the summed log P does to the pairs, against the mean per token: one row per selection.
+
+    Rows: best-vs-worst (α = 0), M3PO with the summed log P (δ = ``delta_sum`` nats) and with the mean per token
+    (δ = ``delta_mean`` nats per token). Columns: mean token length of Rw and Rl, the share of pairs whose Rl is
+    shorter than Rw, the within-prompt Spearman correlation of length and summed log P (the bias itself), the
+    hard-negative rate and, with ground truth, the share of rejected answers that are wrong.
+    """
+    import pandas as pd
+
+    g_sum, g_mean = group_candidates(table, "sum"), group_candidates(table, "mean")
+    if not all("length" in g for g in g_sum.values()):
+        raise ValueError("the candidates table has no 'length' column (notebook 01 writes it)")
+    truth = truth_by_prompt(g_sum, table)
+    corr = [spearman(g["length"], g["logp"]) for g in g_sum.values() if np.ptp(g["length"]) > 0]
+    corr = float(np.nanmean(corr)) if corr else float("nan")
+    rows = {}
+    for name, groups, strategy, a, d in (("best_worst (α = 0)", g_sum, "best_worst", 0.0, delta_sum),
+                                         ("m3po, summed log P", g_sum, "m3po", alpha, delta_sum),
+                                         ("m3po, mean log P per token", g_mean, "m3po", alpha, delta_mean)):
+        sel = select(groups, strategy, a, d, min_margin, seed=seed)
+        lw, ll = [], []
+        for c in sel.choices:
+            for w, lo in c.pairs:
+                if lo is not None:
+                    lw.append(groups[c.prompt_id]["length"][w])
+                    ll.append(groups[c.prompt_id]["length"][lo])
+        lw, ll = np.array(lw), np.array(ll)
+        st = selection_stats(groups, sel, truth=truth)
+        rows[name] = {"pairs": st["pairs"], "len_chosen": float(lw.mean()) if lw.size else float("nan"),
+                      "len_rejected": float(ll.mean()) if ll.size else float("nan"),
+                      "rejected_shorter": float((ll < lw).mean()) if lw.size else float("nan"),
+                      "hard_negative_rate": st["hard_negative_rate"]} | (
+                          {"rejected_wrong": st["rejected_wrong"]} if truth is not None else {})
+    out = pd.DataFrame(rows).T
+    out.attrs["length_logp_spearman"] = corr
+    return out
+
 
 def scored_candidates(run_dir):
     """Candidates (notebook 01) joined with their MAS (notebook 02), one row per candidate, as pandas."""

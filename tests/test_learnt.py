@@ -49,3 +49,22 @@ def test_stage_summaries_cite_their_results():
     assert "80 pairs from 100 prompts" in text and "does not raise that share" in text
     with pytest.raises(KeyError, match="no summary for '07_x'"):
         L.summary("07_x", {})
+
+
+def test_notebook_04_lessons_print_the_runs_numbers():
+    from m3po_utils import learnt
+
+    scales = {"median_mas_gap": 0.136, "p90_mas_gap": 0.689, "share_penalised": 0.352, "median_excess_nats": 1.445,
+              "p90_excess_nats": 6.73, "alpha_balance": 0.0941}
+    text = learnt.units_lesson(scales, {"alpha": [0.0, 0.5], "hard_negative_rate": [0.266, 0.61]})
+    assert "0.14" in text and "1.45 nats" in text and "α ≈ 0.094" in text and "27 % at α = 0" in text
+    kinds = {"best_worst (α = 0)": {"len_rejected": 10.9},
+             "m3po, summed log P": {"len_rejected": 10.72, "len_chosen": 12.54, "rejected_shorter": 0.339,
+                                    "rejected_wrong": 0.979},
+             "m3po, mean log P per token": {"len_rejected": 11.53, "rejected_shorter": 0.308, "rejected_wrong": 0.991}}
+    text = learnt.length_lesson(kinds, -0.156, 0.0089)
+    assert "ρ = -0.16" in text and "10.7 tokens" in text and "11.5 tokens" in text and "34 % against 31 %" in text
+    r = {"alpha": 0.5, "delta": 0.1, "prompts": 3, "strategies": {}, "unit_scales": scales,
+         "confidence_kinds": kinds, "length_logp_spearman": -0.156, "confidence": "sum"}
+    out = learnt.summary("04_selection", r)
+    assert "α ≈ 0.094" in out and "uses the sum (selection.confidence)" in out

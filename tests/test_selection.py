@@ -155,3 +155,63 @@ def test_oracle_ranks_by_truth_not_mas():
     from m3po_utils.selection import select_all
     assert "oracle" not in select_all(groups, 0.5, 0.1, 0.0)
     assert select_all(groups, 0.5, 0.1, 0.0, truth=truth)["oracle"].choices[0].pairs == [(1, 2)]
+
+
+def _lengths_table():
+    # p1: Rw is long; a short wrong answer is confident by the sum, a long wrong one only per token
+    return pd.DataFrame({
+        "prompt_id": ["p1"] * 3 + ["p2"] * 3, "cand_idx": [0, 1, 2] * 2,
+        "text": ["a long right answer", "no", "a long wrong answer here", "x", "y", "z"],
+        "mas": [0.9, 0.2, 0.1, 0.8, 0.5, 0.1],
+        "logprob_sum": [-8.0, -1.0, -12.0, -1.0, -1.05, -9.0],
+        "length": [8, 1, 10, 2, 2, 2],
+        "truth": [1.0, 0.0, 0.0, 1.0, 0.5, 0.0],
+    }).assign(logprob_mean=lambda d: d["logprob_sum"] / d["length"])
+
+
+def test_confidence_option_picks_the_summed_or_the_per_token_log_p():
+    df = _lengths_table()
+    g_sum, g_mean = group_candidates(df), group_candidates(df, "mean")
+    assert g_sum["p1"]["logp"].tolist() == [-8.0, -1.0, -12.0] and g_mean["p1"]["logp"].tolist() == [-1.0, -1.0, -1.2]
+    assert g_sum["p1"]["length"].tolist() == [8, 1, 10]
+    with pytest.raises(ValueError, match="confidence='median'"):
+        group_candidates(df, "median")
+    from m3po_utils.config import ConfigError, load_preset
+    assert load_preset("smoke", {"selection.confidence": "mean"}).selection.confidence == "mean"
+    with pytest.raises(ConfigError, match="selection.confidence"):
+        load_preset("smoke", {"selection.confidence": "median"})
+
+
+def test_unit_scales_put_the_penalty_in_nats_beside_the_mas_gap():
+    from m3po_utils.selection import unit_scales
+
+    sc = unit_scales(group_candidates(_lengths_table()), delta=0.1)
+    # non-preferred candidates: p1 gaps 0.7, 0.8 with excess max(0, -8+1-0.1) = 0 and -8+12-0.1 = 3.9;
+    # p2 gaps 0.3, 0.7 with excess max(0, -1+1.05-0.1) = 0 and -1+9-0.1 = 7.9
+    assert sc["median_mas_gap"] == pytest.approx(0.7) and sc["share_penalised"] == 0.5
+    assert sc["median_excess_nats"] == pytest.approx((3.9 + 7.9) / 2)
+    assert sc["alpha_balance"] == pytest.approx(0.7 / 5.9)
+
+
+def test_confidence_kinds_show_the_length_bias():
+    from m3po_utils.selection import confidence_kinds
+
+    out = confidence_kinds(_lengths_table(), alpha=0.5, delta_sum=0.1, delta_mean=0.1)
+    bw, s, m = (out.loc[k] for k in ("best_worst (α = 0)", "m3po, summed log P", "m3po, mean log P per token"))
+    # α = 0 rejects the worst by MAS (lengths 10, 2); the sum penalises p1's long wrong answer (3.9 nats) and
+    # rejects the short "no"; per token that answer is only 0.2 − δ behind Rw, so it is rejected again
+    assert bw["len_rejected"] == pytest.approx(6.0)
+    assert s["len_rejected"] == pytest.approx(1.5) and s["rejected_shorter"] == 0.5
+    assert m["len_rejected"] == pytest.approx(6.0) and m["rejected_shorter"] == 0.0
+    assert s["rejected_wrong"] == 1.0 and m["rejected_wrong"] == 1.0      # "y" is half right: not fully correct
+    assert out.attrs["length_logp_spearman"] == pytest.approx(-1.0)      # p1 only: p2's lengths do not vary
+
+
+def test_worked_example_marks_both_negatives():
+    from m3po_utils.selection import worked_example
+
+    g = group_candidates(_lengths_table())["p1"]
+    ex = worked_example(g, 0.5, 0.1, truth=[1.0, 0.0, 0.0])
+    assert ex["role"].tolist() == ["Rw", "Rl (M3PO)", "Rl at α = 0"]
+    assert ex.index.tolist() == [0, 1, 2] and ex.loc[2, "penalty"] == pytest.approx(0.5 * 3.9)
+    assert ex["truth"].tolist() == [1.0, 0.0, 0.0]
