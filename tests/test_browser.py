@@ -236,7 +236,7 @@ def drive_tokens(url: str, token: str, run: Path) -> None:
             box.locator(".widget-dropdown", has=page.locator(".widget-label", has_text="candidate")) \
                 .locator("select").select_option(str(target))
             page.wait_for_function("want => JSON.stringify([...document.querySelectorAll('.m3po-token')]"
-                                   ".map(e => e.dataset.logp)) === want", arg=json.dumps(expect(want)),
+                                   ".map(e => e.dataset.logp)) === want", arg=json.dumps(expect(want), separators=(",", ":")),
                                    timeout=60_000)
             after = shown(page)
             sum_shown = page.eval_on_selector(".m3po-tokens .m3po-stat[data-key='logp_sum']", "e => e.textContent")
