@@ -12,13 +12,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from m3po_utils.models.templates import n_image_tokens, prompt_for
+from m3po_utils.models.templates import image_batch, merged_patches, n_image_tokens, prompt_for
 
 
 def suppressed_token_ids(processor) -> list[int]:
-    """Tokens a response must never contain: the image placeholder, padding and BOS."""
+    """Tokens a response must never contain: the image placeholder (and Qwen's vision markers), padding and BOS."""
     tok = processor.tokenizer
     ids = {tok.convert_tokens_to_ids(processor.image_token), tok.pad_token_id, tok.bos_token_id}
+    for name in ("video_token", "vision_start_token", "vision_end_token"):     # Qwen2-VL family's other markers
+        if getattr(tok, name, None):
+            ids.add(tok.convert_tokens_to_ids(getattr(tok, name)))
     return sorted(i for i in ids if i is not None and i >= 0)
 
 
@@ -102,10 +105,9 @@ def context_length(model) -> int | None:
     return getattr(cfg, "max_position_embeddings", None)
 
 
-def _expanded_prompt(processor, instruction: str) -> str:
-
+def _expanded_prompt(processor, instruction: str, image=None) -> str:
     token = processor.image_token
-    return prompt_for(processor, instruction).replace(token, token * n_image_tokens(processor))
+    return prompt_for(processor, instruction).replace(token, token * n_image_tokens(processor, image))
 
 
 def prompt_lengths(processor, instructions: Sequence[str]) -> list[int]:
@@ -256,7 +258,9 @@ def score_responses(model, processor, images, instructions, responses, batch_siz
     tok = processor.tokenizer
     device = _device(model)
     limit = context_length(model)
-    prompt_ids = [tok(_expanded_prompt(processor, str(q)), add_special_tokens=True).input_ids for q in instructions]
+    mrope = merged_patches(processor)    # Qwen2-VL family: the image token count follows each image's size
+    prompt_ids = [tok(_expanded_prompt(processor, str(q), images[g] if mrope else None),
+                      add_special_tokens=True).input_ids for g, q in enumerate(instructions)]
     resp_ids = [[response_ids(processor, r) for r in group] for group in responses]
     for g, (p, group) in enumerate(zip(prompt_ids, resp_ids, strict=True)):
         for r in group:
@@ -265,18 +269,19 @@ def score_responses(model, processor, images, instructions, responses, batch_siz
                     f"prompt {g} ({len(p)} tokens) plus a response of {len(r)} tokens exceeds the model's context "
                     f"of {limit} tokens (text_config.max_position_embeddings)")
     flat = [(g, j) for g, group in enumerate(resp_ids) for j in range(len(group))]
-    use_mm = _supports_mm_outputs(model)
+    use_mm = _supports_mm_outputs(model) and not mrope
     pixels: dict[int, torch.Tensor] = {}
     out: list[list[np.ndarray | None]] = [[None] * len(group) for group in resp_ids]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     for start in range(0, len(flat), batch_size):
         batch = flat[start: start + batch_size]
         groups = list(dict.fromkeys(g for g, _ in batch))
-        for g in groups:
-            if g not in pixels:
-                pixels[g] = processor.image_processor(images[g], return_tensors="pt")["pixel_values"][0]
-        for g in [g for g in pixels if g not in groups]:
-            del pixels[g]
+        if not mrope:
+            for g in groups:
+                if g not in pixels:
+                    pixels[g] = processor.image_processor(images[g], return_tensors="pt")["pixel_values"][0]
+            for g in [g for g in pixels if g not in groups]:
+                del pixels[g]
         p_len = max(len(prompt_ids[g]) for g, _ in batch)
         r_len = max(len(resp_ids[g][j]) for g, j in batch)
         ids = torch.full((len(batch), p_len + r_len), pad, dtype=torch.long)
@@ -288,19 +293,27 @@ def score_responses(model, processor, images, instructions, responses, batch_siz
             ids[row, p_len: p_len + len(r)] = torch.tensor(r)
             mask[row, p_len - len(p): p_len + len(r)] = 1
             targets[row, : len(r)] = torch.tensor(r)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         keep = torch.arange(p_len - 1, p_len + r_len - 1)
         kwargs: dict[str, Any] = dict(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                      position_ids=position_ids.to(device), logits_to_keep=keep.to(device))
-        pv = torch.stack([pixels[g] for g in groups]).to(device=device, dtype=model.dtype)
-        if use_mm:
-            feats = model.get_image_features(pixel_values=pv, return_dict=True)
-            slot = {g: k for k, g in enumerate(groups)}
-            per_image = list(feats.pooler_output)
-            feats.pooler_output = [per_image[slot[g]] for g, _ in batch]
-            kwargs["mm_encoder_outputs"] = {"image": feats}
-        else:
-            kwargs["pixel_values"] = pv[torch.tensor([groups.index(g) for g, _ in batch])]
+                                      logits_to_keep=keep.to(device))
+        if mrope:   # the model derives its 3-D positions from ids, grids and mask; patches go in per row
+            batch_pixels = image_batch(processor, [images[g] for g, _ in batch])
+            kwargs["pixel_values"] = batch_pixels["pixel_values"].to(device=device, dtype=model.dtype)
+            kwargs["image_grid_thw"] = batch_pixels["image_grid_thw"].to(device)
+            # which tokens are image tokens: without it the model cannot compute its multimodal positions
+            kwargs["mm_token_type_ids"] = torch.tensor(processor.create_mm_token_type_ids(ids.tolist()),
+                                                       dtype=torch.long, device=device)
+        else:       # LLaVA: positions follow the mask; each image is encoded once for all its responses
+            kwargs["position_ids"] = ((mask.cumsum(-1) - 1).clamp(min=0)).to(device)
+            pv = torch.stack([pixels[g] for g in groups]).to(device=device, dtype=model.dtype)
+            if use_mm:
+                feats = model.get_image_features(pixel_values=pv, return_dict=True)
+                slot = {g: k for k, g in enumerate(groups)}
+                per_image = list(feats.pooler_output)
+                feats.pooler_output = [per_image[slot[g]] for g, _ in batch]
+                kwargs["mm_encoder_outputs"] = {"image": feats}
+            else:
+                kwargs["pixel_values"] = pv[torch.tensor([groups.index(g) for g, _ in batch])]
         logits = model(**kwargs).logits
         lp = F.log_softmax(logits.float(), dim=-1).gather(2, targets.to(device)[..., None]).squeeze(-1)
         lp = lp.cpu().double().numpy()

@@ -29,17 +29,19 @@ def quiet_gc_warning():
 
 def lora_parts(targets: Sequence[str] = ("q_proj", "v_proj"), projector: bool = False,
                vision: bool = False) -> dict[str, str]:
-    """One regular expression per part of the LLaVA that gets LoRA (matched with ``re.fullmatch``).
+    """One regular expression per part of the LVLM that gets LoRA (matched with ``re.fullmatch``).
 
     LLaVA in transformers 5 names its parts ``model.language_model``, ``model.vision_tower`` and
-    ``model.multi_modal_projector``; the CLIP vision tower has ``q_proj`` / ``v_proj`` too, hence the prefixes.
+    ``model.multi_modal_projector``; Qwen2-VL / Qwen2.5-VL ``model.language_model`` and ``model.visual`` (its
+    projector is the vision side's ``merger``). Vision towers have attention projections too, hence the prefixes:
+    the same ``q_proj`` / ``v_proj`` targets stay on the language model of either class.
     """
     names = "|".join(targets)
     parts = {"language_model": rf"model\.language_model\..*\.({names})"}
     if vision:
-        parts["vision_tower"] = rf"model\.vision_tower\..*\.({names})"
+        parts["vision_tower"] = rf"model\.(?:vision_tower|visual\.blocks)\..*\.({names})"
     if projector:
-        parts["multi_modal_projector"] = r"model\.multi_modal_projector\.linear_\d+"
+        parts["multi_modal_projector"] = r"model\.(?:multi_modal_projector\.linear_\d+|visual\.merger\.mlp\.\d+)"
     return parts
 
 
@@ -88,6 +90,7 @@ def lora_summary(model) -> dict[str, Any]:
     modules: dict[str, int] = {}
     for name, _ in model.named_modules():
         if name.endswith(".lora_A"):
-            part = next((p for p in ("language_model", "vision_tower", "multi_modal_projector") if p in name), "other")
+            part = next((p for p in ("language_model", "vision_tower", "visual", "multi_modal_projector") if p in name),
+                        "other")
             modules[part] = modules.get(part, 0) + 1
     return {"trainable": trainable, "total": total, "trainable_share": trainable / total, "lora_modules": modules}

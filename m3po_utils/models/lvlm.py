@@ -185,3 +185,99 @@ def count_parameters(model) -> dict[str, int]:
         if sub is not None:
             parts[name] = sub
     return {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+
+
+# ------------------------------------------------------------------------------- Qwen2.5-VL (the second class)
+
+# Qwen2.5-VL's special tokens and ChatML turns ("<|im_start|>user\n…<|im_end|>\n<|im_start|>assistant\n"); the
+# image is "<|vision_start|><|image_pad|><|vision_end|>", the pad token expanded by the processor to one token per
+# merged 2 × 2 patch group.
+QWEN_PAD, QWEN_EOS, QWEN_IMAGE = "<|endoftext|>", "<|im_end|>", "<|image_pad|>"
+QWEN_SPECIAL_TOKENS = [UNK, QWEN_PAD, "<|im_start|>", QWEN_EOS, "<|vision_start|>", "<|vision_end|>", QWEN_IMAGE,
+                       "<|video_pad|>"]
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def train_qwen_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE trained on ``texts`` with Qwen2.5-VL's special tokens (no BOS; EOS ends a turn)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN_SPECIAL_TOKENS, min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=QWEN_EOS, pad_token=QWEN_PAD, unk_token=UNK,
+        extra_special_tokens={"image_token": QWEN_IMAGE, "video_token": "<|video_pad|>",
+                              "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"})
+    fast.padding_side = "left"
+    return fast
+
+
+def build_qwen_processor(tokenizer, image_size: int, grid: int):
+    """A ``Qwen2_5_VLProcessor`` whose merged 2 × 2 patch groups are the world's grid cells.
+
+    The patch side is half a cell (``image_size // grid // 2``), so the processor turns a square image into
+    ``(2·grid)²`` patches, merged into ``grid²`` image tokens; ``min_pixels = max_pixels = image_size²`` keeps
+    the world's images at their size.
+    """
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    patch = image_size // grid // 2
+    if patch * 2 * grid != image_size:
+        raise ValueError(f"world.image_size={image_size} must be a multiple of 2·grid = {2 * grid} for Qwen2.5-VL "
+                         "(each grid cell is one merged 2 × 2 patch group)")
+    common = dict(patch_size=patch, merge_size=2, temporal_patch_size=2, image_mean=IMAGE_MEAN, image_std=IMAGE_STD)
+    image_processor = Qwen2VLImageProcessor(min_pixels=image_size ** 2, max_pixels=image_size ** 2, **common)
+    video_processor = Qwen2VLVideoProcessor(**common)   # the processor class requires one; the series has no video
+    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                               chat_template=QWEN_CHAT_TEMPLATE)
+
+
+def build_tiny_qwen(tokenizer, cfg: LvlmTrainConfig, image_size: int, grid: int):
+    """A freshly initialised ``Qwen2_5_VLForConditionalGeneration`` sized by ``cfg`` (the sizes LLaVA's uses).
+
+    Vision: ``cfg.vision_layers`` blocks of width ``cfg.vision_hidden``, one attention window spanning the whole
+    image (the world's images are small) and full attention in the last block; its patch merger projects to the
+    language model's width. Language model: Qwen2 with multimodal RoPE, ``mrope_section`` splitting each head's
+    rotary half in Qwen2.5-VL's 2 : 3 : 3 proportion (time, height, width).
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(cfg.seed)
+    half = cfg.text_hidden // cfg.text_heads // 2
+    hw = half * 3 // 8
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        vision_config=dict(depth=cfg.vision_layers, hidden_size=cfg.vision_hidden,
+                           intermediate_size=4 * cfg.vision_hidden, num_heads=cfg.vision_heads, in_channels=3,
+                           patch_size=image_size // grid // 2, spatial_merge_size=2, temporal_patch_size=2,
+                           out_hidden_size=cfg.text_hidden, window_size=image_size,
+                           fullatt_block_indexes=[cfg.vision_layers - 1]),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=cfg.text_hidden,
+                         intermediate_size=cfg.text_intermediate, num_hidden_layers=cfg.text_layers,
+                         num_attention_heads=cfg.text_heads, num_key_value_heads=cfg.text_heads,
+                         max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [half - 2 * hw, hw, hw]},
+                         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         initializer_range=cfg.text_hidden ** -0.5),
+        image_token_id=ids(QWEN_IMAGE), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=True)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = None
+    return model
