@@ -84,6 +84,9 @@ class WorldConfig:
             _check(getattr(self, name) >= 1, f"world.{name}", getattr(self, name), "a positive integer")
 
 
+LVLM_ARCHITECTURES = ("llava", "qwen2_5_vl")
+
+
 @dataclass(frozen=True)
 class LvlmTrainConfig:
     """Size and SFT schedule of the shapes world's tiny LLaVA (ignored by hub presets)."""
@@ -109,8 +112,13 @@ class LvlmTrainConfig:
     annotation_noise: float = 0.0
     eval_every: int = 350
     seed: int = 0
+    # the LVLM class notebook 00 builds: "llava" (LlavaForConditionalGeneration) or "qwen2_5_vl"
+    # (Qwen2_5_VLForConditionalGeneration); every later stage runs on either through the same code
+    architecture: str = "llava"
 
     def __post_init__(self) -> None:
+        _check(self.architecture in LVLM_ARCHITECTURES, "lvlm_train.architecture", self.architecture,
+               f"one of {LVLM_ARCHITECTURES}")
         for name in ("text_hidden", "text_layers", "text_heads", "text_intermediate", "vision_hidden",
                      "vision_layers", "vision_heads", "steps", "batch_size", "eval_every"):
             _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"lvlm_train.{name}",
@@ -503,7 +511,30 @@ def _llava_7b() -> Preset:
     )
 
 
-PRESETS = {"smoke": _smoke, "shapes": _shapes, "llava-1.5-7b": _llava_7b}
+def _qwen(base: Preset, name: str) -> Preset:
+    """``base`` with the tiny Qwen2.5-VL in place of the tiny LLaVA (same sizes, same training schedule)."""
+    return dataclasses.replace(base, name=name,
+                               lvlm_train=dataclasses.replace(base.lvlm_train, architecture="qwen2_5_vl"))
+
+
+def _smoke_qwen() -> Preset:
+    return _qwen(_smoke(), "smoke-qwen")
+
+
+def _shapes_qwen() -> Preset:
+    return _qwen(_shapes(), "shapes-qwen")
+
+
+def _qwen_7b() -> Preset:
+    """Qwen2.5-VL-7B-Instruct from a model hub, with the LLaVA-1.5-7B preset's settings for everything else."""
+    llava = _llava_7b()
+    return dataclasses.replace(llava, name="qwen2.5-vl-7b",
+                               models=dataclasses.replace(llava.models, lvlm="Qwen/Qwen2.5-VL-7B-Instruct"),
+                               lvlm_train=dataclasses.replace(llava.lvlm_train, architecture="qwen2_5_vl"))
+
+
+PRESETS = {"smoke": _smoke, "shapes": _shapes, "llava-1.5-7b": _llava_7b, "smoke-qwen": _smoke_qwen,
+           "shapes-qwen": _shapes_qwen, "qwen2.5-vl-7b": _qwen_7b}
 
 
 def _field_types(obj: Any) -> dict[str, Any]:

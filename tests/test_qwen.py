@@ -85,3 +85,23 @@ def test_lora_defaults_stay_on_the_language_model(qwen):
     assert hits["language_model"] and all(n.startswith("model.language_model.") for n in hits["language_model"])
     both = check_lora_targets(model, DpoConfig(lora_projector=True, lora_vision=False))
     assert all(n.startswith("model.visual.merger.") for n in both["multi_modal_projector"])
+
+
+def test_short_sft_of_the_tiny_qwen_lowers_its_loss():
+    """notebook 00's training loop (answer loss + per-cell grounding loss) runs on the Qwen class unchanged."""
+    import dataclasses
+
+    from m3po_utils.models import sft as T
+
+    cfg = load_preset("smoke")
+    lc = dataclasses.replace(cfg.lvlm_train, architecture="qwen2_5_vl", steps=30, warmup_steps=5, batch_size=16)
+    scenes = W.make_splits(cfg.world)["train"][:120]
+    model, processor = T.build_base(scenes, cfg.world, lc)
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    p_ids, a_ids = T.encode_pair(processor, "Is there a circle in the image?", "No, there is no circle.")
+    assert p_ids.count(processor.tokenizer.convert_tokens_to_ids(QWEN_IMAGE)) == cfg.world.grid ** 2
+    assert a_ids[-1] == processor.tokenizer.eos_token_id
+    history = T.train_base(model, processor, scenes, cfg.world, lc, progress=False)
+    first, last = np.mean([h["loss"] for h in history[:5]]), np.mean([h["loss"] for h in history[-5:]])
+    assert last < 0.8 * first, (first, last)
+    assert history[-1]["aux_loss"] < history[0]["aux_loss"]

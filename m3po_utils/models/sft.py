@@ -41,8 +41,9 @@ from tqdm.auto import tqdm
 
 from m3po_utils import world as W
 from m3po_utils.config import LvlmTrainConfig, WorldConfig
-from m3po_utils.models.lvlm import IMAGE, build_processor, build_tiny_llava, train_tokenizer
-from m3po_utils.models.templates import n_image_tokens, prompt_for
+from m3po_utils.models.lvlm import (IMAGE, build_processor, build_qwen_processor, build_tiny_llava, build_tiny_qwen,
+                                    train_qwen_tokenizer, train_tokenizer)
+from m3po_utils.models.templates import image_batch, n_image_tokens, prompt_for
 
 # Sampling weight of each instruction family in the SFT mix (existence questions come in yes/no pairs).
 LONG_FAMILIES = ("describe", "fmt_list", "fmt_start", "fmt_max_words")
@@ -107,7 +108,8 @@ def encode_pair(processor, question: str, answer: str) -> tuple[list[int], list[
     generation produces after the prompt.
     """
     tok = processor.tokenizer
-    prompt = prompt_for(processor, question).replace(IMAGE, IMAGE * n_image_tokens(processor))
+    image = processor.image_token
+    prompt = prompt_for(processor, question).replace(image, image * n_image_tokens(processor))
     p_ids = tok(prompt, add_special_tokens=True).input_ids
     a_ids = tok(" " + answer, add_special_tokens=False).input_ids + [tok.eos_token_id]
     return p_ids, a_ids
@@ -164,22 +166,46 @@ def cell_targets(scenes: Sequence[W.Scene], cfg: WorldConfig) -> tuple[torch.Ten
     return shapes, colors
 
 
-def pixel_tensor(processor, scenes: Sequence[W.Scene], cfg: WorldConfig, chunk: int = 256) -> torch.Tensor:
-    """Render and preprocess every scene once (the training loop indexes this tensor)."""
-    out = []
+def pixel_tensor(processor, scenes: Sequence[W.Scene], cfg: WorldConfig, chunk: int = 256) -> dict[str, torch.Tensor]:
+    """Render and preprocess every scene once; the training loop indexes the first dimension (one scene).
+
+    LLaVA: ``pixel_values`` (scenes, 3, H, W). Qwen2-VL family: ``pixel_values`` (scenes, patches, patch dim) — the
+    world's images are one size, so every scene has the same patches — and ``image_grid_thw`` (scenes, 3)."""
+    parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(scenes), chunk):
         imgs = [W.render(s, cfg) for s in scenes[start: start + chunk]]
-        out.append(processor.image_processor(imgs, return_tensors="pt")["pixel_values"])
-    return torch.cat(out)
+        batch = image_batch(processor, imgs)
+        if "image_grid_thw" in batch:
+            batch["pixel_values"] = batch["pixel_values"].view(len(imgs), -1, batch["pixel_values"].shape[-1])
+        for k, v in batch.items():
+            parts.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def image_features(model, processor, pixels: dict[str, torch.Tensor], scene_idx: torch.Tensor):
+    """``(image_out, extra)``: the vision side's output for these scenes (``pooler_output``: one (cells, hidden)
+    tensor per scene) and the extra forward arguments the class needs beside ``mm_encoder_outputs``."""
+    if "image_grid_thw" in pixels:    # Qwen2-VL family: patches of the batch concatenated, one grid row each
+        grid = pixels["image_grid_thw"][scene_idx]
+        out = model.model.get_image_features(pixel_values=pixels["pixel_values"][scene_idx].flatten(0, 1),
+                                             image_grid_thw=grid, return_dict=True)
+        return out, {"image_grid_thw": grid}
+    return model.model.get_image_features(pixel_values=pixels["pixel_values"][scene_idx], return_dict=True), {}
 
 
 def build_base(train_scenes: Sequence[W.Scene], world_cfg: WorldConfig, cfg: LvlmTrainConfig):
-    """Tokenizer (trained on the world's text), processor and an untrained tiny LLaVA."""
+    """Tokenizer (trained on the world's text), processor and an untrained tiny LVLM of the class
+    ``cfg.architecture`` names (``llava`` or ``qwen2_5_vl``)."""
     rng = np.random.default_rng(cfg.seed)
     corpus: list[str] = []
     for scene in train_scenes[: min(len(train_scenes), 2000)]:
         for ins in W.instructions_for(scene, world_cfg, rng):
             corpus += [ins.text, " " + ins.reference]
+    if cfg.architecture == "qwen2_5_vl":
+        corpus += ["user\n", "assistant\n", " Yes", " No"] * 50
+        tokenizer = train_qwen_tokenizer(corpus, cfg.vocab_size)
+        processor = build_qwen_processor(tokenizer, world_cfg.image_size, world_cfg.grid)
+        return build_tiny_qwen(tokenizer, cfg, world_cfg.image_size, world_cfg.grid), processor
     corpus += [f"USER: {IMAGE}\n ASSISTANT:", " Yes", " No"] * 50
     tokenizer = train_tokenizer(corpus, cfg.vocab_size)
     patch = world_cfg.image_size // world_cfg.grid
@@ -229,7 +255,7 @@ def train_base(model, processor, scenes: Sequence[W.Scene], world_cfg: WorldConf
     model.train()
     history: list[dict] = []
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="SFT tiny LLaVA", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc=f"SFT tiny {cfg.architecture}", disable=not progress)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
@@ -237,10 +263,12 @@ def train_base(model, processor, scenes: Sequence[W.Scene], world_cfg: WorldConf
         idx = rng.choice(b, size=cfg.batch_size, p=weights[b] / weights[b].sum())
         batch = collate([encoded[i] for i in idx], pad)
         scene_idx = torch.tensor([examples[i].scene for i in idx])
-        image_out = model.model.get_image_features(pixel_values=pixels[scene_idx], return_dict=True)
+        image_out, extra = image_features(model, processor, pixels, scene_idx)
         feats = torch.stack(list(image_out.pooler_output))            # (B, cells, hidden)
+        if extra:   # Qwen2-VL family: which tokens are image tokens, for its multimodal positions
+            extra["mm_token_type_ids"] = torch.tensor(processor.create_mm_token_type_ids(batch["input_ids"].tolist()))
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    mm_encoder_outputs={"image": image_out})
+                    mm_encoder_outputs={"image": image_out}, **extra)
         lead_w = torch.tensor([cfg.lead_weight if examples[i].family in W.YES_NO_FAMILIES else 0.0 for i in idx])
         lm_loss = per_answer_loss(out.logits, batch["labels"], lead_w)
         cell_shape, cell_color = shape_t[scene_idx].flatten(), color_t[scene_idx].flatten()
