@@ -189,9 +189,11 @@ def _dpo(r: Mapping[str, Any]) -> list[str]:
     lines = [f"Every strategy trained on {r['pairs_per_strategy']} pairs for {r['steps']} steps; LoRA trains "
              f"{_pct(r['lora']['trainable_share'])} of the parameters."]
     if "retokenisation_match_share" in r:
+        check = r.get("reference_check", {})
         lines.append(f"The stored reference log-probs could be reused for {_pct(r['retokenisation_match_share'])} "
-                     f"of the DPO responses; with them the loss equals TRL's own reference pass to "
-                     f"{float(r['reference_check']['max_abs_diff']):.1e}.")
+                     "of the DPO responses" + (
+                         f"; with them the loss equals TRL's own reference pass to {float(check['max_abs_diff']):.1e}."
+                         if "max_abs_diff" in check else ": none could, so TRL computed every reference itself."))
     val = r.get("validation")
     if val and "base" in val:
         base = val["base"].get("score")

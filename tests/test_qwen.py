@@ -105,3 +105,22 @@ def test_short_sft_of_the_tiny_qwen_lowers_its_loss():
     first, last = np.mean([h["loss"] for h in history[:5]]), np.mean([h["loss"] for h in history[-5:]])
     assert last < 0.8 * first, (first, last)
     assert history[-1]["aux_loss"] < history[0]["aux_loss"]
+
+
+def test_an_answer_tokenises_as_generation_produced_it(qwen):
+    """What TRL renders for an assistant turn is the prompt's tokens followed by exactly " " + answer + EOS."""
+    from m3po_utils.models import sft as T
+    from m3po_utils.models.trl_api import trl_texts
+
+    cfg, model, processor, folder, images = qwen
+    q, a = "Is there a circle in the image?", "No, there is no circle."
+    p_ids, a_ids = T.encode_pair(processor, q, a)
+    row = {"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+           "chosen": [{"role": "assistant", "content": [{"type": "text", "text": a}]}],
+           "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "Yes."}]}], "images": [None]}
+    texts = trl_texts(row, processor)
+    tok = processor.tokenizer
+    assert tok(texts["chosen"], add_special_tokens=False).input_ids == a_ids
+    image = processor.image_token
+    expanded = texts["prompt"].replace(image, image * TT.n_image_tokens(processor))
+    assert tok(expanded, add_special_tokens=False).input_ids == p_ids

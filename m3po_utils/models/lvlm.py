@@ -191,17 +191,21 @@ def count_parameters(model) -> dict[str, int]:
 
 # Qwen2.5-VL's special tokens and ChatML turns ("<|im_start|>user\n…<|im_end|>\n<|im_start|>assistant\n"); the
 # image is "<|vision_start|><|image_pad|><|vision_end|>", the pad token expanded by the processor to one token per
-# merged 2 × 2 patch group.
+# merged 2 × 2 patch group. Two choices of this project's tiny template, both so that what TRL renders for an
+# answer is exactly what the model generated (and the stored log-probs can be reused): an assistant turn's text
+# starts with a space (the tiny model is trained on " " + answer, as the tiny LLaVA is) and nothing follows its
+# <|im_end|> (Qwen's own template adds "\n" there, a token that generation never produced).
 QWEN_PAD, QWEN_EOS, QWEN_IMAGE = "<|endoftext|>", "<|im_end|>", "<|image_pad|>"
 QWEN_SPECIAL_TOKENS = [UNK, QWEN_PAD, "<|im_start|>", QWEN_EOS, "<|vision_start|>", "<|vision_end|>", QWEN_IMAGE,
                        "<|video_pad|>"]
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'assistant' %} {% endif %}"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for item in message['content'] %}{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
     "{% endif %}{% endfor %}"
     "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
-    "{% endif %}<|im_end|>\n{% endfor %}"
+    "{% endif %}<|im_end|>{% if message['role'] != 'assistant' %}\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
