@@ -494,15 +494,22 @@ def verdicts(boot: Bootstrap, a: str, b: str, metrics: Sequence[str] = tuple(HEA
 
 
 def ordering_lines(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE)) -> list[str]:
-    """One markdown line per metric: the methods from best to worst with their means ("=" where they tie)."""
+    """One markdown line per metric: the best method by its mean, the methods whose paired interval against it
+    includes 0 (not distinguishable from the best in this run) and those reliably below it — an ordering that
+    never ranks differences inside the noise."""
     lines = []
     for k in metrics:
-        order = sorted(boot.point, key=lambda m: boot.point[m][k], reverse=HEADLINE.get(k, True))
-        text = f"{order[0]} {boot.point[order[0]][k]:.3f}"
-        for prev, m in zip(order, order[1:], strict=False):
-            same = f"{boot.point[prev][k]:.3f}" == f"{boot.point[m][k]:.3f}"
-            text += f" {'=' if same else '>'} {m} {boot.point[m][k]:.3f}"
-        lines.append(f"- **{k}** ({'higher' if HEADLINE.get(k, True) else 'lower'} is better; best first): {text}")
+        up = HEADLINE.get(k, True)
+        best = max(boot.point, key=lambda m: boot.point[m][k] if up else -boot.point[m][k])
+        tied, below = [], []
+        for m in sorted(boot.point, key=lambda m: boot.point[m][k], reverse=up):
+            if m == best:
+                continue
+            d = signed_delta(k, boot.delta(best, m, k))
+            (below if d["lo"] > 0 else tied).append(f"{m} {boot.point[m][k]:.3f}")
+        lines.append(f"- **{k}** ({'higher' if up else 'lower'} is better): best {best} {boot.point[best][k]:.3f}; "
+                     f"not distinguishable from it: {', '.join(tied) or 'none'}; reliably worse: "
+                     f"{', '.join(below) or 'none'}")
     return lines
 
 

@@ -198,7 +198,8 @@ def test_verdicts_and_per_seed(scenes, questions):
     ps = C.per_seed({"bad": bad})
     assert len(ps) == 2 and ps["mme_total"].iloc[0] != ps["mme_total"].iloc[1]
     lines = C.ordering_lines(boot, ["chair_i"])
-    assert lines[0].startswith("- **chair_i** (lower is better; best first): good 0.000 > bad")
+    assert lines[0].startswith("- **chair_i** (lower is better): best good 0.000; not distinguishable from it: "
+                               "none; reliably worse: bad")
     ex = C.answer_examples(questions, {("base", 0): [perfect(q, scenes) for q in questions]}, scene=0)
     assert list(ex.index) == ["base (seed 0)"] and "Describe the image." in ex.columns
 
