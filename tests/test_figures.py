@@ -131,3 +131,15 @@ def test_paired_difference_plot_turns_lower_is_better_metrics():
     fig = plot_differences(Bootstrap(point, draws, 0.95), metrics)
     assert problems(fig) == []
     plt.close(fig)
+
+
+def test_image_strip_keeps_long_answers_in_their_own_panel():
+    import numpy as np
+
+    from m3po_utils.plots.world import image_strip
+
+    caption = ("model: No, a green green green a green a green green green green a green.\n"
+               "truth: a yellow triangle at the top right, a yellow star at the bottom.")
+    fig = image_strip([np.zeros((8, 8, 3))] * 6, [caption] * 6, cols=3)
+    assert problems(fig) == []
+    plt.close(fig)

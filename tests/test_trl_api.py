@@ -73,3 +73,22 @@ def test_overrides_match_what_they_override():
         assert ours == trl_api.PRIVATE_API[f"trl.DPOTrainer.{name}"], name
     assert parameters(trl_api.VisionPreferenceCollatorWithReference.torch_call) == \
         trl_api.PRIVATE_API["trl.trainer.dpo_trainer.DataCollatorForVisionPreference.torch_call"]
+
+
+def test_select_pairs_cuts_qwen_patches_by_their_grids():
+    """Qwen2-VL batches hold every row's patches in one tensor: selecting pairs must cut them out per row."""
+    import torch
+
+    from m3po_utils.models.trl_api import _select_pairs
+
+    grid = torch.tensor([[1, 2, 2], [1, 2, 4], [1, 2, 2], [1, 2, 4]])    # rows: chosen 0, 1; rejected 0, 1
+    pixels = torch.arange(24.0)[:, None].repeat(1, 3)                     # 4 + 8 + 4 + 8 patches
+    inputs = {"input_ids": torch.arange(4)[:, None].repeat(1, 5), "attention_mask": torch.ones(4, 5),
+              "pixel_values": pixels, "image_grid_thw": grid, "ref_chosen_logps": torch.zeros(2)}
+    sub = _select_pairs(inputs, torch.tensor([1]))
+    assert sub["input_ids"][:, 0].tolist() == [1, 3] and sub["image_grid_thw"].tolist() == [[1, 2, 4], [1, 2, 4]]
+    assert sub["pixel_values"][:, 0].tolist() == list(range(4, 12)) + list(range(16, 24))
+    assert "ref_chosen_logps" not in sub
+    import pytest
+    with pytest.raises(ValueError, match="'odd'"):
+        _select_pairs(inputs | {"odd": torch.zeros(7)}, torch.tensor([0]))

@@ -47,15 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    with server:
-        print(f"shapes judge {server.model_id!r} on {server.base_url} ({len(server.index)} scenes); Ctrl-C stops it",
-              flush=True)
-        print(f"  export OPENAI_BASE_URL={server.base_url}", flush=True)
-        try:
+    try:   # around everything: a signal that arrives while the banner is printed still stops cleanly
+        with server:
+            print(f"shapes judge {server.model_id!r} on {server.base_url} ({len(server.index)} scenes); Ctrl-C "
+                  "stops it", flush=True)
+            print(f"  export OPENAI_BASE_URL={server.base_url}", flush=True)
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopped", flush=True)
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
     return 0
 
 

@@ -122,16 +122,26 @@ def _nan(v) -> float:
 
 
 def _select_pairs(inputs: dict, rows: torch.Tensor) -> dict:
-    """The sub-batch of pairs ``rows`` (chosen rows i and rejected rows B + i), keeping TRL's [chosen, rejected]."""
+    """The sub-batch of pairs ``rows`` (chosen rows i and rejected rows B + i), keeping TRL's [chosen, rejected].
+
+    Per-row tensors are indexed; the Qwen2-VL family's ``pixel_values`` hold every row's patches concatenated, so
+    each selected row's patches are cut out by its ``image_grid_thw`` (patches = t · h · w)."""
     b2 = inputs["input_ids"].shape[0]
     idx = torch.cat([rows, rows + b2 // 2]).to(inputs["input_ids"].device)
+    grid = inputs.get("image_grid_thw")
     out = {}
     for k, v in inputs.items():
         if k in REF_COLUMNS:
             continue
+        if k == "pixel_values" and grid is not None and v.shape[0] != b2:
+            ends = grid.prod(-1).cumsum(0)
+            starts = ends - grid.prod(-1)
+            out[k] = torch.cat([v[int(starts[i]): int(ends[i])] for i in idx.tolist()])
+            continue
         if not (torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == b2):
-            # e.g. Qwen-VL's flattened patches: no per-row slice, so compute the whole batch
-            return {k: v for k, v in inputs.items() if k not in REF_COLUMNS}
+            raise ValueError(f"cannot select pairs from the batch entry {k!r} of shape "
+                             f"{tuple(v.shape) if torch.is_tensor(v) else type(v).__name__}: it has no row per "
+                             "sequence (a model class this trainer does not know)")
         out[k] = v.index_select(0, idx.to(v.device))
     return out
 

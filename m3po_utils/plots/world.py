@@ -99,12 +99,20 @@ def metric_bars(table: pd.DataFrame, value: str, by: str, hue: str | None = None
 
 
 def image_strip(images: Sequence, captions: Sequence[str], cols: int = 6, width: int = 40):
+    """Images in rows of ``cols``, each with its caption in a text panel underneath sized to the longest caption
+    (long model answers wrap there instead of running into the row above)."""
     rows = int(np.ceil(len(images) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.1 * rows), squeeze=False)
+    texts = [_wrap(cap, width // 2 + 6) for cap in captions]
+    n_lines = max((t.count("\n") + 1 for t in texts), default=1)
+    text_h = 0.12 * n_lines + 0.1
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(2.6 * cols, (2.4 + text_h) * rows), squeeze=False,
+                             gridspec_kw={"height_ratios": [2.4, text_h] * rows})
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, cap in zip(axes.flat, images, captions, strict=False):
-        ax.imshow(img)
-        ax.set_title(_wrap(cap, width // 2 + 6), fontsize=6.5)
+    for k, (img, text) in enumerate(zip(images, texts, strict=False)):
+        r, c = divmod(k, cols)
+        axes[2 * r, c].imshow(img)
+        axes[2 * r + 1, c].text(0.0, 1.0, text, transform=axes[2 * r + 1, c].transAxes, fontsize=6.5, va="top",
+                                family="monospace")
     fig.tight_layout()
     return fig
