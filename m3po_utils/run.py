@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m m3po_utils.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Completed notebooks are skipped; --redo runs them again.")
-    p.add_argument("--preset", default="shapes", help="preset name (smoke, shapes, llava-1.5-7b); default shapes")
+    p.add_argument("--preset", default="shapes", help="preset name (smoke, shapes, llava-1.5-7b, smoke-qwen, shapes-qwen, qwen2.5-vl-7b); default shapes")
     p.add_argument("--run-dir", required=True, help="run directory (created if missing), e.g. runs/shapes")
     p.add_argument("--from", dest="start", type=_notebook_number, default=DEFAULT_START, metavar="NN",
                    help=f"first notebook number (default {DEFAULT_START:02d})")
