@@ -18,7 +18,7 @@ A re-run of a complete notebook that fails puts that stage's previous outputs ba
 :func:`m3po_utils.runs.keep_previous`): the run directory stays as it was before the attempt.
 
 While a notebook runs, stderr shows its cells done of total and, for a slow cell, what it is doing (the cell's
-``# papermill_description=...`` comment, e.g. ``Executing training_the_tiny_LLaVA``).
+``# papermill_description=...`` comment, e.g. ``Executing training_the_tiny_LVLM``).
 
 Per-notebook wall time and peak memory of the kernel process tree go to ``results/timings.json``; the run
 ends with ``report.md`` (see :mod:`m3po_utils.report`).
