@@ -120,6 +120,19 @@ def test_alpha_slider_changes_stats_and_examples_in_jupyterlab(smoke_run, tmp_pa
         drive(url, token, run)
 
 
+@contextlib.contextmanager
+def failure_screenshot(page, run: Path, name: str):
+    """On any failure inside, save the page as ``<run>/browser/<name>.png`` and say where, then re-raise."""
+    try:
+        yield
+    except Exception:
+        path = run / "browser" / f"{name}.png"
+        path.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(path))
+        print(f"browser test failed; screenshot: {path}")
+        raise
+
+
 def open_and_run(page, url: str, token: str, name: str) -> None:
     """Open notebook ``name`` in JupyterLab on ``page`` and send Run All Cells (once the kernel is idle)."""
     from playwright import sync_api
@@ -162,32 +175,28 @@ def drive(url: str, token: str, run: Path) -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         try:
-            open_and_run(page, url, token, "04_selection")
-            page.wait_for_selector(".m3po-stat", timeout=180_000)
-            assert page_state(page) == before                      # the page shows the preset's α first
-            slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="α")).first
-            readout = slider.locator(".widget-readout")
-            readout.click()
-            page.keyboard.press("Control+A")
-            page.keyboard.type(f"{target}")
-            page.keyboard.press("Enter")
-            page.wait_for_function(
-                "want => [...document.querySelectorAll('.m3po-stat')].some(e => e.dataset.key === want[0] "
-                "&& e.textContent === want[1])",
-                arg=next(([k, v] for k, v in after[0].items() if before[0][k] != v)), timeout=60_000)
-            got = page_state(page)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
-            for button in page.get_by_role("button", name="No", exact=True).all():
-                button.click()                                       # JupyterLab's news prompt, if shown
-            shots = run / "browser"
-            shots.mkdir(exist_ok=True)
-            page.locator(".m3po-explorer-box").first.scroll_into_view_if_needed()
-            page.screenshot(path=str(shots / "explorer.png"), full_page=False)
-        except Exception:
-            (run / "browser").mkdir(exist_ok=True)
-            page.screenshot(path=str(run / "browser" / "failure.png"))
-            print(f"browser test failed; screenshot: {run / 'browser' / 'failure.png'}")
-            raise
+            with failure_screenshot(page, run, "failure"):
+                open_and_run(page, url, token, "04_selection")
+                page.wait_for_selector(".m3po-stat", timeout=180_000)
+                assert page_state(page) == before                      # the page shows the preset's α first
+                slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="α")).first
+                readout = slider.locator(".widget-readout")
+                readout.click()
+                page.keyboard.press("Control+A")
+                page.keyboard.type(f"{target}")
+                page.keyboard.press("Enter")
+                page.wait_for_function(
+                    "want => [...document.querySelectorAll('.m3po-stat')].some(e => e.dataset.key === want[0] "
+                    "&& e.textContent === want[1])",
+                    arg=next(([k, v] for k, v in after[0].items() if before[0][k] != v)), timeout=60_000)
+                got = page_state(page)
+                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+                for button in page.get_by_role("button", name="No", exact=True).all():
+                    button.click()                                       # JupyterLab's news prompt, if shown
+                shots = run / "browser"
+                shots.mkdir(exist_ok=True)
+                page.locator(".m3po-explorer-box").first.scroll_into_view_if_needed()
+                page.screenshot(path=str(shots / "explorer.png"), full_page=False)
         finally:
             browser.close()
     assert got == after
@@ -229,27 +238,23 @@ def drive_tokens(url: str, token: str, run: Path) -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         try:
-            open_and_run(page, url, token, "03_confidence")
-            page.wait_for_selector(".m3po-token", timeout=180_000)
-            before = shown(page)
-            box = page.locator(".m3po-tokens-box").first
-            box.locator(".widget-dropdown", has=page.locator(".widget-label", has_text="candidate")) \
-                .locator("select").select_option(str(target))
-            page.wait_for_function("want => JSON.stringify([...document.querySelectorAll('.m3po-token')]"
-                                   ".map(e => e.dataset.logp)) === want", arg=json.dumps(expect(want), separators=(",", ":")),
-                                   timeout=60_000)
-            after = shown(page)
-            sum_shown = page.eval_on_selector(".m3po-tokens .m3po-stat[data-key='logp_sum']", "e => e.textContent")
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
-            shots = run / "browser"
-            shots.mkdir(exist_ok=True)
-            box.scroll_into_view_if_needed()
-            page.screenshot(path=str(shots / "token_viewer.png"), full_page=False)
-        except Exception:
-            (run / "browser").mkdir(exist_ok=True)
-            page.screenshot(path=str(run / "browser" / "failure_tokens.png"))
-            print(f"browser test failed; screenshot: {run / 'browser' / 'failure_tokens.png'}")
-            raise
+            with failure_screenshot(page, run, "failure_tokens"):
+                open_and_run(page, url, token, "03_confidence")
+                page.wait_for_selector(".m3po-token", timeout=180_000)
+                before = shown(page)
+                box = page.locator(".m3po-tokens-box").first
+                box.locator(".widget-dropdown", has=page.locator(".widget-label", has_text="candidate")) \
+                    .locator("select").select_option(str(target))
+                page.wait_for_function("want => JSON.stringify([...document.querySelectorAll('.m3po-token')]"
+                                       ".map(e => e.dataset.logp)) === want", arg=json.dumps(expect(want), separators=(",", ":")),
+                                       timeout=60_000)
+                after = shown(page)
+                sum_shown = page.eval_on_selector(".m3po-tokens .m3po-stat[data-key='logp_sum']", "e => e.textContent")
+                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+                shots = run / "browser"
+                shots.mkdir(exist_ok=True)
+                box.scroll_into_view_if_needed()
+                page.screenshot(path=str(shots / "token_viewer.png"), full_page=False)
         finally:
             browser.close()
     assert before == expect(first) and after == expect(want) and before != after

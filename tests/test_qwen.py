@@ -14,8 +14,14 @@ from m3po_utils.config import DpoConfig, load_preset
 from m3po_utils.models import templates as TT
 from m3po_utils.models.generate import sample_candidates, score_responses, suppressed_token_ids
 from m3po_utils.models.lora import check_lora_targets
-from m3po_utils.models.lvlm import (QWEN_IMAGE, build_qwen_processor, build_tiny_qwen, load_lvlm, save_lvlm,
-                                    train_qwen_tokenizer)
+from m3po_utils.models.lvlm import (
+    QWEN_IMAGE,
+    build_qwen_processor,
+    build_tiny_qwen,
+    load_lvlm,
+    save_lvlm,
+    train_qwen_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")

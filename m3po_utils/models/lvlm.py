@@ -48,21 +48,29 @@ class ModelLoadError(RuntimeError):
     """A model folder that is missing or unusable; the message names it and how to make it."""
 
 
+def _byte_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str]):
+    """A ``tokenizers`` byte-level BPE trained on ``texts`` (every pair seen twice or more merges)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """Train a byte-level BPE on ``texts`` and wrap it as a transformers fast tokenizer.
 
     Byte-level BPE can encode any string (a judge's edited answer, a human's), and training it on the world's
     instructions *and* answers makes the answer words ("Yes", "No", colours, shapes) single tokens.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok = _byte_bpe(texts, vocab_size, SPECIAL_TOKENS)
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B",
                                                        special_tokens=[(BOS, bos_id)])
@@ -212,15 +220,9 @@ QWEN_CHAT_TEMPLATE = (
 
 def train_qwen_tokenizer(texts: Iterable[str], vocab_size: int):
     """A byte-level BPE trained on ``texts`` with Qwen2.5-VL's special tokens (no BOS; EOS ends a turn)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN_SPECIAL_TOKENS, min_frequency=2,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok = _byte_bpe(texts, vocab_size, QWEN_SPECIAL_TOKENS)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=QWEN_EOS, pad_token=QWEN_PAD, unk_token=UNK,
         extra_special_tokens={"image_token": QWEN_IMAGE, "video_token": "<|video_pad|>",

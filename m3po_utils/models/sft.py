@@ -41,8 +41,15 @@ from tqdm.auto import tqdm
 
 from m3po_utils import world as W
 from m3po_utils.config import LvlmTrainConfig, WorldConfig
-from m3po_utils.models.lvlm import (IMAGE, build_processor, build_qwen_processor, build_tiny_llava, build_tiny_qwen,
-                                    train_qwen_tokenizer, train_tokenizer)
+from m3po_utils.models.lvlm import (
+    IMAGE,
+    build_processor,
+    build_qwen_processor,
+    build_tiny_llava,
+    build_tiny_qwen,
+    train_qwen_tokenizer,
+    train_tokenizer,
+)
 from m3po_utils.models.templates import image_batch, n_image_tokens, prompt_for
 
 # Sampling weight of each instruction family in the SFT mix (existence questions come in yes/no pairs).

@@ -10,7 +10,10 @@ row per image; multimodal RoPE positions computed by the model from the ids, the
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
+
+_FIXED_COUNT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # image processor -> tokens of a blank image
 
 
 def prompt_for(processor, question: str) -> str:
@@ -29,11 +32,13 @@ def n_image_tokens(processor, image=None) -> int:
     family: (patches of ``image``) / merge_size²; without an image, a square of the processor's largest size."""
     ip = processor.image_processor
     if merged_patches(processor):
-        if image is None:
-            from PIL import Image
+        if image is None:     # asked once per encoded example in training: processed once per image processor
+            if ip not in _FIXED_COUNT:
+                from PIL import Image
 
-            side = int(math.isqrt(int(ip.size["longest_edge"])))
-            image = Image.new("RGB", (side, side))
+                side = int(math.isqrt(int(ip.size["longest_edge"])))
+                _FIXED_COUNT[ip] = n_image_tokens(processor, Image.new("RGB", (side, side)))
+            return _FIXED_COUNT[ip]
         grid = ip(images=[image], return_tensors="pt")["image_grid_thw"][0]
         return int(grid.prod()) // ip.merge_size ** 2
     side = ip.crop_size["height"] if getattr(ip, "crop_size", None) else ip.size["shortest_edge"]

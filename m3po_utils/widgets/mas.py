@@ -54,8 +54,8 @@ class MasWeights(Widget):
         c = dataclasses.replace(self.cfg, clip_weight=float(w), judge_weight=float(1.0 - w))
         return combine(self.frame["clip_score"], self.frame["judge_score"], self.frame["judge_ok"], c)[0]
 
-    def _stats(self, w: float) -> dict[str, float]:
-        df = self.frame.assign(m=self._mas(w))
+    def _stats(self, w: float, mas: np.ndarray | None = None) -> dict[str, float]:
+        df = self.frame.assign(m=self._mas(w) if mas is None else mas)
         return {"spearman": spearman(df["m"], df["truth"]), "within_prompt_spearman": within_prompt_spearman(df, "m"),
                 "top1": top1_agreement(df, "m")}
 
@@ -72,7 +72,7 @@ class MasWeights(Widget):
         rows = tuple({"text": str(r.text), "clip": float(r.clip_score), "judge": float(r.judge_score),
                       "mas": float(r.mas), "truth": float(r.truth)} for r in part.itertuples())
         instruction = str(part["instruction"].iloc[0]) if "instruction" in part else ""
-        return MasState(w, prompt, instruction, rows, self._stats(w))
+        return MasState(w, prompt, instruction, rows, self._stats(w, m))
 
     def figure(self, state: MasState):
         import matplotlib.pyplot as plt

@@ -71,6 +71,8 @@ class PairExplorer(Widget):
         """Select with these settings and summarise (pure: same inputs, same state)."""
         if family != ALL and family not in self.family_options():
             raise ValueError(f"family={family!r} is not among this run's families {self.family_options()}")
+        if prompt is not None and prompt not in self.groups:
+            raise ValueError(f"prompt={prompt!r} is not among the explorer's prompts")
         sel = select(self.groups, strategy, alpha, delta, self.min_margin, seed=self.seed)
         ref = self._reference(delta)
         stats = selection_stats(self.groups, sel, reference=ref, truth=self.truth)
@@ -80,10 +82,10 @@ class PairExplorer(Widget):
         shown = tuple(p for p in self.order
                       if (family == ALL or self.families.get(p) == family)
                       and (not changed_only or (chosen[p].pairs and chosen[p].pairs != before.get(p))))
-        focus_id = prompt if prompt in self.groups and (prompt in shown or not filtered) else (
-            shown[0] if filtered and shown else self.focus)
-        if prompt is not None and prompt not in self.groups:
-            raise ValueError(f"prompt={prompt!r} is not among the explorer's prompts")
+        if prompt is not None and (prompt in shown or not filtered):
+            focus_id = prompt
+        else:
+            focus_id = shown[0] if filtered and shown else self.focus
         g, c = self.groups[focus_id], chosen[focus_id]
         w, lo = (c.pairs[0] if c.pairs else (None, None))
         focus = {"prompt_id": focus_id, "family": self.families.get(focus_id, ""),
@@ -196,7 +198,10 @@ class PairExplorer(Widget):
         }
 
     def link(self, controls: dict) -> None:
-        def follow(*_):
+        def follow(change):
+            moved_filter = change["owner"] in (controls["family"], controls["changed_only"])
+            if not (moved_filter or controls["changed_only"].value):
+                return          # α, δ and strategy change the prompt list only under "only pairs α changes"
             st = self.update(**{k: c.value for k, c in controls.items()})
             options = list(st.shown) or self.order
             if list(controls["prompt"].options) != options:
