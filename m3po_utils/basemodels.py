@@ -22,18 +22,20 @@ from m3po_utils.runs import TRAINING_INFO, RunDir, reading
 from m3po_utils.world.prompts import validation_scenes
 
 
-def base_lvlm(cfg: Preset, run_dir: str | Path):
+def base_lvlm(cfg: Preset, run_dir: str | Path, device: str | None = None):
     """``(model, processor, info)`` of the base LVLM notebook 00 made (``info`` is None for hub models).
 
     Every later stage loads the base model through this; a missing ``models/lvlm`` is "run notebook 00 first".
+    ``device`` (one process's GPU under ``accelerate launch``, e.g. ``cuda:3``) overrides ``models.device``.
     """
     run = RunDir(run_dir)
     source = run.lvlm_source(cfg)
+    device = device or cfg.models.device
     if cfg.world_kind == "hub":
-        model, processor = load_lvlm(source, dtype=cfg.models.dtype, device=cfg.models.device)
+        model, processor = load_lvlm(source, dtype=cfg.models.dtype, device=device)
         return model, processor, None
     with reading(run.root, "00", run.lvlm):      # a truncated or corrupt weights file names the folder
-        model, processor = load_lvlm(source, device=cfg.models.device)
+        model, processor = load_lvlm(source, device=device)
     return model, processor, run.lvlm_info()
 
 

@@ -190,7 +190,8 @@ def generate_candidates(model, processor, prompts: Sequence[dict], image_loader:
                         n_candidates: int = 16, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                         max_new_tokens: int = 48, batch_size: int = 256, seed: int = 0,
                         run_dir: str | Path = ".", progress: bool = True,
-                        on_chunk: Callable[[int, str], None] | None = None, keep_parts: bool = False):
+                        on_chunk: Callable[[int, str], None] | None = None, keep_parts: bool = False,
+                        shard: tuple[int, int] | None = None, sharded_by: int = 1):
     """Sample ``n_candidates`` per prompt and write ``run_dir/candidates/`` (resumable; returns the table).
 
     ``prompts``: rows with ``prompt_id, image, scene_id, family, instruction, reference`` (see ``world/prompts.py``);
@@ -199,6 +200,13 @@ def generate_candidates(model, processor, prompts: Sequence[dict], image_loader:
     ``max_new_tokens`` fits the context. Finished chunks are shards in ``run_dir/candidates.parts/`` and are
     skipped by a rerun; ``on_chunk(chunk, "done" | "skipped")`` is called after each chunk. The parts folder
     is removed once the table is written, unless ``keep_parts``.
+
+    **Sharded** (``accelerate launch -m m3po_utils.launch.candidates``): with ``shard=(rank, world_size)`` this
+    process samples only the chunks ``c`` with ``c % world_size == rank``, each seeded from ``(seed, c)`` as in
+    one process, records what it did in ``process-RRRR-of-WWWW.json`` and returns None; one process then calls
+    again with ``sharded_by=world_size`` (no ``shard``) once every process is done, which samples what is still
+    missing and assembles the table, counting the processes' chunks and time. The union of the shards is the
+    one-process table row for row. A rerun skips every finished shard, whichever process wrote it.
     """
     import datasets as D
 
@@ -225,14 +233,21 @@ def generate_candidates(model, processor, prompts: Sequence[dict], image_loader:
         parts.mkdir(parents=True, exist_ok=True)
         atomic_write_json(manifest, {"fingerprint": fingerprint, "settings": settings, "n_chunks": len(chunks),
                                      "n_prompts": len(prompts)})
+    rank, world_size = shard or (0, 1)
+    if not (0 <= rank < world_size):
+        raise GenerationInputError(f"shard={shard} names no process: rank must be in [0, world_size)")
     t0 = time.perf_counter()
     generated = 0
-    bar = tqdm(chunks, desc=f"sampling {n_candidates} candidates per prompt", unit="chunk", disable=not progress)
-    for c, idx in enumerate(bar):
-        shard = parts / f"chunk-{c:05d}.parquet"
-        if shard.is_file() and not _readable_shard(shard):
-            print(f"WARNING: shard {shard} is unreadable; moved it to {quarantine(shard)} and sampling it again")
-        if shard.is_file():
+    mine = [c for c in range(len(chunks)) if c % world_size == rank]
+    desc = f"sampling {n_candidates} candidates per prompt" + (f" (process {rank} of {world_size})"
+                                                                if world_size > 1 else "")
+    bar = tqdm(mine, desc=desc, unit="chunk", disable=not progress)
+    for c in bar:
+        idx = chunks[c]
+        path = parts / f"chunk-{c:05d}.parquet"
+        if path.is_file() and not _readable_shard(path):
+            print(f"WARNING: shard {path} is unreadable; moved it to {quarantine(path)} and sampling it again")
+        if path.is_file():
             if on_chunk is not None:
                 on_chunk(c, "skipped")
             continue
@@ -243,13 +258,21 @@ def generate_candidates(model, processor, prompts: Sequence[dict], image_loader:
                                   seed=chunk_seed(seed, c))
         rows = [{**{col: str(p.get(col, "")) for col in PROMPT_COLUMNS}, **cand}
                 for p, per_prompt in zip(chunk_prompts, cands, strict=True) for cand in per_prompt]
-        _write_shard(shard, rows)
+        _write_shard(path, rows)
         generated += 1
         if on_chunk is not None:
             on_chunk(c, "done")
+    seconds = time.perf_counter() - t0
+    if shard is not None:
+        atomic_write_json(parts / _process_file(rank, world_size),
+                          {"rank": rank, "world_size": world_size, "chunks_generated": generated, "seconds": seconds})
+        return None
+    procs = [json.loads(f.read_text()) for r in range(sharded_by)
+             if sharded_by > 1 and (f := parts / _process_file(r, sharded_by)).is_file()]
     table = _assemble(parts, prompts, chunks, n_candidates)
-    info = {"chunks": len(chunks), "chunks_generated": generated, "seconds": time.perf_counter() - t0,
-            "settings": settings}
+    info = {"chunks": len(chunks), "chunks_generated": generated + sum(p["chunks_generated"] for p in procs),
+            "seconds": max([seconds] + [p["seconds"] for p in procs]), "settings": settings,
+            "processes": max(1, len(procs))}
     ds = D.Dataset(D.table.InMemoryTable(table))
     with AtomicDir(run.candidates) as tmp, quiet_datasets():
         ds.save_to_disk(str(tmp))
@@ -257,6 +280,10 @@ def generate_candidates(model, processor, prompts: Sequence[dict], image_loader:
     if not keep_parts:
         shutil.rmtree(parts, ignore_errors=True)
     return run.load_candidates()
+
+
+def _process_file(rank: int, world_size: int) -> str:
+    return f"process-{rank:04d}-of-{world_size:04d}.json"
 
 
 def _readable_shard(path: Path) -> bool:

@@ -437,6 +437,40 @@ class ModelsConfig:
                "models.judge_base_url", "<redacted>", "an endpoint URL without credentials (set OPENAI_API_KEY)")
 
 
+LAUNCH_CONFIGS = ("cpu", "gpu", "ddp", "zero2", "zero3")   # shipped accelerate configs (m3po_utils/launch/configs/)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How stages 01 (sampling) and 05 (DPO) run: in the notebook's kernel (1 process) or under ``accelerate launch``.
+
+    ``candidates_processes`` / ``dpo_processes`` > 1 make the notebook launch the stage's entry point
+    (``python -m accelerate.commands.launch -m m3po_utils.launch.candidates|dpo``) with that many processes;
+    the prompts are split over them by chunk, the DPO batches by data parallelism (DDP) with ``dpo.batch_size``
+    kept as the *global* batch (each process takes ``batch_size / dpo_processes`` pairs a step).
+    ``accelerate_config``: a shipped config by name (``cpu``: gloo processes on one machine; ``gpu``: one GPU;
+    ``ddp``: one process per GPU; ``zero2`` / ``zero3``: DeepSpeed ZeRO through TRL) or the path of your own;
+    ``""`` picks ``ddp`` where CUDA is available and ``cpu`` elsewhere. ``main_port``: the rendezvous port
+    (0 = a free one). These settings say *how* a stage runs, not what it computes, so a run directory accepts
+    new values for them without a new configuration.
+    """
+
+    candidates_processes: int = 1
+    dpo_processes: int = 1
+    accelerate_config: str = ""
+    main_port: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("candidates_processes", "dpo_processes"):
+            _check(isinstance(getattr(self, name), int) and 1 <= getattr(self, name) <= 1024, f"launch.{name}",
+                   getattr(self, name), "an integer in [1, 1024] (1 = in the notebook's kernel)")
+        _check(isinstance(self.main_port, int) and (self.main_port == 0 or 1024 <= self.main_port <= 65535),
+               "launch.main_port", self.main_port, "0 (a free port) or a port in [1024, 65535]")
+        _check(self.accelerate_config in ("", *LAUNCH_CONFIGS) or self.accelerate_config.endswith((".yaml", ".yml")),
+               "launch.accelerate_config", self.accelerate_config,
+               f"'' (automatic), one of {LAUNCH_CONFIGS} or the path of an accelerate .yaml config")
+
+
 @dataclass(frozen=True)
 class Preset:
     """A whole, validated configuration of the series."""
@@ -453,10 +487,14 @@ class Preset:
     dpo: DpoConfig = field(default_factory=DpoConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.world_kind in ("shapes", "hub"), "world_kind", self.world_kind, "'shapes' or 'hub'")
+        _check(self.dpo.batch_size % self.launch.dpo_processes == 0, "launch.dpo_processes",
+               self.launch.dpo_processes, f"a divisor of dpo.batch_size={self.dpo.batch_size} (the global batch is "
+               "split evenly over the processes; change one of the two)")
         if self.world_kind == "shapes":
             _check(self.models.lvlm == "local", "models.lvlm", self.models.lvlm,
                    "'local' in the shapes world (its tiny LLaVA is trained by notebook 00)")
@@ -669,7 +707,7 @@ def setup_run(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None
                     else "no preset name: it is not a config.json the series wrote")
             raise ConfigError(f"{path} holds {what}; this run uses preset {preset!r} — use a new run directory "
                               "or restore that file")
-        diffs = _diff(_common(old, new), _common(new, old))
+        diffs = [d for d in _diff(_common(old, new), _common(new, old)) if not d.startswith(HOW_SETTINGS)]
         if diffs:
             raise ConfigError(
                 f"run_dir={str(run)!r} was created with a different configuration ({'; '.join(diffs[:6])}); "
@@ -679,6 +717,9 @@ def setup_run(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None
     else:
         atomic_write_text(path, cfg.to_json() + "\n")
     return cfg, run
+
+
+HOW_SETTINGS = ("launch.",)   # how a stage runs, not what it computes: a run directory accepts new values
 
 
 def _common(a: Any, b: Any) -> Any:

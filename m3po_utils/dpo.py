@@ -49,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -342,10 +343,12 @@ def _fingerprint(dcfg: DpoConfig, strategy: str, table) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def base_loader(cfg: Preset, run_dir) -> Callable[[], tuple[Any, Any]]:
-    """A function returning a fresh ``(model, processor)`` of the base LVLM (PEFT wraps the model in place)."""
+def base_loader(cfg: Preset, run_dir, device: str | None = None) -> Callable[[], tuple[Any, Any]]:
+    """A function returning a fresh ``(model, processor)`` of the base LVLM (PEFT wraps the model in place).
+
+    ``device`` (e.g. ``cuda:3``, one process's GPU under ``accelerate launch``) overrides ``models.device``."""
     name = RunDir(run_dir).lvlm_source(cfg)
-    return lambda: load_lvlm(name, dtype=cfg.models.dtype, device=cfg.models.device)
+    return lambda: load_lvlm(name, dtype=cfg.models.dtype, device=device or cfg.models.device)
 
 
 @dataclass
@@ -384,32 +387,51 @@ def prepare_strategies(run_dir, cfg: Preset, processor, strategies: Sequence[str
 
 
 def train_one(prep: PreparedStrategy, model, processor, dcfg: DpoConfig, folder: Path, max_steps: int,
-              device: str = "auto", dtype: str = "float32", progress: bool = True, fingerprint: str = "") -> dict:
-    """Train one strategy's adapter and write it with its log to ``folder`` (atomically); return the info."""
+              device: str = "auto", dtype: str = "float32", progress: bool = True, fingerprint: str = "",
+              processes: int = 1) -> dict:
+    """Train one strategy's adapter and write it with its log to ``folder`` (atomically); return the info.
+
+    Under ``accelerate launch`` every process calls this with the same arguments (``processes`` of them, data
+    parallel: TRL's Trainer shards each global batch of ``dcfg.batch_size`` pairs); only the main process writes,
+    the others wait for it, and the reused / computed reference counts are summed over the processes.
+    """
+    import tempfile
+
     tproc = training_processor(processor)
-    with AtomicDir(folder) as tmp:
-        trainer = build_trainer(model, tproc, prep.table, dcfg, tmp / "trainer", max_steps, prep.sft_only,
-                                device, dtype, progress)
+    with tempfile.TemporaryDirectory(prefix="m3po-trainer-") as scratch:
+        trainer = build_trainer(model, tproc, prep.table, dcfg, Path(scratch) / "trainer", max_steps, prep.sft_only,
+                                device, dtype, progress, processes)
         lora = lora_summary(trainer.model)
         t0 = time.perf_counter()
         with quiet_gc_warning():
             trainer.train()
         seconds = time.perf_counter() - t0
-        log = [row for row in trainer.state.log_history if "loss" in row]
-        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
-        _rmtree(tmp / "trainer")
-        final = log[-1] if log else {}
-        info = {
-            "strategy": prep.strategy, "complete": True, "fingerprint": fingerprint, "pairs": len(prep.table),
-            "steps": trainer.state.global_step, "max_steps": max_steps, "seconds": seconds,
-            "sft_only": prep.sft_only, "loss_type": ["sft"] if prep.sft_only else list(dcfg.loss_type),
-            "loss_weights": [1.0] if prep.sft_only else list(dcfg.loss_weights), "dpo": asdict(dcfg), "lora": lora,
-            "reference": prep.reference.to_dict() if prep.reference else None,
-            "ref_rows": dict(getattr(trainer, "ref_rows", {})) or None,
-            "final": {k: final.get(k) for k in CURVE_METRICS},
-        }
-        atomic_write_json(tmp / LOG_FILE, log)
-        atomic_write_json(tmp / INFO_FILE, info)
+    acc = trainer.accelerator
+    if acc.num_processes != processes:
+        raise RuntimeError(f"the trainer runs on {acc.num_processes} processes but was told {processes}; launch "
+                           "with accelerate's --num_processes equal to launch.dpo_processes")
+    ref_rows = dict(getattr(trainer, "ref_rows", {}))
+    if ref_rows and processes > 1:   # each process counted its own share of every batch
+        counts = acc.reduce(torch.tensor([ref_rows["reused"], ref_rows["computed"]], device=acc.device), "sum")
+        ref_rows = {"reused": int(counts[0]), "computed": int(counts[1])}
+    log = [row for row in trainer.state.log_history if "loss" in row]
+    final = log[-1] if log else {}
+    info = {
+        "strategy": prep.strategy, "complete": True, "fingerprint": fingerprint, "pairs": len(prep.table),
+        "steps": trainer.state.global_step, "max_steps": max_steps, "seconds": seconds,
+        "sft_only": prep.sft_only, "loss_type": ["sft"] if prep.sft_only else list(dcfg.loss_type),
+        "loss_weights": [1.0] if prep.sft_only else list(dcfg.loss_weights), "dpo": asdict(dcfg), "lora": lora,
+        "reference": prep.reference.to_dict() if prep.reference else None,
+        "ref_rows": ref_rows or None,
+        "final": {k: final.get(k) for k in CURVE_METRICS},
+        "processes": processes, "per_process_batch": dcfg.batch_size // processes,
+    }
+    if acc.is_main_process:
+        with AtomicDir(folder) as tmp:
+            acc.unwrap_model(trainer.model).save_pretrained(str(tmp), safe_serialization=True)
+            atomic_write_json(tmp / LOG_FILE, log)
+            atomic_write_json(tmp / INFO_FILE, info)
+    acc.wait_for_everyone()
     return info
 
 
@@ -439,15 +461,10 @@ def train_pairs(folder, cfg: Preset, ds, name: str, sft_only: bool = False,
                      cfg.models.dtype, progress)
 
 
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def train_strategies(run_dir, cfg: Preset, strategies: Sequence[str] | None = None,
                      pairs: dict[str, Any] | None = None, model_loader: Callable[[], tuple[Any, Any]] | None = None,
-                     redo: bool = False, progress: bool = False) -> dict[str, dict]:
+                     redo: bool = False, progress: bool = False, only: Sequence[str] | None = None,
+                     processes: int = 1, device: str | None = None) -> dict[str, dict]:
     """Train every strategy on the same number of pairs and steps; adapters to ``run_dir/adapters/<strategy>/``.
 
     All pair sets are loaded and checked first (empty set, missing column, unreadable image, LoRA target matching
@@ -455,14 +472,25 @@ def train_strategies(run_dir, cfg: Preset, strategies: Sequence[str] | None = No
     settings and data is loaded from disk, not retrained (``redo=True`` retrains); one whose files are truncated
     or corrupt is quarantined (:func:`~m3po_utils.runs.quarantine`) and retrained. Returns the training info of
     every strategy (see :func:`train_one`), ``best_of_n`` included.
+
+    ``only``: train just these strategies (the budget is still that of every strategy: the launched entry point
+    :mod:`m3po_utils.launch.dpo` trains one strategy per launch). ``processes``: how many data-parallel processes
+    run this call together (``accelerate launch``; 1 in a notebook); ``device``: this process's device.
     """
-    loader = model_loader or base_loader(cfg, run_dir)
+    if only is not None:
+        unknown = [s for s in only if s not in {*(strategies or cfg.dpo.strategies), SFT_ONLY}]
+        if unknown:
+            raise DpoInputError(f"strategy {unknown[0]!r} is not among dpo.strategies "
+                                f"{list(strategies or cfg.dpo.strategies)} (+ {SFT_ONLY!r}); name one of them")
+    loader = model_loader or base_loader(cfg, run_dir, device)
     model, processor = loader()
     check_lora_targets(model, cfg.dpo)
     prepared, n = prepare_strategies(run_dir, cfg, processor, strategies, pairs)
     max_steps = steps_for(n, cfg.dpo)
     results: dict[str, dict] = {}
     for s, prep in prepared.items():
+        if only is not None and s not in only:
+            continue
         folder = adapters_dir(run_dir, s)
         fp = _fingerprint(cfg.dpo, s, prep.table)
         if not redo and adapter_complete(folder, fp):
@@ -470,13 +498,14 @@ def train_strategies(run_dir, cfg: Preset, strategies: Sequence[str] | None = No
             if why is None:
                 results[s] = json.loads((folder / INFO_FILE).read_text()) | {"skipped": True}
                 continue
-            aside = quarantine(folder)   # this stage's own output: set it aside, never delete it, and retrain
-            print(f"WARNING: the adapter in {folder} is unreadable ({why}); moved it to {aside} and training "
-                  "it again", flush=True)
+            if int(os.environ.get("RANK", "0")) == 0:   # one process sets it aside; every process retrains
+                aside = quarantine(folder)   # this stage's own output: set it aside, never delete it
+                print(f"WARNING: the adapter in {folder} is unreadable ({why}); moved it to {aside} and training "
+                      "it again", flush=True)
         if model is None:   # PEFT wraps the model in place: every strategy starts from a fresh base
             model, processor = loader()
-        results[s] = train_one(prep, model, processor, cfg.dpo, folder, max_steps, cfg.models.device,
-                               cfg.models.dtype, progress, fp)
+        results[s] = train_one(prep, model, processor, cfg.dpo, folder, max_steps, device or cfg.models.device,
+                               cfg.models.dtype, progress, fp, processes)
         model = None
     return results
 

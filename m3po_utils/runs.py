@@ -47,7 +47,7 @@ import datasets
 import pandas as pd
 
 from m3po_utils import world as W
-from m3po_utils.config import Preset
+from m3po_utils.config import Preset, preset_from_dict
 from m3po_utils.io import atomic_write_json
 
 # Notebook of each stage, for the "run notebook NN first" messages.
@@ -393,6 +393,12 @@ class RunDir:
         if not Path(marker).exists():
             raise StageMissing(notebook, self.rel(what if what is not None else marker), self.root, detail)
         return Path(marker)
+
+    def preset(self) -> Preset:
+        """The configuration this run directory was made with (its ``config.json``): what a launched stage reads."""
+        self.require(self.config_json, "00", detail="every notebook writes it when it starts")
+        with reading(self.root, "00", self.config_json):
+            return preset_from_dict(json.loads(self.config_json.read_text()))
 
     # ------------------------------------------------------------------------------------------ stage 00
 

@@ -12,7 +12,7 @@ order given there; stages may import earlier stages only):
     6  stages                               basemodels 00 < candidates 01 < mas 02 < confidence 03 < selection 04
                                             < dpo 05 < comparison 06 < experiments 10
     7  plots/, widgets, report, learnt      figures, widgets, the report, each notebook's closing summary
-    8  run, judge/__main__                  entry points
+    8  run, judge/__main__, launch/         entry points (launch/: the stages under accelerate launch)
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ RANK = {
     "plots.dpo": 7.1, "plots.evaluation": 7.1, "plots.experiments": 7.1, "widgets": 7.2, "widgets.base": 7.21, "widgets.candidates": 7.22,
     "widgets.mas": 7.22, "widgets.tokens": 7.22, "widgets.pairs": 7.22, "report": 7, "learnt": 7,
     "preflight": 7,
-    "run": 8, "judge.__main__": 8,
+    "run": 8, "judge.__main__": 8, "launch": 8, "launch.candidates": 8.1, "launch.dpo": 8.1,
 }
 
 

@@ -35,7 +35,7 @@ PRIVATE_API: dict[str, str] = {
     "trl.data_utils.apply_chat_template": "(example, processing_class, tools, **template_kwargs)",
     "trl.data_utils.prepare_multimodal_messages": "(messages, images)",
 }
-PRIVATE_ATTRIBUTES = {"trl.DPOTrainer": ("precompute_ref_logps", "_signature_columns")}
+PRIVATE_ATTRIBUTES = {"trl.DPOTrainer": ("precompute_ref_logps", "_signature_columns", "loss_types", "loss_weights")}
 
 
 def training_processor(processor):
@@ -78,7 +78,33 @@ class VisionPreferenceCollatorWithReference(DataCollatorForVisionPreference):
         return out
 
 
-class ReusedReferenceDPOTrainer(DPOTrainer):
+class DataParallelDPOTrainer(DPOTrainer):
+    """``DPOTrainer`` whose SFT term is one token mean over the *global* batch, however many processes share it.
+
+    TRL averages the SFT term (negative log-likelihood of the chosen tokens) over each process's own tokens, and
+    DDP then averages the processes: the term weights a token by 1 / (its process's token count), so the loss
+    and its gradient change with the number of processes (2 CPU processes: up to 0.48 on a smoke-run loss of
+    4.5). Here each process's SFT weight is scaled by W · n_r / N (n_r its chosen tokens, N all processes'),
+    which makes the average over processes the one-process token mean. One process: TRL's loss unchanged.
+    """
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        acc = self.accelerator
+        if acc.num_processes == 1 or "sft" not in self.loss_types:
+            return super()._compute_loss(model, inputs, return_outputs)
+        chosen, _ = inputs["completion_mask"][..., 1:].chunk(2, dim=0)
+        mine = chosen.sum().to(torch.float32).reshape(1)
+        total = acc.gather(mine).sum()
+        scale = float(mine[0] * acc.num_processes / total) if float(total) > 0 else 1.0
+        weights = self.loss_weights
+        self.loss_weights = [w * scale if t == "sft" else w for t, w in zip(self.loss_types, weights, strict=True)]
+        try:
+            return super()._compute_loss(model, inputs, return_outputs)
+        finally:
+            self.loss_weights = weights
+
+
+class ReusedReferenceDPOTrainer(DataParallelDPOTrainer):
     """``DPOTrainer`` that takes the reference log-probs from the batch where it has them.
 
     TRL reads ``ref_chosen_logps`` / ``ref_rejected_logps`` from the batch only with
@@ -147,26 +173,34 @@ def _select_pairs(inputs: dict, rows: torch.Tensor) -> dict:
 
 
 def trl_config(dcfg: DpoConfig, output_dir: str | Path, max_steps: int, sft_only: bool = False,
-               device: str = "auto", dtype: str = "float32", progress: bool = True):
-    """TRL's ``DPOConfig`` for one strategy. CPU: no bf16 and no gradient checkpointing (TRL defaults both on)."""
+               device: str = "auto", dtype: str = "float32", progress: bool = True, processes: int = 1):
+    """TRL's ``DPOConfig`` for one strategy. CPU: no bf16 and no gradient checkpointing (TRL defaults both on).
 
+    ``dcfg.batch_size`` is the global batch: with ``processes`` data-parallel processes (``accelerate launch``)
+    each takes ``batch_size / processes`` pairs per step, so a step sees the same pairs however many run it.
+    """
+
+    if dcfg.batch_size % processes:
+        raise ValueError(f"dpo.batch_size={dcfg.batch_size} cannot be split over {processes} processes; choose a "
+                         "process count that divides it (launch.dpo_processes / accelerate's --num_processes)")
     on_gpu = resolve_device(device).type == "cuda"
     loss_type, weights = (["sft"], [1.0]) if sft_only else (list(dcfg.loss_type), list(dcfg.loss_weights))
     with quiet_gc_warning():
         return TrlDPOConfig(
             output_dir=str(output_dir), learning_rate=dcfg.learning_rate,
-            per_device_train_batch_size=dcfg.batch_size, gradient_accumulation_steps=dcfg.grad_accum,
+            per_device_train_batch_size=dcfg.batch_size // processes, gradient_accumulation_steps=dcfg.grad_accum,
             max_steps=max_steps, beta=dcfg.beta, loss_type=loss_type, loss_weights=weights,
             lr_scheduler_type=dcfg.lr_scheduler, warmup_steps=dcfg.warmup_ratio,   # a float < 1 is a ratio
             weight_decay=dcfg.weight_decay, max_length=dcfg.max_length, seed=dcfg.seed, data_seed=dcfg.seed,
             bf16=on_gpu and dtype == "bfloat16", fp16=False, use_cpu=not on_gpu,
             gradient_checkpointing=on_gpu and dcfg.gradient_checkpointing,
             logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=not progress,
-            dataloader_num_workers=0, remove_unused_columns=True)
+            dataloader_num_workers=0, remove_unused_columns=True, ddp_find_unused_parameters=False)
 
 
 def build_trainer(model, processor, table, dcfg: DpoConfig, output_dir: str | Path, max_steps: int,
-                  sft_only: bool = False, device: str = "auto", dtype: str = "float32", progress: bool = True):
+                  sft_only: bool = False, device: str = "auto", dtype: str = "float32", progress: bool = True,
+                  processes: int = 1):
     """A TRL trainer with a fresh LoRA adapter on ``model`` (which PEFT wraps in place).
 
     ``table`` with the reference columns → :class:`ReusedReferenceDPOTrainer` with the reference-carrying
@@ -174,18 +208,20 @@ def build_trainer(model, processor, table, dcfg: DpoConfig, output_dir: str | Pa
     """
     check_lora_targets(model, dcfg)
     with quiet_gc_warning():
-        return _build_trainer(model, processor, table, dcfg, output_dir, max_steps, sft_only, device, dtype, progress)
+        return _build_trainer(model, processor, table, dcfg, output_dir, max_steps, sft_only, device, dtype, progress,
+                              processes)
 
 
-def _build_trainer(model, processor, table, dcfg, output_dir, max_steps, sft_only, device, dtype, progress):
-    args = trl_config(dcfg, output_dir, max_steps, sft_only, device, dtype, progress)
+def _build_trainer(model, processor, table, dcfg, output_dir, max_steps, sft_only, device, dtype, progress,
+                   processes):
+    args = trl_config(dcfg, output_dir, max_steps, sft_only, device, dtype, progress, processes)
     if REF_COLUMNS[0] in table.column_names:
         collator = VisionPreferenceCollatorWithReference(processor=processor, max_length=args.max_length)
         trainer = ReusedReferenceDPOTrainer(model=model, args=args, train_dataset=table, processing_class=processor,
                           peft_config=lora_config(dcfg), data_collator=collator)
     else:
-        trainer = DPOTrainer(model=model, args=args, train_dataset=table, processing_class=processor,
-                             peft_config=lora_config(dcfg))
+        trainer = DataParallelDPOTrainer(model=model, args=args, train_dataset=table, processing_class=processor,
+                                         peft_config=lora_config(dcfg))
     if not progress:   # no progress bar and no printed log dicts (the log is in trainer.state.log_history)
         from transformers.trainer_callback import PrinterCallback
 
