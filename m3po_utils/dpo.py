@@ -50,6 +50,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -80,6 +81,9 @@ SAMPLE_COLUMNS = ("chosen_token_ids", "rejected_token_ids", "logp_chosen", "logp
 
 
 ADAPTER_FILE = "adapter_model.safetensors"
+
+
+ADAPTER_FILES = (ADAPTER_FILE, "adapter_config.json", "README.md")   # what PEFT writes (no training_args.bin)
 
 
 INFO_FILE = "training_info.json"
@@ -395,40 +399,50 @@ def train_one(prep: PreparedStrategy, model, processor, dcfg: DpoConfig, folder:
     parallel: TRL's Trainer shards each global batch of ``dcfg.batch_size`` pairs); only the main process writes,
     the others wait for it, and the reused / computed reference counts are summed over the processes.
     """
+    import contextlib
     import tempfile
 
     tproc = training_processor(processor)
-    with tempfile.TemporaryDirectory(prefix="m3po-trainer-") as scratch:
-        trainer = build_trainer(model, tproc, prep.table, dcfg, Path(scratch) / "trainer", max_steps, prep.sft_only,
+    main = int(os.environ.get("RANK", "0")) == 0      # torchrun / accelerate launch set RANK; a notebook has none
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="m3po-trainer-")))
+        tmp = stack.enter_context(AtomicDir(folder)) if main else None
+        trainer = build_trainer(model, tproc, prep.table, dcfg, scratch / "trainer", max_steps, prep.sft_only,
                                 device, dtype, progress, processes)
         lora = lora_summary(trainer.model)
         t0 = time.perf_counter()
         with quiet_gc_warning():
             trainer.train()
         seconds = time.perf_counter() - t0
-    acc = trainer.accelerator
-    if acc.num_processes != processes:
-        raise RuntimeError(f"the trainer runs on {acc.num_processes} processes but was told {processes}; launch "
-                           "with accelerate's --num_processes equal to launch.dpo_processes")
-    ref_rows = dict(getattr(trainer, "ref_rows", {}))
-    if ref_rows and processes > 1:   # each process counted its own share of every batch
-        counts = acc.reduce(torch.tensor([ref_rows["reused"], ref_rows["computed"]], device=acc.device), "sum")
-        ref_rows = {"reused": int(counts[0]), "computed": int(counts[1])}
-    log = [row for row in trainer.state.log_history if "loss" in row]
-    final = log[-1] if log else {}
-    info = {
-        "strategy": prep.strategy, "complete": True, "fingerprint": fingerprint, "pairs": len(prep.table),
-        "steps": trainer.state.global_step, "max_steps": max_steps, "seconds": seconds,
-        "sft_only": prep.sft_only, "loss_type": ["sft"] if prep.sft_only else list(dcfg.loss_type),
-        "loss_weights": [1.0] if prep.sft_only else list(dcfg.loss_weights), "dpo": asdict(dcfg), "lora": lora,
-        "reference": prep.reference.to_dict() if prep.reference else None,
-        "ref_rows": ref_rows or None,
-        "final": {k: final.get(k) for k in CURVE_METRICS},
-        "processes": processes, "per_process_batch": dcfg.batch_size // processes,
-    }
-    if acc.is_main_process:
-        with AtomicDir(folder) as tmp:
-            acc.unwrap_model(trainer.model).save_pretrained(str(tmp), safe_serialization=True)
+        acc = trainer.accelerator
+        if acc.num_processes != processes:
+            raise RuntimeError(f"the trainer runs on {acc.num_processes} processes but was told {processes}; "
+                               "launch with accelerate's --num_processes equal to launch.dpo_processes")
+        ref_rows = dict(getattr(trainer, "ref_rows", {}))
+        if ref_rows and processes > 1:   # each process counted its own share of every batch
+            counts = acc.reduce(torch.tensor([ref_rows["reused"], ref_rows["computed"]], device=acc.device), "sum")
+            ref_rows = {"reused": int(counts[0]), "computed": int(counts[1])}
+        log = [row for row in trainer.state.log_history if "loss" in row]
+        final = log[-1] if log else {}
+        info = {
+            "strategy": prep.strategy, "complete": True, "fingerprint": fingerprint, "pairs": len(prep.table),
+            "steps": trainer.state.global_step, "max_steps": max_steps, "seconds": seconds,
+            "sft_only": prep.sft_only, "loss_type": ["sft"] if prep.sft_only else list(dcfg.loss_type),
+            "loss_weights": [1.0] if prep.sft_only else list(dcfg.loss_weights), "dpo": asdict(dcfg), "lora": lora,
+            "reference": prep.reference.to_dict() if prep.reference else None,
+            "ref_rows": ref_rows or None,
+            "final": {k: final.get(k) for k in CURVE_METRICS},
+            "processes": processes, "per_process_batch": dcfg.batch_size // processes,
+        }
+        # Every process takes part in saving (under DeepSpeed ZeRO-3 the LoRA weights are gathered from all of
+        # them); the main process writes: PEFT's adapter files only (no training_args.bin, no processor copy).
+        saved = (tmp if main else scratch) / "saved"
+        trainer.save_model(str(saved))
+        if main:
+            for name in ADAPTER_FILES:
+                if (saved / name).is_file():
+                    shutil.move(str(saved / name), str(tmp / name))
+            shutil.rmtree(saved, ignore_errors=True)
             atomic_write_json(tmp / LOG_FILE, log)
             atomic_write_json(tmp / INFO_FILE, info)
     acc.wait_for_everyone()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+import bench_scaling  # noqa: E402
+import pytest  # noqa: E402
 import ratios  # noqa: E402
 import run_all  # noqa: E402
 
@@ -79,3 +81,17 @@ def test_emit_calls_ignores_comments_and_strings(tmp_path):
     assert emit_calls(fake) == []
     fake.write_text('from ratios import emit\n\nemit("b", "w", "base", "var", 2.0, 1.5, unit="x fewer")\n')
     assert len(emit_calls(fake)) == 1
+
+
+def test_growth_exponent_and_extrapolation():
+    """bench_scaling's fit recovers a power law's exponent and extrapolates each axis by its own."""
+    xs = [4, 8, 16, 32]
+    assert bench_scaling.fit_exponent(xs, [3.0 * x ** 1.5 for x in xs]) == pytest.approx(1.5, abs=1e-12)
+    assert bench_scaling.fit_exponent(xs, [2.0, 2.0, 2.0, 2.0]) == pytest.approx(0.0, abs=1e-12)
+    noisy = [t * f for t, f in zip([x ** 0.5 for x in xs], [1.1, 0.9, 1.1, 0.9], strict=True)]
+    assert 0.3 < bench_scaling.fit_exponent(xs, noisy) < 0.6
+    with pytest.raises(ValueError, match="two distinct"):
+        bench_scaling.fit_exponent([8, 8], [1.0, 2.0])
+    # 2 s at (N=8, K=16) with time ∝ N^1 K^0.5: 4x N and 100x K -> 2 * 4 * 10 = 80 s
+    assert bench_scaling.extrapolate(2.0, {"N": 8, "K": 16}, {"N": 32, "K": 1600}, {"N": 1.0, "K": 0.5}) == \
+        pytest.approx(80.0)
