@@ -106,6 +106,15 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=12))
 
 
+def quiet_progress() -> None:
+    """No per-process progress bars from datasets and transformers (W processes would interleave W of each)."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
 def summary_line(what: str, data: dict[str, Any]) -> str:
     """One machine-readable line a launched stage prints at the end (``M3PO-LAUNCH {json}``)."""
     return "M3PO-LAUNCH " + json.dumps({"stage": what, **data}, sort_keys=True, default=str)

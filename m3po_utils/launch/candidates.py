@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     state = L.process_state()
+    if not args.progress:
+        L.quiet_progress()
     run = RunDir(args.run_dir)
     cfg = run.preset()
     if (run.candidates / DATASET_STATE).is_file():

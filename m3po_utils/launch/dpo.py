@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     state = L.process_state()
+    if not args.progress:
+        L.quiet_progress()
     run = RunDir(args.run_dir)
     cfg = run.preset()
     device = str(state.device) if state.device.type == "cuda" else None
