@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         b = LC.prepare_candidates(RunDir(two).preset(), two, model, processor, prompts, resolver, echo=None)
         wall2 = time.perf_counter() - t0
-        same = a["token_ids"] == b["token_ids"]
+        same = list(a["token_ids"]) == list(b["token_ids"])
         s1, s2 = G.generation_info(one)["seconds"], G.generation_info(two)["seconds"]
         print(f"sampling {len(a)} candidates ({len(prompts)} prompts): one process {s1:.1f} s (wall {wall1:.1f} s), "
               f"two processes {s2:.1f} s (wall {wall2:.1f} s); same tokens: {same}", flush=True)

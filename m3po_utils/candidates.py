@@ -328,11 +328,15 @@ def prepare_candidates(cfg, run_dir: str | Path, model, processor, prompts: Sequ
         except ArtifactCorrupt as exc:      # this stage's own output: set it aside and sample again
             aside = quarantine(run.candidates)
             print(f"WARNING: {exc.path} is unreadable ({exc.__cause__}); moved it to {aside} and sampling again")
+    return generate_candidates(model, processor, prompts, image_loader, **sampling_settings(cfg), run_dir=run_dir,
+                               progress=progress)
+
+
+def sampling_settings(cfg) -> dict[str, Any]:
+    """``generate_candidates``' sampling arguments from the preset's ``generation`` settings."""
     g = cfg.generation
-    return generate_candidates(model, processor, prompts, image_loader, n_candidates=g.n_candidates,
-                               temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                               max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, seed=g.seed,
-                               run_dir=run_dir, progress=progress)
+    return dict(n_candidates=g.n_candidates, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, seed=g.seed)
 
 
 def verify_candidates(table, resolver, world_cfg):

@@ -46,11 +46,13 @@ what the negatives add. Adapters (safetensors) and the per-step training log go 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -399,9 +401,6 @@ def train_one(prep: PreparedStrategy, model, processor, dcfg: DpoConfig, folder:
     parallel: TRL's Trainer shards each global batch of ``dcfg.batch_size`` pairs); only the main process writes,
     the others wait for it, and the reused / computed reference counts are summed over the processes.
     """
-    import contextlib
-    import tempfile
-
     tproc = training_processor(processor)
     main = int(os.environ.get("RANK", "0")) == 0      # torchrun / accelerate launch set RANK; a notebook has none
     with contextlib.ExitStack() as stack:
@@ -535,8 +534,6 @@ def reference_check(model, processor, prep: PreparedStrategy, dcfg: DpoConfig, a
     pass (adapter disabled). Returns both, their absolute differences and the largest per-response difference
     between stored and recomputed reference log-probs (nats).
     """
-    import tempfile
-
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 

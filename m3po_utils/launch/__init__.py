@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from m3po_utils.config import LAUNCH_CONFIGS
+from m3po_utils.runs import RunDir
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -93,6 +94,26 @@ def run_command(cmd: Sequence[str], echo: Callable[[str], None] | None = print, 
     if rc:
         raise LaunchFailed(f"the launched stage exited with status {rc}: {' '.join(cmd)}\n--- last lines ---\n"
                            + "\n".join(tail))
+
+
+def launch_stage(stage: str, run_dir, processes: int, lc, args: Sequence[str] = (),
+                 echo: Callable[[str], None] | None = print) -> None:
+    """Launch ``stage``'s entry point on ``processes`` processes with the preset's launch settings ``lc`` and wait."""
+    cmd = accelerate_command(stage, run_dir, processes, lc.accelerate_config, lc.main_port, args)
+    if echo is not None:
+        echo("launching: " + " ".join(cmd))
+    run_command(cmd, echo)
+
+
+def entry(run_dir: str | Path, progress: bool):
+    """What every launched process does first: ``(state, run, cfg, device)`` — its accelerate state, the run
+    directory, the run's configuration and its GPU (None on the CPU, where the preset's device stands)."""
+    state = process_state()
+    if not progress:
+        quiet_progress()
+    run = RunDir(run_dir)
+    device = str(state.device) if state.device.type == "cuda" else None
+    return state, run, run.preset(), device
 
 
 def process_state():

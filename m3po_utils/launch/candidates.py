@@ -33,10 +33,7 @@ def prepare_candidates(cfg: Preset, run_dir, model, processor, prompts: Sequence
         return G.prepare_candidates(cfg, run_dir, model, processor, prompts, image_loader, progress=progress)
     run = RunDir(run_dir)
     if not (run.candidates / DATASET_STATE).is_file():
-        cmd = L.accelerate_command("candidates", run_dir, lc.candidates_processes, lc.accelerate_config, lc.main_port)
-        if echo is not None:
-            echo("launching: " + " ".join(cmd))
-        L.run_command(cmd, echo)
+        L.launch_stage("candidates", run_dir, lc.candidates_processes, lc, echo=echo)
     return run.load_candidates()
 
 
@@ -50,11 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    state = L.process_state()
-    if not args.progress:
-        L.quiet_progress()
-    run = RunDir(args.run_dir)
-    cfg = run.preset()
+    state, run, cfg, device = L.entry(args.run_dir, args.progress)
     if (run.candidates / DATASET_STATE).is_file():
         if state.is_main_process:
             print(f"{run.candidates} is complete; nothing to sample (delete it to sample again)", flush=True)
@@ -62,11 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     splits = run.scenes() if cfg.world_kind == "shapes" else None
     prompts = preference_prompts(cfg, splits)
     resolver = ImageResolver(cfg, splits)
-    device = str(state.device) if state.device.type == "cuda" else None
     model, processor, _ = basemodels.base_lvlm(cfg, run.root, device=device)
-    g = cfg.generation
-    settings = dict(n_candidates=g.n_candidates, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                    max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, seed=g.seed, run_dir=run.root)
+    settings = G.sampling_settings(cfg) | {"run_dir": run.root}
     if state.num_processes > 1:
         G.generate_candidates(model, processor, prompts, resolver, progress=args.progress, **settings,
                               shard=(state.process_index, state.num_processes))

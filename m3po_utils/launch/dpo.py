@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from m3po_utils import dpo as D
 from m3po_utils import launch as L
 from m3po_utils.config import Preset
-from m3po_utils.runs import RunDir
 
 
 def train_strategies(run_dir, cfg: Preset, progress: bool = False, redo: bool = False,
@@ -28,11 +27,7 @@ def train_strategies(run_dir, cfg: Preset, progress: bool = False, redo: bool = 
     lc = cfg.launch
     if lc.dpo_processes == 1:
         return D.train_strategies(run_dir, cfg, progress=progress, redo=redo)
-    cmd = L.accelerate_command("dpo", run_dir, lc.dpo_processes, lc.accelerate_config, lc.main_port,
-                             ["--redo"] if redo else [])
-    if echo is not None:
-        echo("launching: " + " ".join(cmd))
-    L.run_command(cmd, echo)
+    L.launch_stage("dpo", run_dir, lc.dpo_processes, lc, ["--redo"] if redo else [], echo)
     names = list(dict.fromkeys([*cfg.dpo.strategies, D.SFT_ONLY]))
     return {s: D.load_training_info(run_dir, s) for s in names}
 
@@ -49,12 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    state = L.process_state()
-    if not args.progress:
-        L.quiet_progress()
-    run = RunDir(args.run_dir)
-    cfg = run.preset()
-    device = str(state.device) if state.device.type == "cuda" else None
+    state, run, cfg, device = L.entry(args.run_dir, args.progress)
     infos = D.train_strategies(run.root, cfg, redo=args.redo, progress=args.progress and state.is_main_process,
                                only=args.strategy, processes=state.num_processes, device=device)
     if state.is_main_process:
