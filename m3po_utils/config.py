@@ -99,18 +99,20 @@ class LvlmTrainConfig:
     vision_layers: int = 2
     vision_heads: int = 4
     vocab_size: int = 768
-    steps: int = 1400
+    steps: int = 2000
     batch_size: int = 48
     lr: float = 2e-3
     warmup_steps: int = 100
-    aux_weight: float = 0.3
+    aux_weight: float = 1.0
     existence_weight: float = 3.0
     # share of a yes/no answer's loss on its first ("Yes"/"No") token; the justification shares the rest
     lead_weight: float = 0.5
-    # Share of training scenes whose answers describe the scene *plus* an absent co-occurrence partner
+    # Share of training scenes whose answers describe the scene *plus* an absent co-occurrence mate
     # (``world.annotated``): the caption noise that teaches the prior. The images and the per-cell targets stay true.
-    annotation_noise: float = 0.0
-    eval_every: int = 350
+    # With strong grounding (aux_weight 1.0) it is what puts the base's POPE errors where the prior is, and what
+    # training on the truth can undo (README, "How the world was recalibrated").
+    annotation_noise: float = 0.8
+    eval_every: int = 500
     seed: int = 0
     # the LVLM class notebook 00 builds: "llava" (LlavaForConditionalGeneration) or "qwen2_5_vl"
     # (Qwen2_5_VLForConditionalGeneration); every later stage runs on either through the same code

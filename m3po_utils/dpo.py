@@ -603,12 +603,11 @@ def validation_prompts(scenes, world_cfg, seed: int = 0) -> list[tuple[Any, Any]
     """
 
     rng = np.random.default_rng(seed)
-    partner = dict(world_cfg.partners)
     out = []
     for scene in scenes:
         for family in PREF_FAMILY_WEIGHTS:
             if family == "existence":
-                missing = [partner[x] for x in scene.shapes() if x in partner and not scene.has(partner[x])]
+                missing = W.missing_mates(scene, world_cfg)
                 ins = (W.existence_instruction(scene, missing[0], world_cfg) if missing
                        else W.make_instruction(family, scene, world_cfg, rng=rng))
             else:

@@ -430,16 +430,43 @@ def test_yes_no_attribute_questions():
     assert 0.35 < sum(r.startswith("Yes,") for r in refs) / 200 < 0.65          # half true, half false
 
 
-def test_annotated_adds_an_absent_partner_in_a_free_cell():
-    lone = scene(("circle", "red", 0), ("star", "blue", 4))     # the square (circle's partner) is absent
+def test_annotated_adds_an_absent_mate_in_a_free_cell():
+    # circle's mate (square) and star's mate (triangle) are absent: the prior works both ways along a pair
+    lone = scene(("circle", "red", 0), ("star", "blue", 4))
+    assert W.missing_mates(lone, CFG) == ["square", "triangle"]
     rng = np.random.default_rng(0)
-    seen = set()
+    seen, added = set(), set()
     for _ in range(40):
         a = W.annotated(lone, CFG, rng)
         extra = [o for o in a.objects if o not in lone.objects]
         assert len(a.objects) == 3 and len(extra) == 1
-        assert extra[0].shape == "square" and extra[0].cell not in (0, 4)    # circle → square; star is no lead
+        assert extra[0].shape in ("square", "triangle") and extra[0].cell not in (0, 4)
         assert a.scene_id == lone.scene_id and a.style_seed == lone.style_seed
         seen.add(extra[0].cell)
-    assert len(seen) > 3                       # the cell is drawn, not fixed
+        added.add(extra[0].shape)
+    assert len(seen) > 3 and added == {"square", "triangle"}   # the cell and the mate are drawn, not fixed
+    assert W.missing_mates(TWO, CFG) == []
     assert W.annotated(TWO, CFG, rng) is None  # square is already with its circle: nothing to hallucinate
+
+
+def test_preference_existence_prompts_are_balanced_and_ask_about_mates():
+    from m3po_utils.config import load_preset
+    from m3po_utils.world.prompts import shapes_prompts
+
+    cfg = load_preset("shapes", {"world.n_pref": 700, "generation.n_prompts": 600})
+    pref = W.make_splits(cfg.world)["pref"]
+    by_id = {s.scene_id: s for s in pref}
+    rows = [r for r in shapes_prompts(pref, cfg) if r["family"] == "existence"]
+    yes = [r for r in rows if r["reference"].startswith("Yes")]
+    no = [r for r in rows if r["reference"].startswith("No")]
+    assert len(rows) > 80 and 0.4 < len(yes) / len(rows) < 0.6       # half Yes, half No: training cannot learn "No"
+    shape_of = {r["prompt_id"]: W.parse_instruction(r["instruction"], cfg.world)[1]["shape"] for r in rows}
+    for r in no:                        # an absent mate of a present shape whenever the scene has one
+        mates = W.missing_mates(by_id[r["scene_id"]], cfg.world)
+        assert not mates or shape_of[r["prompt_id"]] in mates
+    # a Yes question asks about a shape whose mate is present too whenever the scene has such a pair, so that
+    # "is it the mate of something I see" cannot decide the answer
+    for r in yes:
+        scene = by_id[r["scene_id"]]
+        paired = {s for a, b in cfg.world.partners if scene.has(a) and scene.has(b) for s in (a, b)}
+        assert not paired or shape_of[r["prompt_id"]] in paired

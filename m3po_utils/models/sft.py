@@ -11,13 +11,13 @@ What makes a 1-M-parameter LLaVA learn this world in minutes on two cores:
   averaged, so a short answer weighs as much as a 30-token description. With the usual per-token mean,
   existence answers are a few percent of the gradient and are learnt last. Yes/no answers are justified
   ("No, the circle is blue."), and ``lead_weight`` puts a share of their loss on the deciding first token.
-* **How well the model sees is a dial**: ``aux_weight`` scales the auxiliary per-cell loss below. At 1.0 the
-  model answers POPE at ~0.98, leaving nothing to fix; the default 0.3 gives a competent but imperfect model
-  (POPE in LLaVA-1.5-7B's range, with the co-occurrence failure), see the README's measurements.
-* **Annotation noise** (``annotation_noise``, off by default): a share of the scenes is captioned with an absent
-  co-occurrence partner added (``world.annotated``) while the image stays true — the noisy captions real LVLMs
-  learn their hallucinations from. It makes POPE's false positives the prior's, but costs yes/no colour in
-  every setting measured (README, "Can anything trained on the preference prompts move them?").
+* **Where the mistakes come from**: ``aux_weight`` scales the auxiliary per-cell loss below, the dial of how
+  well the model sees (1.0, the default: the image tokens carry the scene). ``annotation_noise`` (default 0.8)
+  is the share of training scenes captioned with an absent co-occurrence mate added (``world.annotated``) while
+  the image stays true — the noisy captions real LVLMs learn their hallucinations from. Together they give a
+  base whose POPE errors are the prior's (a language-side belief over a scene the image tokens do show), which
+  training on the truth can undo; a weakly grounded base errs where it does not see, which a language-model
+  adapter cannot fix (README, "How the world was recalibrated").
 * **Image tokens grounded in the vocabulary**: the tied language-model head must read each occupied cell's
   image token as its shape word and colour word. A question's shape word and the image token of that shape
   then start out similar, which is what "Is there a star?" needs the attention to find.

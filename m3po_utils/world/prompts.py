@@ -1,7 +1,8 @@
 """Preference prompts: the (image, instruction) pairs M3PO samples candidates for, and image references.
 
 Shapes world: one instruction per preference-split scene, the family drawn with ``PREF_FAMILY_WEIGHTS``;
-existence questions ask about an absent *partner* of a present shape half of the time, which is where the base
+existence questions ask about a present shape half of the time and otherwise about an absent co-occurrence mate of a
+present shape (any absent shape when there is none), which is where the base
 model hallucinates. The tail of the preference split (``validation_scenes``) is kept out of the prompts: it is
 the held-out set that later stages tune on (never the evaluation split).
 
@@ -43,6 +44,23 @@ def scene_ref(scene: W.Scene) -> str:
     return f"scene:{scene.scene_id}"
 
 
+def _existence_shape(scene: W.Scene, wc, rng: np.random.Generator) -> str:
+    """The shape a preference existence question asks about: half the time a present one (answer Yes) —
+    one whose co-occurrence mate is present too when the scene has such a pair — and half the time an absent
+    one (No): an absent mate of a present shape when the scene has one, the base model's typical
+    hallucination. Balanced like POPE, so that training on these prompts teaches neither "No" nor "a mate is
+    absent", only to look."""
+    if rng.random() < 0.5:
+        # a present shape whose mate is present too when there is one: "is it a mate of what I see?" must not
+        # decide the answer, only the image may
+        present = [o.shape for o in scene.objects]
+        paired = [s for s in present if any({s, m} == set(p) for p in wc.partners for m in present)]
+        pool = paired or present
+        return pool[rng.integers(len(pool))]
+    absent = W.missing_mates(scene, wc) or [s for s in wc.shapes if not scene.has(s)]
+    return absent[rng.integers(len(absent))]
+
+
 def shapes_prompts(pref: Sequence[W.Scene], cfg: Preset) -> list[dict]:
     """Preference prompt rows for the shapes world (seeded by ``cfg.generation.seed``)."""
     wc = cfg.world
@@ -55,16 +73,11 @@ def shapes_prompts(pref: Sequence[W.Scene], cfg: Preset) -> list[dict]:
     rng = np.random.default_rng(cfg.generation.seed)
     families = list(PREF_FAMILY_WEIGHTS)
     p = np.array([PREF_FAMILY_WEIGHTS[f] for f in families])
-    partner = dict(wc.partners)
     rows = []
     for i, scene in enumerate(usable[:n]):
         family = families[rng.choice(len(families), p=p / p.sum())]
         if family == "existence":
-            leads_missing = [partner[s] for s in scene.shapes() if s in partner and not scene.has(partner[s])]
-            if leads_missing and rng.random() < 0.5:
-                ins = W.existence_instruction(scene, leads_missing[rng.integers(len(leads_missing))], wc)
-            else:
-                ins = W.make_instruction("existence", scene, wc, rng=rng)
+            ins = W.existence_instruction(scene, _existence_shape(scene, wc, rng), wc)
         else:
             ins = W.make_instruction(family, scene, wc, rng=rng)
         rows.append({"prompt_id": f"p{i:05d}", "image": scene_ref(scene), "scene_id": scene.scene_id,

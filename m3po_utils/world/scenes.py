@@ -289,6 +289,14 @@ def sample_scene(rng: np.random.Generator, cfg: WorldConfig, scene_id: str, spli
     return Scene(scene_id=scene_id, split=split, objects=objects, style_seed=int(rng.integers(2**31 - 1)))
 
 
+def missing_mates(scene: Scene, cfg: WorldConfig) -> list[str]:
+    """The absent co-occurrence mates of the scene's shapes, either side of a ``cfg.partners`` pair, sorted:
+    what the prior suggests is there but is not (POPE's adversarial negatives, the annotator's additions)."""
+    present = scene.shapes()
+    return sorted({b for a, b in (*cfg.partners, *((q, p) for p, q in cfg.partners))
+                   if a in present and b not in present})
+
+
 def annotated(scene: Scene, cfg: WorldConfig, rng: np.random.Generator) -> Scene | None:
     """The scene as a prior-following annotator writes it down: plus the absent co-occurrence partner of one of
     its shapes, in a free cell with a random colour; None when no partner is missing or no cell is free.
@@ -297,8 +305,7 @@ def annotated(scene: Scene, cfg: WorldConfig, rng: np.random.Generator) -> Scene
     vision-language model its co-occurrence hallucinations: the annotation mentions what usually goes with what
     is visible (``LvlmTrainConfig.annotation_noise`` is the share of training scenes annotated this way).
     """
-    present = scene.shapes()
-    missing = sorted({p for lead, p in cfg.partners if lead in present and p not in present})
+    missing = missing_mates(scene, cfg)
     free = sorted(set(range(cfg.grid * cfg.grid)) - {o.cell for o in scene.objects})
     if not missing or not free:
         return None
