@@ -1,0 +1,163 @@
+"""Calibrate a shapes-world base model: train it, measure it on calibration scenes, and measure the upper bound.
+
+    python tools/calibrate_base.py OUT_DIR [key=value ...] [oracle=0] [ncal=200]
+
+Overrides are the series' own (``lvlm_train.annotation_noise=0.7``). The calibration scenes are the evaluation
+split of *another draw* of the same world (``world.seed + 1000``), so choosing a default here never looks at the
+run's evaluation split. The base is measured on POPE (random / popular / adversarial, with the share of
+adversarial false positives that are co-occurrence mates), the MME-style subtasks (acc, acc+), per-family exact
+accuracy and CHAIR_i. The upper bound ("oracle") is SFT on the *reference answers* of the preference prompts —
+the same prompts and step budget as notebook 05, through the same ``dpo.train_pairs`` (best_of_n, SFT term
+only) — and the script prints its paired change in POPE-adversarial F1 and in the MME-style total, with 95 %
+intervals from 300 resamples of the scenes. The README's calibration table was measured with it.
+A finished base in ``OUT_DIR/lvlm`` is reused, so the upper bound can be re-measured under changed prompts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from m3po_utils import dpo as D
+from m3po_utils import evaluation as E
+from m3po_utils import world as W
+from m3po_utils.config import load_preset, parse_overrides
+from m3po_utils.models.generate import greedy_answers
+from m3po_utils.models.lvlm import load_lvlm, save_lvlm
+from m3po_utils.models.sft import build_base, train_base
+from m3po_utils.selection import assistant_turn, user_turn
+from m3po_utils.world.prompts import shapes_prompts
+
+ORACLE_PAIRS = 1060   # the preference pairs notebook 05 trains every strategy on under the shapes preset
+
+
+def measure(model, proc, scenes, wc) -> dict:
+    """POPE per setting (with per-question predictions for the paired bootstrap), MME-style, families, CHAIR_i."""
+    rep: dict = {}
+    imgs = [W.render(s, wc) for s in scenes]
+    for setting in E.POPE_SETTINGS:
+        rows = E.pope_questions(scenes, wc, setting, seed=0)
+        ans = greedy_answers(model, proc, [imgs[r["scene"]] for r in rows], [r["question"] for r in rows],
+                             max_new_tokens=8)
+        m = E.pope_metrics(ans, [r["label"] for r in rows]) | E.partner_share(scenes, rows, ans, wc)
+        rep[f"pope_{setting}"] = {k: m[k] for k in ("accuracy", "f1", "yes_ratio", "partner_share")}
+        rep[f"pope_{setting}_rows"] = [(r["scene"], r["label"], E.pope_parse(a)) for r, a in zip(rows, ans, strict=True)]
+    rows = E.mme_questions(scenes, wc, seed=0)
+    ans = greedy_answers(model, proc, [imgs[r["scene"]] for r in rows], [r["question"] for r in rows],
+                         max_new_tokens=8)
+    scores = E.mme_scores([r | {"prediction": a} for r, a in zip(rows, ans, strict=True)])
+    rep["mme"] = {k: {"acc": v["acc"], "acc_plus": v["acc_plus"]} for k, v in scores["subtasks"].items()}
+    rep["mme_total"] = scores["total"]
+    rep["mme_rows"] = [(r["subtask"], r["scene"], E.mme_parse(a) == r["answer"].lower())
+                       for r, a in zip(rows, ans, strict=True)]
+    rep["families"] = E.family_accuracy(model, proc, scenes, wc, seed=0)
+    descriptions = greedy_answers(model, proc, imgs, ["Describe the image."] * len(scenes))
+    rep["chair_i"] = E.description_metrics(scenes, descriptions, wc)["chair_i"]
+    return rep
+
+
+def line(rep: dict, tag: str) -> str:
+    pope = " / ".join(f"{rep[f'pope_{s}']['accuracy']:.3f}" for s in E.POPE_SETTINGS)
+    adv = rep["pope_adversarial"]
+    mme = " ".join(f"{k} {v['acc']:.2f}/{v['acc_plus']:.2f}" for k, v in rep["mme"].items())
+    fam = " ".join(f"{k[4:]} {v:.2f}" for k, v in sorted(rep["families"].items()))
+    return (f"[{tag}] POPE {pope} advF1 {adv['f1']:.3f} yes {adv['yes_ratio']:.2f} partner {adv['partner_share']} "
+            f"| MME {rep['mme_total']:.1f} {mme} | CHAIR_i {rep['chair_i']:.3f}\n   fam: {fam}")
+
+
+def _f1(rows) -> float:
+    tp = sum(lab == "yes" and p == "yes" for _, lab, p in rows)
+    fp = sum(lab == "no" and p == "yes" for _, lab, p in rows)
+    fn = sum(lab == "yes" and p == "no" for _, lab, p in rows)
+    return 2 * tp / max(1, 2 * tp + fp + fn)
+
+
+def _mme_total(rows, weight: np.ndarray) -> float:
+    """MME-style total with scene ``s`` counted ``weight[s]`` times (acc over questions, acc+ over images)."""
+    total = 0.0
+    for sub in E.MME_SUBTASKS:
+        by_scene: dict[int, list[bool]] = {}
+        for st, sc, ok in rows:
+            if st == sub and weight[sc]:
+                by_scene.setdefault(sc, []).append(ok)
+        n_q = sum(weight[s] * len(v) for s, v in by_scene.items())
+        acc = sum(weight[s] * sum(v) for s, v in by_scene.items()) / n_q
+        acc_plus = sum(weight[s] * all(v) for s, v in by_scene.items()) / sum(weight[s] for s in by_scene)
+        total += 100 * acc + 100 * acc_plus
+    return total
+
+
+def paired_intervals(base: dict, other: dict, n_scenes: int, n_boot: int = 300, seed: int = 0) -> dict:
+    """Change other − base in POPE-adversarial F1 and the MME-style total, resampling scenes (95 % intervals)."""
+    rng = np.random.default_rng(seed)
+    b_rows, o_rows = base["pope_adversarial_rows"], other["pope_adversarial_rows"]
+    d_f1, d_mme = [], []
+    for _ in range(n_boot):
+        weight = np.bincount(rng.integers(n_scenes, size=n_scenes), minlength=n_scenes)
+        pick_b = [r for r in b_rows for _ in range(weight[r[0]])]
+        pick_o = [r for r in o_rows for _ in range(weight[r[0]])]
+        d_f1.append(_f1(pick_o) - _f1(pick_b))
+        d_mme.append(_mme_total(other["mme_rows"], weight) - _mme_total(base["mme_rows"], weight))
+    return {"f1": (other["pope_adversarial"]["f1"] - base["pope_adversarial"]["f1"], *np.percentile(d_f1, [2.5, 97.5])),
+            "mme": (other["mme_total"] - base["mme_total"], *np.percentile(d_mme, [2.5, 97.5]))}
+
+
+def reference_table(cfg, pref_scenes):
+    """The preference prompts with their reference answers as a best_of_n pair table (rejected := chosen)."""
+    scenes = {s.scene_id: s for s in pref_scenes}
+
+    def png(scene_id: str) -> dict:
+        buf = io.BytesIO()
+        W.render(scenes[scene_id], cfg.world).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    rows = [{"prompt_id": r["prompt_id"], "prompt": user_turn(r["instruction"]),
+             "chosen": assistant_turn(r["reference"]), "rejected": assistant_turn(r["reference"]),
+             "images": [png(r["scene_id"])]} for r in shapes_prompts(pref_scenes, cfg)[:ORACLE_PAIRS]]
+    return datasets.Dataset.from_list(rows).cast_column("images", datasets.Sequence(datasets.Image()))
+
+
+def main(argv: list[str]) -> None:
+    out = Path(argv[0])
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = parse_overrides(argv[1:])
+    with_oracle = overrides.pop("oracle", "1") == "1"
+    n_cal = int(overrides.pop("ncal", "200"))
+    cfg = load_preset("shapes", overrides)
+    t0 = time.time()
+    splits = W.make_splits(cfg.world)
+    cal = W.make_splits(dataclasses.replace(cfg.world, seed=cfg.world.seed + 1000))["eval"][:n_cal]
+    folder = out / "lvlm"
+    if not (folder / "done").exists():
+        model, proc = build_base(splits["train"], cfg.world, cfg.lvlm_train)
+        train_base(model, proc, splits["train"], cfg.world, cfg.lvlm_train, progress=False)
+        save_lvlm(model, proc, folder)
+        (folder / "done").write_text("1")
+    print(f"train s {time.time() - t0:.0f}", flush=True)
+    model, proc = load_lvlm(folder)
+    base = measure(model, proc, cal, cfg.world)
+    print(line(base, "base"), flush=True)
+    (out / "base.json").write_text(json.dumps(base))
+    if with_oracle:
+        dcfg = dataclasses.replace(cfg, dpo=dataclasses.replace(cfg.dpo, reuse_reference=False))
+        D.train_pairs(out / "oracle_ref", dcfg, reference_table(cfg, splits["pref"]), "best_of_n", sft_only=True,
+                      model_loader=lambda: load_lvlm(folder))
+        model, proc = load_lvlm(folder)
+        D.load_adapter(model, out / "oracle_ref")
+        orc = measure(model, proc, cal, cfg.world)
+        print(line(orc, "oracle"), flush=True)
+        (out / "oracle.json").write_text(json.dumps(orc))
+        d = paired_intervals(base, orc, len(cal))
+        print("ORACLE dF1 adv {:+.3f} [{:+.3f}, {:+.3f}]  dMME {:+.1f} [{:+.1f}, {:+.1f}]".format(*d["f1"], *d["mme"]))
+    print(f"total s {time.time() - t0:.0f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
