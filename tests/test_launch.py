@@ -101,6 +101,15 @@ def test_dpo_on_two_processes_follows_the_one_process_curve(smoke_run, tmp_path)
         log1, log2 = D.load_training_log(one, s), D.load_training_log(two, s)
         assert len(log1) == len(log2) == a["steps"]
         for k in D.CURVE_METRICS:
+            if k == "rewards/accuracies":
+                # the share of pairs whose chosen reward beats the rejected one is a step function of margins that
+                # are float noise (~1e-7) while the policy still equals the reference: compare it only on steps
+                # where the policy has moved (|mean margin| > 1e-5), and insist on at least two such steps
+                # (best_of_n's rejected answer is its chosen one: margins exactly 0, every step compared)
+                moved = [i for i, r in enumerate(log1) if abs(r["rewards/margins"]) > 1e-5 or s == "best_of_n"]
+                assert len(moved) >= 2, (s, [r["rewards/margins"] for r in log1])
+                assert [log2[i][k] for i in moved] == [log1[i][k] for i in moved], (s, k)
+                continue
             assert [r[k] for r in log2] == pytest.approx([r[k] for r in log1], rel=1e-5, abs=1e-6), (s, k)
     # the adapter loads and answers as the one-process adapter does (greedy, on held-out preference scenes)
     scenes = validation_scenes(RunDir(one).scenes()["pref"])[:6]
