@@ -1,9 +1,8 @@
 """Preference prompts: the (image, instruction) pairs M3PO samples candidates for, and image references.
 
 Shapes world: one instruction per preference-split scene, the family drawn with ``PREF_FAMILY_WEIGHTS``;
-existence questions ask about a present shape half of the time and otherwise about an absent co-occurrence mate of a
-present shape (any absent shape when there is none), which is where the base
-model hallucinates. The tail of the preference split (``validation_scenes``) is kept out of the prompts: it is
+existence questions are half "Yes" (a present shape) and half "No" about an absent co-occurrence mate of a present
+shape (any absent shape when there is none), which is where the base model hallucinates. The tail of the preference split (``validation_scenes``) is kept out of the prompts: it is
 the held-out set that later stages tune on (never the evaluation split).
 
 Hub presets: prompts come from a JSON-lines file of ``{"image": path, "instruction": text}``.
