@@ -2,8 +2,9 @@
 
 Shapes world: one instruction per preference-split scene, the family drawn with ``PREF_FAMILY_WEIGHTS``;
 existence questions are half "Yes" (a present shape) and half "No" about an absent co-occurrence mate of a present
-shape (any absent shape when there is none), which is where the base model hallucinates. The tail of the preference split (``validation_scenes``) is kept out of the prompts: it is
-the held-out set that later stages tune on (never the evaluation split).
+shape (any absent shape when there is none), which is where the base model hallucinates. The tail of the
+preference split (``validation_scenes``) is kept out of the prompts: it is the held-out set that later stages
+tune on (never the evaluation split).
 
 Hub presets: prompts come from a JSON-lines file of ``{"image": path, "instruction": text}``.
 
