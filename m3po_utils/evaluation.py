@@ -77,16 +77,12 @@ def partner_share(scenes: Sequence[W.Scene], rows: Sequence[dict], answers: Sequ
 
     ``{"false_positives": n, "partner": k, "partner_share": k / n}`` (share None without false positives).
     """
-    linked: dict[str, set[str]] = {}
-    for a, b in cfg.partners:
-        linked.setdefault(a, set()).add(b)
-        linked.setdefault(b, set()).add(a)
     fp = partner = 0
     for r, ans in zip(rows, answers, strict=True):
         if r["label"] != "no" or pope_parse(ans) != "yes":
             continue
         fp += 1
-        partner += bool(linked.get(r["shape"], set()) & scenes[r["scene"]].shapes())
+        partner += bool(W.mates_of(r["shape"], cfg) & scenes[r["scene"]].shapes())
     return {"false_positives": fp, "partner": partner, "partner_share": partner / fp if fp else None}
 
 

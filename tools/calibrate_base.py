@@ -55,7 +55,7 @@ def measure(model, proc, scenes, wc) -> dict:
     scores = E.mme_scores([r | {"prediction": a} for r, a in zip(rows, ans, strict=True)])
     rep["mme"] = {k: {"acc": v["acc"], "acc_plus": v["acc_plus"]} for k, v in scores["subtasks"].items()}
     rep["mme_total"] = scores["total"]
-    rep["mme_rows"] = [(r["subtask"], r["scene"], E.mme_parse(a) == r["answer"].lower())
+    rep["mme_rows"] = [{"subtask": r["subtask"], "scene": r["scene"], "answer": r["answer"], "prediction": a}
                        for r, a in zip(rows, ans, strict=True)]
     rep["families"] = E.family_accuracy(model, proc, scenes, wc, seed=0)
     descriptions = greedy_answers(model, proc, imgs, ["Describe the image."] * len(scenes))
@@ -72,26 +72,15 @@ def line(rep: dict, tag: str) -> str:
             f"| MME {rep['mme_total']:.1f} {mme} | CHAIR_i {rep['chair_i']:.3f}\n   fam: {fam}")
 
 
-def _f1(rows) -> float:
-    tp = sum(lab == "yes" and p == "yes" for _, lab, p in rows)
-    fp = sum(lab == "no" and p == "yes" for _, lab, p in rows)
-    fn = sum(lab == "yes" and p == "no" for _, lab, p in rows)
-    return 2 * tp / max(1, 2 * tp + fp + fn)
+def _resampled_f1(rows, weight: np.ndarray) -> float:
+    """POPE F1 with scene ``s`` counted ``weight[s]`` times (``rows``: (scene, label, parsed answer))."""
+    picked = [r for r in rows for _ in range(weight[r[0]])]
+    return E.pope_metrics([p for _, _, p in picked], [lab for _, lab, _ in picked])["f1"]
 
 
-def _mme_total(rows, weight: np.ndarray) -> float:
-    """MME-style total with scene ``s`` counted ``weight[s]`` times (acc over questions, acc+ over images)."""
-    total = 0.0
-    for sub in E.MME_SUBTASKS:
-        by_scene: dict[int, list[bool]] = {}
-        for st, sc, ok in rows:
-            if st == sub and weight[sc]:
-                by_scene.setdefault(sc, []).append(ok)
-        n_q = sum(weight[s] * len(v) for s, v in by_scene.items())
-        acc = sum(weight[s] * sum(v) for s, v in by_scene.items()) / n_q
-        acc_plus = sum(weight[s] * all(v) for s, v in by_scene.items()) / sum(weight[s] for s in by_scene)
-        total += 100 * acc + 100 * acc_plus
-    return total
+def _resampled_mme(rows, weight: np.ndarray) -> float:
+    """MME-style total with scene ``s`` counted ``weight[s]`` times: each copy is its own image for acc+."""
+    return E.mme_scores([r | {"image": f"{r['scene']}#{k}"} for r in rows for k in range(weight[r["scene"]])])["total"]
 
 
 def paired_intervals(base: dict, other: dict, n_scenes: int, n_boot: int = 300, seed: int = 0) -> dict:
@@ -101,10 +90,8 @@ def paired_intervals(base: dict, other: dict, n_scenes: int, n_boot: int = 300, 
     d_f1, d_mme = [], []
     for _ in range(n_boot):
         weight = np.bincount(rng.integers(n_scenes, size=n_scenes), minlength=n_scenes)
-        pick_b = [r for r in b_rows for _ in range(weight[r[0]])]
-        pick_o = [r for r in o_rows for _ in range(weight[r[0]])]
-        d_f1.append(_f1(pick_o) - _f1(pick_b))
-        d_mme.append(_mme_total(other["mme_rows"], weight) - _mme_total(base["mme_rows"], weight))
+        d_f1.append(_resampled_f1(o_rows, weight) - _resampled_f1(b_rows, weight))
+        d_mme.append(_resampled_mme(other["mme_rows"], weight) - _resampled_mme(base["mme_rows"], weight))
     return {"f1": (other["pope_adversarial"]["f1"] - base["pope_adversarial"]["f1"], *np.percentile(d_f1, [2.5, 97.5])),
             "mme": (other["mme_total"] - base["mme_total"], *np.percentile(d_mme, [2.5, 97.5]))}
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from m3po_utils.config import WorldConfig
-from m3po_utils.world.scenes import Obj, Scene, position_name, position_phrase
+from m3po_utils.world.scenes import Obj, Scene, mates_of, position_name, position_phrase
 
 FAMILIES = ("describe", "existence", "color", "count", "position", "fmt_one_word", "fmt_list", "fmt_start",
             "fmt_max_words", "yn_position", "yn_color", "yn_count")
@@ -131,8 +131,8 @@ def _counted(n: int) -> str:
 def _contrast_object(scene: Scene, shape: str, cfg: WorldConfig) -> Obj | None:
     """The object a "No, there is no {shape}" answer names instead: the asked shape's co-occurrence partner
     when it is in the scene (the contrast the prior gets wrong), else the first object."""
-    partners = {b for a, b in cfg.partners if a == shape} | {a for a, b in cfg.partners if b == shape}
-    return next((o for o in scene.objects if o.shape in partners), scene.objects[0] if scene.objects else None)
+    mates = mates_of(shape, cfg)
+    return next((o for o in scene.objects if o.shape in mates), scene.objects[0] if scene.objects else None)
 
 
 def yes_no_reference(family: str, scene: Scene, params: dict[str, Any], cfg: WorldConfig) -> str:

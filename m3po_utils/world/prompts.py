@@ -54,7 +54,7 @@ def _existence_shape(scene: W.Scene, wc, rng: np.random.Generator) -> str:
         # a present shape whose mate is present too when there is one: "is it a mate of what I see?" must not
         # decide the answer, only the image may
         present = [o.shape for o in scene.objects]
-        paired = [s for s in present if any({s, m} == set(p) for p in wc.partners for m in present)]
+        paired = [s for s in present if W.mates_of(s, wc) & set(present)]
         pool = paired or present
         return pool[rng.integers(len(pool))]
     absent = W.missing_mates(scene, wc) or [s for s in wc.shapes if not scene.has(s)]

@@ -289,12 +289,16 @@ def sample_scene(rng: np.random.Generator, cfg: WorldConfig, scene_id: str, spli
     return Scene(scene_id=scene_id, split=split, objects=objects, style_seed=int(rng.integers(2**31 - 1)))
 
 
+def mates_of(shape: str, cfg: WorldConfig) -> set[str]:
+    """The shapes that ``shape`` forms a ``cfg.partners`` pair with, on either side of the pair."""
+    return {b for a, b in cfg.partners if a == shape} | {a for a, b in cfg.partners if b == shape}
+
+
 def missing_mates(scene: Scene, cfg: WorldConfig) -> list[str]:
     """The absent co-occurrence mates of the scene's shapes, either side of a ``cfg.partners`` pair, sorted:
     what the prior suggests is there but is not (POPE's adversarial negatives, the annotator's additions)."""
     present = scene.shapes()
-    return sorted({b for a, b in (*cfg.partners, *((q, p) for p, q in cfg.partners))
-                   if a in present and b not in present})
+    return sorted({m for s in present for m in mates_of(s, cfg)} - present)
 
 
 def annotated(scene: Scene, cfg: WorldConfig, rng: np.random.Generator) -> Scene | None:
