@@ -113,7 +113,8 @@ def quarantine(path: Path) -> Path:
 # the first is its main output, without which a "complete" record is not worth restoring.
 # The judge cache (mas/judge_cache.sqlite) is not an output: every answer in it stays valid.
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "00": ("models", "world"), "01": ("candidates", "candidates.parts"), "02": ("mas/scores",),
+    "00": ("models", "world"), "01": ("candidates", "candidates.parts", "candidates_validation",
+                                                                      "candidates_validation.parts"), "02": ("mas/scores",),
     "03": ("confidence",), "04": ("pairs",), "05": ("adapters",), "06": ("evaluation",), "10": ("experiments",),
 }
 # What a stale re-run may reuse: outputs the stage itself checks against its inputs (05: adapters fingerprinted
@@ -121,6 +122,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
 # computed again — 06's other-seed sub-runs too, whose pairs come from this run's candidates and MAS.
 REUSABLE: dict[str, tuple[str, ...]] = {"05": ("adapters",), "10": ("experiments",)}
 PREVIOUS, FAILED = ".previous", ".failed"
+CANDIDATE_SPLITS = ("pref", "validation")
 
 
 def _kept(name: str) -> list[str]:
@@ -336,6 +338,22 @@ class RunDir:
         return self.root / "candidates.parts"
 
     @property
+    def validation_candidates(self) -> Path:
+        """Candidates sampled for the preference split's validation scenes (shapes world, notebook 01): what
+        notebook 02 chooses the MAS weights on. Never a preference prompt, never an evaluation scene."""
+        return self.root / "candidates_validation"
+
+    def candidates_dir(self, split: str = "pref") -> Path:
+        """Notebook 01's table for ``split``: ``"pref"`` (the preference prompts) or ``"validation"``."""
+        if split not in CANDIDATE_SPLITS:
+            raise ValueError(f"split={split!r}: notebook 01 samples {CANDIDATE_SPLITS}")
+        return self.candidates if split == "pref" else self.validation_candidates
+
+    def candidates_parts_of(self, split: str = "pref") -> Path:
+        folder = self.candidates_dir(split)
+        return folder.with_name(folder.name + ".parts")
+
+    @property
     def mas(self) -> Path:
         return self.root / "mas"
 
@@ -447,13 +465,14 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------------ stages 01-04
 
-    def load_candidates(self) -> datasets.Dataset:
-        """Notebook 01's candidates table (one row per candidate)."""
+    def load_candidates(self, split: str = "pref") -> datasets.Dataset:
+        """Notebook 01's candidates table (one row per candidate) of ``split`` ("pref" or "validation")."""
+        folder, parts = self.candidates_dir(split), self.candidates_parts_of(split)
         detail = ""
-        if self.candidates_parts.is_dir():
-            detail = f"{self.rel(self.candidates_parts)} holds an unfinished run: rerun notebook 01 to finish it"
-        self.require(self.candidates / DATASET_STATE, "01", self.candidates, detail)
-        return _load_table(self.root, "01", self.candidates)
+        if parts.is_dir():
+            detail = f"{self.rel(parts)} holds an unfinished run: rerun notebook 01 to finish it"
+        self.require(folder / DATASET_STATE, "01", folder, detail)
+        return _load_table(self.root, "01", folder)
 
     def load_mas(self) -> pd.DataFrame:
         """Notebook 02's MAS table (one row per candidate; join on ``prompt_id, cand_idx``)."""

@@ -350,6 +350,23 @@ def test_existing_table_is_loaded_not_regenerated(tiny, tmp_path, monkeypatch):
     assert rows_of(first) == rows_of(again)
 
 
+def test_validation_split_is_its_own_table(tiny, tmp_path):
+    _, _, model, processor, prompts, resolver = tiny
+    cfg = load_preset("smoke", {"generation.n_candidates": 3, "generation.max_new_tokens": 10,
+                                "generation.batch_size": 6})
+    pref = G.prepare_candidates(cfg, tmp_path, model, processor, prompts, resolver, progress=False)
+    val_prompts = [p | {"prompt_id": "v" + p["prompt_id"][1:]} for p in prompts[:2]]
+    val = G.prepare_candidates(cfg, tmp_path, model, processor, val_prompts, resolver, progress=False,
+                               split="validation")
+    run = RunDir(tmp_path)
+    assert run.validation_candidates.is_dir() and not run.candidates_parts_of("validation").exists()
+    assert sorted(set(val["prompt_id"])) == ["v00000", "v00001"] and len(val) == 6
+    assert rows_of(run.load_candidates()) == rows_of(pref)                    # the preference table untouched
+    assert G.generation_info(tmp_path, "validation")["chunks"] >= 1
+    with pytest.raises(ValueError, match="split='test'"):
+        run.candidates_dir("test")
+
+
 def test_load_candidates_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"run notebook 01 \(candidates\) first: candidates is missing"):
         RunDir(tmp_path).load_candidates()

@@ -470,3 +470,24 @@ def test_preference_existence_prompts_are_balanced_and_ask_about_mates():
         scene = by_id[r["scene_id"]]
         paired = {s for a, b in cfg.world.partners if scene.has(a) and scene.has(b) for s in (a, b)}
         assert not paired or shape_of[r["prompt_id"]] in paired
+
+
+def test_validation_prompts_are_on_validation_scenes_only_and_drawn_like_the_preference_prompts():
+    from m3po_utils.config import load_preset
+    from m3po_utils.world.prompts import shapes_prompts, validation_prompt_rows, validation_scenes
+
+    cfg = load_preset("shapes", {"world.n_pref": 700, "generation.n_prompts": 600})
+    pref = W.make_splits(cfg.world)["pref"]
+    val = validation_prompt_rows(pref, cfg)
+    held_out = [s.scene_id for s in validation_scenes(pref)]
+    assert len(val) == 2 * len(held_out) == 200
+    assert [r["scene_id"] for r in val] == [sid for sid in held_out for _ in range(2)]
+    assert {r["scene_id"] for r in val}.isdisjoint(r["scene_id"] for r in shapes_prompts(pref, cfg))
+    assert [r["prompt_id"] for r in val[:2]] == ["v00000", "v00001"]
+    by_id = {s.scene_id: s for s in pref}
+    for r in val:                                        # every reference is right about its own scene
+        assert W.verify(by_id[r["scene_id"]], r["instruction"], r["reference"], cfg.world).score == 1.0
+    assert len({r["family"] for r in val}) >= 8          # the preference mix, not one family
+    assert validation_prompt_rows(pref, cfg) == val      # seeded
+    with pytest.raises(ValueError, match="per_scene"):
+        validation_prompt_rows(pref, cfg, per_scene=0)

@@ -44,7 +44,7 @@ def scene_ref(scene: W.Scene) -> str:
     return f"scene:{scene.scene_id}"
 
 
-def _existence_shape(scene: W.Scene, wc, rng: np.random.Generator) -> str:
+def existence_shape(scene: W.Scene, wc, rng: np.random.Generator) -> str:
     """The shape a preference existence question asks about: half the time a present one (answer Yes) —
     one whose co-occurrence mate is present too when the scene has such a pair — and half the time an absent
     one (No): an absent mate of a present shape when the scene has one, the base model's typical
@@ -70,17 +70,35 @@ def shapes_prompts(pref: Sequence[W.Scene], cfg: Preset) -> list[dict]:
         raise ValueError(f"generation.n_prompts={n} exceeds the {len(usable)} preference scenes available "
                          f"(world.n_pref={len(pref)} minus {n_validation(len(pref))} validation scenes); lower "
                          "generation.n_prompts or raise world.n_pref")
-    rng = np.random.default_rng(cfg.generation.seed)
+    return _prompt_rows(usable[:n], wc, np.random.default_rng(cfg.generation.seed), "p")
+
+
+VALIDATION_PROMPTS_PER_SCENE = 2
+
+
+def validation_prompt_rows(pref: Sequence[W.Scene], cfg: Preset,
+                           per_scene: int = VALIDATION_PROMPTS_PER_SCENE) -> list[dict]:
+    """Prompt rows for the preference split's *validation* scenes, drawn like the preference prompts (same
+    family mix, same existence questions; ``per_scene`` per scene, ids ``v00000``…, their own random stream).
+    Notebook 01 samples candidates for them and notebook 02 chooses the MAS weights on those candidates."""
+    if per_scene < 1:
+        raise ValueError(f"per_scene={per_scene!r} must be a positive integer")
+    scenes = [s for s in validation_scenes(pref) for _ in range(per_scene)]
+    return _prompt_rows(scenes, cfg.world, np.random.default_rng([cfg.generation.seed, 1]), "v")
+
+
+def _prompt_rows(scenes: Sequence[W.Scene], wc, rng: np.random.Generator, prefix: str) -> list[dict]:
+    """One prompt per scene of ``scenes``, its family drawn with ``PREF_FAMILY_WEIGHTS``."""
     families = list(PREF_FAMILY_WEIGHTS)
     p = np.array([PREF_FAMILY_WEIGHTS[f] for f in families])
     rows = []
-    for i, scene in enumerate(usable[:n]):
+    for i, scene in enumerate(scenes):
         family = families[rng.choice(len(families), p=p / p.sum())]
         if family == "existence":
-            ins = W.existence_instruction(scene, _existence_shape(scene, wc, rng), wc)
+            ins = W.existence_instruction(scene, existence_shape(scene, wc, rng), wc)
         else:
             ins = W.make_instruction(family, scene, wc, rng=rng)
-        rows.append({"prompt_id": f"p{i:05d}", "image": scene_ref(scene), "scene_id": scene.scene_id,
+        rows.append({"prompt_id": f"{prefix}{i:05d}", "image": scene_ref(scene), "scene_id": scene.scene_id,
                      "family": ins.family, "instruction": ins.text, "reference": ins.reference})
     return rows
 
