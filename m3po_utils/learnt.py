@@ -100,6 +100,17 @@ def _mas(r: Mapping[str, Any]) -> list[str]:
         clip = sum(v["CLIP"] for v in contrast.values()) / len(contrast)
         lines.append(f"On minimal pairs (a right and a wrong answer to one question) CLIP ranks the right one higher "
                      f"{_pct(clip)} of the time on average over {len(contrast)} families — a coin flip scores 50 %.")
+    ws = r.get("weight_sweep")
+    if ws and ws.get("rows"):
+        rows = {float(x["clip_weight"]): x for x in ws["rows"]}
+        best, preset = ws["best_clip_weights"], float(ws["preset_clip_weight"])
+        chosen = (f"CLIP weight {best[0]:g} is best" if len(best) == 1 else
+                  f"CLIP weights {', '.join(f'{w:g}' for w in best)} tie")
+        at = rows.get(preset)
+        lines.append(f"On {ws['prompts']} validation prompts {chosen}: its M3PO pairs are in the right direction "
+                     f"{_pct(rows[best[0]]['ordered'])} of the time"
+                     + (f" (the preset's weight {preset:g}: {_pct(at['ordered'])}; CLIP alone: "
+                        f"{_pct(rows[1.0]['ordered'])})" if at and 1.0 in rows else "") + ".")
     cov = r.get("coverage")
     if cov:
         lines.append(f"{cov['missing']} of {cov['candidates']} candidates have no MAS (bound "

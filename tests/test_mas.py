@@ -236,18 +236,27 @@ def test_contrast_pairs_are_right_versus_wrong(setup):
     assert len(frame) == 2 * len(pairs) and frame.groupby("prompt_id").size().eq(2).all()
 
 
-def test_weight_sweep_recombines_clip_and_judge():
+def test_weight_sweep_selects_m3po_pairs_under_each_weight_and_scores_them_by_the_truth():
     import pandas as pd
-    pairs = pd.DataFrame({"family": ["color", "color", "count"]})
-    # pair 0: the judge is right, CLIP wrong; pair 1: both right; pair 2: the judge ties, CLIP right
-    right = pd.DataFrame({"clip_score": [0.2, 0.9, 0.8], "judge_score": [1.0, 1.0, 0.5]})
-    wrong = pd.DataFrame({"clip_score": [0.9, 0.1, 0.3], "judge_score": [0.0, 0.0, 0.5]})
-    sw = mas.weight_sweep(pairs, right, wrong, clip_weights=(0.0, 0.5, 1.0)).set_index("clip_weight")
-    assert sw.loc[0.0, "all"] == pytest.approx((1 + 1 + 0.5) / 3)      # judge only: the tie counts one half
-    assert sw.loc[0.5, "all"] == pytest.approx(1.0)                      # 0.6 > 0.45 on pair 0; CLIP breaks the tie
-    assert sw.loc[1.0, "all"] == pytest.approx(2 / 3) and sw.loc[1.0, "color"] == pytest.approx(0.5)
-    assert mas.best_weights(sw.reset_index()) == [0.5]
-    flat = sw.reset_index().assign(all=1.0)
-    assert mas.best_weights(flat) == [0.0, 0.5, 1.0]                      # a tie chooses nothing
+
+    from m3po_utils.config import SelectionConfig
+
+    def prompt(pid, judge, clip, truth):
+        return [{"prompt_id": pid, "cand_idx": k, "text": f"{pid}{k}", "logprob_sum": -1.0, "logprob_mean": -0.5,
+                 "judge_score": j, "clip_score": c, "truth": t}
+                for k, (j, c, t) in enumerate(zip(judge, clip, truth, strict=True))]
+    # a: the judge is right and CLIP backwards; b: the judge ties (no pair at w = 0), CLIP right;
+    # c: its judge call failed, so it is left out at every weight
+    table = pd.DataFrame(prompt("a", [1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [1.0, 0.0, 0.5])
+                         + prompt("b", [0.5, 0.5], [0.9, 0.1], [1.0, 0.0])
+                         + prompt("c", [np.nan, 0.0], [1.0, 0.0], [1.0, 0.0]))
+    sw = mas.weight_sweep(table, SelectionConfig(), clip_weights=(0.0, 0.5, 1.0)).set_index("clip_weight")
+    assert sw["pairs"].tolist() == [1, 1, 2]            # w = 0.5: a's MAS all 0.5, below min_margin, skipped
+    assert sw.loc[0.0, "ordered"] == 1.0 and sw.loc[0.0, "truth_gap"] == 1.0        # a: truth 1 over truth 0
+    assert sw.loc[0.5, "ordered"] == 1.0 and sw.loc[0.5, "chosen_right"] == 1.0     # b only
+    assert sw.loc[1.0, "ordered"] == 0.5 and sw.loc[1.0, "truth_gap"] == 0.0        # a backwards, b right
+    assert sw.loc[1.0, "rejected_wrong"] == 0.5
+    assert mas.best_weights(sw.reset_index()) == [0.0, 0.5]                           # a tie chooses nothing
+    assert mas.best_weights(sw.reset_index().assign(truth_gap=[1.0, 0.5, 0.0])) == [0.0]   # the gap breaks it
     with pytest.raises(ValueError, match="clip weight"):
-        mas.weight_sweep(pairs, right, wrong, clip_weights=(1.5,))
+        mas.weight_sweep(table, SelectionConfig(), clip_weights=(1.5,))
