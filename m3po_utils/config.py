@@ -198,8 +198,11 @@ class GenerationConfig:
 class MasConfig:
     """Stage 02: the Multimodal Alignment Score, MAS = w_clip * clip_norm + w_judge * judge_norm (in [0, 1])."""
 
-    clip_weight: float = 0.3
-    judge_weight: float = 0.7
+    # Chosen on the shapes preset's validation candidates (notebook 02, README "MAS weights"): the judge's 1-10
+    # scores tie for most prompts, and a small CLIP share breaks those ties towards truly worse rejected answers;
+    # 0.3 and more lets CLIP overturn the judge. Hub presets inherit it (no verifier there to tune on).
+    clip_weight: float = 0.1
+    judge_weight: float = 0.9
     judge_mode: str = "listwise"       # "pointwise": one request per candidate; "listwise": one per prompt
     judge_noise: float = 0.0           # shapes-world judge only: std of the noise added to its 1-10 score
     # Notebook 02's judge-noise sweep (shapes world): noise levels re-scored through the cached judge.
