@@ -377,3 +377,15 @@ def test_a_truncated_adapter_is_set_aside_and_retrained(run, trained, tmp_path):
     assert weights.read_bytes() == good                                    # retrained to the same adapter
     aside = [p for p in (copy / "adapters").iterdir() if p.name.startswith("m3po.corrupt-")]
     assert len(aside) == 1 and len((aside[0] / D.ADAPTER_FILE).read_bytes()) == len(good) // 2
+
+
+def test_validation_prompts_ask_existence_both_ways():
+    cfg = load_preset("shapes")
+    scenes = W.make_splits(cfg.world)["pref"][-100:]
+    rows = D.validation_prompts(scenes, cfg.world)
+    assert len(rows) == 100 * len(D.PREF_FAMILY_WEIGHTS)
+    answers = [W.verify(s, ins.text, ins.reference, cfg.world).score == 1.0 for s, ins in rows]
+    assert all(answers)
+    exist = [ins.reference for _, ins in rows if ins.family == "existence"]
+    yes = sum(r.startswith("Yes") for r in exist) / len(exist)
+    assert 0.35 < yes < 0.65                 # not all "No": a model that only says "No" scores half
