@@ -71,7 +71,7 @@ from PIL import Image
 
 from m3po_utils import world as W
 from m3po_utils.basemodels import base_clip
-from m3po_utils.config import MasConfig, Preset, SelectionConfig
+from m3po_utils.config import MasConfig, Preset
 from m3po_utils.io import AtomicDir
 from m3po_utils.judge.client import (
     LOCAL_KEY,
@@ -419,65 +419,17 @@ def contrast_frame(pairs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-MAS_WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
-
-
 def score_validation(run_dir: str | Path, cfg: Preset, load_image: Callable[[str], Image.Image], *,
                      clip: ClipScorer | None, judge: JudgeClient | None, scenes: dict[str, W.Scene]) -> pd.DataFrame:
     """Notebook 01's *validation* candidates scored as the preference candidates are (CLIP, judge, MAS; CLIP
     normalised over this table, which comes from the same model and sampling), with the verifier's ``truth``
-    and their log-probs: the table :func:`weight_sweep` reads. Judge answers go through the run's cache."""
+    and their log-probs: the table :func:`m3po_utils.selection.weight_sweep` reads. Judge answers go through the run's cache."""
     ds = RunDir(run_dir).load_candidates("validation")
     df = candidates_frame(ds)
     table = score_candidates(df, cfg.mas, load_image, clip=clip, judge=judge)
     table["truth"] = verifier_truth(df, scenes, cfg.world)
     logp = ds.select_columns(["prompt_id", "cand_idx", "logprob_sum", "logprob_mean"]).to_pandas()
     return table.assign(text=df["text"].to_numpy()).merge(logp, on=["prompt_id", "cand_idx"], validate="one_to_one")
-
-
-def weight_sweep(table: pd.DataFrame, sc: SelectionConfig,
-                 clip_weights: Sequence[float] = MAS_WEIGHT_GRID) -> pd.DataFrame:
-    """The pairs M3PO would select under MAS = w · CLIP + (1 − w) · judge, for every CLIP weight w, judged by the
-    verifier.
-
-    ``table``: scored candidates with the verifier's ``truth`` — one row per candidate with ``prompt_id``,
-    ``cand_idx``, ``text``, ``logprob_sum`` / ``logprob_mean``, ``clip_score``, ``judge_score``, ``truth`` (run it on
-    the validation candidates: the evaluation split never chooses a weight). Prompts with a failed judge call are
-    left out. For each w the M3PO selection of notebook 04 (``sc``'s α, δ, min_margin, confidence) is run on
-    MAS_w and its first pairs are scored: ``pairs``; ``ordered``, the share whose chosen answer the verifier scores
-    above the rejected one (a tie counting ½) — a pair in the wrong direction teaches the model the error;
-    ``truth_gap``, the mean truth(chosen) − truth(rejected); ``chosen_right``, ``rejected_wrong``.
-    """
-    from m3po_utils import selection as S
-
-    bad = set(table.loc[~np.isfinite(table["judge_score"].to_numpy(float)), "prompt_id"])
-    t = table[~table["prompt_id"].isin(bad)]
-    rows = []
-    for w in clip_weights:
-        if not 0 <= w <= 1:
-            raise ValueError(f"clip weight {w!r} must be in [0, 1]")
-        scored = t.assign(mas=w * t["clip_score"].to_numpy(float) + (1 - w) * t["judge_score"].to_numpy(float))
-        groups = S.group_candidates(scored, sc.confidence)
-        truth = S.truth_by_prompt(groups, scored)
-        sel = S.select(groups, "m3po", sc.alpha, sc.delta, sc.min_margin, 1, sc.seed)
-        tc, tr = np.array([[truth[c.prompt_id][c.pairs[0][0]], truth[c.prompt_id][c.pairs[0][1]]]
-                           for c in sel.choices if c.pairs and c.pairs[0][1] is not None]).reshape(-1, 2).T
-        n = len(tc)
-        rows.append({"clip_weight": float(w), "pairs": n,
-                     "ordered": float(np.mean(np.where(tc > tr, 1.0, np.where(tc == tr, 0.5, 0.0)))) if n else np.nan,
-                     "truth_gap": float(np.mean(tc - tr)) if n else np.nan,
-                     "chosen_right": float(np.mean(tc >= 1.0)) if n else np.nan,
-                     "rejected_wrong": float(np.mean(tr < 1.0)) if n else np.nan})
-    return pd.DataFrame(rows)
-
-
-def best_weights(sweep: pd.DataFrame) -> list[float]:
-    """The CLIP weights whose pairs are most often in the right direction (``ordered``), ties broken by the larger
-    ``truth_gap``. More than one means the validation candidates cannot tell those weights apart."""
-    top = sweep["ordered"].max()
-    tied = sweep[np.isclose(sweep["ordered"], top)]
-    gap = tied["truth_gap"].max()
-    return [float(w) for w in tied.loc[np.isclose(tied["truth_gap"], gap), "clip_weight"]]
 
 
 def synthetic_candidates(prompt_rows: Sequence[dict], scenes: Sequence[W.Scene], world_cfg, n_candidates: int = 4,

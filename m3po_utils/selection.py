@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from m3po_utils.config import CONFIDENCE_KINDS, STRATEGIES, TRUTH_STRATEGIES
+from m3po_utils.config import CONFIDENCE_KINDS, STRATEGIES, TRUTH_STRATEGIES, SelectionConfig
 from m3po_utils.io import AtomicDir
 from m3po_utils.models.generate import quiet_datasets
 from m3po_utils.runs import RunDir
@@ -451,6 +451,56 @@ def select_all(groups: dict[str, dict], alpha: float, delta: float, min_margin: 
     ground-truth ``oracle`` only when ``truth`` is given."""
     return {s: select(groups, s, alpha, delta, min_margin, k, seed, truth) for s in STRATEGIES
             if truth is not None or s not in TRUTH_STRATEGIES}
+
+
+# --------------------------------------------------------------------------- MAS weights on validation
+
+MAS_WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+
+
+def weight_sweep(table, sc: SelectionConfig, clip_weights: Sequence[float] = MAS_WEIGHT_GRID):
+    """The pairs M3PO would select under MAS = w · CLIP + (1 − w) · judge, for every CLIP weight w, judged by the
+    verifier.
+
+    ``table``: scored candidates with the verifier's ``truth`` — one row per candidate with ``prompt_id``,
+    ``cand_idx``, ``text``, ``logprob_sum`` / ``logprob_mean``, ``clip_score``, ``judge_score``, ``truth`` (run it on
+    the validation candidates: the evaluation split never chooses a weight). Prompts with a failed judge call are
+    left out. For each w the M3PO selection of notebook 04 (``sc``'s α, δ, min_margin, confidence) is run on
+    MAS_w and its first pairs are scored: ``pairs``; ``ordered``, the share whose chosen answer the verifier scores
+    above the rejected one (a tie counting ½) — a pair in the wrong direction teaches the model the error;
+    ``truth_gap``, the mean truth(chosen) − truth(rejected); ``chosen_right``, ``rejected_wrong``. The scored
+    table comes from :func:`m3po_utils.mas.score_validation`.
+    """
+    import pandas as pd
+
+    bad = set(table.loc[~np.isfinite(table["judge_score"].to_numpy(float)), "prompt_id"])
+    t = table[~table["prompt_id"].isin(bad)]
+    rows = []
+    for w in clip_weights:
+        if not 0 <= w <= 1:
+            raise ValueError(f"clip weight {w!r} must be in [0, 1]")
+        scored = t.assign(mas=w * t["clip_score"].to_numpy(float) + (1 - w) * t["judge_score"].to_numpy(float))
+        groups = group_candidates(scored, sc.confidence)
+        truth = truth_by_prompt(groups, scored)
+        sel = select(groups, "m3po", sc.alpha, sc.delta, sc.min_margin, 1, sc.seed)
+        tc, tr = np.array([[truth[c.prompt_id][c.pairs[0][0]], truth[c.prompt_id][c.pairs[0][1]]]
+                           for c in sel.choices if c.pairs and c.pairs[0][1] is not None]).reshape(-1, 2).T
+        n = len(tc)
+        rows.append({"clip_weight": float(w), "pairs": n,
+                     "ordered": float(np.mean(np.where(tc > tr, 1.0, np.where(tc == tr, 0.5, 0.0)))) if n else np.nan,
+                     "truth_gap": float(np.mean(tc - tr)) if n else np.nan,
+                     "chosen_right": float(np.mean(tc >= 1.0)) if n else np.nan,
+                     "rejected_wrong": float(np.mean(tr < 1.0)) if n else np.nan})
+    return pd.DataFrame(rows)
+
+
+def best_weights(sweep) -> list[float]:
+    """The CLIP weights whose pairs are most often in the right direction (``ordered``), ties broken by the larger
+    ``truth_gap``. More than one means the validation candidates cannot tell those weights apart."""
+    top = sweep["ordered"].max()
+    tied = sweep[np.isclose(sweep["ordered"], top)]
+    gap = tied["truth_gap"].max()
+    return [float(w) for w in tied.loc[np.isclose(tied["truth_gap"], gap), "clip_weight"]]
 
 
 def strategy_table(groups: dict[str, dict], sels: dict[str, Selection], truth=None):

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from m3po_utils import selection as S
 from m3po_utils.runs import RunDir
 from m3po_utils.selection import choose, group_candidates, m3p_scores, select, select_pair, selection_stats
 
@@ -215,3 +216,27 @@ def test_worked_example_marks_both_negatives():
     assert ex["role"].tolist() == ["Rw", "Rl (M3PO)", "Rl at α = 0"]
     assert ex.index.tolist() == [0, 1, 2] and ex.loc[2, "penalty"] == pytest.approx(0.5 * 3.9)
     assert ex["truth"].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_weight_sweep_selects_m3po_pairs_under_each_weight_and_scores_them_by_the_truth():
+    from m3po_utils.config import SelectionConfig
+
+    def prompt(pid, judge, clip, truth):
+        return [{"prompt_id": pid, "cand_idx": k, "text": f"{pid}{k}", "logprob_sum": -1.0, "logprob_mean": -0.5,
+                 "judge_score": j, "clip_score": c, "truth": t}
+                for k, (j, c, t) in enumerate(zip(judge, clip, truth, strict=True))]
+    # a: the judge is right and CLIP backwards; b: the judge ties (no pair at w = 0), CLIP right;
+    # c: its judge call failed, so it is left out at every weight
+    table = pd.DataFrame(prompt("a", [1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [1.0, 0.0, 0.5])
+                         + prompt("b", [0.5, 0.5], [0.9, 0.1], [1.0, 0.0])
+                         + prompt("c", [np.nan, 0.0], [1.0, 0.0], [1.0, 0.0]))
+    sw = S.weight_sweep(table, SelectionConfig(), clip_weights=(0.0, 0.5, 1.0)).set_index("clip_weight")
+    assert sw["pairs"].tolist() == [1, 1, 2]            # w = 0.5: a's MAS all 0.5, below min_margin, skipped
+    assert sw.loc[0.0, "ordered"] == 1.0 and sw.loc[0.0, "truth_gap"] == 1.0        # a: truth 1 over truth 0
+    assert sw.loc[0.5, "ordered"] == 1.0 and sw.loc[0.5, "chosen_right"] == 1.0     # b only
+    assert sw.loc[1.0, "ordered"] == 0.5 and sw.loc[1.0, "truth_gap"] == 0.0        # a backwards, b right
+    assert sw.loc[1.0, "rejected_wrong"] == 0.5
+    assert S.best_weights(sw.reset_index()) == [0.0, 0.5]                           # a tie chooses nothing
+    assert S.best_weights(sw.reset_index().assign(truth_gap=[1.0, 0.5, 0.0])) == [0.0]   # the gap breaks it
+    with pytest.raises(ValueError, match="clip weight"):
+        S.weight_sweep(table, SelectionConfig(), clip_weights=(1.5,))
