@@ -113,8 +113,9 @@ def quarantine(path: Path) -> Path:
 # the first is its main output, without which a "complete" record is not worth restoring.
 # The judge cache (mas/judge_cache.sqlite) is not an output: every answer in it stays valid.
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "00": ("models", "world"), "01": ("candidates", "candidates.parts", "candidates_validation",
-                                                                      "candidates_validation.parts"), "02": ("mas/scores",),
+    "00": ("models", "world"),
+    "01": ("candidates", "candidates.parts", "candidates_validation", "candidates_validation.parts"),
+    "02": ("mas/scores",),
     "03": ("confidence",), "04": ("pairs",), "05": ("adapters",), "06": ("evaluation",), "10": ("experiments",),
 }
 # What a stale re-run may reuse: outputs the stage itself checks against its inputs (05: adapters fingerprinted

@@ -485,12 +485,13 @@ def weight_sweep(table, sc: SelectionConfig, clip_weights: Sequence[float] = MAS
         sel = select(groups, "m3po", sc.alpha, sc.delta, sc.min_margin, 1, sc.seed)
         tc, tr = np.array([[truth[c.prompt_id][c.pairs[0][0]], truth[c.prompt_id][c.pairs[0][1]]]
                            for c in sel.choices if c.pairs and c.pairs[0][1] is not None]).reshape(-1, 2).T
-        n = len(tc)
+        st = selection_stats(groups, sel, truth=truth)
+        n = int(st["pairs"])
         rows.append({"clip_weight": float(w), "pairs": n,
                      "ordered": float(np.mean(np.where(tc > tr, 1.0, np.where(tc == tr, 0.5, 0.0)))) if n else np.nan,
                      "truth_gap": float(np.mean(tc - tr)) if n else np.nan,
-                     "chosen_right": float(np.mean(tc >= 1.0)) if n else np.nan,
-                     "rejected_wrong": float(np.mean(tr < 1.0)) if n else np.nan})
+                     "chosen_right": st["chosen_right"] if n else np.nan,
+                     "rejected_wrong": st["rejected_wrong"] if n else np.nan})
     return pd.DataFrame(rows)
 
 
