@@ -60,6 +60,10 @@ class WorldConfig:
     n_train: int = 6000
     n_pref: int = 1300   # 1200 preference prompts + 100 validation scenes (prompts.n_validation)
     n_eval: int = 400
+    # Further evaluation scenes drawn *after* the training split (their own random stream, avoiding every other
+    # scene): raising it leaves the preference and training scenes — and so the base model — as they are, and
+    # the first ``n_eval`` evaluation scenes too. Raising ``n_eval`` instead redraws every split.
+    n_eval_extra: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -82,6 +86,8 @@ class WorldConfig:
         _check(0.0 <= self.faint_prob <= 1.0, "world.faint_prob", self.faint_prob, "a float in [0, 1]")
         for name in ("n_train", "n_pref", "n_eval"):
             _check(getattr(self, name) >= 1, f"world.{name}", getattr(self, name), "a positive integer")
+        _check(isinstance(self.n_eval_extra, int) and self.n_eval_extra >= 0, "world.n_eval_extra",
+               self.n_eval_extra, "an integer >= 0")
 
 
 LVLM_ARCHITECTURES = ("llava", "qwen2_5_vl")

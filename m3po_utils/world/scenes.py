@@ -347,7 +347,9 @@ def make_splits(cfg: WorldConfig) -> dict[str, list[Scene]]:
     """Train / pref / eval scenes (``cfg.n_*`` each, seeded by ``cfg.seed``); no signature is shared by two splits.
 
     Eval is drawn first, then pref, then train; a collision is re-drawn. Eval and pref never repeat a signature;
-    train may repeat its own (more data of the same distribution).
+    train may repeat its own (more data of the same distribution). ``cfg.n_eval_extra`` further eval scenes
+    (``eval-{n_eval}`` on) are drawn last, from their own stream, avoiding every scene above: adding them
+    changes no other scene.
     """
     sizes = {"train": cfg.n_train, "pref": cfg.n_pref, "eval": cfg.n_eval}
     taken: set[tuple] = set()
@@ -364,6 +366,11 @@ def make_splits(cfg: WorldConfig) -> dict[str, list[Scene]]:
             scenes.append(scene)
         taken |= own
         out[split] = scenes
+    rng = np.random.default_rng([cfg.seed, 3])
+    for i in range(cfg.n_eval, cfg.n_eval + cfg.n_eval_extra):
+        scene = _sample_avoiding(rng, cfg, f"eval-{i:06d}", "eval", lambda sig: sig in taken)
+        taken.add(scene.signature())
+        out["eval"].append(scene)
     return {s: out[s] for s in SPLITS}
 
 
