@@ -105,7 +105,7 @@ class LvlmTrainConfig:
     vision_layers: int = 2
     vision_heads: int = 4
     vocab_size: int = 768
-    steps: int = 2000
+    steps: int = 3000
     batch_size: int = 48
     lr: float = 2e-3
     warmup_steps: int = 100
@@ -117,8 +117,12 @@ class LvlmTrainConfig:
     # (``world.annotated``): the caption noise that teaches the prior. The images and the per-cell targets stay true.
     # With strong grounding (aux_weight 1.0) it is what puts the base's POPE errors where the prior is, and what
     # training on the truth can undo (README, "How the world was recalibrated").
-    annotation_noise: float = 0.8
-    eval_every: int = 500
+    annotation_noise: float = 0.9
+    # Weight of grounding each occupied cell's image token in the words of its position name ("top", "left"):
+    # the language model's rotary positions shift with the question's length, so the image token itself must
+    # say where it is for "Is the circle at the top left?" to be answerable by comparison (README, calibration).
+    position_grounding: float = 1.0
+    eval_every: int = 1000
     seed: int = 0
     # the LVLM class notebook 00 builds: "llava" (LlavaForConditionalGeneration) or "qwen2_5_vl"
     # (Qwen2_5_VLForConditionalGeneration); every later stage runs on either through the same code
@@ -143,6 +147,8 @@ class LvlmTrainConfig:
         _check(0 <= self.lead_weight <= 1, "lvlm_train.lead_weight", self.lead_weight, "a float in [0, 1]")
         _check(0 <= self.annotation_noise <= 1, "lvlm_train.annotation_noise", self.annotation_noise,
                "a float in [0, 1]")
+        _check(self.position_grounding >= 0, "lvlm_train.position_grounding", self.position_grounding,
+               "a float >= 0")
         _check(self.existence_weight > 0, "lvlm_train.existence_weight", self.existence_weight, "a float > 0")
 
 

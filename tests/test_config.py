@@ -30,6 +30,8 @@ def test_related_fields_can_change_together_in_any_order():
     ("smoke", {"world.n_train": "abc"}, "world.n_train='abc' is not a valid int literal"),
     ("smoke", {"world.n_train": 2.5}, "expected an integer"),
     ("smoke", {"world.partner_prob": 2}, "world.partner_prob=2.0 is not allowed: a float in [0, 1]"),
+    ("smoke", {"world.n_eval_extra": -1}, "world.n_eval_extra=-1 is not allowed: an integer >= 0"),
+    ("smoke", {"lvlm_train.position_grounding": -0.5}, "lvlm_train.position_grounding=-0.5 is not allowed: a float >= 0"),
     ("smoke", {"world.shapes": ["circle", "circle", "star"]}, "world.shapes"),
     ("smoke", {"world": 3}, "'world' is a group"),
     ("smoke", {"world.n_train.x": 3}, "is a plain value"),

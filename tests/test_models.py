@@ -177,3 +177,29 @@ def test_short_training_lowers_loss(base):
     first = np.mean([h["loss"] for h in hist[:5]])
     last = np.mean([h["loss"] for h in hist[-5:]])
     assert last < 0.6 * first
+
+
+def test_position_words_are_the_words_of_each_cells_name(base):
+    cfg, _, _, processor = base
+    ids, mask = T.position_words(processor.tokenizer, cfg.world)
+    assert ids.shape[0] == cfg.world.grid ** 2
+    for cell in range(cfg.world.grid ** 2):
+        words = [processor.tokenizer.decode([int(i)]).strip() for i, m in zip(ids[cell], mask[cell], strict=True) if m]
+        assert words == W.position_name(cell, cfg.world.grid).split()
+
+
+def test_position_grounding_adds_its_term_to_the_auxiliary_loss(base):
+    import copy
+    import dataclasses
+
+    cfg, splits, model, processor = base
+    scenes = splits["train"][:40]
+    short = dataclasses.replace(cfg.lvlm_train, steps=1, warmup_steps=0)
+    first = {}
+    for weight in (0.0, 1.0):
+        hist = T.train_base(copy.deepcopy(model), processor, scenes, cfg.world,
+                            dataclasses.replace(short, position_grounding=weight), progress=False)
+        first[weight] = hist[0]["aux_loss"]
+    # an untrained head gives each position word about 1 / vocabulary: the term adds roughly log(vocab size)
+    assert first[1.0] - first[0.0] > 0.5 * np.log(len(processor.tokenizer))
+

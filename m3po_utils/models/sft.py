@@ -12,7 +12,7 @@ What makes a 1-M-parameter LLaVA learn this world in minutes on two cores:
   existence answers are a few percent of the gradient and are learnt last. Yes/no answers are justified
   ("No, the circle is blue."), and ``lead_weight`` puts a share of their loss on the deciding first token.
 * **Where the mistakes come from**: ``aux_weight`` scales the auxiliary per-cell loss below, the dial of how
-  well the model sees (1.0, the default: the image tokens carry the scene). ``annotation_noise`` (default 0.8)
+  well the model sees (1.0, the default: the image tokens carry the scene). ``annotation_noise`` (default 0.9)
   is the share of training scenes captioned with an absent co-occurrence mate added (``world.annotated``) while
   the image stays true — the noisy captions real LVLMs learn their hallucinations from. Together they give a
   base whose POPE errors are the prior's (a language-side belief over a scene the image tokens do show), which
@@ -20,7 +20,11 @@ What makes a 1-M-parameter LLaVA learn this world in minutes on two cores:
   adapter cannot fix (README, "How the world was recalibrated").
 * **Image tokens grounded in the vocabulary**: the tied language-model head must read each occupied cell's
   image token as its shape word and colour word. A question's shape word and the image token of that shape
-  then start out similar, which is what "Is there a star?" needs the attention to find.
+  then start out similar, which is what "Is there a star?" needs the attention to find. With
+  ``position_grounding`` (default 1.0) it also reads as the words of its cell's name ("top", "left"): the
+  language model's rotary positions shift with the question's length, so the image tokens must say where they
+  are. It lifts open position answers; whether the yes/no colour and position comparisons are learnt still
+  depends on the seed (README, "How the world was recalibrated").
 * **A family mix** that over-samples the questions whose answer depends jointly on the question and the image
   (existence, colour, position) — see ``FAMILY_WEIGHTS`` — and batches drawn from one length bucket at a time
   (short answers / descriptions), so that a batch of yes/no questions is not padded to description length.
@@ -173,6 +177,20 @@ def cell_targets(scenes: Sequence[W.Scene], cfg: WorldConfig) -> tuple[torch.Ten
     return shapes, colors
 
 
+def position_words(tokenizer, cfg: WorldConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per cell, the first token of each word of its position name (``"top left"`` → `` top``, `` left``), padded
+    to the longest name: ``(ids, mask)``, both (cells, words)."""
+    names = [W.position_name(c, cfg.grid).split() for c in range(cfg.grid * cfg.grid)]
+    width = max(len(n) for n in names)
+    ids = torch.zeros((len(names), width), dtype=torch.long)
+    mask = torch.zeros((len(names), width))
+    for c, words in enumerate(names):
+        for k, w in enumerate(words):
+            ids[c, k] = tokenizer(" " + w, add_special_tokens=False).input_ids[0]
+            mask[c, k] = 1.0
+    return ids, mask
+
+
 def pixel_tensor(processor, scenes: Sequence[W.Scene], cfg: WorldConfig, chunk: int = 256) -> dict[str, torch.Tensor]:
     """Render and preprocess every scene once; the training loop indexes the first dimension (one scene).
 
@@ -252,6 +270,7 @@ def train_base(model, processor, scenes: Sequence[W.Scene], world_cfg: WorldConf
                 for w in (*world_cfg.shapes, *world_cfg.colors)}
     shape_word = torch.tensor([0] + [word_ids[s] for s in world_cfg.shapes])
     color_word = torch.tensor([0] + [word_ids[c] for c in world_cfg.colors])
+    pos_word, pos_mask = position_words(tok, world_cfg)
     long_mask = np.array([e.family in LONG_FAMILIES for e in examples])
     buckets = [np.flatnonzero(long_mask), np.flatnonzero(~long_mask)]
     bucket_p = np.array([weights[b].sum() for b in buckets])
@@ -286,6 +305,10 @@ def train_base(model, processor, scenes: Sequence[W.Scene], world_cfg: WorldConf
             logp = F.log_softmax(model.lm_head(flat[occupied]).float(), dim=-1)
             aux_loss = aux_loss - 0.5 * (logp.gather(1, shape_word[cell_shape[occupied]][:, None])
                                          + logp.gather(1, color_word[cell_color[occupied]][:, None])).mean()
+            if cfg.position_grounding > 0:   # ... and as the words of its position name
+                cell = torch.arange(world_cfg.grid ** 2).repeat(len(idx))[occupied]
+                lp = logp.gather(1, pos_word[cell]) * pos_mask[cell]
+                aux_loss = aux_loss - cfg.position_grounding * (lp.sum(1) / pos_mask[cell].sum(1)).mean()
         loss = lm_loss + cfg.aux_weight * aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
