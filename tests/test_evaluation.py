@@ -149,3 +149,25 @@ def test_partner_share_counts_cooccurrence_false_positives():
     got = partner_share([scene], rows, ["Yes, there is a star.", "Yes", "No, there is no square.", "Yes"], CFG)
     assert got == {"false_positives": 2, "partner": 1, "partner_share": 0.5}
     assert partner_share([scene], rows[:1], ["No"], CFG)["partner_share"] is None
+
+
+def test_family_accuracy_answers_grouped_by_family_land_on_their_own_questions(monkeypatch):
+    from m3po_utils import evaluation as E
+
+    scenes = W.make_splits(CFG)["eval"][:12]
+    by_image = {W.render(s, CFG).tobytes(): s for s in scenes}
+    asked = []
+
+    def oracle(model, processor, images, questions, **kw):   # answers each question correctly about its image
+        asked.extend(W.parse_instruction(q, CFG)[0] for q in questions)
+        out = []
+        for img, q in zip(images, questions, strict=True):
+            scene = by_image[img.tobytes()]
+            family, params = W.parse_instruction(q, CFG)
+            out.append(W.make_instruction(family, scene, CFG, **params).reference)
+        return out
+
+    monkeypatch.setattr(E, "greedy_answers", oracle)
+    acc = E.family_accuracy(None, None, scenes, CFG, seed=0)
+    assert set(acc) == {f"acc_{f}" for f in W.FAMILIES} and all(v == 1.0 for v in acc.values())
+    assert asked == sorted(asked)                      # one family after the other

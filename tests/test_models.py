@@ -203,3 +203,11 @@ def test_position_grounding_adds_its_term_to_the_auxiliary_loss(base):
     # an untrained head gives each position word about 1 / vocabulary: the term adds roughly log(vocab size)
     assert first[1.0] - first[0.0] > 0.5 * np.log(len(processor.tokenizer))
 
+
+def test_encode_pairs_equals_encode_pair_one_by_one(base):
+    cfg, splits, _, processor = base
+    examples = T.sft_examples(splits["train"][:30], cfg.world, seed=0, annotation_noise=0.5)
+    pairs = [(e.question, e.answer) for e in examples]
+    assert len({q for q, _ in pairs}) < len(pairs)          # questions repeat: the cache is exercised
+    assert T.encode_pairs(processor, pairs) == [T.encode_pair(processor, q, a) for q, a in pairs]
+    assert T.encode_pairs(processor, []) == []

@@ -38,10 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 from PIL import Image
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -68,6 +66,8 @@ def clip_model_config(cfg: ClipTrainConfig, image_size: int, patch_size: int | N
     that divides ``vision_width`` (otherwise their greatest common divisor), expressed as open_clip's
     ``head_width``.
     """
+    import open_clip  # imported on use: it pulls in torchvision (~2 s) that most stages never need
+
     patch = image_size // 3 if patch_size is None else int(patch_size)
     if patch < 1 or image_size % patch != 0:
         raise ValueError(f"patch_size={patch} must be a positive divisor of image_size={image_size}")
@@ -97,6 +97,9 @@ def clip_model_config(cfg: ClipTrainConfig, image_size: int, patch_size: int | N
 
 def _eval_transform(model: torch.nn.Module, preprocess_cfg: dict | None = None):
     """Attach a preprocess config to ``model`` and return open_clip's eval transform, as its factory does."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
     merged = merge_preprocess_dict(PreprocessCfg(), preprocess_cfg or {})
     merged["size"] = model.visual.image_size  # what create_model sets from the instantiated tower
     open_clip.set_model_preprocess_cfg(model, merged)
@@ -109,6 +112,8 @@ def build_tiny_clip(cfg: ClipTrainConfig, image_size: int):
     The model is ``open_clip.CLIP`` built from :func:`clip_model_config`, the same class and arguments that
     ``open_clip.create_model`` uses when it loads the saved folder again; no pretrained weights are involved.
     """
+    import open_clip
+
     model_cfg = clip_model_config(cfg, image_size)
     torch.manual_seed(cfg.seed)
     model = open_clip.CLIP(**model_cfg)
@@ -214,6 +219,8 @@ def save_clip(model, model_cfg: dict, folder, preprocess_cfg: dict | None = None
     mean / std / interpolation / resize mode, the keys open_clip's hub export writes) and
     ``open_clip_model.safetensors`` the state dict. No pickle files are written.
     """
+    import open_clip
+
     if preprocess_cfg is None:
         own = open_clip.get_model_preprocess_cfg(model)
         preprocess_cfg = {k: own[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in own}
@@ -255,6 +262,8 @@ def load_clip(name_or_folder: str, pretrained: str = "", device="cpu"):
     ``open_clip.get_tokenizer(name)`` (``hf-hub:org/repo`` included), which may download the weights.
     ``preprocess`` is the eval transform. The model is returned in eval mode.
     """
+    import open_clip
+
     name = str(name_or_folder)
     dev = _resolve_device(device)
     if name.startswith(open_clip.factory.LOCAL_DIR_PREFIX):
