@@ -165,6 +165,7 @@ def test_splits_sizes_ids_and_disjoint(splits):
     assert W.make_splits(CFG) == splits
     assert W.make_splits(dataclasses.replace(CFG, seed=4))["eval"] != splits["eval"]
 
+
 def test_extra_evaluation_scenes_leave_every_other_scene_as_it_was(splits):
     more = W.make_splits(dataclasses.replace(CFG, n_eval_extra=150))
     assert more["train"] == splits["train"] and more["pref"] == splits["pref"]
@@ -177,7 +178,6 @@ def test_extra_evaluation_scenes_leave_every_other_scene_as_it_was(splits):
     assert len(set(sigs)) == len(sigs) and not set(sigs) & others
     # raising n_eval instead redraws the other splits (why the extra scenes exist)
     assert W.make_splits(dataclasses.replace(CFG, n_eval=CFG.n_eval + 150))["train"] != splits["train"]
-
 
 
 def test_splits_too_small_world_fails_clearly():
