@@ -204,6 +204,29 @@ def test_position_grounding_adds_its_term_to_the_auxiliary_loss(base):
     assert first[1.0] - first[0.0] > 0.5 * np.log(len(processor.tokenizer))
 
 
+def test_precision_sets_the_training_forward_dtype_and_restores_attention(base):
+    import copy
+    import dataclasses
+
+    cfg, splits, model, processor = base
+    short = dataclasses.replace(cfg.lvlm_train, steps=2, warmup_steps=0)
+    seen = {}
+    for precision in ("bf16", "fp32"):
+        m = copy.deepcopy(model)
+        before = m.config._attn_implementation
+        layer = next(mod for name, mod in m.named_modules() if name.endswith("language_model.layers.0.self_attn.q_proj"))
+        dtypes = []
+        handle = layer.register_forward_hook(lambda _m, _i, out, d=dtypes: d.append(out.dtype))
+        hist = T.train_base(m, processor, splits["train"][:40], cfg.world,
+                            dataclasses.replace(short, precision=precision), progress=False)
+        handle.remove()
+        seen[precision] = set(dtypes)
+        assert m.config._attn_implementation == before            # the saved config keeps its attention
+        assert all(p.dtype == torch.float32 for p in m.parameters())
+        assert np.isfinite(hist[-1]["loss"])
+    assert seen == {"bf16": {torch.bfloat16}, "fp32": {torch.float32}}
+
+
 def test_encode_pairs_equals_encode_pair_one_by_one(base):
     cfg, splits, _, processor = base
     examples = T.sft_examples(splits["train"][:30], cfg.world, seed=0, annotation_noise=0.5)
