@@ -188,6 +188,39 @@ def test_position_words_are_the_words_of_each_cells_name(base):
         assert words == W.position_name(cell, cfg.world.grid).split()
 
 
+def test_image_token_k_is_cell_k_and_the_grounding_targets_follow_it(base):
+    cfg, splits, model, processor = base
+    grid = cfg.world.grid
+    cells, side = grid * grid, cfg.world.image_size // grid
+    # the vision tower's patch order is the world's row-major cell order: changing the pixels of cell c changes
+    # the patch embedding of image token c only (before attention mixes them; token 0 is CLS, dropped)
+    embed = model.model.vision_tower.embeddings if hasattr(model.model.vision_tower, "embeddings") \
+        else model.model.vision_tower.vision_model.embeddings
+    pixels = torch.zeros((1, 3, cfg.world.image_size, cfg.world.image_size))
+    with torch.no_grad():
+        ref = embed(pixels)[0, 1:]
+        for c in (1, 5, cells - 1):
+            r, col = divmod(c, grid)
+            moved = pixels.clone()
+            moved[..., r * side:(r + 1) * side, col * side:(col + 1) * side] = 1.0
+            changed = (embed(moved)[0, 1:] - ref).abs().sum(-1) > 1e-6
+            assert changed.nonzero().flatten().tolist() == [c]
+    # the per-token targets of a batch line up with feats.flatten(0, 1): token k is cell k % cells of scene k // cells
+    scenes = splits["train"][:6]
+    shape_t, color_t = T.cell_targets(scenes, cfg.world)
+    scene_idx = torch.tensor([4, 0, 4, 2])
+    shape, color, cell = T.token_targets(shape_t, color_t, scene_idx)
+    for k in range(len(scene_idx) * cells):
+        b, c = divmod(k, cells)
+        assert int(cell[k]) == c
+        assert int(shape[k]) == int(shape_t[scene_idx[b], c]) and int(color[k]) == int(color_t[scene_idx[b], c])
+    for b in range(len(scene_idx)):     # the occupied tokens of batch row b are the objects' cells of its scene
+        scene = scenes[int(scene_idx[b])]
+        rows = slice(b * cells, (b + 1) * cells)
+        assert {int(c) for c in cell[rows][shape[rows] > 0]} == {o.cell for o in scene.objects} - W.faint_cells(
+            scene, cfg.world)
+
+
 def test_position_grounding_adds_its_term_to_the_auxiliary_loss(base):
     import copy
     import dataclasses

@@ -191,6 +191,14 @@ def cell_targets(scenes: Sequence[W.Scene], cfg: WorldConfig) -> tuple[torch.Ten
     return shapes, colors
 
 
+def token_targets(shape_t: torch.Tensor, color_t: torch.Tensor, scene_idx: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For a batch's image tokens flattened scene-major — ``pooler_output`` stacked to (batch, cells, hidden),
+    then ``flatten(0, 1)`` — each token's shape class, colour class (``cell_targets`` of its scene) and cell."""
+    n = shape_t.shape[1]
+    return shape_t[scene_idx].flatten(), color_t[scene_idx].flatten(), torch.arange(n).repeat(len(scene_idx))
+
+
 def position_words(tokenizer, cfg: WorldConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Per cell, the first token of each word of its position name (``"top left"`` → `` top``, `` left``), padded
     to the longest name: ``(ids, mask)``, both (cells, words)."""
@@ -318,7 +326,7 @@ def train_base(model, processor, scenes: Sequence[W.Scene], world_cfg: WorldConf
                             mm_encoder_outputs={"image": image_out}, **extra)
                 lead_w = torch.tensor([cfg.lead_weight if examples[i].family in W.YES_NO_FAMILIES else 0.0 for i in idx])
                 lm_loss = per_answer_loss(out.logits, batch["labels"], lead_w)
-                cell_shape, cell_color = shape_t[scene_idx].flatten(), color_t[scene_idx].flatten()
+                cell_shape, cell_color, cell_of = token_targets(shape_t, color_t, scene_idx)
                 flat = feats.flatten(0, 1)
                 aux_loss = F.cross_entropy(aux["shape"](flat), cell_shape) + F.cross_entropy(aux["color"](flat), cell_color)
                 occupied = cell_shape > 0
@@ -327,7 +335,7 @@ def train_base(model, processor, scenes: Sequence[W.Scene], world_cfg: WorldConf
                     aux_loss = aux_loss - 0.5 * (logp.gather(1, shape_word[cell_shape[occupied]][:, None])
                                                  + logp.gather(1, color_word[cell_color[occupied]][:, None])).mean()
                     if cfg.position_grounding > 0:   # ... and as the words of its position name
-                        cell = torch.arange(world_cfg.grid ** 2).repeat(len(idx))[occupied]
+                        cell = cell_of[occupied]
                         lp = logp.gather(1, pos_word[cell]) * pos_mask[cell]
                         aux_loss = aux_loss - cfg.position_grounding * (lp.sum(1) / pos_mask[cell].sum(1)).mean()
                 loss = lm_loss + cfg.aux_weight * aux_loss
