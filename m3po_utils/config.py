@@ -124,7 +124,7 @@ class LvlmTrainConfig:
     position_grounding: float = 1.0
     eval_every: int = 1000
     # "bf16": the training step's forward runs under bfloat16 autocast (weights, gradients and the optimiser stay
-    # float32) with eager attention: 1.4x faster steps on an AVX-512-BF16 CPU (benchmarks/bench_base_training.py);
+    # float32) with eager attention: 1.8x faster steps on an AVX-512-BF16 CPU (benchmarks/bench_base_training.py);
     # "fp32": plain float32. Inference in every later stage is float32 either way.
     precision: str = "bf16"
     seed: int = 0
