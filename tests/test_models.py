@@ -194,8 +194,7 @@ def test_image_token_k_is_cell_k_and_the_grounding_targets_follow_it(base):
     cells, side = grid * grid, cfg.world.image_size // grid
     # the vision tower's patch order is the world's row-major cell order: changing the pixels of cell c changes
     # the patch embedding of image token c only (before attention mixes them; token 0 is CLS, dropped)
-    embed = model.model.vision_tower.embeddings if hasattr(model.model.vision_tower, "embeddings") \
-        else model.model.vision_tower.vision_model.embeddings
+    embed = model.model.vision_tower.embeddings
     pixels = torch.zeros((1, 3, cfg.world.image_size, cfg.world.image_size))
     with torch.no_grad():
         ref = embed(pixels)[0, 1:]
@@ -248,8 +247,9 @@ def test_precision_sets_the_training_forward_dtype_and_restores_attention(base):
         m = copy.deepcopy(model)
         before = m.config._attn_implementation
         layer = next(mod for name, mod in m.named_modules() if name.endswith("language_model.layers.0.self_attn.q_proj"))
-        dtypes = []
-        handle = layer.register_forward_hook(lambda _m, _i, out, d=dtypes: d.append(out.dtype))
+        dtypes = []     # (output dtype, attention implementation) of every training forward
+        handle = layer.register_forward_hook(
+            lambda _m, _i, out, d=dtypes, mm=m: d.append((out.dtype, mm.config._attn_implementation)))
         hist = T.train_base(m, processor, splits["train"][:40], cfg.world,
                             dataclasses.replace(short, precision=precision), progress=False)
         handle.remove()
@@ -257,7 +257,7 @@ def test_precision_sets_the_training_forward_dtype_and_restores_attention(base):
         assert m.config._attn_implementation == before            # the saved config keeps its attention
         assert all(p.dtype == torch.float32 for p in m.parameters())
         assert np.isfinite(hist[-1]["loss"])
-    assert seen == {"bf16": {torch.bfloat16}, "fp32": {torch.float32}}
+    assert seen == {"bf16": {(torch.bfloat16, "eager")}, "fp32": {(torch.float32, "sdpa")}}
 
 
 def test_encode_pairs_equals_encode_pair_one_by_one(base):
