@@ -185,6 +185,14 @@ class ClipTrainConfig:
         _check(0 < self.lr < 1, "clip_train.lr", self.lr, "a float in (0, 1)")
 
 
+# The preference prompts' family mix (``generation.family_weights``); ``world.prompts`` checks the family names.
+PREF_FAMILY_WEIGHTS: tuple[tuple[str, float], ...] = (
+    ("describe", 0.3), ("existence", 0.2), ("color", 0.08), ("count", 0.06), ("position", 0.08),
+    ("fmt_one_word", 0.04), ("fmt_list", 0.05), ("fmt_start", 0.04), ("fmt_max_words", 0.05),
+    ("yn_position", 0.04), ("yn_color", 0.03), ("yn_count", 0.03),
+)
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """Stage 01: N sampled candidates per preference prompt (paper: N = 32 at a moderate temperature)."""
@@ -198,9 +206,17 @@ class GenerationConfig:
     n_prompts: int = 1200     # preference prompts (at most one per preference scene in the shapes world)
     # Hub presets: a JSON-lines file of {"image": path, "instruction": text} preference prompts.
     prompts_file: str = ""
+    # Shapes world: how often each instruction family is drawn for a preference prompt, as (family, weight) pairs
+    # (weights are normalised; a family left out is never drawn). Hub presets take their prompts from the file.
+    family_weights: tuple[tuple[str, float], ...] = PREF_FAMILY_WEIGHTS
     seed: int = 0
 
     def __post_init__(self) -> None:
+        names = [f for f, _ in self.family_weights]
+        _check(len(names) == len(set(names)), "generation.family_weights", self.family_weights,
+               "each family at most once")
+        _check(all(w >= 0 for _, w in self.family_weights) and sum(w for _, w in self.family_weights) > 0,
+               "generation.family_weights", self.family_weights, "weights >= 0 with a positive sum")
         _check(isinstance(self.n_candidates, int) and self.n_candidates >= 2, "generation.n_candidates",
                self.n_candidates, "an integer >= 2 (a preference pair needs two candidates)")
         _check(0 < self.temperature <= 5, "generation.temperature", self.temperature, "a float in (0, 5]")

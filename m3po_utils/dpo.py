@@ -71,7 +71,7 @@ from m3po_utils.models.lvlm import load_lvlm
 from m3po_utils.models.templates import n_image_tokens, prompt_for
 from m3po_utils.models.trl_api import REF_COLUMNS, build_trainer, training_processor, trl_texts
 from m3po_utils.runs import RunDir, StageMissing, quarantine, reading
-from m3po_utils.world.prompts import PREF_FAMILY_WEIGHTS, existence_shape
+from m3po_utils.world.prompts import existence_shape
 
 SFT_ONLY = "best_of_n"
 
@@ -595,9 +595,9 @@ def mean_over_last(log: list[dict], metric: str, k: int = 10) -> float:
 
 
 def validation_prompts(scenes, world_cfg, seed: int = 0) -> list[tuple[Any, Any]]:
-    """(scene, instruction) pairs: one instruction of every preference family per validation scene.
+    """(scene, instruction) pairs: one instruction of every instruction family per validation scene.
 
-    Families are those of the preference prompts (``prompts.PREF_FAMILY_WEIGHTS``); the existence question is
+    Every family of the world (``world.FAMILIES``), whatever the preference mix draws; the existence question is
     chosen as the preference prompts choose it (``prompts.existence_shape``): half Yes, half No about an absent
     co-occurrence mate, so the validation score of a model that only learnt to say "No" does not rise.
     """
@@ -605,7 +605,7 @@ def validation_prompts(scenes, world_cfg, seed: int = 0) -> list[tuple[Any, Any]
     rng = np.random.default_rng(seed)
     out = []
     for scene in scenes:
-        for family in PREF_FAMILY_WEIGHTS:
+        for family in W.FAMILIES:
             if family == "existence":
                 ins = W.existence_instruction(scene, existence_shape(scene, world_cfg, rng), world_cfg)
             else:

@@ -383,7 +383,7 @@ def test_validation_prompts_ask_existence_both_ways():
     cfg = load_preset("shapes")
     scenes = W.make_splits(cfg.world)["pref"][-100:]
     rows = D.validation_prompts(scenes, cfg.world)
-    assert len(rows) == 100 * len(D.PREF_FAMILY_WEIGHTS)
+    assert len(rows) == 100 * len(W.FAMILIES)
     answers = [W.verify(s, ins.text, ins.reference, cfg.world).score == 1.0 for s, ins in rows]
     assert all(answers)
     exist = [ins.reference for _, ins in rows if ins.family == "existence"]

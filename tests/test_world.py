@@ -505,3 +505,28 @@ def test_validation_prompts_are_on_validation_scenes_only_and_drawn_like_the_pre
     assert validation_prompt_rows(pref, cfg) == val      # seeded
     with pytest.raises(ValueError, match="per_scene"):
         validation_prompt_rows(pref, cfg, per_scene=0)
+
+
+def test_preference_family_mix_follows_generation_family_weights():
+    from m3po_utils.config import ConfigError, load_preset, parse_overrides
+    from m3po_utils.world.prompts import shapes_prompts, validation_prompt_rows
+
+    base = {"world.n_pref": 1300, "generation.n_prompts": 1200}
+    mix = "(('yn_color', 3.0), ('count', 1.0))"
+    cfg = load_preset("shapes", base | parse_overrides([f"generation.family_weights={mix}"]))
+    assert cfg.generation.family_weights == (("yn_color", 3.0), ("count", 1.0))
+    pref = W.make_splits(cfg.world)["pref"]
+    rows = shapes_prompts(pref, cfg)
+    fams = [r["family"] for r in rows]
+    assert set(fams) == {"yn_color", "count"}                # a family left out is never drawn
+    assert 0.70 < fams.count("yn_color") / len(fams) < 0.80  # weights are normalised: 3 / 4
+    assert {r["family"] for r in validation_prompt_rows(pref, cfg)} == {"yn_color", "count"}
+    # the default mix draws every family, so the two tables differ
+    default = shapes_prompts(pref, load_preset("shapes", base))
+    assert len({r["family"] for r in default}) == len(W.FAMILIES)
+    with pytest.raises(ConfigError, match=r"generation\.family_weights names unknown families \['colour'\]"):
+        shapes_prompts(pref, load_preset("shapes", base | {"generation.family_weights": (("colour", 1.0),)}))
+    with pytest.raises(ConfigError, match="generation.family_weights.*weights >= 0"):
+        load_preset("shapes", {"generation.family_weights": (("count", -1.0), ("color", 2.0))})
+    with pytest.raises(ConfigError, match="generation.family_weights.*at most once"):
+        load_preset("shapes", {"generation.family_weights": (("count", 1.0), ("count", 2.0))})

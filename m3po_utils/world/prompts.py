@@ -1,6 +1,6 @@
 """Preference prompts: the (image, instruction) pairs M3PO samples candidates for, and image references.
 
-Shapes world: one instruction per preference-split scene, the family drawn with ``PREF_FAMILY_WEIGHTS``;
+Shapes world: one instruction per preference-split scene, the family drawn with ``generation.family_weights``;
 existence questions are half "Yes" (a present shape) and half "No" about an absent co-occurrence mate of a present
 shape (any absent shape when there is none), which is where the base model hallucinates. The tail of the
 preference split (``validation_scenes``) is kept out of the prompts: it is the held-out set that later stages
@@ -22,13 +22,17 @@ import numpy as np
 from PIL import Image
 
 from m3po_utils import world as W
-from m3po_utils.config import Preset
+from m3po_utils.config import PREF_FAMILY_WEIGHTS, ConfigError, Preset
 
-PREF_FAMILY_WEIGHTS = {
-    "describe": 0.3, "existence": 0.2, "color": 0.08, "count": 0.06, "position": 0.08,
-    "fmt_one_word": 0.04, "fmt_list": 0.05, "fmt_start": 0.04, "fmt_max_words": 0.05,
-    "yn_position": 0.04, "yn_color": 0.03, "yn_count": 0.03,
-}
+
+def family_weights(cfg: Preset) -> dict[str, float]:
+    """``generation.family_weights`` as a dict in the order given; every name must be an instruction family."""
+    weights = dict(cfg.generation.family_weights)
+    unknown = [f for f in weights if f not in W.FAMILIES]
+    if unknown:
+        raise ConfigError(f"generation.family_weights names unknown families {unknown}; the shapes world's "
+                          f"families are: {', '.join(W.FAMILIES)}")
+    return weights
 
 
 def n_validation(n_pref: int) -> int:
@@ -70,7 +74,7 @@ def shapes_prompts(pref: Sequence[W.Scene], cfg: Preset) -> list[dict]:
         raise ValueError(f"generation.n_prompts={n} exceeds the {len(usable)} preference scenes available "
                          f"(world.n_pref={len(pref)} minus {n_validation(len(pref))} validation scenes); lower "
                          "generation.n_prompts or raise world.n_pref")
-    return _prompt_rows(usable[:n], wc, np.random.default_rng(cfg.generation.seed), "p")
+    return _prompt_rows(usable[:n], wc, np.random.default_rng(cfg.generation.seed), "p", family_weights(cfg))
 
 
 VALIDATION_PROMPTS_PER_SCENE = 2
@@ -84,13 +88,14 @@ def validation_prompt_rows(pref: Sequence[W.Scene], cfg: Preset,
     if per_scene < 1:
         raise ValueError(f"per_scene={per_scene!r} must be a positive integer")
     scenes = [s for s in validation_scenes(pref) for _ in range(per_scene)]
-    return _prompt_rows(scenes, cfg.world, np.random.default_rng([cfg.generation.seed, 1]), "v")
+    return _prompt_rows(scenes, cfg.world, np.random.default_rng([cfg.generation.seed, 1]), "v", family_weights(cfg))
 
 
-def _prompt_rows(scenes: Sequence[W.Scene], wc, rng: np.random.Generator, prefix: str) -> list[dict]:
-    """One prompt per scene of ``scenes``, its family drawn with ``PREF_FAMILY_WEIGHTS``."""
-    families = list(PREF_FAMILY_WEIGHTS)
-    p = np.array([PREF_FAMILY_WEIGHTS[f] for f in families])
+def _prompt_rows(scenes: Sequence[W.Scene], wc, rng: np.random.Generator, prefix: str,
+                 weights: dict[str, float]) -> list[dict]:
+    """One prompt per scene of ``scenes``, its family drawn with ``weights`` (normalised)."""
+    families = list(weights)
+    p = np.array([weights[f] for f in families], dtype=float)
     rows = []
     for i, scene in enumerate(scenes):
         family = families[rng.choice(len(families), p=p / p.sum())]
