@@ -467,7 +467,9 @@ def test_preference_existence_prompts_are_balanced_and_ask_about_mates():
     from m3po_utils.config import load_preset
     from m3po_utils.world.prompts import shapes_prompts
 
-    cfg = load_preset("shapes", {"world.n_pref": 700, "generation.n_prompts": 600})
+    # existence questions only, so that the Yes share is measured on 600 of them whatever the default mix
+    cfg = load_preset("shapes", {"world.n_pref": 700, "generation.n_prompts": 600,
+                                 "generation.family_weights": (("existence", 1.0),)})
     pref = W.make_splits(cfg.world)["pref"]
     by_id = {s.scene_id: s for s in pref}
     rows = [r for r in shapes_prompts(pref, cfg) if r["family"] == "existence"]
