@@ -621,6 +621,33 @@ def pope_by_setting(boot: Bootstrap, measures: Sequence[str] = ("accuracy", "f1"
     return pd.DataFrame(rows).set_index(["method", "setting"])
 
 
+def mme_subtasks(boot: Bootstrap) -> list[str]:
+    """The MME subtasks this bootstrap has metrics for (the shapes world: existence, count, position, colour)."""
+    first = next(iter(boot.point.values()))
+    return [t for t in MME_STAT_SUBTASKS if f"mme_{t}_acc" in first]
+
+
+def mme_by_subtask(boot: Bootstrap, measures: Sequence[str] = ("acc", "acc_plus", "score")):
+    """Per method and MME subtask: accuracy, acc+ (both questions about an image right) and the subtask's score
+    (100 · acc + 100 · acc+), each with its interval — where a change of the MME total comes from."""
+    import pandas as pd
+
+    rows = []
+    for m in boot.point:
+        for t in mme_subtasks(boot):
+            row = {"method": METHOD_LABELS.get(m, m), "subtask": t}
+            for x in measures:
+                k = f"mme_{t}_{x}"
+                row[x] = fmt_interval(boot.point[m][k], *boot.interval(m, k), digits=1 if x == "score" else 3)
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["method", "subtask"])
+
+
+def subtask_deltas(boot: Bootstrap, pairs: Sequence[tuple[str, str]], measure: str = "score") -> dict[str, dict]:
+    """``a − b`` of every MME subtask's ``measure`` with its paired interval, keyed ``"a − b"`` then subtask."""
+    return {f"{a} − {b}": {t: boot.delta(a, b, f"mme_{t}_{measure}") for t in mme_subtasks(boot)} for a, b in pairs}
+
+
 def hallucination_changes(scenes: Sequence[W.Scene], questions: Sequence[dict], before: Sequence[str],
                           after: Sequence[str], cfg: WorldConfig, k: int = 5) -> dict[str, Any]:
     """Descriptions where ``after`` dropped (fixed) or added (introduced) a hallucinated object vs ``before``."""

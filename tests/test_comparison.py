@@ -344,3 +344,24 @@ def test_a_corrupt_answers_cache_is_set_aside_and_answered_again(tmp_path, monke
     assert len(aside) == 1 and (path.parent / aside[0]).read_text().endswith('"b"')
     assert C.cached_answers(tmp_path, cfg, "m3po", 0, [None], questions)[2] == "answer 2"
     assert len(calls) == 1                                                  # the rebuilt cache is used
+
+
+def test_mme_by_subtask_splits_the_total_into_its_subtasks(scenes, questions):
+    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    answers = noisy_answers(questions, scenes, 1)
+    bad = C.scene_stats(scenes, questions, answers, WCFG)
+    boot = C.bootstrap({"base": bad[None], "oracle": good[None]}, n_boot=200, seed=0)
+    assert C.mme_subtasks(boot) == list(E.MME_SUBTASKS)
+    table = C.mme_by_subtask(boot)
+    assert table.index.tolist() == [(C.METHOD_LABELS[m], t) for m in ("base", "oracle") for t in E.MME_SUBTASKS]
+    ref = E.mme_scores([q | {"prediction": a} for q, a in zip(questions, answers, strict=True) if q["kind"] == "mme"])
+    for t, v in ref["subtasks"].items():
+        row = table.loc[(C.METHOD_LABELS["base"], t)]
+        assert row["acc"].startswith(f"{v['acc']:.3f} [") and row["acc_plus"].startswith(f"{v['acc_plus']:.3f} [")
+        assert row["score"].startswith(f"{v['score']:.1f} [")
+        assert table.loc[(C.METHOD_LABELS["oracle"], t)]["score"].startswith("200.0 [")
+    deltas = C.subtask_deltas(boot, [("oracle", "base")])["oracle − base"]
+    assert set(deltas) == set(E.MME_SUBTASKS)
+    for t, v in ref["subtasks"].items():            # the subtask deltas add up to the total's
+        assert deltas[t]["delta"] == pytest.approx(200 - v["score"])
+    assert sum(d["delta"] for d in deltas.values()) == pytest.approx(boot.delta("oracle", "base", "mme_total")["delta"])
