@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from m3po_utils import world as W
-from m3po_utils.config import PREF_FAMILY_WEIGHTS, ConfigError, Preset
+from m3po_utils.config import ConfigError, Preset
 
 
 def family_weights(cfg: Preset) -> dict[str, float]:
