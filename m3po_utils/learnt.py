@@ -265,6 +265,13 @@ def evaluation_conclusion(r: Mapping[str, Any]) -> list[str]:
                      + (f"moves {'; '.join(can)} against the base" if can else "moves no metric against the base")
                      + (f"; it does not move {', '.join(cannot)}, so no selection rule can be judged on "
                         f"{'it' if len(cannot) == 1 else 'them'} in this run." if cannot else "."))
+    subtasks = r.get("mme_subtask_deltas") or {}
+    split = [(who, subtasks[f"{who} − base"]) for who in ("oracle", "m3po") if f"{who} − base" in subtasks]
+    if split:
+        lines.append("The MME-style total's change from the base, per subtask: " + "; ".join(
+            f"{label[who]} " + ", ".join(f"{t} {_interval(d, 1)}" for t, d in
+                                         sorted(ds.items(), key=lambda kv: -float(kv[1]["delta"])))
+            for who, ds in split) + ".")
     mde = [d for d in r.get("mde", []) if d["comparison"] == f"m3po − {control}"]
     if mde:
         lines.append(f"The smallest difference M3PO − {label[control]} this run would detect (80 % power): "

@@ -28,6 +28,17 @@ def test_a_change_is_claimed_only_when_its_interval_excludes_zero():
     assert "mme_total 11.9" in text and "Notebook 10" in text
 
 
+def test_the_mme_total_is_split_by_subtask_largest_change_first():
+    sub = {"count": {"delta": 25.4, "lo": 19.0, "hi": 31.8}, "position": {"delta": -8.4, "lo": -13.4, "hi": -3.7},
+           "color": {"delta": 5.3, "lo": -1.3, "hi": 11.8}}
+    r = {"deltas": [_d("oracle − base", "mme_total", 22.3, 10.0, 33.0)], "mde": [],
+         "mme_subtask_deltas": {"oracle − base": sub, "random − base": sub}}
+    text = L.summary("06_evaluation", r)
+    assert ("per subtask: oracle (verifier-ranked DPO) count +25.4 [+19.0, +31.8], color +5.3 [-1.3, +11.8], "
+            "position -8.4 [-13.4, -3.7].") in text            # only the oracle and M3PO are spelled out
+    assert "per subtask" not in L.summary("06_evaluation", r | {"mme_subtask_deltas": {}})
+
+
 def test_nothing_moved_is_said_plainly():
     r = {"deltas": [_d("m3po − best_of_n", "ift", 0.0, -0.01, 0.01)], "mde": []}
     assert "no metric changed beyond its interval" in L.summary("06_evaluation", r)

@@ -9,6 +9,7 @@ import pytest
 
 from m3po_utils import comparison as C
 from m3po_utils import dpo as D
+from m3po_utils import evaluation as E
 from m3po_utils.config import TRUTH_STRATEGIES, load_preset
 from m3po_utils.io import load_results
 from m3po_utils.run import run_series
@@ -50,6 +51,12 @@ def test_06_evaluation(smoke_run):
         for k in ("chair_i", "mme_total", "pope_adversarial_f1", "ift"):
             assert r["metrics"][method][k]["mean"] == pytest.approx(np.mean([p[k] for p in per])), (method, k)
     assert r["judge_requests"]["failures"] == 0
+    # the per-subtask split adds up to the MME-style total's change, for every method
+    for who, subs in r["mme_subtask_deltas"].items():
+        a, b = who.split(" − ")
+        assert set(subs) == set(E.MME_SUBTASKS)
+        assert sum(d["delta"] for d in subs.values()) == pytest.approx(
+            r["metrics"][a]["mme_total"]["mean"] - r["metrics"][b]["mme_total"]["mean"])
     base_ans = json.loads(C.answers_path(smoke_run, "base", ec.seeds[0]).read_text())["answers"]
     m3po_ans = json.loads(C.answers_path(smoke_run, "m3po", ec.seeds[0]).read_text())["answers"]
     changes = C.hallucination_changes(scenes, questions, base_ans, m3po_ans, cfg.world)
