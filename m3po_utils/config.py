@@ -189,9 +189,7 @@ class ClipTrainConfig:
 # Chosen on calibration scenes (tools/calibrate_base.py, another draw of the world; README "The preference mix"):
 # the MME-style yes/no families at 8 % each (were 3-4 %) and descriptions at 16 % (were 30 %). Under the old mix
 # only 9 % of the prompts asked what MME asks, and training on the truth moved the MME-style total by +11 on the
-# default base; with this mix by +33 (POPE-adversarial F1 +4.5 -> +5.2 points). The old mix, for earlier runs:
-# describe 0.3, existence 0.2, color 0.08, count 0.06, position 0.08, fmt_one_word 0.04, fmt_list 0.05,
-# fmt_start 0.04, fmt_max_words 0.05, yn_position 0.04, yn_color 0.03, yn_count 0.03.
+# default base; with this mix by +33 (POPE-adversarial F1 +4.5 -> +5.2 points). The old mix is in LEGACY_VALUES.
 PREF_FAMILY_WEIGHTS: tuple[tuple[str, float], ...] = (
     ("describe", 0.16), ("existence", 0.2), ("color", 0.06), ("count", 0.06), ("position", 0.06),
     ("fmt_one_word", 0.055), ("fmt_list", 0.055), ("fmt_start", 0.055), ("fmt_max_words", 0.055),
@@ -751,6 +749,10 @@ def setup_run(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None
                     else "no preset name: it is not a config.json the series wrote")
             raise ConfigError(f"{path} holds {what}; this run uses preset {preset!r} — use a new run directory "
                               "or restore that file")
+        for key in _legacy_conflicts(old, cfg):
+            raise ConfigError(
+                f"run_dir={str(run)!r} was made before the setting {key} existed, with {key}={LEGACY_VALUES[key]!r}; "
+                f"continue it with -p {key}=\"{LEGACY_VALUES[key]!r}\" or use a new run directory")
         diffs = [d for d in _diff(_common(old, new), _common(new, old)) if not d.startswith(HOW_SETTINGS)]
         if diffs:
             raise ConfigError(
@@ -764,6 +766,26 @@ def setup_run(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None
 
 
 HOW_SETTINGS = ("launch.",)   # how a stage runs, not what it computes: a run directory accepts new values
+
+
+# Settings added with a default other than what the run directories made before them used, with the value those
+# runs used: such a run directory continues only with that value (its stages were computed with it).
+LEGACY_VALUES: dict[str, Any] = {
+    "generation.family_weights": (
+        ("describe", 0.3), ("existence", 0.2), ("color", 0.08), ("count", 0.06), ("position", 0.08),
+        ("fmt_one_word", 0.04), ("fmt_list", 0.05), ("fmt_start", 0.04), ("fmt_max_words", 0.05),
+        ("yn_position", 0.04), ("yn_color", 0.03), ("yn_count", 0.03)),
+}
+
+
+def _legacy_conflicts(old: dict[str, Any], cfg: Any) -> list[str]:
+    """The LEGACY_VALUES settings that ``old`` (a run directory's config.json) predates and ``cfg`` sets otherwise."""
+    out = []
+    for key, value in LEGACY_VALUES.items():
+        group, name = key.split(".")
+        if isinstance(old.get(group), dict) and name not in old[group] and getattr(getattr(cfg, group), name) != value:
+            out.append(key)
+    return out
 
 
 def _common(a: Any, b: Any) -> Any:

@@ -84,3 +84,21 @@ def test_setup_run_accepts_a_run_dir_from_before_a_setting_was_added(tmp_path):
     (run / "config.json").write_text(json.dumps(old))
     with pytest.raises(ConfigError, match=r"world.n_eval: 7 -> 40"):
         setup_run(run, "smoke")
+
+
+def test_a_run_dir_from_before_the_family_mix_setting_continues_only_with_the_old_mix(tmp_path):
+    from m3po_utils.config import LEGACY_VALUES
+    cfg, run = setup_run(tmp_path / "r", "smoke")
+    old = json.loads((run / "config.json").read_text())
+    del old["generation"]["family_weights"]              # written before the setting existed: the old mix
+    (run / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match=r"made before the setting generation\.family_weights existed.*"
+                                          r"-p generation\.family_weights=\"\(\('describe', 0\.3\)"):
+        setup_run(run, "smoke")
+    assert "family_weights" not in json.loads((run / "config.json").read_text())["generation"]   # untouched
+    legacy = repr(LEGACY_VALUES["generation.family_weights"])
+    cfg2, _ = setup_run(run, "smoke", parse_overrides([f"generation.family_weights={legacy}"]))
+    assert cfg2.generation.family_weights == LEGACY_VALUES["generation.family_weights"] != cfg.generation.family_weights
+    saved = json.loads((run / "config.json").read_text())["generation"]["family_weights"]
+    assert [tuple(x) for x in saved] == list(LEGACY_VALUES["generation.family_weights"])
+    setup_run(run, "smoke", parse_overrides([f"generation.family_weights={legacy}"]))   # and again, now recorded
