@@ -608,17 +608,24 @@ def pope_settings(questions: Sequence[dict]) -> list[str]:
 
 def pope_by_setting(boot: Bootstrap, measures: Sequence[str] = ("accuracy", "f1", "yes_ratio"),
                     settings: Sequence[str] = E.POPE_SETTINGS):
+    return _interval_table(boot, "setting", settings, measures, "pope_{}_{}")
+
+
+def _interval_table(boot: Bootstrap, part: str, parts: Sequence[str], measures: Sequence[str], key: str,
+                    digits: dict[str, int] | None = None):
+    """One row per method and ``part`` (a POPE setting, an MME subtask), one column per measure: the metric
+    ``key.format(part, measure)`` as mean [interval]."""
     import pandas as pd
 
     rows = []
     for m in boot.point:
-        for s in settings:
-            row = {"method": METHOD_LABELS.get(m, m), "setting": s}
+        for p in parts:
+            row = {"method": METHOD_LABELS.get(m, m), part: p}
             for x in measures:
-                k = f"pope_{s}_{x}"
-                row[x] = fmt_interval(boot.point[m][k], *boot.interval(m, k))
+                k = key.format(p, x)
+                row[x] = fmt_interval(boot.point[m][k], *boot.interval(m, k), digits=(digits or {}).get(x, 3))
             rows.append(row)
-    return pd.DataFrame(rows).set_index(["method", "setting"])
+    return pd.DataFrame(rows).set_index(["method", part])
 
 
 def mme_subtasks(boot: Bootstrap) -> list[str]:
@@ -630,17 +637,7 @@ def mme_subtasks(boot: Bootstrap) -> list[str]:
 def mme_by_subtask(boot: Bootstrap, measures: Sequence[str] = ("acc", "acc_plus", "score")):
     """Per method and MME subtask: accuracy, acc+ (both questions about an image right) and the subtask's score
     (100 · acc + 100 · acc+), each with its interval — where a change of the MME total comes from."""
-    import pandas as pd
-
-    rows = []
-    for m in boot.point:
-        for t in mme_subtasks(boot):
-            row = {"method": METHOD_LABELS.get(m, m), "subtask": t}
-            for x in measures:
-                k = f"mme_{t}_{x}"
-                row[x] = fmt_interval(boot.point[m][k], *boot.interval(m, k), digits=1 if x == "score" else 3)
-            rows.append(row)
-    return pd.DataFrame(rows).set_index(["method", "subtask"])
+    return _interval_table(boot, "subtask", mme_subtasks(boot), measures, "mme_{}_{}", digits={"score": 1})
 
 
 def subtask_deltas(boot: Bootstrap, pairs: Sequence[tuple[str, str]], measure: str = "score") -> dict[str, dict]:

@@ -749,7 +749,9 @@ def setup_run(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None
                     else "no preset name: it is not a config.json the series wrote")
             raise ConfigError(f"{path} holds {what}; this run uses preset {preset!r} — use a new run directory "
                               "or restore that file")
-        for key in _legacy_conflicts(old, cfg):
+        conflicts = _legacy_conflicts(old, cfg)
+        if conflicts:
+            key = conflicts[0]
             raise ConfigError(
                 f"run_dir={str(run)!r} was made before the setting {key} existed, with {key}={LEGACY_VALUES[key]!r}; "
                 f"continue it with -p {key}=\"{LEGACY_VALUES[key]!r}\" or use a new run directory")

@@ -35,7 +35,8 @@ def test_the_mme_total_is_split_by_subtask_largest_change_first():
          "mme_subtask_deltas": {"oracle − base": sub, "random − base": sub}}
     text = L.summary("06_evaluation", r)
     assert ("per subtask: oracle (verifier-ranked DPO) count +25.4 [+19.0, +31.8], color +5.3 [-1.3, +11.8], "
-            "position -8.4 [-13.4, -3.7].") in text            # only the oracle and M3PO are spelled out
+            "position -8.4 [-13.4, -3.7].") in text
+    assert text.count("count +25.4") == 1                  # only the oracle and M3PO are spelled out, not random
     assert "per subtask" not in L.summary("06_evaluation", r | {"mme_subtask_deltas": {}})
 
 
