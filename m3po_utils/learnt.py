@@ -148,6 +148,16 @@ def _selection(r: Mapping[str, Any]) -> list[str]:
     if m3.get("rejected_wrong") is not None:
         lines.append(f"{_pct(m3['rejected_wrong'])} of M3PO's rejected answers are wrong by the verifier, "
                      f"{_pct(bw.get('rejected_wrong'))} of best-vs-worst's.")
+    leads = {(d["strategy"], d["family"]): d for d in r.get("yes_no_leads", [])}
+    lm, lb = leads.get(("m3po", "existence")), leads.get(("best_worst", "existence"))
+    if lm and lb:
+        harder = lm["push_to_no"] > lb["push_to_no"]
+        lines.append(f'On existence questions the rejected answer says "yes" in {_pct(lm["rejected_yes"])} of '
+                     f'M3PO\'s pairs and {_pct(lb["rejected_yes"])} of best-vs-worst\'s (the chosen one in '
+                     f'{_pct(lm["chosen_yes"])} and {_pct(lb["chosen_yes"])}): '
+                     + ('M3PO pushes the model harder towards "no" — a confident wrong answer to "Is there a …?" is '
+                        'usually a hallucinated object.' if harder else
+                        'M3PO does not push the model harder towards "no" than best-vs-worst.'))
     if r.get("unit_scales"):
         lines.append(f"The penalty is in nats and MAS in [0, 1]: at α ≈ {_f(r['unit_scales']['alpha_balance'], 3)} "
                      "the median penalty equals the median MAS gap, which is why a small α already saturates the "

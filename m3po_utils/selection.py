@@ -38,6 +38,7 @@ from m3po_utils.io import AtomicDir
 from m3po_utils.models.generate import quiet_datasets
 from m3po_utils.runs import RunDir
 from m3po_utils.stats import spearman
+from m3po_utils.world import YES_NO_FAMILIES, yes_no
 
 SKIP_REASONS = ("fewer_than_two_distinct", "all_mas_equal", "margin_below_min", "mas_missing")
 
@@ -519,6 +520,42 @@ def strategy_table(groups: dict[str, dict], sels: dict[str, Selection], truth=No
             row["chosen_right"] = float(np.mean([t >= 1.0 for t in chosen])) if chosen else 0.0
         rows[name] = row
     return pd.DataFrame(rows).T
+
+
+def yes_no_leads(groups: dict[str, dict], sels: dict[str, Selection], families: dict[str, str],
+                 yes_no_families: Sequence[str] = YES_NO_FAMILIES):
+    """Which way each strategy's pairs push the yes/no questions, per strategy and yes/no family.
+
+    ``chosen_yes`` / ``rejected_yes``: share of the pairs whose chosen / rejected answer says "yes" (the verifier's
+    reading: "no" if its first sentence has no/not, else "yes" if it has yes); ``same_answer``: share whose two
+    answers say the same yes or no and differ only in the justification. DPO raises the chosen answer and lowers
+    the rejected one, so ``push_to_no`` = ``rejected_yes − chosen_yes`` is the push towards "no". Strategies
+    without rejected answers (``best_of_n``) are left out; ``families`` maps prompt_id to family.
+    """
+    import pandas as pd
+
+    rows = []
+    for name, sel in sels.items():
+        counts: dict[str, list[int]] = {}
+        for c in sel.choices:
+            fam = families.get(c.prompt_id)
+            if fam not in yes_no_families:
+                continue
+            text = groups[c.prompt_id]["text"]
+            for w, rej in c.pairs:
+                if rej is None:
+                    continue
+                a, b = yes_no(text[w]), yes_no(text[rej])
+                n = counts.setdefault(fam, [0, 0, 0, 0])
+                n[0] += 1
+                n[1] += a == "yes"
+                n[2] += b == "yes"
+                n[3] += a is not None and a == b
+        rows += [{"strategy": name, "family": fam, "pairs": n[0], "chosen_yes": n[1] / n[0],
+                  "rejected_yes": n[2] / n[0], "push_to_no": (n[2] - n[1]) / n[0], "same_answer": n[3] / n[0]}
+                 for fam, n in sorted(counts.items(), key=lambda kv: list(yes_no_families).index(kv[0]))]
+    cols = ["strategy", "family", "pairs", "chosen_yes", "rejected_yes", "push_to_no", "same_answer"]
+    return pd.DataFrame(rows, columns=cols).set_index(["strategy", "family"])
 
 
 def disagreements(table, a: Selection, b: Selection, k: int = 6):

@@ -85,3 +85,16 @@ def test_notebook_04_lessons_print_the_runs_numbers():
          "confidence_kinds": kinds, "length_logp_spearman": -0.156, "confidence": "sum"}
     out = learnt.summary("04_selection", r)
     assert "α ≈ 0.094" in out and "uses the sum (selection.confidence)" in out
+
+
+def test_selection_summary_says_which_strategy_pushes_existence_towards_no():
+    base = {"alpha": 0.5, "delta": 0.1, "prompts": 3, "strategies": {}}
+    lead = {"strategy": "m3po", "family": "existence", "pairs": 240, "chosen_yes": 0.483, "rejected_yes": 0.822,
+            "push_to_no": 0.339, "same_answer": 0.55}
+    bw = lead | {"strategy": "best_worst", "rejected_yes": 0.707, "push_to_no": 0.224}
+    out = L.summary("04_selection", base | {"yes_no_leads": [lead, bw]})
+    assert 'says "yes" in 82 % of M3PO\'s pairs and 71 % of best-vs-worst\'s' in out
+    assert "(the chosen one in 48 % and 48 %)" in out and 'harder towards "no"' in out
+    out = L.summary("04_selection", base | {"yes_no_leads": [lead | {"push_to_no": 0.1}, bw]})
+    assert 'does not push the model harder towards "no"' in out
+    assert "existence questions" not in L.summary("04_selection", base)

@@ -5,6 +5,7 @@ import pytest
 from m3po_utils.config import STRATEGIES
 from m3po_utils.io import load_results
 from m3po_utils.runs import RunDir
+from m3po_utils.world import yes_no
 
 pytestmark = pytest.mark.notebooks
 
@@ -34,3 +35,12 @@ def test_04_selection(smoke_run):
             assert row["chosen_text"] != row["rejected_text"]
         else:
             assert row["rejected"] == []
+    # the yes/no push recorded per strategy and family agrees with the pairs written for it
+    leads = {(d["strategy"], d["family"]): d for d in r["yes_no_leads"]}
+    assert leads and not any(s == "best_of_n" for s, _ in leads)
+    for (name, fam), d in leads.items():
+        rows = [p for p in RunDir(smoke_run).load_pairs(name) if p["family"] == fam]
+        assert d["pairs"] == len(rows), (name, fam)
+        said = [yes_no(p["rejected_text"]) == "yes" for p in rows]
+        assert d["rejected_yes"] == pytest.approx(sum(said) / len(rows), abs=1e-4), (name, fam)
+        assert d["push_to_no"] == pytest.approx(d["rejected_yes"] - d["chosen_yes"], abs=2e-4)

@@ -240,3 +240,28 @@ def test_weight_sweep_selects_m3po_pairs_under_each_weight_and_scores_them_by_th
     assert S.best_weights(sw.reset_index().assign(truth_gap=[1.0, 0.5, 0.0])) == [0.0]   # the gap breaks it
     with pytest.raises(ValueError, match="clip weight"):
         S.weight_sweep(table, SelectionConfig(), clip_weights=(1.5,))
+
+
+def test_yes_no_leads_count_which_verdict_each_strategy_rejects():
+    df = pd.DataFrame({
+        "prompt_id": ["e1"] * 3 + ["c1"] * 2 + ["d1"] * 2,
+        "cand_idx": [0, 1, 2, 0, 1, 0, 1],
+        "text": ["No, there is no star; there is a circle.", "Yes, there is a star.",
+                 "No, there is no star; there is a square.",
+                 "Yes, the star is red.", "No, the star is blue.", "A red star.", "A blue star."],
+        "mas": [0.9, 0.2, 0.1, 0.8, 0.3, 0.9, 0.1],
+        "logprob_sum": [-5.0, -4.5, -30.0, -3.0, -3.05, -2.0, -9.0],
+    })
+    groups = group_candidates(df)
+    sels = {s: select(groups, s) for s in ("m3po", "best_worst", "best_of_n")}
+    fams = {"e1": "existence", "c1": "yn_color", "d1": "describe"}
+    t = S.yes_no_leads(groups, sels, fams)
+    assert list(t.index) == [("m3po", "existence"), ("m3po", "yn_color"),
+                             ("best_worst", "existence"), ("best_worst", "yn_color")]   # no best_of_n, no describe
+    # M3PO rejects the confident hallucinated "Yes", best-vs-worst the unlikely "No" with a wrong justification
+    assert t.loc[("m3po", "existence")].to_dict() == {"pairs": 1, "chosen_yes": 0.0, "rejected_yes": 1.0,
+                                                      "push_to_no": 1.0, "same_answer": 0.0}
+    assert t.loc[("best_worst", "existence")].to_dict() == {"pairs": 1, "chosen_yes": 0.0, "rejected_yes": 0.0,
+                                                            "push_to_no": 0.0, "same_answer": 1.0}
+    assert t.loc[("m3po", "yn_color"), "push_to_no"] == -1.0          # chosen "Yes", rejected "No"
+    assert S.yes_no_leads(groups, sels, {"e1": "describe"}).empty
