@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -35,6 +36,14 @@ def test_no_outputs_or_execution_counts(notebook):
              if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
     assert not dirty, f"{path.name}: cells {dirty} carry outputs or execution counts; clear them before committing"
     assert "widgets" not in nb.metadata, f"{path.name}: saved widget state in metadata; clear it before committing"
+
+
+def test_every_cell_has_a_unique_id(notebook):
+    path, _ = notebook
+    ids = [c.get("id") for c in json.loads(path.read_text())["cells"]]    # raw: nbformat.read would fill them in
+    missing = [i for i, x in enumerate(ids) if x is None]
+    assert not missing, f"{path.name}: cells {missing} have no id (nbformat 4.5 needs one; give each a unique id)"
+    assert len(set(ids)) == len(ids), f"{path.name}: repeated cell ids"
 
 
 def test_first_cell_is_prose(notebook):
