@@ -41,6 +41,11 @@ def test_04_selection(smoke_run):
     for (name, fam), d in leads.items():
         rows = [p for p in RunDir(smoke_run).load_pairs(name) if p["family"] == fam]
         assert d["pairs"] == len(rows), (name, fam)
-        said = [yes_no(p["rejected_text"]) == "yes" for p in rows]
-        assert d["rejected_yes"] == pytest.approx(sum(said) / len(rows), abs=1e-4), (name, fam)
-        assert d["push_to_no"] == pytest.approx(d["rejected_yes"] - d["chosen_yes"], abs=2e-4)
+        chosen = [yes_no(p["chosen_text"]) for p in rows]
+        rejected = [yes_no(p["rejected_text"]) for p in rows]
+        share = {"chosen_yes": sum(a == "yes" for a in chosen) / len(rows),
+                 "rejected_yes": sum(b == "yes" for b in rejected) / len(rows),
+                 "same_answer": sum(a is not None and a == b for a, b in zip(chosen, rejected, strict=True)) / len(rows)}
+        for k, v in share.items():
+            assert d[k] == pytest.approx(v, abs=1e-4), (name, fam, k)
+        assert d["push_to_no"] == pytest.approx(share["rejected_yes"] - share["chosen_yes"], abs=2e-4)
