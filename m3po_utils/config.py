@@ -109,6 +109,8 @@ class LvlmTrainConfig:
     batch_size: int = 48
     lr: float = 2e-3
     warmup_steps: int = 100
+    # AdamW's decoupled weight decay in the base's SFT step
+    weight_decay: float = 0.01
     aux_weight: float = 1.0
     existence_weight: float = 3.0
     # share of a yes/no answer's loss on its first ("Yes"/"No") token; the justification shares the rest
@@ -147,6 +149,7 @@ class LvlmTrainConfig:
         _check(0 < self.lr < 1, "lvlm_train.lr", self.lr, "a float in (0, 1)")
         _check(0 <= self.warmup_steps < self.steps, "lvlm_train.warmup_steps", self.warmup_steps,
                f"an integer in [0, steps={self.steps})")
+        _check(0 <= self.weight_decay < 1, "lvlm_train.weight_decay", self.weight_decay, "a float in [0, 1)")
         _check(self.aux_weight >= 0, "lvlm_train.aux_weight", self.aux_weight, "a float >= 0")
         _check(0 <= self.lead_weight <= 1, "lvlm_train.lead_weight", self.lead_weight, "a float in [0, 1]")
         _check(0 <= self.annotation_noise <= 1, "lvlm_train.annotation_noise", self.annotation_noise,

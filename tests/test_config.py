@@ -32,6 +32,7 @@ def test_related_fields_can_change_together_in_any_order():
     ("smoke", {"world.partner_prob": 2}, "world.partner_prob=2.0 is not allowed: a float in [0, 1]"),
     ("smoke", {"world.n_eval_extra": -1}, "world.n_eval_extra=-1 is not allowed: an integer >= 0"),
     ("smoke", {"lvlm_train.position_grounding": -0.5}, "lvlm_train.position_grounding=-0.5 is not allowed: a float >= 0"),
+    ("smoke", {"lvlm_train.weight_decay": 1.5}, "lvlm_train.weight_decay=1.5 is not allowed: a float in [0, 1)"),
     ("smoke", {"lvlm_train.precision": "fp16"}, "lvlm_train.precision='fp16' is not allowed: 'bf16' or 'fp32'"),
     ("smoke", {"world.shapes": ["circle", "circle", "star"]}, "world.shapes"),
     ("smoke", {"world": 3}, "'world' is a group"),

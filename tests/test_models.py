@@ -236,6 +236,24 @@ def test_position_grounding_adds_its_term_to_the_auxiliary_loss(base):
     assert first[1.0] - first[0.0] > 0.5 * np.log(len(processor.tokenizer))
 
 
+def test_weight_decay_reaches_the_base_optimiser(base):
+    import copy
+    import dataclasses
+
+    cfg, splits, model, processor = base
+    short = dataclasses.replace(cfg.lvlm_train, steps=1, warmup_steps=0, precision="fp32")
+    name = next(n for n, _ in model.named_parameters() if n.endswith("language_model.layers.0.mlp.up_proj.weight"))
+    start = dict(model.named_parameters())[name].detach().clone()
+    after = {}
+    for wd in (0.0, 0.5):
+        m = copy.deepcopy(model)
+        T.train_base(m, processor, splits["train"][:40], cfg.world, dataclasses.replace(short, weight_decay=wd),
+                     progress=False)
+        after[wd] = dict(m.named_parameters())[name].detach()
+    # AdamW's decoupled decay: the same batch and step, so the runs differ by lr * weight_decay * the old weight
+    assert torch.allclose(after[0.0] - after[0.5], short.lr * 0.5 * start, atol=1e-6)
+
+
 def test_precision_sets_the_training_forward_dtype_and_restores_attention(base):
     import copy
     import dataclasses

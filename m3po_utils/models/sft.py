@@ -298,7 +298,7 @@ def train_base(model, processor, scenes: Sequence[W.Scene], world_cfg: WorldConf
     bucket_p = np.array([weights[b].sum() for b in buckets])
     bucket_p /= bucket_p.sum()
     params = list(model.parameters()) + list(aux.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     pad = processor.tokenizer.pad_token_id
     attention = model.config._attn_implementation
     bf16 = cfg.precision == "bf16"
