@@ -556,6 +556,46 @@ def detectable_table(boot: Bootstrap, pairs: Sequence[tuple[str, str]], metrics:
                          for a, b in pairs for k in metrics]).set_index(["comparison", "metric"])
 
 
+def detectable_by_scenes(stats: dict[str, np.ndarray], sizes: Sequence[int], pairs: Sequence[tuple[str, str]],
+                         metrics: Sequence[str] = KEY_METRICS, power: float = 0.8, n_boot: int = 2000,
+                         ci: float = 0.95, seed: int = 0):
+    """The minimum detectable paired difference on the first ``n`` evaluation scenes, for every ``n`` in ``sizes``.
+
+    ``stats`` as for :func:`bootstrap` (every seed of every method); each size is bootstrapped afresh on its
+    scenes, seeds and all, so the table shows how far more scenes would take the main job's power — and where
+    the seeds' spread, which more scenes cannot shrink, sets a floor. One row per (comparison, metric), one
+    column per size.
+    """
+    import pandas as pd
+
+    n_scenes = {s.shape[1] for s in stats.values()}.pop() if stats else 0
+    bad = [n for n in sizes if not (isinstance(n, int | np.integer) and 2 <= n <= n_scenes)]
+    if bad or not sizes:
+        raise ValueError(f"sizes={list(sizes)!r}: each must be an integer in [2, {n_scenes}] (the scenes evaluated)")
+    cols = {}
+    for n in sizes:
+        boot = bootstrap({m: s[:, :n] for m, s in stats.items()}, n_boot=n_boot, ci=ci, seed=seed)
+        cols[int(n)] = {(f"{a} − {b}", k): boot.mde(a, b, k, power) for a, b in pairs for k in metrics}
+    df = pd.DataFrame(cols)
+    df.index.names = ["comparison", "metric"]
+    df.columns.name = "scenes"
+    return df
+
+
+def recorded_answers(run_dir, cfg: Preset, questions: Sequence[dict]) -> dict[tuple[str, int], list[str]]:
+    """Every model's greedy answers to ``questions`` as notebook 06 cached them; reads only, answers nothing."""
+    key = questions_key(questions)
+    out = {}
+    for method, seed in model_keys(cfg):
+        path = answers_path(run_dir, method, seed)
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        if data.get("questions") != key:
+            raise FileNotFoundError(f"{path} does not hold {method} (seed {seed})'s answers to this run's evaluation "
+                                    "questions: run notebook 06 (06_evaluation.ipynb) on this run first")
+        out[(method, seed)] = data["answers"]
+    return out
+
+
 def headline_lines(boot: Bootstrap, metrics: Sequence[str] = KEY_METRICS, method: str = "m3po",
                    baselines: Sequence[str] = ("random", "best_worst", "best_of_n"), oracle: str = "oracle",
                    base: str = "base") -> list[str]:

@@ -309,6 +309,41 @@ def test_mde_recovered_share_and_oracle_table():
         boot.mde("oracle", "base", "x", power=1.0)
 
 
+def test_detectable_difference_by_scenes(scenes, questions):
+    a = C.scene_stats(scenes, questions, noisy_answers(questions, scenes, 0), WCFG)
+    b = C.scene_stats(scenes, questions, noisy_answers(questions, scenes, 1), WCFG)
+    stats = {"m3po": a[None], "random": b[None]}
+    df = C.detectable_by_scenes(stats, [8, 30], [("m3po", "random")], n_boot=400, seed=3)
+    full = C.detectable_table(C.bootstrap(stats, n_boot=400, seed=3), [("m3po", "random")])
+    # all the scenes: exactly notebook 06's number; fewer scenes, a larger detectable difference
+    assert df[30].to_dict() == full["mde"].to_dict()
+    assert (df[8] > df[30]).all()
+    on_eight = C.detectable_table(C.bootstrap({m: s[:, :8] for m, s in stats.items()}, n_boot=400, seed=3),
+                                  [("m3po", "random")])
+    assert df[8].to_dict() == on_eight["mde"].to_dict()      # the first 8 scenes, not any 8
+    for sizes in ([1], [31], [], [2.5]):
+        with pytest.raises(ValueError, match=r"each must be an integer in \[2, 30\]"):
+            C.detectable_by_scenes(stats, sizes, [("m3po", "random")])
+
+
+def test_recorded_answers_read_notebook_06_cache_only(tmp_path, scenes, questions):
+    import json
+
+    cfg = load_preset("smoke")
+    keys = C.model_keys(cfg)
+    with pytest.raises(FileNotFoundError, match=r"run notebook 06 \(06_evaluation.ipynb\)"):
+        C.recorded_answers(tmp_path, cfg, questions)
+    for k, (method, seed) in enumerate(keys):
+        path = C.answers_path(tmp_path, method, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"method": method, "seed": seed, "questions": C.questions_key(questions),
+                                    "answers": [f"{k}"] * len(questions)}))
+    got = C.recorded_answers(tmp_path, cfg, questions)
+    assert list(got) == keys and got[keys[-1]] == [f"{len(keys) - 1}"] * len(questions)
+    with pytest.raises(FileNotFoundError, match="does not hold"):        # answers to other questions
+        C.recorded_answers(tmp_path, cfg, questions[1:])
+
+
 def test_oracle_table_and_headline_lines(scenes, questions):
     good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
     bad = C.scene_stats(scenes, questions, noisy_answers(questions, scenes, 0), WCFG)

@@ -78,6 +78,31 @@ def test_06_evaluation(smoke_run):
         assert load_results(smoke_run, name)["learnt"].startswith("## What we learnt here"), name
 
 
+def test_power_by_scenes_tool_reads_the_cache_and_reproduces_notebook_06(smoke_run, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("power_by_scenes", Path(__file__).parent.parent / "tools" /
+                                                  "power_by_scenes.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    n = load_results(smoke_run, "06_evaluation")["scenes"]
+    tool.main([str(smoke_run), "2", str(n)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["scenes", "2", str(n)]
+    printed, comparison = {}, None
+    for line in lines[3:]:
+        cells = line.split()
+        if cells[0] == "m3po":
+            comparison, cells = " ".join(cells[:3]), cells[3:]
+        printed[(comparison, cells[0])] = float(cells[-1])
+    recorded = {(d["comparison"], d["metric"]): d["mde"] for d in load_results(smoke_run, "06_evaluation")["mde"]}
+    # on all the scenes, the tool's numbers are notebook 06's (F1 in points), for every comparison it prints
+    assert len(printed) == 8
+    for (comparison, metric), v in printed.items():
+        scale = 100 if metric == "pope_adversarial_f1" else 1
+        assert v == pytest.approx(scale * recorded[(comparison, metric)], abs=0.006), (comparison, metric)
+
+
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 
