@@ -556,6 +556,11 @@ def detectable_table(boot: Bootstrap, pairs: Sequence[tuple[str, str]], metrics:
                          for a, b in pairs for k in metrics]).set_index(["comparison", "metric"])
 
 
+def scene_sizes(n: int) -> list[int]:
+    """A quarter, half, three quarters and all of ``n`` evaluation scenes: the sizes of at least 2, no repeats."""
+    return sorted({k for k in (n // 4, n // 2, 3 * n // 4, n) if k >= 2})
+
+
 def detectable_by_scenes(stats: dict[str, np.ndarray], sizes: Sequence[int], pairs: Sequence[tuple[str, str]],
                          metrics: Sequence[str] = KEY_METRICS, power: float = 0.8, n_boot: int = 2000,
                          ci: float = 0.95, seed: int = 0):
@@ -570,14 +575,14 @@ def detectable_by_scenes(stats: dict[str, np.ndarray], sizes: Sequence[int], pai
 
     n_scenes = {s.shape[1] for s in stats.values()}.pop() if stats else 0
     bad = [n for n in sizes if not (isinstance(n, int | np.integer) and 2 <= n <= n_scenes)]
-    if bad or not sizes:
+    if bad:
         raise ValueError(f"sizes={list(sizes)!r}: each must be an integer in [2, {n_scenes}] (the scenes evaluated)")
+    rows = [(f"{a} − {b}", k) for a, b in pairs for k in metrics]
     cols = {}
     for n in sizes:
         boot = bootstrap({m: s[:, :n] for m, s in stats.items()}, n_boot=n_boot, ci=ci, seed=seed)
-        cols[int(n)] = {(f"{a} − {b}", k): boot.mde(a, b, k, power) for a, b in pairs for k in metrics}
-    df = pd.DataFrame(cols)
-    df.index.names = ["comparison", "metric"]
+        cols[int(n)] = [boot.mde(a, b, k, power) for a, b in pairs for k in metrics]
+    df = pd.DataFrame(cols, index=pd.MultiIndex.from_tuples(rows, names=["comparison", "metric"]))
     df.columns.name = "scenes"
     return df
 

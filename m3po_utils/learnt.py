@@ -287,9 +287,29 @@ def evaluation_conclusion(r: Mapping[str, Any]) -> list[str]:
         lines.append(f"The smallest difference M3PO − {label[control]} this run would detect (80 % power): "
                      + "; ".join(f"{d['metric']} {_f(d['mde'], _digits(d['metric']))}" for d in mde)
                      + ". Differences below these are no evidence either way.")
+    lines += _power_by_scenes(r, control, label[control])
     lines.append("Notebook 10 asks *why*: it varies α and δ, the judge's noise and the number of candidates, and "
                  "separates what the hard negatives add from the chosen answers alone.")
     return lines
+
+
+def _power_by_scenes(r: Mapping[str, Any], control: str, name: str) -> list[str]:
+    """How the detectable difference against ``control`` fell from the fewest to all of the scenes, next to the
+    fall that scene variance alone would give (sqrt(fewest / all))."""
+    rows = [d for d in r.get("mde_by_scenes", []) if d["comparison"] == f"m3po − {control}"]
+    parts = []
+    for metric in dict.fromkeys(d["metric"] for d in rows):
+        by = sorted((int(d["scenes"]), float(d["mde"])) for d in rows if d["metric"] == metric)
+        (n0, m0), (n1, m1) = by[0], by[-1]
+        if n0 == n1 or m0 <= 0:
+            continue
+        parts.append(f"{metric} {_f(m0, _digits(metric))} on {n0} scenes, {_f(m1, _digits(metric))} on {n1} "
+                     f"(×{m1 / m0:.2f}; ×{(n0 / n1) ** 0.5:.2f} if only the scenes varied)")
+    if not parts:
+        return []
+    return [f"With more scenes the detectable difference against {name} fell: " + "; ".join(parts)
+            + ". Where it fell less than scene variance alone would make it, the seeds' spread limits it, and "
+              "more seeds, not more scenes, would lower it."]
 
 
 def _experiments(r: Mapping[str, Any]) -> list[str]:

@@ -321,7 +321,9 @@ def test_detectable_difference_by_scenes(scenes, questions):
     on_eight = C.detectable_table(C.bootstrap({m: s[:, :8] for m, s in stats.items()}, n_boot=400, seed=3),
                                   [("m3po", "random")])
     assert df[8].to_dict() == on_eight["mde"].to_dict()      # the first 8 scenes, not any 8
-    for sizes in ([1], [31], [], [2.5]):
+    assert C.scene_sizes(30) == [7, 15, 22, 30] and C.scene_sizes(5) == [2, 3, 5] and C.scene_sizes(1) == []
+    assert C.detectable_by_scenes(stats, [], [("m3po", "random")]).empty
+    for sizes in ([1], [31], [2.5]):
         with pytest.raises(ValueError, match=r"each must be an integer in \[2, 30\]"):
             C.detectable_by_scenes(stats, sizes, [("m3po", "random")])
 

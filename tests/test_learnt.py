@@ -40,6 +40,21 @@ def test_the_mme_total_is_split_by_subtask_largest_change_first():
     assert "per subtask" not in L.summary("06_evaluation", r | {"mme_subtask_deltas": {}})
 
 
+def test_the_detectable_difference_by_scenes_is_read_against_the_scene_only_fall():
+    def row(metric, scenes, mde):
+        return {"comparison": "m3po − best_of_n", "metric": metric, "scenes": scenes, "mde": mde}
+
+    r = {"deltas": [_d("m3po − best_of_n", "mme_total", 1.0, -5.0, 7.0)], "mde": [],
+         "mde_by_scenes": [row("mme_total", 400, 13.3), row("mme_total", 100, 20.1), row("mme_total", 200, 15.8),
+                           row("pope_adversarial_f1", 100, 0.0293), row("pope_adversarial_f1", 400, 0.0175),
+                           {"comparison": "m3po − random", "metric": "mme_total", "scenes": 100, "mde": 99.0}]}
+    text = L.summary("06_evaluation", r)
+    assert ("fell: mme_total 20.1 on 100 scenes, 13.3 on 400 (×0.66; ×0.50 if only the scenes varied); "
+            "pope_adversarial_f1 0.029 on 100 scenes, 0.018 on 400 (×0.60; ×0.50") in text
+    assert "99.0" not in text                                  # only the control's comparison is read
+    assert "With more scenes" not in L.summary("06_evaluation", r | {"mde_by_scenes": []})
+
+
 def test_nothing_moved_is_said_plainly():
     r = {"deltas": [_d("m3po − best_of_n", "ift", 0.0, -0.01, 0.01)], "mde": []}
     assert "no metric changed beyond its interval" in L.summary("06_evaluation", r)

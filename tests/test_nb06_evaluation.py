@@ -51,6 +51,11 @@ def test_06_evaluation(smoke_run):
         for k in ("chair_i", "mme_total", "pope_adversarial_f1", "ift"):
             assert r["metrics"][method][k]["mean"] == pytest.approx(np.mean([p[k] for p in per])), (method, k)
     assert r["judge_requests"]["failures"] == 0
+    # the MDE by scenes: a quarter .. all of the scenes, and on all of them notebook 06's own MDE
+    by = {(d["comparison"], d["metric"], d["scenes"]): d["mde"] for d in r["mde_by_scenes"]}
+    assert sorted({k[2] for k in by}) == C.scene_sizes(len(scenes))
+    for d in r["mde"]:
+        assert by[(d["comparison"], d["metric"], len(scenes))] == pytest.approx(d["mde"], rel=1e-12)
     # the per-subtask split adds up to the MME-style total's change, for every method
     for who, subs in r["mme_subtask_deltas"].items():
         a, b = who.split(" − ")

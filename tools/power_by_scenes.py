@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
     questions = C.eval_questions(scenes, cfg.world, seed=cfg.seed)
     stats = C.all_stats(scenes, cfg, questions, C.recorded_answers(run, cfg, questions))
     n = len(scenes)
-    sizes = [int(a) for a in argv[1:]] or sorted({max(2, n // 4), n // 2, 3 * n // 4, n})
+    sizes = [int(a) for a in argv[1:]] or C.scene_sizes(n)
     pairs = [("m3po", b) for b in BASELINES if b in stats]
     df = C.detectable_by_scenes(stats, sizes, pairs, n_boot=cfg.evaluation.bootstrap, ci=cfg.evaluation.ci,
                                 seed=cfg.seed)
