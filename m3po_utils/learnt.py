@@ -307,8 +307,8 @@ def _power_by_scenes(r: Mapping[str, Any], control: str, name: str) -> list[str]
                      f"(×{m1 / m0:.2f}; ×{(n0 / n1) ** 0.5:.2f} if only the scenes varied)")
     if not parts:
         return []
-    return [f"With more scenes the detectable difference against {name} fell: " + "; ".join(parts)
-            + ". Where it fell less than scene variance alone would make it, the seeds' spread limits it, and "
+    return [f"The detectable difference against {name} from the fewest to all of the scenes: " + "; ".join(parts)
+            + ". Where it falls less than scene variance alone would make it, the seeds' spread limits it, and "
               "more seeds, not more scenes, would lower it."]
 
 

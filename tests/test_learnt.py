@@ -49,10 +49,10 @@ def test_the_detectable_difference_by_scenes_is_read_against_the_scene_only_fall
                            row("pope_adversarial_f1", 100, 0.0293), row("pope_adversarial_f1", 400, 0.0175),
                            {"comparison": "m3po − random", "metric": "mme_total", "scenes": 100, "mde": 99.0}]}
     text = L.summary("06_evaluation", r)
-    assert ("fell: mme_total 20.1 on 100 scenes, 13.3 on 400 (×0.66; ×0.50 if only the scenes varied); "
+    assert ("to all of the scenes: mme_total 20.1 on 100 scenes, 13.3 on 400 (×0.66; ×0.50 if only the scenes varied); "
             "pope_adversarial_f1 0.029 on 100 scenes, 0.018 on 400 (×0.60; ×0.50") in text
     assert "99.0" not in text                                  # only the control's comparison is read
-    assert "With more scenes" not in L.summary("06_evaluation", r | {"mde_by_scenes": []})
+    assert "fewest to all" not in L.summary("06_evaluation", r | {"mde_by_scenes": []})
 
 
 def test_nothing_moved_is_said_plainly():

@@ -2,7 +2,7 @@
 
     python tools/power_by_scenes.py RUN_DIR [N ...]
 
-Reads only what notebook 06 cached in ``RUN_DIR`` (every model's greedy answers); trains, samples and judges
+For a shapes-world run. Reads only what notebook 06 cached in ``RUN_DIR`` (every model's greedy answers); trains, samples and judges
 nothing. For each N (default: a quarter, half, three quarters and all of the scenes evaluated) it bootstraps the
 first N scenes with every seed, as notebook 06 does, and prints the 80 %-power minimum detectable difference of
 M3PO against each baseline on POPE-adversarial F1 (points) and the MME-style total. Run it on a run with more
@@ -33,8 +33,12 @@ def main(argv: list[str]) -> None:
     scenes = RunDir(run).scenes()["eval"][: cfg.evaluation.n_scenes or None]
     questions = C.eval_questions(scenes, cfg.world, seed=cfg.seed)
     stats = C.all_stats(scenes, cfg, questions, C.recorded_answers(run, cfg, questions))
-    n = len(scenes)
-    sizes = [int(a) for a in argv[1:]] or C.scene_sizes(n)
+    if "m3po" not in stats:
+        sys.exit(f"{run} evaluated no M3PO adapter (evaluation.methods={list(cfg.evaluation.methods)}): nothing to compare")
+    try:
+        sizes = [int(a) for a in argv[1:]] or C.scene_sizes(len(scenes))
+    except ValueError:
+        sys.exit(f"scene counts {argv[1:]!r} must be whole numbers, e.g. 400 700 1000")
     pairs = [("m3po", b) for b in BASELINES if b in stats]
     df = C.detectable_by_scenes(stats, sizes, pairs, n_boot=cfg.evaluation.bootstrap, ci=cfg.evaluation.ci,
                                 seed=cfg.seed)
