@@ -385,23 +385,33 @@ def answers_path(run_dir, method: str, seed: int) -> Path:
     return RunDir(run_dir).evaluation / "answers" / f"{method}_seed{seed}.json"
 
 
+def _stored_answers(path: Path, questions: Sequence[dict]) -> list[str] | None:
+    """The answers cached at ``path`` when it holds answers to exactly ``questions``, else None; raises ValueError
+    (or OSError) for a file that is not an answers record."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("answers", []), list):
+        raise ValueError("not an answers record")
+    if data.get("questions") == questions_key(questions) and len(data.get("answers", [])) == len(questions):
+        return data["answers"]
+    return None
+
+
 def cached_answers(run_dir, cfg: Preset, method: str, seed: int, images: Sequence, questions: Sequence[dict]
                    ) -> list[str]:
     """The greedy answers of (method, seed), from ``answers_path`` when it holds them for these questions."""
     path = answers_path(run_dir, method, seed)
     key = questions_key(questions)
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            if not isinstance(data, dict) or not isinstance(data.get("answers", []), list):
-                raise ValueError("not an answers record")
-        except (ValueError, OSError) as exc:   # this stage's own cache: set it aside and answer again
-            aside = quarantine(path)
-            print(f"WARNING: {path} is unreadable ({type(exc).__name__}: {exc}); moved it to {aside} and "
-                  "answering again", flush=True)
-            data = {}
-        if data.get("questions") == key and len(data.get("answers", [])) == len(questions):
-            return data["answers"]
+    try:
+        stored = _stored_answers(path, questions)
+    except (ValueError, OSError) as exc:   # this stage's own cache: set it aside and answer again
+        aside = quarantine(path)
+        print(f"WARNING: {path} is unreadable ({type(exc).__name__}: {exc}); moved it to {aside} and "
+              "answering again", flush=True)
+        stored = None
+    if stored is not None:
+        return stored
     model, processor = load_method(cfg, run_dir, method, seed)
     answers = answer_questions(model, processor, images, questions, batch_size=cfg.evaluation.batch_size)
     atomic_write_json(path, {"method": method, "seed": seed, "questions": key, "answers": answers})
@@ -561,10 +571,11 @@ def scene_sizes(n: int) -> list[int]:
     return sorted({k for k in (n // 4, n // 2, 3 * n // 4, n) if k >= 2})
 
 
-def detectable_by_scenes(stats: dict[str, np.ndarray], sizes: Sequence[int], pairs: Sequence[tuple[str, str]],
-                         metrics: Sequence[str] = KEY_METRICS, power: float = 0.8, n_boot: int = 2000,
-                         ci: float = 0.95, seed: int = 0):
-    """The minimum detectable paired difference on the first ``n`` evaluation scenes, for every ``n`` in ``sizes``.
+def detectable_by_scenes(stats: dict[str, np.ndarray], pairs: Sequence[tuple[str, str]],
+                         sizes: Sequence[int] | None = None, metrics: Sequence[str] = KEY_METRICS, power: float = 0.8,
+                         n_boot: int = 2000, ci: float = 0.95, seed: int = 0):
+    """The minimum detectable paired difference on the first ``n`` evaluation scenes, for every ``n`` in ``sizes``
+    (default :func:`scene_sizes` of the scenes in ``stats``).
 
     ``stats`` as for :func:`bootstrap` (every seed of every method); each size is bootstrapped afresh on its
     scenes, seeds and all, so the table shows how far more scenes would take the main job's power — and where
@@ -574,6 +585,7 @@ def detectable_by_scenes(stats: dict[str, np.ndarray], sizes: Sequence[int], pai
     import pandas as pd
 
     n_scenes = {s.shape[1] for s in stats.values()}.pop() if stats else 0
+    sizes = scene_sizes(n_scenes) if sizes is None else sizes
     bad = [n for n in sizes if not (isinstance(n, int | np.integer) and 2 <= n <= n_scenes)]
     if bad:
         raise ValueError(f"sizes={list(sizes)!r}: each must be an integer in [2, {n_scenes}] (the scenes evaluated)")
@@ -589,15 +601,17 @@ def detectable_by_scenes(stats: dict[str, np.ndarray], sizes: Sequence[int], pai
 
 def recorded_answers(run_dir, cfg: Preset, questions: Sequence[dict]) -> dict[tuple[str, int], list[str]]:
     """Every model's greedy answers to ``questions`` as notebook 06 cached them; reads only, answers nothing."""
-    key = questions_key(questions)
     out = {}
     for method, seed in model_keys(cfg):
         path = answers_path(run_dir, method, seed)
-        data = json.loads(path.read_text()) if path.is_file() else {}
-        if data.get("questions") != key:
+        try:
+            out[(method, seed)] = _stored_answers(path, questions)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{path} is unreadable ({type(exc).__name__}: {exc}): run notebook 06 "
+                             "(06_evaluation.ipynb) on this run again") from exc
+        if out[(method, seed)] is None:
             raise FileNotFoundError(f"{path} does not hold {method} (seed {seed})'s answers to this run's evaluation "
                                     "questions: run notebook 06 (06_evaluation.ipynb) on this run first")
-        out[(method, seed)] = data["answers"]
     return out
 
 

@@ -313,7 +313,7 @@ def test_detectable_difference_by_scenes(scenes, questions):
     a = C.scene_stats(scenes, questions, noisy_answers(questions, scenes, 0), WCFG)
     b = C.scene_stats(scenes, questions, noisy_answers(questions, scenes, 1), WCFG)
     stats = {"m3po": a[None], "random": b[None]}
-    df = C.detectable_by_scenes(stats, [8, 30], [("m3po", "random")], n_boot=400, seed=3)
+    df = C.detectable_by_scenes(stats, [("m3po", "random")], [8, 30], n_boot=400, seed=3)
     full = C.detectable_table(C.bootstrap(stats, n_boot=400, seed=3), [("m3po", "random")])
     # all the scenes: exactly notebook 06's number; fewer scenes, a larger detectable difference
     assert df[30].to_dict() == full["mde"].to_dict()
@@ -322,10 +322,12 @@ def test_detectable_difference_by_scenes(scenes, questions):
                                   [("m3po", "random")])
     assert df[8].to_dict() == on_eight["mde"].to_dict()      # the first 8 scenes, not any 8
     assert C.scene_sizes(30) == [7, 15, 22, 30] and C.scene_sizes(5) == [2, 3, 5] and C.scene_sizes(1) == []
-    assert C.detectable_by_scenes(stats, [], [("m3po", "random")]).empty
+    assert C.detectable_by_scenes(stats, [("m3po", "random")], []).empty
+    default = C.detectable_by_scenes(stats, [("m3po", "random")], n_boot=400, seed=3)
+    assert list(default.columns) == [7, 15, 22, 30] and default[30].to_dict() == df[30].to_dict()
     for sizes in ([1], [31], [2.5]):
         with pytest.raises(ValueError, match=r"each must be an integer in \[2, 30\]"):
-            C.detectable_by_scenes(stats, sizes, [("m3po", "random")])
+            C.detectable_by_scenes(stats, [("m3po", "random")], sizes)
 
 
 def test_recorded_answers_read_notebook_06_cache_only(tmp_path, scenes, questions):
@@ -344,6 +346,10 @@ def test_recorded_answers_read_notebook_06_cache_only(tmp_path, scenes, question
     assert list(got) == keys and got[keys[-1]] == [f"{len(keys) - 1}"] * len(questions)
     with pytest.raises(FileNotFoundError, match="does not hold"):        # answers to other questions
         C.recorded_answers(tmp_path, cfg, questions[1:])
+    C.answers_path(tmp_path, *keys[0]).write_text("{")                   # a broken file: named, never moved
+    with pytest.raises(ValueError, match=r"base_seed0.json is unreadable .*run notebook 06"):
+        C.recorded_answers(tmp_path, cfg, questions)
+    assert C.answers_path(tmp_path, *keys[0]).read_text() == "{"
 
 
 def test_oracle_table_and_headline_lines(scenes, questions):

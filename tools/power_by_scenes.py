@@ -36,11 +36,11 @@ def main(argv: list[str]) -> None:
     if "m3po" not in stats:
         sys.exit(f"{run} evaluated no M3PO adapter (evaluation.methods={list(cfg.evaluation.methods)}): nothing to compare")
     try:
-        sizes = [int(a) for a in argv[1:]] or C.scene_sizes(len(scenes))
+        sizes = [int(a) for a in argv[1:]] or None
     except ValueError:
         sys.exit(f"scene counts {argv[1:]!r} must be whole numbers, e.g. 400 700 1000")
     pairs = [("m3po", b) for b in BASELINES if b in stats]
-    df = C.detectable_by_scenes(stats, sizes, pairs, n_boot=cfg.evaluation.bootstrap, ci=cfg.evaluation.ci,
+    df = C.detectable_by_scenes(stats, pairs, sizes, n_boot=cfg.evaluation.bootstrap, ci=cfg.evaluation.ci,
                                 seed=cfg.seed)
     df.loc[(slice(None), "pope_adversarial_f1"), :] *= 100      # F1 in points
     print(f"minimum detectable difference (80 % power) by evaluation scenes, {run}:")
