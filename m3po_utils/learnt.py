@@ -288,9 +288,26 @@ def evaluation_conclusion(r: Mapping[str, Any]) -> list[str]:
                      + "; ".join(f"{d['metric']} {_f(d['mde'], _digits(d['metric']))}" for d in mde)
                      + ". Differences below these are no evidence either way.")
     lines += _power_by_scenes(r, control, label[control])
+    lines += _testbed_bars(r)
     lines.append("Notebook 10 asks *why*: it varies α and δ, the judge's noise and the number of candidates, and "
                  "separates what the hard negatives add from the chosen answers alone.")
     return lines
+
+
+def _testbed_bars(r: Mapping[str, Any]) -> list[str]:
+    """How many of the testbed's bars (``m3po_utils.testbed``) this run meets, and what missed."""
+    rows = [x for x in r.get("testbed_bars", []) if x["met"] is not None]
+    if not rows:
+        return []
+    missed = [x for x in rows if not x["met"]]
+    line = f"**The testbed's own bars**: this run meets {len(rows) - len(missed)} of the {len(rows)} it measured"
+    if not missed:
+        return [line + "."]
+    line += "; not met: " + "; ".join(f"{x['bar'].split(' ', 1)[-1]} ({', '.join(x['misses'])})" for x in missed) + "."
+    if any(x["bar"].startswith(("5", "6")) for x in missed):
+        line += (" A metric the oracle moves less than the bar, or a difference below the detectable one, is weak "
+                 "ground for ranking the methods on it.")
+    return [line]
 
 
 def _power_by_scenes(r: Mapping[str, Any], control: str, name: str) -> list[str]:

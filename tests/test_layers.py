@@ -10,7 +10,8 @@ order given there; stages may import earlier stages only):
     4  judge/                               protocol -> cache -> client, server; benchfiles (real benchmark files)
     5  evaluation, runs                     benchmark questions and scoring; the run directory (paths, loaders)
     6  stages                               basemodels 00 < candidates 01 < mas 02 < confidence 03 < selection 04
-                                            < dpo 05 < comparison 06 < experiments 10
+                                            < dpo 05 < comparison 06 < testbed (its bars, on 00-06's results)
+                                            < experiments 10
     7  plots/, widgets, report, learnt      figures, widgets, the report, each notebook's closing summary
     8  run, judge/__main__, launch/         entry points (launch/: the stages under accelerate launch)
 """
@@ -32,7 +33,7 @@ RANK = {
     "judge": 4, "judge.protocol": 4.1, "judge.cache": 4.1, "judge.client": 4.2, "judge.server": 4.2,
     "benchfiles": 4.9, "evaluation": 5, "runs": 5,
     "basemodels": 6.00, "candidates": 6.01, "mas": 6.02, "confidence": 6.03, "selection": 6.04, "dpo": 6.05,
-    "comparison": 6.06, "experiments": 6.10,
+    "comparison": 6.06, "testbed": 6.07, "experiments": 6.10,
     "plots": 7, "plots.audit": 7.05, "plots.world": 7.1, "plots.candidates": 7.1, "plots.mas": 7.1, "plots.confidence": 7.1,
     "plots.dpo": 7.1, "plots.evaluation": 7.1, "plots.experiments": 7.1, "widgets": 7.2, "widgets.base": 7.21, "widgets.candidates": 7.22,
     "widgets.mas": 7.22, "widgets.tokens": 7.22, "widgets.pairs": 7.22, "report": 7, "learnt": 7,

@@ -10,6 +10,7 @@ import pytest
 from m3po_utils import comparison as C
 from m3po_utils import dpo as D
 from m3po_utils import evaluation as E
+from m3po_utils import testbed
 from m3po_utils.config import TRUTH_STRATEGIES, load_preset
 from m3po_utils.io import load_results
 from m3po_utils.run import run_series
@@ -56,6 +57,15 @@ def test_06_evaluation(smoke_run):
     assert sorted({k[2] for k in by}) == C.scene_sizes(len(scenes))
     for d in r["mde"]:
         assert by[(d["comparison"], d["metric"], len(scenes))] == pytest.approx(d["mde"], rel=1e-12)
+    # the testbed's bars: what notebook 06 recorded is what the recorded results of 00, 02, 03 and 06 give
+    bars = r["testbed_bars"]
+    assert [b["bar"].split()[0] for b in bars] == ["1", "2", "3", "4", "5", "6", "7"]
+    assert bars == testbed.check_run(smoke_run)
+    assert bars[0]["measured"].startswith(" / ".join(f"{r['metrics']['base'][f'pope_{s}_accuracy']['mean']:.3f}"
+                                                     for s in testbed.POPE_SETTINGS))
+    assert bars[5]["met"] == all(d["mde"] <= (0.01 if d["metric"] == "pope_adversarial_f1" else 10.0)
+                                 for d in r["mde"])
+    assert "The testbed's own bars" in r["learnt"]
     # the per-subtask split adds up to the MME-style total's change, for every method
     for who, subs in r["mme_subtask_deltas"].items():
         a, b = who.split(" − ")

@@ -1,0 +1,133 @@
+"""The testbed's bars: each one flips exactly where its threshold is crossed, and says what missed."""
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from m3po_utils import learnt
+from m3po_utils import testbed as T
+
+
+def _m(x):
+    return {"mean": x, "lo": x - 0.01, "hi": x + 0.01}
+
+
+def passing():
+    """Results of notebooks 00, 02, 03 and 06 of a run that meets every bar (the real runs' layout)."""
+    base = {"pope_random_accuracy": _m(0.88), "pope_popular_accuracy": _m(0.87), "pope_adversarial_accuracy": _m(0.82),
+            "ift": _m(0.40)}
+    for s, a in zip(T.MME_SUBTASKS, (0.85, 0.65, 0.70, 0.80), strict=True):
+        base |= {f"mme_{s}_acc": _m(a), f"mme_{s}_acc_plus": _m(a - 0.2)}
+    world = {"lvlm": {"pope": {"adversarial": {"partner_share": 0.99}},
+                      "families": {"acc_fmt_start": 0.20, "acc_fmt_list": 0.40, "acc_describe": 0.01}}}
+    confidence = {"headroom": {"describe": {"pass@N − greedy": 0.20, "confident_wrong": 0.70},
+                               "existence": {"pass@N − greedy": 0.16, "confident_wrong": 0.31}}}
+    evaluation = {"metrics": {"base": base},
+                  "oracle": {"pope_adversarial_f1": {"gain": 0.05, "gain_lo": 0.04, "gain_hi": 0.06},
+                             "mme_total": {"gain": 31.0, "gain_lo": 20.0, "gain_hi": 42.0}},
+                  "mde": [{"comparison": "m3po − best_of_n", "metric": "pope_adversarial_f1", "mde": 0.009},
+                          {"comparison": "m3po − best_of_n", "metric": "mme_total", "mde": 9.0}]}
+    mas = {"weight_sweep": {"best_clip_weights": [0.0, 0.1], "preset_clip_weight": 0.1, "prompts": 200}}
+    return world, mas, confidence, evaluation
+
+
+def met(results):
+    return {r["bar"].split()[0]: r["met"] for r in T.check(*results)}
+
+
+def test_a_run_inside_every_bar_meets_all_seven():
+    rows = T.check(*passing())
+    assert [r["met"] for r in rows] == [True] * 7
+    assert rows[0]["measured"] == "0.880 / 0.870 / 0.820, gap 6.0 points, 99.0 % of adversarial false positives are mates"
+    assert "count 0.65 / 0.45" in rows[1]["measured"]     # acc+ reported next to acc
+
+
+@pytest.mark.parametrize("where, path, value, bar, miss", [
+    (3, ("metrics", "base", "pope_popular_accuracy"), _m(0.905), "1", "popular 0.905"),
+    (3, ("metrics", "base", "pope_adversarial_accuracy"), _m(0.775), "1", "adversarial 0.775"),
+    (3, ("metrics", "base", "pope_adversarial_accuracy"), _m(0.86), "1", "gap 2.0 points"),   # in range, gap < 3
+    (3, ("metrics", "base", "mme_position_acc"), _m(0.55), "2", "position 0.550"),
+    (3, ("metrics", "base", "mme_existence_acc"), _m(0.93), "2", "existence 0.930"),
+    (3, ("metrics", "base", "ift"), _m(0.29), "3", "IFT 0.290"),
+    (0, ("lvlm", "families", "acc_fmt_start"), 0.05, "3", "fmt_start 0.050"),                # at the floor
+    (0, ("lvlm", "families", "acc_fmt_list"), 0.95, "3", "fmt_list 0.950"),
+    (2, ("headroom", "existence", "pass@N − greedy"), 0.14, "4", "existence room 0.14"),
+    (2, ("headroom", "existence", "confident_wrong"), 0.29, "4", "existence confident wrong 0.29"),
+    (3, ("oracle", "pope_adversarial_f1", "gain"), 0.029, "5", "F1 +2.9 points"),
+    (3, ("oracle", "mme_total", "gain_lo"), -1.0, "5", "MME +31.0"),                          # interval reaches 0
+    (1, ("weight_sweep", "preset_clip_weight"), 0.3, "7", "preset 0.3"),
+])
+def test_each_bar_misses_just_past_its_threshold(where, path, value, bar, miss):
+    results = list(passing())
+    d = results[where] = copy.deepcopy(results[where])
+    for k in path[:-1]:
+        d = d[k]
+    d[path[-1]] = value
+    rows = {r["bar"].split()[0]: r for r in T.check(*results)}
+    assert rows[bar]["met"] is False and miss in rows[bar]["misses"]
+    assert [b for b, r in rows.items() if not r["met"]] == [bar]       # no other bar moved
+
+
+def test_power_names_every_comparison_over_the_limit():
+    w, m, c, e = passing()
+    e = e | {"mde": e["mde"] + [{"comparison": "m3po − random", "metric": "pope_adversarial_f1", "mde": 0.0125},
+                                {"comparison": "m3po − random", "metric": "mme_total", "mde": 10.5}]}
+    row = T.check(w, m, c, e)[5]
+    assert row["met"] is False
+    assert row["misses"] == ["m3po − random 1.25 points", "m3po − random 10.5 MME"]
+    assert row["measured"] == "largest MDE 1.25 points, 10.5 MME"
+
+
+def test_what_a_run_did_not_measure_is_neither_met_nor_missed():
+    """A hub preset: POPE files of one setting, no verifier (no headroom, no oracle), no weight sweep."""
+    evaluation = {"metrics": {"base": {"pope_adversarial_accuracy": _m(0.85), "ift": _m(0.4)}}}
+    rows = T.check({}, {}, {}, evaluation)
+    assert [r["met"] for r in rows] == [None, None, True, None, None, None, None]
+    assert list(T.table(rows)["met"]) == ["not measured"] * 2 + ["yes"] + ["not measured"] * 4
+    assert learnt._testbed_bars({"testbed_bars": rows}) == [
+        "**The testbed's own bars**: this run meets 1 of the 1 it measured."]
+
+
+def test_the_learnt_line_counts_and_names_what_missed():
+    w, m, c, e = passing()
+    e = copy.deepcopy(e)
+    e["oracle"]["mme_total"]["gain"] = 22.0
+    line, = learnt._testbed_bars({"testbed_bars": T.check(w, m, c, e)})
+    assert line.startswith("**The testbed's own bars**: this run meets 6 of the 7 it measured; not met: oracle "
+                           "moves (MME +22.0).")
+    assert "weak ground for ranking" in line
+    assert learnt._testbed_bars({}) == []
+
+
+def test_check_run_names_the_missing_notebook(tmp_path):
+    (tmp_path / "results").mkdir()
+    with pytest.raises(FileNotFoundError, match="00_world"):
+        T.check_run(tmp_path)
+
+
+def test_the_tool_prints_one_column_per_run(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("testbed_bars", Path(__file__).parent.parent / "tools" /
+                                                  "testbed_bars.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    runs = []
+    for name, ift in (("a", 0.40), ("b", 0.20)):
+        w, m, c, e = passing()
+        e = copy.deepcopy(e)
+        e["metrics"]["base"]["ift"] = _m(ift)
+        (tmp_path / name / "results").mkdir(parents=True)
+        for nb, d in (("00_world", w), ("02_mas", m), ("03_confidence", c), ("06_evaluation", e)):
+            (tmp_path / name / "results" / f"{nb}.json").write_text(json.dumps(d))
+        runs.append(str(tmp_path / name))
+    tool.main(runs)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"| bar | {runs[0]} | {runs[1]} |"
+    ift_row = next(line for line in out if line.startswith("| 3 IFT"))
+    cells = [x.strip() for x in ift_row.strip("|").split("|")]
+    assert cells[1].startswith("yes: IFT 0.400") and cells[2] == "**no**: IFT 0.200"
+    assert out[-1] == f"bars met: {runs[0]} 7 of 7, {runs[1]} 6 of 7"
+    with pytest.raises(SystemExit, match="not a run directory"):
+        tool.main([str(tmp_path / "nowhere")])
