@@ -17,7 +17,7 @@ model under the default preset (the project's issue #14, after the paper's setti
 7. MAS weights chosen on validation: the preset's CLIP weight is the one notebook 02's validation sweep picks.
 
 :func:`check` reads the results notebooks 00, 02, 03 and 06 record; :func:`check_run` reads them from a run
-directory. Both return one row per bar: ``met`` is True / False, or None where the run did not measure it (a hub
+directory; :func:`calibration_bars` checks bars 1, 2 and 5 on a calibration of a base (``tools/calibrate_base.py``). Both return one row per bar: ``met`` is True / False, or None where the run did not measure it (a hub
 preset has no verifier, so no headroom or oracle).
 """
 
@@ -68,33 +68,32 @@ def _row(bar: str, target: str, measured: str, misses: list[str] | None) -> dict
             "met": None if misses is None else not misses, "misses": misses or []}
 
 
-def _pope(world: Mapping, base: Mapping, bars: Bars) -> dict:
+def _pope(acc: Mapping[str, float | None], share: float | None, bars: Bars) -> dict:
+    """``acc``: POPE accuracy per setting; ``share``: adversarial false positives that are co-occurrence mates."""
     target = (f"accuracy in [{bars.pope_range[0]:.2f}, {bars.pope_range[1]:.2f}] per setting, adversarial "
               f"≥ {100 * bars.pope_gap:.0f} points below random")
-    acc = {s: _mean(base, f"pope_{s}_accuracy") for s in POPE_SETTINGS}
-    if any(v is None for v in acc.values()):
+    if any(acc.get(s) is None for s in POPE_SETTINGS):
         return _row("1 POPE", target, "not measured", None)
+    acc = {s: float(acc[s]) for s in POPE_SETTINGS}
     gap = acc["random"] - acc["adversarial"]
     misses = [f"{s} {v:.3f}" for s, v in acc.items() if not _inside(v, bars.pope_range)]
     if gap < bars.pope_gap - 1e-12:
         misses.append(f"gap {100 * gap:.1f} points")
-    share = ((world.get("lvlm") or {}).get("pope") or {}).get("adversarial", {}).get("partner_share")
     measured = " / ".join(f"{v:.3f}" for v in acc.values()) + f", gap {100 * gap:.1f} points"
     if share is not None:
         measured += f", {100 * share:.1f} % of adversarial false positives are mates"
     return _row("1 POPE", target, measured, misses)
 
 
-def _mme(base: Mapping, bars: Bars) -> dict:
+def _mme(acc: Mapping[str, float | None], plus: Mapping[str, float | None], bars: Bars) -> dict:
+    """``acc`` / ``plus``: the MME-style subtasks' acc and acc+."""
     target = f"acc in [{bars.mme_range[0]:.2f}, {bars.mme_range[1]:.2f}] for each subtask"
-    acc = {s: _mean(base, f"mme_{s}_acc") for s in MME_SUBTASKS}
-    if any(v is None for v in acc.values()):
+    if any(acc.get(s) is None for s in MME_SUBTASKS):
         return _row("2 MME subtasks", target, "not measured", None)
-    plus = {s: _mean(base, f"mme_{s}_acc_plus") for s in MME_SUBTASKS}
-    measured = ", ".join(f"{s} {acc[s]:.2f}" + (f" / {plus[s]:.2f}" if plus[s] is not None else "")
+    measured = ", ".join(f"{s} {acc[s]:.2f}" + (f" / {plus[s]:.2f}" if plus.get(s) is not None else "")
                          for s in MME_SUBTASKS) + " (acc / acc+)"
     return _row("2 MME subtasks", target, measured,
-                [f"{s} {v:.3f}" for s, v in acc.items() if not _inside(v, bars.mme_range)])
+                [f"{s} {acc[s]:.3f}" for s in MME_SUBTASKS if not _inside(acc[s], bars.mme_range)])
 
 
 def _ift(world: Mapping, base: Mapping, bars: Bars) -> dict:
@@ -126,13 +125,12 @@ def _headroom(confidence: Mapping, bars: Bars) -> dict:
     return _row("4 headroom", target, measured, misses)
 
 
-def _oracle(evaluation: Mapping, bars: Bars) -> dict:
-    target = (f"oracle − base ≥ +{100 * bars.oracle_f1:.0f} POPE-adversarial F1 points and ≥ +{bars.oracle_mme:.0f} "
+def _oracle(f1: Mapping | None, mme: Mapping | None, bars: Bars, name: str = "oracle") -> dict:
+    """``f1`` / ``mme``: the upper bound's gain over the base (``gain``, ``gain_lo``, ``gain_hi``)."""
+    target = (f"{name} − base ≥ +{100 * bars.oracle_f1:.0f} POPE-adversarial F1 points and ≥ +{bars.oracle_mme:.0f} "
               "MME, intervals above 0")
-    o = evaluation.get("oracle") or {}
-    f1, mme = o.get("pope_adversarial_f1"), o.get("mme_total")
     if f1 is None or mme is None:
-        return _row("5 oracle moves", target, "not measured", None)
+        return _row(f"5 {name} moves", target, "not measured", None)
     misses = []
     if f1["gain"] < bars.oracle_f1 - 1e-12 or f1["gain_lo"] <= 0:
         misses.append(f"F1 {100 * f1['gain']:+.1f} points")
@@ -140,7 +138,7 @@ def _oracle(evaluation: Mapping, bars: Bars) -> dict:
         misses.append(f"MME {mme['gain']:+.1f}")
     measured = (f"F1 {100 * f1['gain']:+.1f} [{100 * f1['gain_lo']:+.1f}, {100 * f1['gain_hi']:+.1f}] points, "
                 f"MME {mme['gain']:+.1f} [{mme['gain_lo']:+.1f}, {mme['gain_hi']:+.1f}]")
-    return _row("5 oracle moves", target, measured, misses)
+    return _row(f"5 {name} moves", target, measured, misses)
 
 
 def _power(evaluation: Mapping, bars: Bars) -> dict:
@@ -176,8 +174,32 @@ def check(world: Mapping, mas: Mapping, confidence: Mapping, evaluation: Mapping
     """One row per bar (``bar``, ``target``, ``measured``, ``met``, ``misses``) from the results of notebooks
     00, 02, 03 and 06; the base model's numbers are notebook 06's, on its evaluation scenes."""
     base = (evaluation.get("metrics") or {}).get("base") or {}
-    return [_pope(world, base, bars), _mme(base, bars), _ift(world, base, bars), _headroom(confidence, bars),
-            _oracle(evaluation, bars), _power(evaluation, bars), _mas(mas)]
+    share = ((world.get("lvlm") or {}).get("pope") or {}).get("adversarial", {}).get("partner_share")
+    oracle = evaluation.get("oracle") or {}
+    return [_pope({s: _mean(base, f"pope_{s}_accuracy") for s in POPE_SETTINGS}, share, bars),
+            _mme({s: _mean(base, f"mme_{s}_acc") for s in MME_SUBTASKS},
+                 {s: _mean(base, f"mme_{s}_acc_plus") for s in MME_SUBTASKS}, bars),
+            _ift(world, base, bars), _headroom(confidence, bars),
+            _oracle(oracle.get("pope_adversarial_f1"), oracle.get("mme_total"), bars), _power(evaluation, bars),
+            _mas(mas)]
+
+
+def calibration_bars(base: Mapping, upper: Mapping | None = None, bars: Bars = BARS) -> list[dict]:
+    """The three bars a calibration of a base can check before any run (``tools/calibrate_base.py``): POPE and
+    the MME-style subtasks on calibration scenes, and the upper bound (SFT on the reference answers).
+
+    ``base``: the tool's measurement (``pope_<setting>`` with ``accuracy``, ``partner_share``; ``mme`` with
+    ``acc``, ``acc_plus`` per subtask); ``upper``: ``{"f1": (gain, lo, hi), "mme": (gain, lo, hi)}`` or None.
+    """
+    pope = {s: (base.get(f"pope_{s}") or {}).get("accuracy") for s in POPE_SETTINGS}
+    share = (base.get("pope_adversarial") or {}).get("partner_share")
+    mme = base.get("mme") or {}
+    gain = {k: dict(zip(("gain", "gain_lo", "gain_hi"), map(float, upper[k]), strict=True))
+            for k in ("f1", "mme")} if upper else {}
+    return [_pope(pope, share, bars),
+            _mme({s: (mme.get(s) or {}).get("acc") for s in MME_SUBTASKS},
+                 {s: (mme.get(s) or {}).get("acc_plus") for s in MME_SUBTASKS}, bars),
+            _oracle(gain.get("f1"), gain.get("mme"), bars, name="upper bound")]
 
 
 def check_run(run: str | Path, evaluation: Mapping | None = None, bars: Bars = BARS) -> list[dict]:

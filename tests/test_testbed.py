@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from m3po_utils import evaluation as E
 from m3po_utils import learnt
 from m3po_utils import testbed as T
 
@@ -131,3 +132,62 @@ def test_the_tool_prints_one_column_per_run(tmp_path, capsys):
     assert out[-1] == f"bars met: {runs[0]} 7 of 7, {runs[1]} 6 of 7"
     with pytest.raises(SystemExit, match="not a run directory"):
         tool.main([str(tmp_path / "nowhere")])
+
+
+def _calibration(n_scenes=20, wrong_every=4):
+    """A base.json-like measurement on ``n_scenes`` scenes, wrong on every ``wrong_every``-th POPE and MME question
+    (0: on none)."""
+    pope = [(s, lab, ("no" if lab == "yes" else "yes") if wrong_every and (2 * s + k) % wrong_every == 0 else lab)
+            for s in range(n_scenes) for k, lab in enumerate(("yes", "no"))]
+    mme = [{"subtask": sub, "scene": s, "answer": ans,
+            "prediction": ("No" if ans == "Yes" else "Yes") if wrong_every and (s + k) % wrong_every == 0 else ans}
+           for s in range(n_scenes) for sub in T.MME_SUBTASKS for k, ans in enumerate(("Yes", "No"))]
+    rep = {f"pope_{st}": {"accuracy": 0.85, "partner_share": 0.98} for st in T.POPE_SETTINGS}
+    m = E.pope_metrics([p for *_, p in pope], [lab for _, lab, _ in pope])
+    rep["pope_adversarial"] |= {"accuracy": 0.80, "f1": m["f1"]}
+    rep["pope_adversarial_rows"] = pope
+    scores = E.mme_scores([r | {"image": r["scene"]} for r in mme])
+    rep["mme"] = {s: {"acc": 0.7, "acc_plus": 0.5} for s in T.MME_SUBTASKS}
+    rep["mme_total"], rep["mme_rows"] = scores["total"], mme
+    return rep
+
+
+def _calibrate_tool():
+    spec = importlib.util.spec_from_file_location("calibrate_base", Path(__file__).parent.parent / "tools" /
+                                                  "calibrate_base.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_calibration_bars_check_pope_mme_and_the_upper_bound():
+    base = _calibration()
+    rows = T.calibration_bars(base, {"f1": (0.04, 0.02, 0.06), "mme": (35.0, 10.0, 60.0)})
+    assert [r["met"] for r in rows] == [True, True, True]
+    assert rows[2]["bar"] == "5 upper bound moves"
+    base["mme"]["position"]["acc"] = 0.55
+    rows = T.calibration_bars(base, {"f1": (0.04, 0.02, 0.06), "mme": (35.0, -1.0, 60.0)})
+    assert [r["met"] for r in rows] == [True, False, False]
+    assert rows[1]["misses"] == ["position 0.550"] and rows[2]["misses"] == ["MME +35.0"]
+    assert T.calibration_bars(base)[2]["met"] is None                  # no upper bound measured
+
+
+def test_finished_calibrations_are_checked_from_their_files(tmp_path, capsys):
+    tool = _calibrate_tool()
+    base, upper = _calibration(), _calibration(wrong_every=0)      # the upper bound answers everything right
+    for name in ("old", "new"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "base.json").write_text(json.dumps(base))
+    (tmp_path / "old" / "oracle.json").write_text(json.dumps(upper))   # written before the intervals were stored
+    d = tool.paired_intervals(base, upper, 20)
+    (tmp_path / "new" / "oracle.json").write_text(json.dumps(upper | {"upper": {k: list(v) for k, v in d.items()}}))
+    old, new = tool.recorded_bars(tmp_path / "old"), tool.recorded_bars(tmp_path / "new")
+    assert old == new                          # the same resampling when the file lacks the intervals
+    assert d["mme"][0] == pytest.approx(800 - base["mme_total"]) and d["f1"][0] == pytest.approx(
+        1 - base["pope_adversarial"]["f1"])           # the upper bound's gain: from the base's score to a perfect one
+    assert d["mme"][1] > 0 and old[2].endswith("upper bound moves yes")
+    tool.main(["--bars", str(tmp_path / "old"), str(tmp_path / "new")])
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"bars met, all calibrations given: {2 * old[0]} of 6"
+    with pytest.raises(SystemExit, match="no base.json"):
+        tool.recorded_bars(tmp_path)

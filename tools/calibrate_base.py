@@ -1,6 +1,7 @@
 """Calibrate a shapes-world base model: train it, measure it on calibration scenes, and measure the upper bound.
 
     python tools/calibrate_base.py OUT_DIR [key=value ...] [oracle=0] [ncal=200]
+    python tools/calibrate_base.py --bars OUT_DIR [OUT_DIR ...]
 
 Overrides are the series' own (``lvlm_train.annotation_noise=0.7``). The calibration scenes are the evaluation
 split of *another draw* of the same world (``world.seed + 1000``), so choosing a default here never looks at the
@@ -11,6 +12,8 @@ the same prompts and step budget as notebook 05, through the same ``dpo.train_pa
 only) — and the script prints its paired change in POPE-adversarial F1 and in the MME-style total, with 95 %
 intervals from 300 resamples of the scenes. The README's calibration table was measured with it.
 A finished base in ``OUT_DIR/lvlm`` is reused, so the upper bound can be re-measured under changed prompts.
+It ends with the three testbed bars a calibration can check (``testbed.calibration_bars``: POPE, the MME-style
+subtasks, the upper bound); ``--bars`` prints them again for finished calibrations, from their JSON files only.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 
 from m3po_utils import dpo as D
 from m3po_utils import evaluation as E
+from m3po_utils import testbed
 from m3po_utils import world as W
 from m3po_utils.config import load_preset, parse_overrides
 from m3po_utils.models.generate import greedy_answers
@@ -96,6 +100,30 @@ def paired_intervals(base: dict, other: dict, n_scenes: int, n_boot: int = 300, 
             "mme": (other["mme_total"] - base["mme_total"], *np.percentile(d_mme, [2.5, 97.5]))}
 
 
+def bars_line(base: dict, upper: dict | None) -> str:
+    rows = testbed.calibration_bars(base, upper)
+    cells = [f"{r['bar'].split(' ', 1)[1]} " + ("not measured" if r["met"] is None else "yes" if r["met"] else
+                                                 "no (" + ", ".join(r["misses"]) + ")") for r in rows]
+    met = sum(r["met"] is True for r in rows)
+    return f"BARS {met} of {len(rows)}: " + " | ".join(cells)
+
+
+def recorded_bars(out: Path) -> tuple[int, int, str]:
+    """Bars met, bars checked and the bars line of a finished calibration in ``out`` (its JSON files only)."""
+    if not (out / "base.json").is_file():
+        sys.exit(f"{out} holds no finished calibration (no base.json): run `python tools/calibrate_base.py {out}`")
+    base = json.loads((out / "base.json").read_text())
+    upper = None
+    if (out / "oracle.json").is_file():
+        orc = json.loads((out / "oracle.json").read_text())
+        upper = orc.get("upper")
+        if upper is None:    # written before the intervals were stored: the same resampling again (seed 0)
+            n_scenes = 1 + max(r[0] for r in base["pope_adversarial_rows"])
+            upper = paired_intervals(base, orc, n_scenes)
+    rows = testbed.calibration_bars(base, upper)
+    return sum(r["met"] is True for r in rows), len(rows), bars_line(base, upper)
+
+
 def reference_table(cfg, pref_scenes):
     """The preference prompts with their reference answers as a best_of_n pair table (rejected := chosen)."""
     scenes = {s.scene_id: s for s in pref_scenes}
@@ -112,6 +140,16 @@ def reference_table(cfg, pref_scenes):
 
 
 def main(argv: list[str]) -> None:
+    if not argv:
+        sys.exit(__doc__)
+    if argv[0] == "--bars":
+        total = checked = 0
+        for arg in argv[1:]:
+            met, n, text = recorded_bars(Path(arg))
+            total, checked = total + met, checked + n
+            print(f"{arg}: {text}", flush=True)
+        print(f"bars met, all calibrations given: {total} of {checked}")
+        return
     out = Path(argv[0])
     out.mkdir(parents=True, exist_ok=True)
     overrides = parse_overrides(argv[1:])
@@ -140,9 +178,10 @@ def main(argv: list[str]) -> None:
         D.load_adapter(model, out / "oracle_ref")
         orc = measure(model, proc, cal, cfg.world)
         print(line(orc, "oracle"), flush=True)
-        (out / "oracle.json").write_text(json.dumps(orc))
         d = paired_intervals(base, orc, len(cal))
+        (out / "oracle.json").write_text(json.dumps(orc | {"upper": {k: [float(x) for x in v] for k, v in d.items()}}))
         print("ORACLE dF1 adv {:+.3f} [{:+.3f}, {:+.3f}]  dMME {:+.1f} [{:+.1f}, {:+.1f}]".format(*d["f1"], *d["mme"]))
+    print(bars_line(base, d if with_oracle else None))
     print(f"total s {time.time() - t0:.0f}")
 
 
