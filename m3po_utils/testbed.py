@@ -2,8 +2,9 @@
 
 A comparison of preference methods means something only if the base model leaves them something to fix and the
 evaluation can see a difference of the size that matters. The bars below are the shapes world's targets for a base
-model under the default preset (the project's issue #14, after the paper's setting: LLaVA-1.5-7B answers POPE at
-0.85-0.87 and adversarial negatives are its hardest; the paper reports +2.2 POPE F1 points over vanilla DPO):
+model under the default preset (README, "Where the testbed stands"), set after the paper's setting: LLaVA-1.5-7B
+answers POPE at 0.85-0.87, adversarial negatives are its hardest, and the paper reports +2.2 POPE F1 points over
+vanilla DPO:
 
 1. POPE accuracy in [0.78, 0.90] on every setting, adversarial at least 3 points below random (and the share of
    adversarial false positives that are co-occurrence mates, reported).
@@ -28,14 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m3po_utils.evaluation import MME_SUBTASKS as _MME
+from m3po_utils.evaluation import POPE_SETTINGS
 from m3po_utils.io import load_results
 
-POPE_SETTINGS = ("random", "popular", "adversarial")
-MME_SUBTASKS = ("existence", "count", "position", "color")
+MME_SUBTASKS = tuple(_MME)          # existence, count, position, color
 
 
 @dataclass(frozen=True)
 class Bars:
+    """The thresholds of the seven bars (F1 as a fraction: 0.03 = 3 points)."""
+
     pope_range: tuple[float, float] = (0.78, 0.90)
     pope_gap: float = 0.03
     mme_range: tuple[float, float] = (0.60, 0.90)
