@@ -18,8 +18,9 @@ vanilla DPO:
 7. MAS weights chosen on validation: the preset's CLIP weight is the one notebook 02's validation sweep picks.
 
 :func:`check` reads the results notebooks 00, 02, 03 and 06 record; :func:`check_run` reads them from a run
-directory; :func:`calibration_bars` checks bars 1, 2 and 5 on a calibration of a base (``tools/calibrate_base.py``). Both return one row per bar: ``met`` is True / False, or None where the run did not measure it (a hub
-preset has no verifier, so no headroom or oracle).
+directory; :func:`calibration_bars` checks bars 1, 2 and 5 on a calibration of a base
+(``tools/calibrate_base.py``). Each returns one row per bar: ``met`` is True / False, or None where the run did
+not measure it (a hub preset has no verifier, so no headroom or oracle).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _inside(x: float, lo_hi: tuple[float, float]) -> bool:
 
 def _mean(metrics: Mapping[str, Any], key: str) -> float | None:
     v = metrics.get(key)
-    return None if v is None else float(v["mean"] if isinstance(v, Mapping) else v)
+    return None if v is None else float(v["mean"])
 
 
 def _row(bar: str, target: str, measured: str, misses: list[str] | None) -> dict[str, Any]:
@@ -210,6 +211,11 @@ def check_run(run: str | Path, evaluation: Mapping | None = None, bars: Bars = B
     """:func:`check` on a run directory's recorded results (``evaluation`` given: notebook 06's results so far)."""
     return check(load_results(run, "00_world"), load_results(run, "02_mas"), load_results(run, "03_confidence"),
                  load_results(run, "06_evaluation") if evaluation is None else evaluation, bars)
+
+
+def met_count(rows: list[dict]) -> int:
+    """How many of ``rows`` are met (a bar not measured is not met)."""
+    return sum(r["met"] is True for r in rows)
 
 
 def table(rows: list[dict]):

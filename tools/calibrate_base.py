@@ -100,12 +100,11 @@ def paired_intervals(base: dict, other: dict, n_scenes: int, n_boot: int = 300, 
             "mme": (other["mme_total"] - base["mme_total"], *np.percentile(d_mme, [2.5, 97.5]))}
 
 
-def bars_line(base: dict, upper: dict | None) -> str:
-    rows = testbed.calibration_bars(base, upper)
+def bars_line(rows: list[dict]) -> str:
+    """One line of ``testbed.calibration_bars`` rows: how many are met, and each one's verdict."""
     cells = [f"{r['bar'].split(' ', 1)[1]} " + ("not measured" if r["met"] is None else "yes" if r["met"] else
                                                  "no (" + ", ".join(r["misses"]) + ")") for r in rows]
-    met = sum(r["met"] is True for r in rows)
-    return f"BARS {met} of {len(rows)}: " + " | ".join(cells)
+    return f"BARS {testbed.met_count(rows)} of {len(rows)}: " + " | ".join(cells)
 
 
 def recorded_bars(out: Path) -> tuple[int, int, str]:
@@ -121,7 +120,7 @@ def recorded_bars(out: Path) -> tuple[int, int, str]:
             n_scenes = 1 + max(r[0] for r in base["pope_adversarial_rows"])
             upper = paired_intervals(base, orc, n_scenes)
     rows = testbed.calibration_bars(base, upper)
-    return sum(r["met"] is True for r in rows), len(rows), bars_line(base, upper)
+    return testbed.met_count(rows), len(rows), bars_line(rows)
 
 
 def reference_table(cfg, pref_scenes):
@@ -181,7 +180,7 @@ def main(argv: list[str]) -> None:
         d = paired_intervals(base, orc, len(cal))
         (out / "oracle.json").write_text(json.dumps(orc | {"upper": {k: [float(x) for x in v] for k, v in d.items()}}))
         print("ORACLE dF1 adv {:+.3f} [{:+.3f}, {:+.3f}]  dMME {:+.1f} [{:+.1f}, {:+.1f}]".format(*d["f1"], *d["mme"]))
-    print(bars_line(base, d if with_oracle else None))
+    print(bars_line(testbed.calibration_bars(base, d if with_oracle else None)))
     print(f"total s {time.time() - t0:.0f}")
 
 

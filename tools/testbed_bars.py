@@ -39,8 +39,7 @@ def main(argv: list[str]) -> None:
     print("|---" * (len(columns) + 1) + "|")
     for i, bar in enumerate(bars):
         print(f"| {bar} | " + " | ".join(cell(rows[i]) for rows in columns.values()) + " |")
-    met = {name: sum(r["met"] is True for r in rows) for name, rows in columns.items()}
-    print("\nbars met: " + ", ".join(f"{name} {k} of {len(bars)}" for name, k in met.items()))
+    print("\nbars met: " + ", ".join(f"{name} {testbed.met_count(rows)} of {len(bars)}" for name, rows in columns.items()))
 
 
 if __name__ == "__main__":
