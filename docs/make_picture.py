@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 
-from m3po_utils import world as W  # noqa: E402
+from m3po_utils import shapes as W  # noqa: E402
 from m3po_utils.config import load_preset  # noqa: E402
 from m3po_utils.plots import world as plots  # noqa: E402
 

@@ -1,305 +1,801 @@
-"""Evaluation of an LVLM in the shapes world: POPE-style existence and description hallucination (CHAIR).
+"""Stage 06: every method side by side on the held-out evaluation split, over seeds, with bootstrap intervals.
 
-POPE (Li et al., 2023, "Evaluating Object Hallucination in Large Vision-Language Models") asks "Is there a
-<object> in the image?" for objects that are present (label yes) and, after each, for one absent object drawn
-in one of three ways — random, popular (most frequent objects first) or adversarial (objects that co-occur
-most with the present one first). Its evaluation script keeps the text before the first '.', deletes commas,
-splits on spaces and reads "no" if any word is ``No``, ``no`` or ``not``; anything else is "yes".
+**Methods.** ``base`` is the SFT model of notebook 00; ``best_of_n`` is SFT on the best candidate alone (no
+negatives); ``random``, ``best_worst`` (M3P-Score at α = 0) and ``m3po`` (α, δ of the preset) are DPO + SFT-term
+runs of notebook 05 on pairs of notebook 04. In the paper's table these stand where it has SFT, the simulated-RLHF
+and vanilla-DPO baselines, RM-DPO and M3PO.
 
-CHAIR (Rohrbach et al., 2018): CHAIR_i = hallucinated object mentions / all object mentions; CHAIR_s = share
-of descriptions with at least one hallucinated object. Mentions are counted once per object per description.
+**Seeds.** Seed ``s`` selects pairs with ``selection.seed = s`` (which changes the random baseline's draws and
+tie-breaks) and trains with ``dpo.seed = s`` (LoRA initialisation and data order). The seed the run itself used
+takes notebook 04's pairs and notebook 05's adapters; the others are trained here into
+``run_dir/evaluation/seed<s>/`` (resumable: a complete adapter is not retrained). The base model is greedy and
+deterministic, so it has one "seed".
 
-MME (Fu et al., 2023) perception subtasks ask two yes/no questions per image, one whose answer is Yes and one
-whose answer is No. Its calculation script lower-cases the prediction; "yes" or "no" count as they are,
-otherwise the first four characters decide ("yes" in them ⇒ yes, else "no" in them ⇒ no, else "other", which is
-always wrong). Per subtask: acc = share of questions right, acc+ = share of images with both right,
-score = 100·acc + 100·acc+ (at most 200); the official totals are the perception and the cognition sums.
+**One question set for every model.** :func:`eval_questions` builds, for each evaluation scene, the POPE questions
+of the three settings, the MME-style pairs of four subtasks, a description (CHAIR), one format-constrained
+instruction (IFT) and a short open question; descriptions and short questions are also scored by the judge
+(against the base model's answer to the same prompt: the win rate). Identical questions are answered once.
+Greedy answers are cached per model in ``run_dir/evaluation/answers/`` and judge calls in the run's judge cache,
+so a rerun recomputes nothing.
 
-Real benchmark files (POPE question files, the MME release, their parquet exports) are read by
-:mod:`m3po_utils.benchfiles`; ``load_pope_file`` and ``load_mme_dir`` are re-exported here.
+**Intervals.** Every metric is a ratio of sums of per-scene counts (:data:`STATS`). :func:`bootstrap` resamples
+scenes (shared by all methods, so differences are paired) and seeds, recomputes the metric of every resampled
+seed and averages them; the interval is the central ``ci`` share of those means, the point the mean over seeds.
 """
+
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from m3po_utils import evaluation as E
+from m3po_utils import selection as S
 from m3po_utils import world as W
-from m3po_utils.benchfiles import load_mme_dir as load_mme_dir  # re-exported: evaluation.load_mme_dir
-from m3po_utils.benchfiles import load_pope_file as load_pope_file  # re-exported
-from m3po_utils.benchfiles import mme_group, open_image
-from m3po_utils.config import WorldConfig
+from m3po_utils.benchfiles import MME_COGNITION, MME_SUBTASK_NAMES, mme_group, open_image
+from m3po_utils.config import Preset, WorldConfig
+from m3po_utils.dpo import (
+    SFT_ONLY,
+    adapters_dir,
+    base_loader,
+    load_adapter,
+    load_training_info,
+    train_strategies,
+)
+from m3po_utils.io import atomic_write_json
+from m3po_utils.judge.client import JudgeItem
 from m3po_utils.models.generate import greedy_answers
+from m3po_utils.runs import RunDir, quarantine
+from m3po_utils.stats import Bootstrap, fmt_interval, resample
+from m3po_utils.world.prompts import ImageResolver
 
-POPE_SETTINGS = ("random", "popular", "adversarial")
-# MME-style perception subtasks the shapes world supports, and the yes/no family that asks each.
-MME_SUBTASKS = {"existence": "existence", "count": "yn_count", "position": "yn_position", "color": "yn_color"}
+METHOD_LABELS = {"base": "SFT base", "best_of_n": "best-of-N SFT", "random": "random-pair DPO",
+                 "best_worst": "best-vs-worst DPO (α = 0)", "m3po": "M3PO",
+                 "oracle": "oracle (verifier-ranked DPO)"}
 
 
-def pope_questions(scenes: Sequence[W.Scene], cfg: WorldConfig, setting: str, seed: int = 0,
-                   max_positives: int = 3) -> list[dict]:
-    """POPE question rows for ``scenes``: each positive is followed by one negative of ``setting``."""
-    if setting not in POPE_SETTINGS:
-        raise ValueError(f"setting={setting!r} is not a POPE setting; use one of {POPE_SETTINGS}")
-    rng = np.random.default_rng(seed)
-    freq = W.shape_frequency(scenes, cfg.shapes)
-    popular = sorted(cfg.shapes, key=lambda s: (-freq[s], cfg.shapes.index(s)))
-    co = W.cooccurrence(scenes, cfg.shapes)
+IFT_FAMILIES = ("fmt_one_word", "fmt_list", "fmt_start", "fmt_max_words")
+
+
+SHORT_FAMILIES = ("color", "count", "position")     # the judge's short open questions, one per scene in turn
+
+
+# MME subtasks the per-scene counts cover: the shapes world's (all perception subtasks), then the rest of MME's 14.
+MME_STAT_SUBTASKS: tuple[str, ...] = tuple(dict.fromkeys([*E.MME_SUBTASKS, *MME_SUBTASK_NAMES]))
+
+# Per-scene counts every metric is a ratio of.
+STATS: tuple[str, ...] = (
+    *(f"pope_{s}_{c}" for s in E.POPE_SETTINGS for c in ("tp", "fp", "fn", "tn")),
+    *(f"mme_{t}_{c}" for t in MME_STAT_SUBTASKS for c in ("q", "right", "img", "both")),
+    "desc_n", "desc_mentions", "desc_hall", "desc_any_hall", "desc_objects", "desc_covered",
+    "ift_n", "ift_correct", "ift_followed", "yn_n", "yn_ok", "judge_n", "judge_sum", "judge_win",
+)
+
+
+_COL = {name: i for i, name in enumerate(STATS)}
+
+
+# Headline metrics (the comparison table), in the order of the paper's layout; True = higher is better.
+# mme_total is MME's perception total; mme_cognition (real MME only) its cognition total, shown where asked.
+HEADLINE = {"mme_total": True, "mme_cognition": True, "pope_adversarial_f1": True, "pope_mean_accuracy": True, "chair_i": False,
+            "ift": True, "judge_score": True, "judge_win_rate": True, "yes_no_compliance": True}
+
+
+def eval_questions(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0) -> list[dict]:
+    """The fixed question set: one row per (kind, question); ``kind`` in pope_<setting>, mme, describe, ift, short.
+
+    Every row has ``scene`` (index into ``scenes``), ``family`` and ``question``; POPE rows carry ``label``, MME
+    rows ``subtask`` / ``answer`` / ``image``. ``describe`` and ``short`` rows are the judged prompts.
+    """
     rows: list[dict] = []
+    for setting in E.POPE_SETTINGS:
+        for r in E.pope_questions(scenes, cfg, setting, seed=seed):
+            rows.append({"kind": f"pope_{setting}", "scene": r["scene"], "family": "existence",
+                         "question": r["question"], "label": r["label"]})
+    for r in E.mme_questions(scenes, cfg, seed=seed):
+        rows.append({"kind": "mme", "scene": r["scene"], "family": E.MME_SUBTASKS[r["subtask"]],
+                     "question": r["question"], "subtask": r["subtask"], "image": r["image"], "answer": r["answer"]})
+    rng = np.random.default_rng(seed + 1)
     for i, scene in enumerate(scenes):
-        present = [o.shape for o in scene.objects]
-        positives = [present[j] for j in rng.permutation(len(present))[:max_positives]]
-        used: set[str] = set()
-        for pos in positives:
-            absent = [s for s in cfg.shapes if s not in scene.shapes() and s not in used]
-            if not absent:
-                break
-            if setting == "random":
-                neg = absent[rng.integers(len(absent))]
-            elif setting == "popular":
-                neg = next(s for s in popular if s in absent)
-            else:
-                p = cfg.shapes.index(pos)
-                neg = max(absent, key=lambda s: (co[p, cfg.shapes.index(s)], -cfg.shapes.index(s)))
-            used.add(neg)
-            for shape, label in ((pos, "yes"), (neg, "no")):
-                rows.append({"scene": i, "scene_id": scene.scene_id, "shape": shape, "label": label,
-                             "question": W.existence_instruction(scene, shape, cfg).text})
+        for kind, fam in (("describe", "describe"), ("ift", IFT_FAMILIES[i % len(IFT_FAMILIES)]),
+                          ("short", SHORT_FAMILIES[i % len(SHORT_FAMILIES)])):
+            ins = W.make_instruction(fam, scene, cfg, rng=rng)
+            rows.append({"kind": kind, "scene": i, "family": fam, "question": ins.text, "reference": ins.reference})
     return rows
 
 
-def partner_share(scenes: Sequence[W.Scene], rows: Sequence[dict], answers: Sequence[str], cfg: WorldConfig
-                  ) -> dict[str, float]:
-    """Of the POPE false positives ("yes" to an absent shape), how many are co-occurrence hallucinations: the
-    asked shape is a ``cfg.partners`` partner (either side of the pair) of a shape that is in the scene.
+def pope_setting(path) -> str:
+    """The POPE setting a question file holds, from its name (``coco_pope_adversarial.json`` → adversarial)."""
+    name = Path(path).name.lower()
+    found = [s for s in E.POPE_SETTINGS if s in name]
+    if len(found) != 1:
+        raise ValueError(f"POPE file {str(path)!r}: its name must contain exactly one of {E.POPE_SETTINGS} "
+                         "(as the official files do, e.g. coco_pope_adversarial.json); rename it — or use the "
+                         "lmms-lab parquet export, whose category column names each row's setting")
+    return found[0]
 
-    ``{"false_positives": n, "partner": k, "partner_share": k / n}`` (share None without false positives).
+
+def pope_rows(path, image_dir=None) -> dict[str, list[dict]]:
+    """One POPE file's questions by setting: from each row's ``category`` (lmms-lab parquet: all three settings
+    in one file) or else from the file name (the official JSON files: one setting each)."""
+    rows = E.load_pope_file(path, image_dir or None)
+    if all(r.get("category") in E.POPE_SETTINGS for r in rows):
+        out: dict[str, list[dict]] = {}
+        for r in rows:
+            out.setdefault(r["category"], []).append(r)
+        return out
+    return {pope_setting(path): rows}
+
+
+def file_questions(pope_files: Sequence[str] = (), pope_images: str = "", mme_dir: str = ""
+                   ) -> tuple[list, list[dict]]:
+    """Real benchmark files as a question set: ``(images, questions)`` in :func:`eval_questions`' format.
+
+    ``images``: one entry per distinct image, a path or a decoded image (parquet); ``scene`` indexes it. POPE rows
+    get kind ``pope_<setting>``, MME rows kind ``mme`` with their subtask. :func:`scene_stats` scores them with
+    ``scenes = [None] * len(images)``; :func:`load_images` opens them.
     """
-    fp = partner = 0
-    for r, ans in zip(rows, answers, strict=True):
-        if r["label"] != "no" or pope_parse(ans) != "yes":
-            continue
-        fp += 1
-        partner += bool(W.mates_of(r["shape"], cfg) & scenes[r["scene"]].shapes())
-    return {"false_positives": fp, "partner": partner, "partner_share": partner / fp if fp else None}
+    images: dict[str, int] = {}
+    sources: list = []
+    rows: list[dict] = []
+
+    def index(r: dict) -> int:
+        key = str(r["image_id"])
+        if key not in images:
+            images[key] = len(sources)
+            sources.append(r["image"])
+        return images[key]
+
+    for f in pope_files:
+        for setting, found in pope_rows(f, pope_images).items():
+            for r in found:
+                rows.append({"kind": f"pope_{setting}", "scene": index(r), "family": "existence",
+                             "question": r["question"], "label": r["label"]})
+    if mme_dir:
+        for r in E.load_mme_dir(mme_dir):
+            rows.append({"kind": "mme", "scene": index(r), "family": f"mme_{r['subtask']}",
+                         "question": r["question"], "subtask": r["subtask"], "image": r["image_id"],
+                         "answer": r["answer"]})
+    if not rows:
+        raise ValueError("no benchmark questions: set evaluation.pope_files (with evaluation.pope_images for JSON "
+                         "files) and/or evaluation.mme_dir")
+    return sources, rows
 
 
-def pope_parse(answer: str) -> str:
-    """POPE's answer rule: "no" if a word of the first sentence is No/no/not, else "yes" (case-sensitive)."""
-    words = answer.split(".")[0].replace(",", "").split(" ")
-    return "no" if any(w in ("No", "no", "not") for w in words) else "yes"
+def load_images(sources: Sequence) -> list:
+    """RGB images from :func:`file_questions`' sources (paths are opened, decoded images passed through)."""
+    return [open_image(s) for s in sources]
 
 
-def _ratio(num: float, den: float, name: str) -> float:
-    if den == 0:
-        warnings.warn(f"{name} has a zero denominator; reported as 0", stacklevel=3)
-        return 0.0
-    return num / den
-
-
-def pope_metrics(answers: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
-    """Accuracy, precision, recall, F1 and yes-ratio (share of predictions that are yes), "yes" = positive."""
-    if len(answers) != len(labels):
-        raise ValueError(f"got {len(answers)} answers for {len(labels)} labels")
-    bad = sorted({lab for lab in labels if lab not in ("yes", "no")})
-    if bad:
-        raise ValueError(f"labels must be 'yes' or 'no', got {bad[:3]}")
-    pred = [pope_parse(a) for a in answers]
-    tp = sum(p == "yes" and g == "yes" for p, g in zip(pred, labels, strict=True))
-    fp = sum(p == "yes" and g == "no" for p, g in zip(pred, labels, strict=True))
-    fn = sum(p == "no" and g == "yes" for p, g in zip(pred, labels, strict=True))
-    tn = sum(p == "no" and g == "no" for p, g in zip(pred, labels, strict=True))
-    precision = _ratio(tp, tp + fp, "precision")
-    recall = _ratio(tp, tp + fn, "recall")
-    f1 = _ratio(2 * precision * recall, precision + recall, "f1")
-    return {"accuracy": _ratio(tp + tn, len(pred), "accuracy"), "precision": precision, "recall": recall,
-            "f1": f1, "yes_ratio": _ratio(tp + fp, len(pred), "yes_ratio")}
-
-
-def description_metrics(scenes: Sequence[W.Scene], descriptions: Sequence[str], cfg: WorldConfig) -> dict:
-    """Object precision / recall, CHAIR_i and CHAIR_s, and the mean verifier score of descriptions."""
-    mentions = hallucinated = covered = n_objects = with_hall = 0
-    scores = []
-    for scene, text in zip(scenes, descriptions, strict=True):
-        named = set(W.object_mentions(text, cfg))
-        hall = named - scene.shapes()
-        mentions += len(named)
-        hallucinated += len(hall)
-        covered += len(named & scene.shapes())
-        n_objects += len(scene.objects)
-        with_hall += bool(hall)
-        scores.append(W.verify(scene, "Describe the image.", text, cfg).score)
-    return {"precision": _ratio(mentions - hallucinated, mentions, "precision"),
-            "recall": _ratio(covered, n_objects, "recall"),
-            "chair_i": _ratio(hallucinated, mentions, "chair_i"),
-            "chair_s": _ratio(with_hall, len(scores), "chair_s"),
-            "verifier_score": float(np.mean(scores)) if scores else 0.0, "n": len(scores)}
-
-
-def family_accuracy(model, processor, scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0,
-                    batch_size: int = 64) -> dict[str, float]:
-    """Share of greedy answers the verifier marks fully correct, per instruction family (one of each per scene).
-
-    The questions are answered grouped by family, so that a batch of yes/no questions stops after a few tokens
-    instead of running as long as the descriptions beside it."""
-
-    rng = np.random.default_rng(seed)
-    rows = [(s, ins) for s in scenes for ins in W.instructions_for(s, cfg, rng)]
-    rendered = {s.scene_id: W.render(s, cfg) for s in scenes}
-    order = sorted(range(len(rows)), key=lambda i: rows[i][1].family)
-    got = greedy_answers(model, processor, [rendered[rows[i][0].scene_id] for i in order],
-                         [rows[i][1].text for i in order], batch_size=batch_size)
-    answers = [""] * len(rows)
-    for i, a in zip(order, got, strict=True):
-        answers[i] = a
-    by_family: dict[str, list[float]] = {}
-    for (scene, ins), ans in zip(rows, answers, strict=True):
-        by_family.setdefault(ins.family, []).append(float(W.verify(scene, ins.text, ans, cfg).correct))
-    return {f"acc_{k}": float(np.mean(v)) for k, v in by_family.items()}
-
-
-def base_model_report(model, processor, scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0,
-                      batch_size: int = 64) -> dict:
-    """Held-out metrics of an LVLM: POPE per setting, description hallucination and per-family accuracy.
-
-    Returns ``{"pope": {setting: metrics}, "describe": {...}, "families": {...}, "examples": [...]}``.
-    """
-
-    images = [W.render(s, cfg) for s in scenes]
-    report: dict = {"pope": {}}
-    for setting in POPE_SETTINGS:
-        rows = pope_questions(scenes, cfg, setting, seed=seed)
-        answers = greedy_answers(model, processor, [images[r["scene"]] for r in rows],
-                                 [r["question"] for r in rows], max_new_tokens=8, batch_size=batch_size)
-        report["pope"][setting] = (pope_metrics(answers, [r["label"] for r in rows]) | {"n": len(rows)}
-                                   | partner_share(scenes, rows, answers, cfg))
-    descriptions = greedy_answers(model, processor, images, ["Describe the image."] * len(scenes),
-                                  batch_size=batch_size)
-    report["describe"] = description_metrics(scenes, descriptions, cfg)
-    report["families"] = family_accuracy(model, processor, scenes, cfg, seed=seed, batch_size=batch_size)
-    report["examples"] = [{"scene_id": s.scene_id, "truth": W.describe(s, cfg), "model": d,
-                           "explanation": W.verify(s, "Describe the image.", d, cfg).explanation}
-                          for s, d in zip(scenes, descriptions, strict=True)]
-    return report
-
-
-# --------------------------------------------------------------------------- MME-style perception
-
-def mme_parse(prediction: str) -> str:
-    """MME's rule: "yes" / "no" / "other" from a free-form prediction."""
-    p = str(prediction).lower()
-    if p in ("yes", "no"):
-        return p
-    head = p[:4]
-    if "yes" in head:
-        return "yes"
-    if "no" in head:
-        return "no"
-    return "other"
-
-
-def mme_questions(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0) -> list[dict]:
-    """Two questions per image and subtask, one whose answer is Yes and one whose answer is No."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i, scene in enumerate(scenes):
-        present = [o.shape for o in scene.objects]
-        absent = [s for s in cfg.shapes if s not in present]
-        for subtask, family in MME_SUBTASKS.items():
-            shape = present[rng.integers(len(present))]
-            obj = scene.obj(shape)
-            if family == "existence":
-                if not absent:
-                    continue
-                pair = [W.existence_instruction(scene, shape, cfg),
-                        W.existence_instruction(scene, absent[rng.integers(len(absent))], cfg)]
-            elif family == "yn_count":
-                others = [k for k in range(1, cfg.max_objects + 1) if k != len(present)]
-                pair = [W.make_instruction(family, scene, cfg, n=len(present)),
-                        W.make_instruction(family, scene, cfg, n=others[rng.integers(len(others))])]
-            elif family == "yn_color":
-                others = [c for c in cfg.colors if c != obj.color]
-                pair = [W.make_instruction(family, scene, cfg, shape=shape, color=obj.color),
-                        W.make_instruction(family, scene, cfg, shape=shape, color=others[rng.integers(len(others))])]
-            else:
-                names = [W.position_name(c, cfg.grid) for c in range(cfg.grid * cfg.grid)]
-                true_p = W.position_name(obj.cell, cfg.grid)
-                others = [p for p in names if p != true_p]
-                pair = [W.make_instruction(family, scene, cfg, shape=shape, position=true_p),
-                        W.make_instruction(family, scene, cfg, shape=shape, position=others[rng.integers(len(others))])]
-            for ins in pair:
-                rows.append({"subtask": subtask, "image": scene.scene_id, "scene": i, "question": ins.text,
-                             "answer": W.yes_no(ins.reference).capitalize()})
-    return rows
-
-
-def mme_scores(rows: Sequence[dict]) -> dict:
-    """Per-subtask acc, acc+ and score (100·acc + 100·acc+), and the sums MME's calculation script reports.
-
-    ``rows``: mappings with ``subtask``, ``image`` (or ``image_id``: acc+ pairs the questions of one image),
-    ``answer`` ("Yes"/"No") and ``prediction``. ``perception`` sums the perception subtasks present (existence,
-    count, position, color, posters, celebrity, scene, landmark, artwork, OCR), ``cognition`` the cognition ones
-    (commonsense_reasoning, numerical_calculation, text_translation, code_reasoning) — the official tool reports
-    the two apart, never added up. ``total`` is the headline "MME" score: the perception total, plus any subtask
-    of another name (a custom one); cognition is never in it. The shapes world's subtasks (existence, count,
-    position, color) are perception subtasks, so there ``total == perception``.
-    """
-    by_sub: dict[str, dict[str, list[bool]]] = {}
-    for r in rows:
-        truth = str(r["answer"]).strip().lower()
-        if truth not in ("yes", "no"):
-            raise ValueError(f"answer {r['answer']!r} must be 'Yes' or 'No'")
-        ok = mme_parse(r["prediction"]) == truth
-        by_sub.setdefault(r["subtask"], {}).setdefault(str(r.get("image_id", r["image"])), []).append(ok)
-    out: dict = {"subtasks": {}}
-    for name, images in by_sub.items():
-        answers = [ok for oks in images.values() for ok in oks]
-        acc = sum(answers) / len(answers)
-        acc_plus = sum(all(oks) for oks in images.values()) / len(images)
-        out["subtasks"][name] = {"acc": acc, "acc_plus": acc_plus, "score": 100 * acc + 100 * acc_plus,
-                                 "group": mme_group(name)}
-    for group in ("perception", "cognition"):
-        out[group] = sum(v["score"] for v in out["subtasks"].values() if v["group"] == group)
-    out["total"] = sum(v["score"] for v in out["subtasks"].values() if v["group"] != "cognition")
+def available_metrics(stats: dict[str, np.ndarray], metrics: Sequence[str] = tuple(HEADLINE)) -> list[str]:
+    """The metrics some method has data for (benchmark files have no descriptions, format tasks or judge)."""
+    need = {"mme_total": "mme_", "mme_cognition": tuple(f"mme_{t}_" for t in MME_COGNITION),
+            "pope_adversarial_f1": "pope_adversarial_", "pope_mean_accuracy": "pope_",
+            "chair_i": "desc_n", "ift": "ift_n", "judge_score": "judge_n", "judge_win_rate": "judge_n",
+            "yes_no_compliance": "yn_n"}
+    total = sum(st.sum(axis=(0, 1)) for st in stats.values())
+    have = {name for name, v in zip(STATS, total, strict=True) if v > 0}
+    out = []
+    for k in metrics:
+        prefix = need.get(k, "")
+        if k == "pope_mean_accuracy":
+            ok = all(any(n.startswith(f"pope_{s}_") for n in have) for s in E.POPE_SETTINGS)
+        else:
+            ok = any(n.startswith(prefix) for n in have)
+        if ok:
+            out.append(k)
     return out
 
 
-# --------------------------------------------------------------------------- instruction following, format
-
-def ift_score(scenes: Sequence[W.Scene], instructions: Sequence[str], answers: Sequence[str],
-              cfg: WorldConfig) -> dict:
-    """Share of format-constrained instructions followed *and* answered correctly (and format alone)."""
-    correct = followed = 0
-    for scene, ins, ans in zip(scenes, instructions, answers, strict=True):
-        v = W.verify(scene, ins, ans, cfg)
-        if not v.family.startswith("fmt_"):
-            raise ValueError(f"instruction {ins!r} has no format constraint; IFT takes fmt_* instructions only")
-        correct += v.correct
-        followed += not v.format_violations
-    n = len(answers)
-    return {"ift": _ratio(correct, n, "ift"), "format_followed": _ratio(followed, n, "format_followed"), "n": n}
+def questions_key(questions: Sequence[dict]) -> str:
+    return hashlib.sha256(json.dumps([(q["scene"], q["question"]) for q in questions]).encode()).hexdigest()[:16]
 
 
-def yes_no_compliance(answers: Sequence[str]) -> float:
-    """Share of answers to yes/no questions that contain a yes or a no at all (catches a model that stopped
-    answering yes/no, one way DPO lowers MME)."""
-    return _ratio(sum(W.yes_no(a) is not None for a in answers), len(answers), "yes_no_compliance")
+def answer_questions(model, processor, images: Sequence, questions: Sequence[dict], batch_size: int = 100,
+                     max_new_tokens: int = 48, progress: bool = False) -> list[str]:
+    """Greedy answers to ``questions`` (``images[q["scene"]]``); each distinct (scene, question) is asked once,
+    grouped by family so that a batch of yes/no questions stops after a few tokens."""
+
+    unique = sorted({(q["family"], q["scene"], q["question"]) for q in questions})
+    answers = greedy_answers(model, processor, [images[s] for _, s, _ in unique], [t for _, _, t in unique],
+                             max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    lookup = {(s, t): a for (_, s, t), a in zip(unique, answers, strict=True)}
+    return [lookup[(q["scene"], q["question"])] for q in questions]
 
 
-# --------------------------------------------------------------------------- real benchmark files
+def scene_stats(scenes: Sequence[W.Scene], questions: Sequence[dict], answers: Sequence[str], cfg: WorldConfig,
+                judge: np.ndarray | None = None, judge_base: np.ndarray | None = None) -> np.ndarray:
+    """``(len(scenes), len(STATS))`` counts of one model's answers.
 
-def answer_file_questions(model, processor, rows: Sequence[dict], batch_size: int = 16,
-                          max_new_tokens: int = 16) -> list[str]:
-    """Greedy answers of any LLaVA-class model (with or without an adapter) to loaded benchmark rows (images as
-    paths or decoded, see :mod:`m3po_utils.benchfiles`)."""
-    cache: dict[str, object] = {}
-    images = []
-    for r in rows:
-        key = str(r.get("image_id", r["image"]))
-        if key not in cache:
-            cache[key] = open_image(r["image"])
-        images.append(cache[key])
-    return greedy_answers(model, processor, images, [r["question"] for r in rows], max_new_tokens=max_new_tokens,
-                          batch_size=batch_size)
+    ``judge`` / ``judge_base``: the judge's scores of this model's and of the base model's answer for every
+    row (NaN for rows that are not judged, or whose request failed: those are left out).
+    """
+    if len(answers) != len(questions):
+        raise ValueError(f"got {len(answers)} answers for {len(questions)} questions")
+    out = np.zeros((len(scenes), len(STATS)))
+
+    def add(i: int, name: str, v: float = 1.0) -> None:
+        out[i, _COL[name]] += v
+
+    mme: dict[tuple[str, int], list[bool]] = {}
+    for k, (q, a) in enumerate(zip(questions, answers, strict=True)):
+        i, kind = q["scene"], q["kind"]
+        scene = scenes[i]          # None for benchmark-file images: only POPE / MME rows, which need no scene
+        if kind.startswith("pope_"):
+            pred, gold = E.pope_parse(a), q["label"]
+            add(i, f"{kind}_{'t' if pred == gold else 'f'}{'p' if pred == 'yes' else 'n'}")
+        elif kind == "mme":
+            if q["subtask"] not in MME_STAT_SUBTASKS:
+                raise ValueError(f"MME subtask {q['subtask']!r} is not one of MME's: {list(MME_STAT_SUBTASKS)}; "
+                                 "name its folder (or category) after the subtask it holds")
+            mme.setdefault((q["subtask"], i), []).append(E.mme_parse(a) == q["answer"].lower())
+        elif kind == "describe":
+            named = set(W.object_mentions(a, cfg))
+            hall = named - scene.shapes()
+            add(i, "desc_n")
+            add(i, "desc_mentions", len(named))
+            add(i, "desc_hall", len(hall))
+            add(i, "desc_any_hall", float(bool(hall)))
+            add(i, "desc_objects", len(scene.objects))
+            add(i, "desc_covered", len(named & scene.shapes()))
+        elif kind == "ift":
+            v = W.verify(scene, q["question"], a, cfg)
+            add(i, "ift_n")
+            add(i, "ift_correct", float(v.correct))
+            add(i, "ift_followed", float(not v.format_violations))
+        if kind.startswith("pope_") or kind == "mme":
+            add(i, "yn_n")
+            add(i, "yn_ok", float(W.yes_no(a) is not None))
+        if judge is not None and judge_base is not None and np.isfinite(judge[k]) and np.isfinite(judge_base[k]):
+            add(i, "judge_n")
+            add(i, "judge_sum", float(judge[k]))
+            add(i, "judge_win", 1.0 if judge[k] > judge_base[k] else 0.5 if judge[k] == judge_base[k] else 0.0)
+    for (sub, i), oks in mme.items():
+        add(i, f"mme_{sub}_q", len(oks))
+        add(i, f"mme_{sub}_right", sum(oks))
+        add(i, f"mme_{sub}_img")
+        add(i, f"mme_{sub}_both", float(all(oks)))
+    return out
+
+
+def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den != 0)
+
+
+def metrics_from_totals(t: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric from summed counts ``t[..., len(STATS)]`` (any leading shape); a zero denominator gives 0.
+
+    The formulas are those of :func:`evaluation.pope_metrics`, :func:`evaluation.mme_scores`,
+    :func:`evaluation.description_metrics` and :func:`evaluation.ift_score` (a test checks they agree).
+    """
+    def c(name: str) -> np.ndarray:
+        return t[..., _COL[name]]
+
+    m: dict[str, np.ndarray] = {}
+    for s in E.POPE_SETTINGS:
+        tp, fp, fn, tn = (c(f"pope_{s}_{x}") for x in ("tp", "fp", "fn", "tn"))
+        prec, rec = _div(tp, tp + fp), _div(tp, tp + fn)
+        m[f"pope_{s}_accuracy"] = _div(tp + tn, tp + fp + fn + tn)
+        m[f"pope_{s}_precision"], m[f"pope_{s}_recall"] = prec, rec
+        m[f"pope_{s}_f1"] = _div(2 * prec * rec, prec + rec)
+        m[f"pope_{s}_yes_ratio"] = _div(tp + fp, tp + fp + fn + tn)
+    m["pope_mean_accuracy"] = np.mean([m[f"pope_{s}_accuracy"] for s in E.POPE_SETTINGS], axis=0)
+    sums = {"perception": np.zeros(t.shape[:-1]), "cognition": np.zeros(t.shape[:-1])}
+    for sub in MME_STAT_SUBTASKS:
+        if sub not in E.MME_SUBTASKS and not np.any(c(f"mme_{sub}_q") > 0):
+            continue   # a subtask nobody asked: no metric (the shapes world asks its four only)
+        acc, acc_plus = _div(c(f"mme_{sub}_right"), c(f"mme_{sub}_q")), _div(c(f"mme_{sub}_both"), c(f"mme_{sub}_img"))
+        m[f"mme_{sub}_acc"], m[f"mme_{sub}_acc_plus"] = acc, acc_plus
+        score = 100 * acc + 100 * acc_plus
+        m[f"mme_{sub}_score"] = score
+        sums[mme_group(sub)] = sums[mme_group(sub)] + score
+    m["mme_total"] = np.asarray(sums["perception"])
+    m["mme_cognition"] = np.asarray(sums["cognition"])
+    m["chair_i"] = _div(c("desc_hall"), c("desc_mentions"))
+    m["chair_s"] = _div(c("desc_any_hall"), c("desc_n"))
+    m["desc_precision"] = _div(c("desc_mentions") - c("desc_hall"), c("desc_mentions"))
+    m["desc_recall"] = _div(c("desc_covered"), c("desc_objects"))
+    m["ift"] = _div(c("ift_correct"), c("ift_n"))
+    m["format_followed"] = _div(c("ift_followed"), c("ift_n"))
+    m["yes_no_compliance"] = _div(c("yn_ok"), c("yn_n"))
+    m["judge_score"] = _div(c("judge_sum"), c("judge_n"))
+    m["judge_win_rate"] = _div(c("judge_win"), c("judge_n"))
+    return m
+
+
+def bootstrap(stats: dict[str, np.ndarray], n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> Bootstrap:
+    """Intervals for every metric of every method: :func:`m3po_utils.stats.resample` over notebook 06's counts.
+
+    ``stats``: method → ``(n_seeds, n_scenes, len(STATS))`` counts, all methods on the same scenes.
+    """
+    if not stats:
+        raise ValueError("no methods to bootstrap")
+    shapes = {m: s.shape for m, s in stats.items()}
+    n_scenes = {s[1] for s in shapes.values()}
+    if len(n_scenes) != 1 or any(len(s) != 3 or s[2] != len(STATS) for s in shapes.values()):
+        raise ValueError(f"stats must be (seeds, scenes, {len(STATS)}) with the same scenes for every method; "
+                         f"got {shapes}")
+    return resample(stats, metrics_from_totals, n_boot=n_boot, ci=ci, seed=seed)
+
+
+def seed_run_dir(run_dir, cfg: Preset, seed: int) -> Path:
+    """Where seed ``seed``'s pairs and adapters live: the run itself for the run's own seed."""
+    run = RunDir(run_dir)
+    if seed == cfg.selection.seed == cfg.dpo.seed:
+        return run.root
+    return run.evaluation / f"seed{seed}"
+
+
+def seed_config(cfg: Preset, seed: int) -> Preset:
+    return dataclasses.replace(cfg, selection=dataclasses.replace(cfg.selection, seed=seed),
+                               dpo=dataclasses.replace(cfg.dpo, seed=seed))
+
+
+def prepare_seeds(run_dir, cfg: Preset) -> dict[int, dict[str, dict]]:
+    """Pairs and adapters of every evaluation seed (trained here where missing); training info per seed."""
+    run = Path(run_dir)
+    trained = [m for m in cfg.evaluation.methods if m != "base"]
+    dpo_strategies = tuple(m for m in trained if m != SFT_ONLY) or cfg.dpo.strategies
+    out: dict[int, dict[str, dict]] = {}
+    table = groups = images = None
+    for seed in cfg.evaluation.seeds:
+        folder = seed_run_dir(run, cfg, seed)
+        if folder == run:
+            out[seed] = {m: load_training_info(run, m) for m in trained}
+            continue
+        scfg = seed_config(cfg, seed)
+        sc = scfg.selection
+        missing = [s for s in (*dpo_strategies, SFT_ONLY) if not RunDir(folder).has_pairs(s)]
+        if missing:
+            if table is None:
+                table = S.scored_candidates(run)
+                groups = S.group_candidates(table, sc.confidence)
+                truth = S.truth_by_prompt(groups, table)
+                images = ImageResolver(cfg, RunDir(run).scenes() if cfg.world_kind == "shapes" else None)
+            for s in missing:
+                sel = S.select(groups, s, sc.alpha, sc.delta, sc.min_margin, sc.pairs_per_prompt, sc.seed, truth)
+                S.write_pairs(folder, sel, table, images, {"seed": seed})
+        # no per-step trainer output: the curves are notebook 05's
+        out[seed] = train_strategies(folder, scfg, strategies=dpo_strategies, model_loader=base_loader(cfg, run))
+    return out
+
+
+def load_method(cfg: Preset, run_dir, method: str, seed: int):
+    """``(model, processor)`` of ``method`` at ``seed``: the base, or the base with that adapter merged in."""
+    model, processor = base_loader(cfg, run_dir)()
+    if method != "base":
+        model = load_adapter(model, adapters_dir(seed_run_dir(run_dir, cfg, seed), method)).merge_and_unload()
+    return model.eval(), processor
+
+
+def model_keys(cfg: Preset) -> list[tuple[str, int]]:
+    """Every (method, seed) to evaluate; the deterministic base once, at the run's seed."""
+    ec = cfg.evaluation
+    return [(m, s) for m in ec.methods for s in (ec.seeds if m != "base" else ec.seeds[:1])]
+
+
+def answers_path(run_dir, method: str, seed: int) -> Path:
+    return RunDir(run_dir).evaluation / "answers" / f"{method}_seed{seed}.json"
+
+
+def _stored_answers(path: Path, questions: Sequence[dict]) -> list[str] | None:
+    """The answers cached at ``path`` when it holds answers to exactly ``questions``, else None; raises ValueError
+    (or OSError) for a file that is not an answers record."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("answers", []), list):
+        raise ValueError("not an answers record")
+    if data.get("questions") == questions_key(questions) and len(data.get("answers", [])) == len(questions):
+        return data["answers"]
+    return None
+
+
+def cached_answers(run_dir, cfg: Preset, method: str, seed: int, images: Sequence, questions: Sequence[dict]
+                   ) -> list[str]:
+    """The greedy answers of (method, seed), from ``answers_path`` when it holds them for these questions."""
+    path = answers_path(run_dir, method, seed)
+    key = questions_key(questions)
+    try:
+        stored = _stored_answers(path, questions)
+    except (ValueError, OSError) as exc:   # this stage's own cache: set it aside and answer again
+        aside = quarantine(path)
+        print(f"WARNING: {path} is unreadable ({type(exc).__name__}: {exc}); moved it to {aside} and "
+              "answering again", flush=True)
+        stored = None
+    if stored is not None:
+        return stored
+    model, processor = load_method(cfg, run_dir, method, seed)
+    answers = answer_questions(model, processor, images, questions, batch_size=cfg.evaluation.batch_size)
+    atomic_write_json(path, {"method": method, "seed": seed, "questions": key, "answers": answers})
+    return answers
+
+
+def evaluate_all(run_dir, cfg: Preset, images: Sequence, questions: Sequence[dict],
+                 progress: bool = True) -> dict[tuple[str, int], list[str]]:
+    """Answers of every (method, seed) in :func:`model_keys` (``images[q["scene"]]``), computed once and cached."""
+    from tqdm.auto import tqdm
+
+    out = {}
+    for method, seed in tqdm(model_keys(cfg), desc="evaluating", disable=not progress):
+        out[(method, seed)] = cached_answers(run_dir, cfg, method, seed, images, questions)
+    return out
+
+
+JUDGED_KINDS = ("describe", "short")
+
+
+def judge_answers(client, images: Sequence, questions: Sequence[dict], answers: dict[tuple[str, int], list[str]],
+                  progress: bool = False) -> dict[tuple[str, int], np.ndarray]:
+    """The judge's 1–10 score of every judged row (``describe`` / ``short``) for every model; NaN elsewhere.
+
+    ``images[q["scene"]]`` is each question's image (the list :func:`evaluate_all` answered from).
+    One listwise request per prompt carries every model's distinct answer to it; the run's judge cache keeps
+    each (image, instruction, answer) score, so a rerun sends nothing.
+    """
+
+    rows = [k for k, q in enumerate(questions) if q["kind"] in JUDGED_KINDS]
+    hashes = {i: W.image_key(images[i]) for i in {questions[k]["scene"] for k in rows}}
+    items = []
+    for k in rows:
+        q = questions[k]
+        distinct = list(dict.fromkeys(a[k] for a in answers.values()))
+        items.append(JudgeItem(images[q["scene"]], q["question"], distinct, hashes[q["scene"]]))
+    outcomes = client.judge(items, progress=progress)
+    out = {key: np.full(len(questions), np.nan) for key in answers}
+    for k, item, res in zip(rows, items, outcomes, strict=True):
+        score = {r: (o.score if o.ok else np.nan) for r, o in zip(item.responses, res, strict=True)}
+        for key, a in answers.items():
+            out[key][k] = score[a[k]]
+    return out
+
+
+def all_stats(scenes: Sequence[W.Scene], cfg: Preset, questions: Sequence[dict],
+              answers: dict[tuple[str, int], list[str]], judged: dict[tuple[str, int], np.ndarray] | None = None
+              ) -> dict[str, np.ndarray]:
+    """method → ``(seeds, scenes, STATS)`` counts; judge wins are against the base model's answers."""
+    base_key = next((k for k in answers if k[0] == "base"), None)
+    by_method: dict[str, list[np.ndarray]] = {}
+    for key, ans in answers.items():
+        j = judged[key] if judged is not None else None
+        jb = judged[base_key] if judged is not None and base_key is not None else None
+        by_method.setdefault(key[0], []).append(scene_stats(scenes, questions, ans, cfg.world, j, jb))
+    return {m: np.stack(v) for m, v in by_method.items()}
+
+
+def comparison_table(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE), digits: dict[str, int] | None = None):
+    """The paper's layout: one row per method, one column per headline metric, "mean [lo, hi]" cells."""
+    import pandas as pd
+
+    digits = {"mme_total": 1, "judge_score": 2} | (digits or {})
+    rows = {}
+    for method in boot.point:
+        rows[METHOD_LABELS.get(method, method)] = {
+            k: fmt_interval(boot.point[method][k], *boot.interval(method, k), digits.get(k, 3)) for k in metrics}
+    return pd.DataFrame(rows).T
+
+
+def table_markdown(df, title: str = "") -> str:
+    cols = ["method", *df.columns]
+    lines = ([f"**{title}**", ""] if title else []) + ["| " + " | ".join(cols) + " |",
+                                                       "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join([str(idx), *map(str, row)]) + " |" for idx, row in zip(df.index, df.values, strict=True)]
+    return "\n".join(lines)
+
+
+def verdicts(boot: Bootstrap, a: str, b: str, metrics: Sequence[str] = tuple(HEADLINE)) -> dict[str, list[str]]:
+    """Metrics on which ``a`` is better / worse than ``b`` (the paired interval excludes 0), or neither."""
+    out: dict[str, list[str]] = {"better": [], "worse": [], "no_difference": []}
+    for k in metrics:
+        d = boot.delta(a, b, k)
+        up = HEADLINE.get(k, True)
+        if d["lo"] > 0 or d["hi"] < 0:
+            out["better" if (d["lo"] > 0) == up else "worse"].append(k)
+        else:
+            out["no_difference"].append(k)
+    return out
+
+
+def ordering_lines(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE)) -> list[str]:
+    """One markdown line per metric: the best method by its mean, the methods whose paired interval against it
+    includes 0 (not distinguishable from the best in this run) and those reliably below it — an ordering that
+    never ranks differences inside the noise."""
+    lines = []
+    for k in metrics:
+        up = HEADLINE.get(k, True)
+        best = max(boot.point, key=lambda m: boot.point[m][k] if up else -boot.point[m][k])
+        tied, below = [], []
+        for m in sorted(boot.point, key=lambda m: boot.point[m][k], reverse=up):
+            if m == best:
+                continue
+            d = signed_delta(k, boot.delta(best, m, k))
+            (below if d["lo"] > 0 else tied).append(f"{m} {boot.point[m][k]:.3f}")
+        lines.append(f"- **{k}** ({'higher' if up else 'lower'} is better): best {best} {boot.point[best][k]:.3f}; "
+                     f"not distinguishable from it: {', '.join(tied) or 'none'}; reliably worse: "
+                     f"{', '.join(below) or 'none'}")
+    return lines
+
+
+# The two metrics the series' headline question is asked on (the paper's POPE and MME claims).
+KEY_METRICS = ("pope_adversarial_f1", "mme_total")
+
+
+def signed_delta(metric: str, d: dict[str, float]) -> dict[str, float]:
+    """A delta turned so that positive is better (CHAIR_i is lower-is-better)."""
+    if HEADLINE.get(metric, True):
+        return d
+    return d | {"delta": -d["delta"], "lo": -d["hi"], "hi": -d["lo"]}
+
+
+def oracle_table(boot: Bootstrap, metrics: Sequence[str] = KEY_METRICS, oracle: str = "oracle",
+                 base: str = "base"):
+    """Can the benchmarks move, and how far does each method get? One row per metric.
+
+    ``gain``: oracle − base with its paired interval (positive = better); ``moves``: that interval excludes 0.
+    ``<method>``: the share of the oracle's gain the method recovers, (method − base) / (oracle − base), with its
+    bootstrap interval — meaningful only where the oracle moves the metric.
+    """
+    import pandas as pd
+
+    rows = {}
+    for k in metrics:
+        g = signed_delta(k, boot.delta(oracle, base, k))
+        row = {"gain": g["delta"], "gain_lo": g["lo"], "gain_hi": g["hi"], "moves": bool(g["lo"] > 0)}
+        for m in boot.point:
+            if m not in (oracle, base):
+                r = boot.recovered(m, k, oracle, base)
+                row |= {f"{m}": r["share"], f"{m}_lo": r["lo"], f"{m}_hi": r["hi"]}
+        rows[k] = row
+    return pd.DataFrame(rows).T
+
+
+def detectable_table(boot: Bootstrap, pairs: Sequence[tuple[str, str]], metrics: Sequence[str] = KEY_METRICS,
+                     power: float = 0.8):
+    """The minimum detectable paired difference of every pair and metric next to the observed difference."""
+    import pandas as pd
+
+    return pd.DataFrame([{"comparison": f"{a} − {b}", "metric": k, "mde": boot.mde(a, b, k, power),
+                          "observed": boot.point[a][k] - boot.point[b][k]}
+                         for a, b in pairs for k in metrics]).set_index(["comparison", "metric"])
+
+
+def scene_sizes(n: int) -> list[int]:
+    """A quarter, half, three quarters and all of ``n`` evaluation scenes: the sizes of at least 2, no repeats."""
+    return sorted({k for k in (n // 4, n // 2, 3 * n // 4, n) if k >= 2})
+
+
+def detectable_by_scenes(stats: dict[str, np.ndarray], pairs: Sequence[tuple[str, str]],
+                         sizes: Sequence[int] | None = None, metrics: Sequence[str] = KEY_METRICS, power: float = 0.8,
+                         n_boot: int = 2000, ci: float = 0.95, seed: int = 0):
+    """The minimum detectable paired difference on the first ``n`` evaluation scenes, for every ``n`` in ``sizes``
+    (default :func:`scene_sizes` of the scenes in ``stats``).
+
+    ``stats`` as for :func:`bootstrap` (every seed of every method); each size is bootstrapped afresh on its
+    scenes, seeds and all, so the table shows how far more scenes would take the main job's power — and where
+    the seeds' spread, which more scenes cannot shrink, sets a floor. One row per (comparison, metric), one
+    column per size.
+    """
+    import pandas as pd
+
+    n_scenes = {s.shape[1] for s in stats.values()}.pop() if stats else 0
+    sizes = scene_sizes(n_scenes) if sizes is None else sizes
+    bad = [n for n in sizes if not (isinstance(n, int | np.integer) and 2 <= n <= n_scenes)]
+    if bad:
+        raise ValueError(f"sizes={list(sizes)!r}: each must be an integer in [2, {n_scenes}] (the scenes evaluated)")
+    rows = [(f"{a} − {b}", k) for a, b in pairs for k in metrics]
+    cols = {}
+    for n in sizes:
+        boot = bootstrap({m: s[:, :n] for m, s in stats.items()}, n_boot=n_boot, ci=ci, seed=seed)
+        cols[int(n)] = [boot.mde(a, b, k, power) for a, b in pairs for k in metrics]
+    df = pd.DataFrame(cols, index=pd.MultiIndex.from_tuples(rows, names=["comparison", "metric"]))
+    df.columns.name = "scenes"
+    return df
+
+
+def recorded_answers(run_dir, cfg: Preset, questions: Sequence[dict]) -> dict[tuple[str, int], list[str]]:
+    """Every model's greedy answers to ``questions`` as notebook 06 cached them; reads only, answers nothing."""
+    out = {}
+    for method, seed in model_keys(cfg):
+        path = answers_path(run_dir, method, seed)
+        try:
+            out[(method, seed)] = _stored_answers(path, questions)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{path} is unreadable ({type(exc).__name__}: {exc}): run notebook 06 "
+                             "(06_evaluation.ipynb) on this run again") from exc
+        if out[(method, seed)] is None:
+            raise FileNotFoundError(f"{path} does not hold {method} (seed {seed})'s answers to this run's evaluation "
+                                    "questions: run notebook 06 (06_evaluation.ipynb) on this run first")
+    return out
+
+
+def headline_lines(boot: Bootstrap, metrics: Sequence[str] = KEY_METRICS, method: str = "m3po",
+                   baselines: Sequence[str] = ("random", "best_worst", "best_of_n"), oracle: str = "oracle",
+                   base: str = "base") -> list[str]:
+    """The series' question in sentences: does ``method`` beat each baseline, and does the oracle move the
+    metric at all (a metric the oracle cannot move judges nothing)?"""
+    lines = []
+    for k in metrics:
+        if oracle in boot.point and base in boot.point:
+            g = signed_delta(k, boot.delta(oracle, base, k))
+            moves = g["lo"] > 0
+            lines.append(f"- **{k}**: the oracle {'moves' if moves else 'does not move'} it "
+                         f"({g['delta']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] over {base})"
+                         + ("" if moves else ", so this metric cannot rank the methods"))
+        for b in baselines:
+            if method not in boot.point or b not in boot.point:
+                continue
+            d = signed_delta(k, boot.delta(method, b, k))
+            word = "beats" if d["lo"] > 0 else "is worse than" if d["hi"] < 0 else "is not distinguishable from"
+            lines.append(f"  - {method} {word} {b}: {d['delta']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]; "
+                         f"detectable difference {boot.mde(method, b, k):.3f}")
+    return lines
+
+
+def per_seed(stats: dict[str, np.ndarray], metrics: Sequence[str] = tuple(HEADLINE)):
+    """Every headline metric of every (method, seed), without resampling (the spread the intervals include)."""
+    import pandas as pd
+
+    rows = []
+    for m, st in stats.items():
+        for i, s in enumerate(st):
+            mets = metrics_from_totals(s.sum(axis=0))
+            rows.append({"method": m, "seed_index": i, **{k: float(mets[k]) for k in metrics}})
+    return pd.DataFrame(rows).set_index(["method", "seed_index"])
+
+
+def answer_examples(questions: Sequence[dict], answers: dict[tuple[str, int], list[str]], scene: int = 0,
+                    kinds: Sequence[str] = ("describe", "short", "ift")):
+    """Every model's answer to ``scene``'s questions of ``kinds`` (a table for reading)."""
+    import pandas as pd
+
+    idx = [k for k, q in enumerate(questions) if q["scene"] == scene and q["kind"] in kinds]
+    return pd.DataFrame({f"{m} (seed {s})": [a[k] for k in idx] for (m, s), a in answers.items()},
+                        index=[questions[k]["question"] for k in idx]).T
+
+
+def pope_settings(questions: Sequence[dict]) -> list[str]:
+    """The POPE settings the question set asks (all three in the shapes world; those with a file otherwise)."""
+    return [s for s in E.POPE_SETTINGS if any(q["kind"] == f"pope_{s}" for q in questions)]
+
+
+def pope_by_setting(boot: Bootstrap, measures: Sequence[str] = ("accuracy", "f1", "yes_ratio"),
+                    settings: Sequence[str] = E.POPE_SETTINGS):
+    return _interval_table(boot, "setting", settings, measures, "pope_{}_{}")
+
+
+def _interval_table(boot: Bootstrap, part: str, parts: Sequence[str], measures: Sequence[str], key: str,
+                    digits: dict[str, int] | None = None):
+    """One row per method and ``part`` (a POPE setting, an MME subtask), one column per measure: the metric
+    ``key.format(part, measure)`` as mean [interval]."""
+    import pandas as pd
+
+    rows = []
+    for m in boot.point:
+        for p in parts:
+            row = {"method": METHOD_LABELS.get(m, m), part: p}
+            for x in measures:
+                k = key.format(p, x)
+                row[x] = fmt_interval(boot.point[m][k], *boot.interval(m, k), digits=(digits or {}).get(x, 3))
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["method", part])
+
+
+def mme_subtasks(boot: Bootstrap) -> list[str]:
+    """The MME subtasks this bootstrap has metrics for (the shapes world: existence, count, position, colour)."""
+    first = next(iter(boot.point.values()))
+    return [t for t in MME_STAT_SUBTASKS if f"mme_{t}_acc" in first]
+
+
+def mme_by_subtask(boot: Bootstrap, measures: Sequence[str] = ("acc", "acc_plus", "score")):
+    """Per method and MME subtask: accuracy, acc+ (both questions about an image right) and the subtask's score
+    (100 · acc + 100 · acc+), each with its interval — where a change of the MME total comes from."""
+    return _interval_table(boot, "subtask", mme_subtasks(boot), measures, "mme_{}_{}", digits={"score": 1})
+
+
+def subtask_deltas(boot: Bootstrap, pairs: Sequence[tuple[str, str]], measure: str = "score") -> dict[str, dict]:
+    """``a − b`` of every MME subtask's ``measure`` with its paired interval, keyed ``"a − b"`` then subtask."""
+    return {f"{a} − {b}": {t: boot.delta(a, b, f"mme_{t}_{measure}") for t in mme_subtasks(boot)} for a, b in pairs}
+
+
+def hallucination_changes(scenes: Sequence[W.Scene], questions: Sequence[dict], before: Sequence[str],
+                          after: Sequence[str], cfg: WorldConfig, k: int = 5) -> dict[str, Any]:
+    """Descriptions where ``after`` dropped (fixed) or added (introduced) a hallucinated object vs ``before``."""
+    fixed, introduced = [], []
+    for n, q in enumerate(questions):
+        if q["kind"] != "describe":
+            continue
+        scene = scenes[q["scene"]]
+        hb = set(W.object_mentions(before[n], cfg)) - scene.shapes()
+        ha = set(W.object_mentions(after[n], cfg)) - scene.shapes()
+        row = {"scene_id": scene.scene_id, "truth": W.describe(scene, cfg), "before": before[n], "after": after[n],
+               "removed": sorted(hb - ha), "added": sorted(ha - hb)}
+        if hb - ha:
+            fixed.append(row)
+        if ha - hb:
+            introduced.append(row)
+    return {"n_fixed": len(fixed), "n_introduced": len(introduced), "fixed": fixed[:k], "introduced": introduced[:k]}
+
+
+def benchmark_paths(cfg: Preset) -> dict[str, Any]:
+    """The benchmark files of ``cfg.evaluation``; without any, the small fixtures under the project's ``data/``
+    (when present) in every layout the loaders read — POPE JSON lines, a JSON array and lmms-lab parquet, the MME
+    release folder and lmms-lab parquet — so that each path is shown working."""
+    ec = cfg.evaluation
+    if ec.pope_files or ec.mme_dir:
+        return {"pope_files": list(ec.pope_files), "pope_images": ec.pope_images,
+                "mme_dirs": [ec.mme_dir] if ec.mme_dir else []}
+    data = Path(__file__).resolve().parent.parent / "data"
+    if not (data / "pope").is_dir():
+        return {"pope_files": [], "pope_images": "", "mme_dirs": []}
+    return {"pope_files": sorted(str(p) for p in (data / "pope").glob("*.json")) +
+            sorted(str(p) for p in (data / "lmms-lab" / "POPE").glob("*.parquet")),
+            "pope_images": str(data / "pope" / "images"),
+            "mme_dirs": [str(d) for d in (data / "mme", data / "lmms-lab" / "MME") if d.is_dir()]}
+
+
+def _mme_label(path: str) -> str:
+    p = Path(path)
+    return f"mme:{p.parent.name}/{p.name}" if p.parent.name else f"mme:{p.name}"
+
+
+def benchmark_frame(scores: dict[str, dict[str, dict]]):
+    """method → :func:`benchmark_files` output as one table: POPE accuracy per file (and setting, for a parquet
+    holding all three); per MME source its perception total and, where cognition subtasks were asked, its
+    cognition total — the official tool's two sums, never added up."""
+    import pandas as pd
+
+    def cells(b: dict) -> dict:
+        out = {}
+        for k, v in b.items():
+            if k.startswith("mme"):
+                out[f"{k} perception"] = v["perception"]
+                if any(t.get("group") == "cognition" for t in v.get("subtasks", {}).values()):
+                    out[f"{k} cognition"] = v["cognition"]
+            else:
+                out[k] = v["accuracy"]
+        return out
+
+    return pd.DataFrame({m: cells(b) for m, b in scores.items()})
+
+
+def benchmark_sets(pope_files: Sequence[str] = (), pope_images: str = "", mme_dirs: Sequence[str] = ()
+                   ) -> dict[str, list[dict]]:
+    """The questions of POPE files and MME sources, read (and embedded images decoded) once for every model that
+    answers them: ``pope:<file>`` (``pope:<file>:<setting>`` for a file holding several settings) and
+    ``mme:<folder>`` → rows."""
+    out: dict[str, list[dict]] = {}
+    for f in pope_files:
+        by_setting = pope_rows(f, pope_images)
+        for setting, rows in by_setting.items():
+            out[f"pope:{Path(f).name}" + (f":{setting}" if len(by_setting) > 1 else "")] = \
+                [r | {"setting": setting} for r in rows]
+    for d in mme_dirs:
+        out[_mme_label(d)] = E.load_mme_dir(d)
+    return out
+
+
+def benchmark_files(cfg: Preset, loader: Callable[[], tuple[Any, Any]], sets: dict[str, list[dict]]
+                    ) -> dict[str, Any]:
+    """:func:`benchmark_sets` answered by ``loader()``'s model and scored with the official parsers
+    (:func:`evaluation.pope_metrics`, :func:`evaluation.mme_scores`), under the same keys."""
+    if not sets:
+        return {}
+    model, processor = loader()
+    out: dict[str, Any] = {}
+    for key, rows in sets.items():
+        answers = E.answer_file_questions(model, processor, rows, batch_size=cfg.evaluation.batch_size,
+                                          max_new_tokens=8)
+        if key.startswith("mme"):
+            out[key] = E.mme_scores([r | {"prediction": a} for r, a in zip(rows, answers, strict=True)]) | {
+                "n": len(rows)}
+        else:
+            out[key] = E.pope_metrics(answers, [r["label"] for r in rows]) | {"n": len(rows),
+                                                                               "setting": rows[0]["setting"]}
+    return out

@@ -1,173 +1,410 @@
-import warnings
+"""Stage 06 logic without models: question set, per-scene counts, metrics, bootstrap, judge wins, examples."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 
+from m3po_utils import comparison as C
+from m3po_utils import evaluation as E
 from m3po_utils import world as W
-from m3po_utils.config import WorldConfig
-from m3po_utils.evaluation import description_metrics, pope_metrics, pope_parse, pope_questions
+from m3po_utils.config import ConfigError, load_preset
 
-CFG = WorldConfig(n_train=50, n_pref=20, n_eval=60)
-
-
-@pytest.mark.parametrize("answer, parsed", [
-    ("Yes", "yes"), ("No", "no"), ("no", "no"), ("NO.", "yes"),            # case-sensitive, as POPE's script
-    ("Yes, there is no dog.", "no"), ("Yes. There is no dog.", "yes"),     # only the first sentence counts
-    ("There is not a star", "no"), ("Eyes", "yes"), ("Nothing", "yes"), ("No, there isn't", "no"),
-    ("", "yes"), ("no,", "no"),
-])
-def test_pope_parse_follows_the_official_rule(answer, parsed):
-    assert pope_parse(answer) == parsed
+WCFG = load_preset("smoke").world
 
 
-def test_pope_metrics_hand_computed():
-    answers = ["Yes", "Yes", "No", "No", "Yes"]
-    labels = ["yes", "no", "yes", "no", "yes"]
-    m = pope_metrics(answers, labels)          # tp=2 fp=1 fn=1 tn=1
-    assert m["accuracy"] == pytest.approx(3 / 5)
-    assert m["precision"] == pytest.approx(2 / 3)
-    assert m["recall"] == pytest.approx(2 / 3)
-    assert m["f1"] == pytest.approx(2 / 3)
-    assert m["yes_ratio"] == pytest.approx(3 / 5)
+@pytest.fixture(scope="module")
+def scenes():
+    return W.make_splits(WCFG)["eval"][:30]
 
 
-def test_pope_metrics_zero_denominator_warns_not_crashes():
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        m = pope_metrics(["No", "No"], ["yes", "no"])
-    assert m["precision"] == 0.0 and m["f1"] == 0.0 and m["yes_ratio"] == 0.0
-    assert any("precision" in str(w.message) for w in caught)
-    with pytest.raises(ValueError, match="labels must be"):
-        pope_metrics(["Yes"], ["maybe"])
+@pytest.fixture(scope="module")
+def questions(scenes):
+    return C.eval_questions(scenes, WCFG, seed=0)
 
 
-@pytest.mark.parametrize("setting", ["random", "popular", "adversarial"])
-def test_pope_questions_negatives_are_absent_and_balanced(setting):
-    scenes = W.make_splits(CFG)["eval"]
-    rows = pope_questions(scenes, CFG, setting, seed=1)
-    labels = [r["label"] for r in rows]
-    assert labels.count("yes") == labels.count("no")
-    for r in rows:
-        assert scenes[r["scene"]].has(r["shape"]) == (r["label"] == "yes")
-        assert W.parse_instruction(r["question"], CFG) == ("existence", {"shape": r["shape"]})
+def perfect(q, scenes):
+    if q["kind"].startswith("pope_"):
+        return "Yes." if q["label"] == "yes" else "No."
+    if q["kind"] == "mme":
+        return q["answer"]
+    return q["reference"]
 
 
-def test_adversarial_negatives_prefer_the_partner():
-    scenes = W.make_splits(WorldConfig(n_train=50, n_pref=20, n_eval=400))["eval"]
-    rows = pope_questions(scenes, CFG, "adversarial", seed=0)
-    partner = dict(CFG.partners)
-    hits = total = 0
-    for pos, neg in zip(rows[::2], rows[1::2], strict=True):
-        scene = scenes[pos["scene"]]
-        if pos["shape"] in partner and not scene.has(partner[pos["shape"]]):
-            total += 1
-            hits += neg["shape"] == partner[pos["shape"]]
-    assert total > 10 and hits / total > 0.7   # uniform choice would give ~1/6
+def noisy_answers(questions, scenes, seed=0):
+    """Right answers with a third of them corrupted in ways each parser must catch."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for q in questions:
+        a = perfect(q, scenes)
+        if rng.random() < 1 / 3:
+            if q["kind"].startswith("pope_") or q["kind"] == "mme":
+                a = {"Yes.": "No, there is none.", "No.": "Yes", "Yes": "no", "No": "Yes, there is."}.get(a, "Eyes")
+            elif q["kind"] == "describe":
+                a = a + " There is a red hexagon and a blue star."
+            else:
+                a = "I cannot tell."
+        out.append(a)
+    return out
 
 
-def test_description_metrics_hand_case():
-    scene = W.Scene("s", "eval", (W.Obj("circle", "red", 0), W.Obj("square", "blue", 4)), 1)
-    truth = W.describe(scene, CFG)
-    m = description_metrics([scene, scene], [truth, "a red circle at the top left, a green star at the right."], CFG)
-    # mentions: {circle, square} + {circle, star}; hallucinated: star
-    assert m["chair_i"] == pytest.approx(1 / 4)
-    assert m["chair_s"] == pytest.approx(1 / 2)
-    assert m["precision"] == pytest.approx(3 / 4)
-    assert m["recall"] == pytest.approx(3 / 4)
-    assert 0.5 < m["verifier_score"] < 1.0
-    assert np.isclose(description_metrics([scene], [truth], CFG)["verifier_score"], 1.0)
+def test_question_set(scenes, questions):
+    kinds = {k: sum(q["kind"] == k for q in questions) for k in {q["kind"] for q in questions}}
+    assert kinds["describe"] == kinds["ift"] == kinds["short"] == len(scenes)
+    assert kinds["mme"] > 0 and all(kinds[f"pope_{s}"] > 0 for s in E.POPE_SETTINGS)
+    for q in questions:
+        if q["kind"].startswith("pope_") and q["label"] == "no":
+            shape = W.parse_instruction(q["question"], WCFG)[1]["shape"]
+            assert not scenes[q["scene"]].has(shape)
+        if q["kind"] == "ift":
+            assert q["family"].startswith("fmt_")
+    assert C.questions_key(questions) == C.questions_key(C.eval_questions(scenes, WCFG, seed=0))
+    assert C.questions_key(questions) != C.questions_key(C.eval_questions(scenes, WCFG, seed=1))
 
 
-@pytest.mark.parametrize("prediction, parsed", [
-    ("Yes", "yes"), ("no", "no"), ("NO.", "no"), ("Yes, there is no dog", "yes"), ("Eyes", "yes"),
-    ("Nope", "no"), ("Not really", "no"), ("Maybe", "other"), ("There is a dog", "other"), ("", "other"),
-    ("  yes", "other"), ("Yes.", "yes"), ("I think no", "other"),   # no stripping, as the script
-])
-def test_mme_parse_follows_the_official_rule(prediction, parsed):
-    from m3po_utils.evaluation import mme_parse
-    assert mme_parse(prediction) == parsed
+def test_perfect_answers_score_perfectly(scenes, questions):
+    answers = [perfect(q, scenes) for q in questions]
+    m = C.metrics_from_totals(C.scene_stats(scenes, questions, answers, WCFG).sum(axis=0))
+    assert m["mme_total"] == pytest.approx(200 * len(E.MME_SUBTASKS))
+    for s in E.POPE_SETTINGS:
+        assert m[f"pope_{s}_accuracy"] == 1 and m[f"pope_{s}_f1"] == 1
+    assert m["chair_i"] == 0 and m["chair_s"] == 0 and m["desc_recall"] == 1
+    assert m["ift"] == 1 and m["format_followed"] == 1 and m["yes_no_compliance"] == 1
 
 
-def test_mme_scores_hand_computed():
-    from m3po_utils.evaluation import mme_scores
-    rows = [
-        {"subtask": "existence", "image": "a", "answer": "Yes", "prediction": "Yes"},
-        {"subtask": "existence", "image": "a", "answer": "No", "prediction": "No"},
-        {"subtask": "existence", "image": "b", "answer": "Yes", "prediction": "Yes"},
-        {"subtask": "existence", "image": "b", "answer": "No", "prediction": "Maybe"},   # other: wrong
-        {"subtask": "count", "image": "a", "answer": "Yes", "prediction": "no"},
-        {"subtask": "count", "image": "a", "answer": "No", "prediction": "no"},
-    ]
-    s = mme_scores(rows)
-    assert s["subtasks"]["existence"] == {"acc": 0.75, "acc_plus": 0.5, "score": 125.0, "group": "perception"}
-    assert s["subtasks"]["count"] == {"acc": 0.5, "acc_plus": 0.0, "score": 50.0, "group": "perception"}
-    assert s["total"] == 175.0
-    with pytest.raises(ValueError, match="'Maybe' must be 'Yes' or 'No'"):
-        mme_scores([{"subtask": "x", "image": "a", "answer": "Maybe", "prediction": "yes"}])
+def test_metrics_agree_with_the_public_scorers(scenes, questions):
+    answers = noisy_answers(questions, scenes)
+    m = C.metrics_from_totals(C.scene_stats(scenes, questions, answers, WCFG).sum(axis=0))
+    for s in E.POPE_SETTINGS:
+        idx = [k for k, q in enumerate(questions) if q["kind"] == f"pope_{s}"]
+        ref = E.pope_metrics([answers[k] for k in idx], [questions[k]["label"] for k in idx])
+        for key, v in ref.items():
+            assert m[f"pope_{s}_{key}"] == pytest.approx(v), (s, key)
+        assert ref["accuracy"] < 1
+    mme = E.mme_scores([q | {"prediction": a} for q, a in zip(questions, answers, strict=True) if q["kind"] == "mme"])
+    assert m["mme_total"] == pytest.approx(mme["total"]) and mme["total"] < 800
+    for sub, v in mme["subtasks"].items():
+        assert m[f"mme_{sub}_score"] == pytest.approx(v["score"])
+        assert m[f"mme_{sub}_acc"] == pytest.approx(v["acc"]) and m[f"mme_{sub}_acc_plus"] == pytest.approx(v["acc_plus"])
+    d = [k for k, q in enumerate(questions) if q["kind"] == "describe"]
+    desc = E.description_metrics([scenes[questions[k]["scene"]] for k in d], [answers[k] for k in d], WCFG)
+    assert desc["chair_i"] > 0
+    for key in ("chair_i", "chair_s", "recall", "precision"):
+        assert m["desc_" + key if key in ("recall", "precision") else key] == pytest.approx(desc[key])
+    f = [k for k, q in enumerate(questions) if q["kind"] == "ift"]
+    ift = E.ift_score([scenes[questions[k]["scene"]] for k in f], [questions[k]["question"] for k in f],
+                      [answers[k] for k in f], WCFG)
+    assert m["ift"] == pytest.approx(ift["ift"]) and m["format_followed"] == pytest.approx(ift["format_followed"])
+    assert ift["ift"] < 1
 
 
-def test_mme_questions_one_yes_one_no_per_image_and_subtask():
-    from m3po_utils.evaluation import MME_SUBTASKS, mme_questions, mme_scores
-    scenes = W.make_splits(CFG)["eval"][:30]
-    rows = mme_questions(scenes, CFG, seed=2)
-    for sub in MME_SUBTASKS:
-        per_image = {}
-        for r in rows:
-            if r["subtask"] == sub:
-                per_image.setdefault(r["image"], []).append(r["answer"])
-        assert per_image and all(sorted(v) == ["No", "Yes"] for v in per_image.values()), sub
-    # the reference answers are what the verifier says (a bare Yes / No earns the yes/no half of the score and
-    # no error); a perfect model scores 200 per subtask
-    for r in rows:
-        v = W.verify(scenes[r["scene"]], r["question"], r["answer"], CFG)
-        assert v.score == 0.5 and not (v.wrong_attributes or v.hallucinated or v.missed), (r, v)
-    perfect = mme_scores([r | {"prediction": r["answer"]} for r in rows])
-    assert perfect["total"] == 200.0 * len(MME_SUBTASKS)
-    always_yes = mme_scores([r | {"prediction": "Yes"} for r in rows])
-    assert always_yes["subtasks"]["existence"] == {"acc": 0.5, "acc_plus": 0.0, "score": 50.0, "group": "perception"}
+def test_judge_wins_against_the_base(scenes, questions):
+    answers = [perfect(q, scenes) for q in questions]
+    judged = np.full(len(questions), np.nan)
+    base = np.full(len(questions), np.nan)
+    rows = [k for k, q in enumerate(questions) if q["kind"] in C.JUDGED_KINDS][:3]
+    judged[rows], base[rows] = [8, 5, 3], [6, 5, 9]
+    m = C.metrics_from_totals(C.scene_stats(scenes, questions, answers, WCFG, judged, base).sum(axis=0))
+    assert m["judge_score"] == pytest.approx(16 / 3)
+    assert m["judge_win_rate"] == pytest.approx((1 + 0.5 + 0) / 3)
+    judged[rows[0]] = np.nan      # a failed request leaves the row out
+    m = C.metrics_from_totals(C.scene_stats(scenes, questions, answers, WCFG, judged, base).sum(axis=0))
+    assert m["judge_win_rate"] == pytest.approx(0.5 / 2)
 
 
-def test_ift_and_yes_no_compliance():
-    from m3po_utils.evaluation import ift_score, yes_no_compliance
-    scene = W.Scene("s", "eval", (W.Obj("circle", "red", 0), W.Obj("square", "blue", 4)), 1)
-    ins = ["Answer in one word: what color is the circle?", "List the shapes in the image, separated by commas.",
-           "Answer in one word: what color is the square?"]
-    s = ift_score([scene] * 3, ins, ["red", "circle square", "it is blue"], CFG)
-    assert s["ift"] == pytest.approx(1 / 3) and s["format_followed"] == pytest.approx(1 / 3)
-    with pytest.raises(ValueError, match="no format constraint"):
-        ift_score([scene], ["Describe the image."], ["x"], CFG)
-    assert yes_no_compliance(["Yes", "no.", "a red circle", "Not sure"]) == pytest.approx(3 / 4)
+def test_zero_denominators_give_zero():
+    m = C.metrics_from_totals(np.zeros(len(C.STATS)))
+    assert m["chair_i"] == 0 and m["pope_random_f1"] == 0 and m["mme_total"] == 0
 
 
-def test_partner_share_counts_cooccurrence_false_positives():
-    from m3po_utils.evaluation import partner_share
-    scene = W.Scene("s", "eval", (W.Obj("triangle", "red", 0), W.Obj("circle", "blue", 4)), 1)
-    rows = [{"scene": 0, "shape": "star", "label": "no"},       # partner of the present triangle
-            {"scene": 0, "shape": "heart", "label": "no"},      # partner of nothing present
-            {"scene": 0, "shape": "square", "label": "no"},     # partner of the present circle
-            {"scene": 0, "shape": "triangle", "label": "yes"}]
-    got = partner_share([scene], rows, ["Yes, there is a star.", "Yes", "No, there is no square.", "Yes"], CFG)
-    assert got == {"false_positives": 2, "partner": 1, "partner_share": 0.5}
-    assert partner_share([scene], rows[:1], ["No"], CFG)["partner_share"] is None
+def test_bootstrap_intervals_and_paired_deltas(scenes, questions):
+    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    bad = np.stack([C.scene_stats(scenes, questions, noisy_answers(questions, scenes, s), WCFG) for s in range(3)])
+    boot = C.bootstrap({"base": good[None], "m3po": bad, "copy": bad.copy()}, n_boot=400, ci=0.9, seed=0)
+    # a perfect model has a degenerate interval at its value
+    assert boot.interval("base", "pope_adversarial_accuracy") == (1.0, 1.0)
+    lo, hi = boot.interval("m3po", "mme_total")
+    point = boot.point["m3po"]["mme_total"]
+    per_seed = [C.metrics_from_totals(b.sum(axis=0))["mme_total"] for b in bad]
+    assert point == pytest.approx(np.mean(per_seed))
+    assert lo < point < hi < 800
+    # identical methods: the paired difference is exactly 0 in every draw
+    d = boot.delta("m3po", "copy", "chair_i")
+    assert d["delta"] == 0 and d["lo"] == 0 and d["hi"] == 0
+    d = boot.delta("base", "m3po", "pope_random_accuracy")
+    assert d["lo"] > 0 and d["p_le_0"] == 0
+    summary = boot.summary()
+    assert set(summary) == {"base", "m3po", "copy"} and "judge_win_rate" in summary["m3po"]
 
 
-def test_family_accuracy_answers_grouped_by_family_land_on_their_own_questions(monkeypatch):
-    from m3po_utils import evaluation as E
+def test_bootstrap_rejects_mismatched_scenes(scenes, questions):
+    st = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    with pytest.raises(ValueError, match="same scenes"):
+        C.bootstrap({"a": st[None], "b": st[None, :10]})
 
-    scenes = W.make_splits(CFG)["eval"][:12]
-    by_image = {W.render(s, CFG).tobytes(): s for s in scenes}
-    asked = []
 
-    def oracle(model, processor, images, questions, **kw):   # answers each question correctly about its image
-        asked.extend(W.parse_instruction(q, CFG)[0] for q in questions)
-        out = []
-        for img, q in zip(images, questions, strict=True):
-            scene = by_image[img.tobytes()]
-            family, params = W.parse_instruction(q, CFG)
-            out.append(W.make_instruction(family, scene, CFG, **params).reference)
-        return out
+def test_hallucination_changes(scenes, questions):
+    before = [perfect(q, scenes) for q in questions]
+    after = list(before)
+    d = [k for k, q in enumerate(questions) if q["kind"] == "describe"]
+    absent = [s for s in WCFG.shapes if not scenes[questions[d[0]]["scene"]].has(s)][0]
+    before[d[0]] += f" There is a red {absent}."
+    absent1 = [s for s in WCFG.shapes if not scenes[questions[d[1]]["scene"]].has(s)][0]
+    after[d[1]] += f" There is a blue {absent1}."
+    ch = C.hallucination_changes(scenes, questions, before, after, WCFG)
+    assert ch["n_fixed"] == 1 and ch["n_introduced"] == 1
+    assert ch["fixed"][0]["removed"] == [absent] and ch["introduced"][0]["added"] == [absent1]
 
-    monkeypatch.setattr(E, "greedy_answers", oracle)
-    acc = E.family_accuracy(None, None, scenes, CFG, seed=0)
-    assert set(acc) == {f"acc_{f}" for f in W.FAMILIES} and all(v == 1.0 for v in acc.values())
-    assert asked == sorted(asked)                      # one family after the other
+
+def test_seed_dirs_and_model_keys(tmp_path):
+    cfg = load_preset("shapes")
+    assert C.seed_run_dir(tmp_path, cfg, 0) == tmp_path
+    assert C.seed_run_dir(tmp_path, cfg, 2) == tmp_path / "evaluation" / "seed2"
+    s2 = C.seed_config(cfg, 2)
+    assert s2.selection.seed == 2 and s2.dpo.seed == 2 and s2.dpo.learning_rate == cfg.dpo.learning_rate
+    keys = C.model_keys(cfg)
+    assert keys.count(("base", 0)) == 1 and sum(m == "base" for m, _ in keys) == 1
+    assert len(keys) == 1 + (len(cfg.evaluation.methods) - 1) * len(cfg.evaluation.seeds)
+    assert ("oracle", 0) in keys
+
+
+def test_evaluation_config_is_checked():
+    with pytest.raises(ConfigError, match="evaluation.methods"):
+        load_preset("smoke", {"evaluation.methods": ["base", "rlhf"]})
+    with pytest.raises(ConfigError, match="evaluation.seeds"):
+        load_preset("smoke", {"evaluation.seeds": [1, 1]})
+    with pytest.raises(ConfigError, match="evaluation.pope_images"):
+        load_preset("smoke", {"evaluation.pope_files": ["q.json"]})
+    assert dataclasses.asdict(load_preset("shapes").evaluation)["seeds"] == (0, 1, 2)
+
+
+def test_comparison_table_layout(scenes, questions):
+    st = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    boot = C.bootstrap({"base": st[None], "m3po": st[None]}, n_boot=100)
+    df = C.comparison_table(boot)
+    assert list(df.index) == ["SFT base", "M3PO"] and list(df.columns) == list(C.HEADLINE)
+    assert df.loc["M3PO", "mme_total"] == "800.0 [800.0, 800.0]"
+    md = C.table_markdown(df, "t")
+    assert md.splitlines()[2].startswith("| method | mme_total")
+
+
+def test_verdicts_and_per_seed(scenes, questions):
+    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    bad = np.stack([C.scene_stats(scenes, questions, noisy_answers(questions, scenes, s), WCFG) for s in range(2)])
+    boot = C.bootstrap({"good": np.stack([good, good]), "bad": bad}, n_boot=300)
+    v = C.verdicts(boot, "good", "bad", ["mme_total", "chair_i", "judge_score"])
+    assert v == {"better": ["mme_total", "chair_i"], "worse": [], "no_difference": ["judge_score"]}
+    assert C.verdicts(boot, "bad", "good", ["chair_i"])["worse"] == ["chair_i"]
+    ps = C.per_seed({"bad": bad})
+    assert len(ps) == 2 and ps["mme_total"].iloc[0] != ps["mme_total"].iloc[1]
+    lines = C.ordering_lines(boot, ["chair_i"])
+    assert lines[0].startswith("- **chair_i** (lower is better): best good 0.000; not distinguishable from it: "
+                               "none; reliably worse: bad")
+    ex = C.answer_examples(questions, {("base", 0): [perfect(q, scenes) for q in questions]}, scene=0)
+    assert list(ex.index) == ["base (seed 0)"] and "Describe the image." in ex.columns
+
+
+DATA = __import__("pathlib").Path(__file__).resolve().parent.parent / "data"
+
+
+def test_benchmark_files_as_a_question_set():
+    paths, qs = C.file_questions([str(DATA / "pope" / "shapes_pope_adversarial.json")], str(DATA / "pope" / "images"),
+                                 str(DATA / "mme"))
+    assert {q["kind"] for q in qs} == {"pope_adversarial", "mme"}
+    assert C.pope_settings(qs) == ["adversarial"]
+    assert all(0 <= q["scene"] < len(paths) for q in qs) and len(set(paths)) == len(paths)
+    answers = []
+    for n, q in enumerate(qs):      # every third answer wrong, in the parsers' tricky forms
+        right = ("Yes" if q.get("label", q.get("answer", "")).lower() == "yes" else "No")
+        answers.append(right if n % 3 else {"Yes": "No, there is not.", "No": "Eyes"}[right])
+    st = C.scene_stats([None] * len(paths), qs, answers, WCFG)
+    m = C.metrics_from_totals(st.sum(axis=0))
+    pope = [(a, q["label"]) for q, a in zip(qs, answers, strict=True) if q["kind"] == "pope_adversarial"]
+    ref = E.pope_metrics([a for a, _ in pope], [lab for _, lab in pope])
+    assert m["pope_adversarial_accuracy"] == pytest.approx(ref["accuracy"]) and ref["accuracy"] < 1
+    mme = E.mme_scores([q | {"prediction": a} for q, a in zip(qs, answers, strict=True) if q["kind"] == "mme"])
+    assert m["mme_total"] == pytest.approx(mme["total"])
+    assert C.available_metrics({"base": st[None]}) == ["mme_total", "pope_adversarial_f1", "yes_no_compliance"]
+
+
+def test_pope_file_name_must_name_its_setting(tmp_path):
+    with pytest.raises(ValueError, match="rename it"):
+        C.pope_setting(tmp_path / "my_questions.json")
+    assert C.pope_setting("coco_pope_popular.json") == "popular"
+
+
+def test_delta_frame_rows_are_the_paired_deltas(scenes, questions):
+    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    bad = C.scene_stats(scenes, questions, noisy_answers(questions, scenes), WCFG)
+    boot = C.bootstrap({"good": good[None], "bad": bad[None]}, n_boot=200)
+    df = boot.delta_frame([("good", "bad")], ["mme_total", "chair_i"])
+    assert list(df.index) == [("good − bad", "mme_total"), ("good − bad", "chair_i")]
+    assert df.loc[("good − bad", "chair_i")].to_dict() == boot.delta("good", "bad", "chair_i")
+    assert df.loc[("good − bad", "mme_total"), "delta"] > 0
+
+
+class FakeJudge:
+    """Scores an answer by its length; records what it was asked."""
+
+    def __init__(self):
+        self.items = []
+
+    def judge(self, items, progress=False):
+        from m3po_utils.judge.client import JudgeOutcome
+
+        self.items += items
+        return [[JudgeOutcome(float(len(r)), ok=r != "fail") for r in it.responses] for it in items]
+
+
+def test_judge_answers_asks_each_distinct_answer_once_and_maps_scores_back(scenes, questions):
+    images = [W.render(s, WCFG) for s in scenes]
+    base = [perfect(q, scenes) for q in questions]
+    judged_rows = [k for k, q in enumerate(questions) if q["kind"] in C.JUDGED_KINDS]
+    other = list(base)
+    other[judged_rows[0]] = "fail"
+    other[judged_rows[1]] = "x"
+    client = FakeJudge()
+    out = C.judge_answers(client, images, questions, {("base", 0): base, ("m3po", 0): other})
+    assert len(client.items) == len(judged_rows)
+    assert client.items[1].responses == [base[judged_rows[1]], "x"]
+    assert client.items[2].responses == [base[judged_rows[2]]]            # same answer: asked once
+    assert out[("m3po", 0)][judged_rows[1]] == 1.0 and np.isnan(out[("m3po", 0)][judged_rows[0]])
+    assert out[("base", 0)][judged_rows[2]] == len(base[judged_rows[2]])
+    not_judged = [k for k in range(len(questions)) if k not in judged_rows]
+    assert np.isnan(out[("base", 0)][not_judged]).all()
+
+
+def test_benchmark_paths_and_frame():
+    cfg = load_preset("smoke")
+    files = C.benchmark_paths(cfg)
+    assert files["pope_files"] == [str(DATA / "pope" / "shapes_pope_adversarial.json"),
+                                   str(DATA / "pope" / "shapes_pope_seem_popular.json"),
+                                   str(DATA / "lmms-lab" / "POPE" / "test-00000-of-00001.parquet")]
+    assert files["mme_dirs"] == [str(DATA / "mme"), str(DATA / "lmms-lab" / "MME")]
+    own = load_preset("smoke", {"evaluation.mme_dir": "/x/mme"})
+    assert C.benchmark_paths(own) == {"pope_files": [], "pope_images": "", "mme_dirs": ["/x/mme"]}
+    real = {"subtasks": {"OCR": {"group": "perception"}, "code_reasoning": {"group": "cognition"}},
+            "perception": 150.0, "cognition": 95.0, "total": 150.0}
+    df = C.benchmark_frame({"base": {"pope:a.json": {"accuracy": 0.5, "f1": 0.1},
+                                     "mme:data/mme": {"subtasks": {"count": {"group": "perception"}},
+                                                      "perception": 283.0, "cognition": 0.0},
+                                     "mme:x/MME": real}})
+    assert df["base"].to_dict() == {"pope:a.json": 0.5, "mme:data/mme perception": 283.0,
+                                    "mme:x/MME perception": 150.0, "mme:x/MME cognition": 95.0}
+
+
+def test_mde_recovered_share_and_oracle_table():
+    from m3po_utils.stats import Bootstrap
+    rng = np.random.default_rng(0)
+    base, oracle = rng.normal(0.0, 1.0, 4000), rng.normal(2.0, 1.0, 4000)
+    half = (base + oracle) / 2
+    boot = Bootstrap(point={"base": {"x": 0.0}, "oracle": {"x": 2.0}, "m3po": {"x": 1.0}},
+                     draws={"base": {"x": base}, "oracle": {"x": oracle}, "m3po": {"x": half}}, ci=0.95)
+    # the paired draws differ by N(2, sqrt 2): SE sqrt 2, MDE (1.96 + 0.8416) * sqrt 2 = 3.962
+    assert boot.mde("oracle", "base", "x") == pytest.approx(2.8016 * np.sqrt(2), rel=0.03)
+    assert boot.mde("m3po", "m3po", "x") == 0.0
+    r = boot.recovered("m3po", "x", "oracle", "base")
+    assert r["share"] == pytest.approx(0.5) and r["lo"] <= 0.5 <= r["hi"]
+    with pytest.raises(ValueError, match="power"):
+        boot.mde("oracle", "base", "x", power=1.0)
+
+
+def test_detectable_difference_by_scenes(scenes, questions):
+    a = C.scene_stats(scenes, questions, noisy_answers(questions, scenes, 0), WCFG)
+    b = C.scene_stats(scenes, questions, noisy_answers(questions, scenes, 1), WCFG)
+    stats = {"m3po": a[None], "random": b[None]}
+    df = C.detectable_by_scenes(stats, [("m3po", "random")], [8, 30], n_boot=400, seed=3)
+    full = C.detectable_table(C.bootstrap(stats, n_boot=400, seed=3), [("m3po", "random")])
+    # all the scenes: exactly notebook 06's number; fewer scenes, a larger detectable difference
+    assert df[30].to_dict() == full["mde"].to_dict()
+    assert (df[8] > df[30]).all()
+    on_eight = C.detectable_table(C.bootstrap({m: s[:, :8] for m, s in stats.items()}, n_boot=400, seed=3),
+                                  [("m3po", "random")])
+    assert df[8].to_dict() == on_eight["mde"].to_dict()      # the first 8 scenes, not any 8
+    assert C.scene_sizes(30) == [7, 15, 22, 30] and C.scene_sizes(5) == [2, 3, 5] and C.scene_sizes(1) == []
+    assert C.detectable_by_scenes(stats, [("m3po", "random")], []).empty
+    default = C.detectable_by_scenes(stats, [("m3po", "random")], n_boot=400, seed=3)
+    assert list(default.columns) == [7, 15, 22, 30] and default[30].to_dict() == df[30].to_dict()
+    for sizes in ([1], [31], [2.5]):
+        with pytest.raises(ValueError, match=r"each must be an integer in \[2, 30\]"):
+            C.detectable_by_scenes(stats, [("m3po", "random")], sizes)
+
+
+def test_recorded_answers_read_notebook_06_cache_only(tmp_path, scenes, questions):
+    import json
+
+    cfg = load_preset("smoke")
+    keys = C.model_keys(cfg)
+    with pytest.raises(FileNotFoundError, match=r"run notebook 06 \(06_evaluation.ipynb\)"):
+        C.recorded_answers(tmp_path, cfg, questions)
+    for k, (method, seed) in enumerate(keys):
+        path = C.answers_path(tmp_path, method, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"method": method, "seed": seed, "questions": C.questions_key(questions),
+                                    "answers": [f"{k}"] * len(questions)}))
+    got = C.recorded_answers(tmp_path, cfg, questions)
+    assert list(got) == keys and got[keys[-1]] == [f"{len(keys) - 1}"] * len(questions)
+    with pytest.raises(FileNotFoundError, match="does not hold"):        # answers to other questions
+        C.recorded_answers(tmp_path, cfg, questions[1:])
+    C.answers_path(tmp_path, *keys[0]).write_text("{")                   # a broken file: named, never moved
+    with pytest.raises(ValueError, match=r"base_seed0.json is unreadable .*run notebook 06"):
+        C.recorded_answers(tmp_path, cfg, questions)
+    assert C.answers_path(tmp_path, *keys[0]).read_text() == "{"
+
+
+def test_oracle_table_and_headline_lines(scenes, questions):
+    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    bad = C.scene_stats(scenes, questions, noisy_answers(questions, scenes, 0), WCFG)
+    boot = C.bootstrap({"base": bad[None], "oracle": good[None], "m3po": good[None], "random": bad[None]},
+                       n_boot=300, seed=0)
+    t = C.oracle_table(boot)
+    assert list(t.index) == list(C.KEY_METRICS)
+    assert t.loc["mme_total", "moves"] and t.loc["mme_total", "gain"] > 0
+    assert t.loc["mme_total", "m3po"] == pytest.approx(1.0) and t.loc["mme_total", "random"] == pytest.approx(0.0)
+    lines = "\n".join(C.headline_lines(boot))
+    assert "the oracle moves it" in lines and "m3po beats random" in lines
+    chair = C.oracle_table(boot, metrics=("chair_i",))          # lower is better: the gain is turned positive
+    assert chair.loc["chair_i", "gain"] >= 0
+    mde = C.detectable_table(boot, [("m3po", "random")])
+    assert (mde["mde"] > 0).all() and mde.loc[("m3po − random", "mme_total"), "observed"] > 0
+
+
+def test_a_corrupt_answers_cache_is_set_aside_and_answered_again(tmp_path, monkeypatch):
+    from m3po_utils import comparison as C
+    from m3po_utils.config import load_preset
+
+    calls = []
+    monkeypatch.setattr(C, "load_method", lambda cfg, run, method, seed: ("model", "processor"))
+    monkeypatch.setattr(C, "answer_questions", lambda m, p, images, qs, batch_size: calls.append(1) or
+                        [f"answer {i}" for i in range(len(qs))])
+    cfg = load_preset("smoke")
+    questions = [{"scene": 0, "question": "Is there a red circle?"}] * 3
+    path = C.answers_path(tmp_path, "m3po", 0)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"method": "m3po", "answers": ["a", "b"')              # truncated
+    assert C.cached_answers(tmp_path, cfg, "m3po", 0, [None], questions) == ["answer 0", "answer 1", "answer 2"]
+    aside = [p.name for p in path.parent.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1 and (path.parent / aside[0]).read_text().endswith('"b"')
+    assert C.cached_answers(tmp_path, cfg, "m3po", 0, [None], questions)[2] == "answer 2"
+    assert len(calls) == 1                                                  # the rebuilt cache is used
+
+
+def test_mme_by_subtask_splits_the_total_into_its_subtasks(scenes, questions):
+    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    answers = noisy_answers(questions, scenes, 1)
+    bad = C.scene_stats(scenes, questions, answers, WCFG)
+    boot = C.bootstrap({"base": bad[None], "oracle": good[None]}, n_boot=200, seed=0)
+    assert C.mme_subtasks(boot) == list(E.MME_SUBTASKS)
+    table = C.mme_by_subtask(boot)
+    assert table.index.tolist() == [(C.METHOD_LABELS[m], t) for m in ("base", "oracle") for t in E.MME_SUBTASKS]
+    ref = E.mme_scores([q | {"prediction": a} for q, a in zip(questions, answers, strict=True) if q["kind"] == "mme"])
+    for t, v in ref["subtasks"].items():
+        row = table.loc[(C.METHOD_LABELS["base"], t)]
+        assert row["acc"].startswith(f"{v['acc']:.3f} [") and row["acc_plus"].startswith(f"{v['acc_plus']:.3f} [")
+        assert row["score"].startswith(f"{v['score']:.1f} [")
+        assert table.loc[(C.METHOD_LABELS["oracle"], t)]["score"].startswith("200.0 [")
+    deltas = C.subtask_deltas(boot, [("oracle", "base")])["oracle − base"]
+    assert set(deltas) == set(E.MME_SUBTASKS)
+    for t, v in ref["subtasks"].items():            # the subtask deltas add up to the total's
+        assert deltas[t]["delta"] == pytest.approx(200 - v["score"])
+    assert sum(d["delta"] for d in deltas.values()) == pytest.approx(boot.delta("oracle", "base", "mme_total")["delta"])
