@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ratios import emit  # noqa: E402  (benchmarks/ratios.py)
 
-from m3po_utils import world as W  # noqa: E402
+from m3po_utils import shapes as W  # noqa: E402
 from m3po_utils.config import load_preset  # noqa: E402
 from m3po_utils.models import generate as G  # noqa: E402
 from m3po_utils.models import sft as T_sft  # noqa: E402

@@ -34,15 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ratios import emit, machine  # noqa: E402
 
-from m3po_utils import basemodels  # noqa: E402
 from m3po_utils import candidates as G  # noqa: E402
 from m3po_utils import dpo as D  # noqa: E402
+from m3po_utils import world  # noqa: E402
 from m3po_utils.config import setup_run  # noqa: E402
 from m3po_utils.launch import candidates as LC  # noqa: E402
 from m3po_utils.launch import dpo as LD  # noqa: E402
 from m3po_utils.run import run_series  # noqa: E402
-from m3po_utils.runs import RunDir  # noqa: E402
-from m3po_utils.world.prompts import ImageResolver, preference_prompts  # noqa: E402
+from m3po_utils.rundir import RunDir  # noqa: E402
+from m3po_utils.shapes.prompts import ImageResolver, preference_prompts  # noqa: E402
 
 # the smoke world with the shapes preset's model sizes and more prompts (notebook 00 still trains briefly)
 FULL = {"lvlm_train.text_hidden": 128, "lvlm_train.text_layers": 3, "lvlm_train.text_intermediate": 384,
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         cfg = RunDir(one).preset()
         splits = RunDir(one).scenes()
         prompts, resolver = preference_prompts(cfg, splits), ImageResolver(cfg, splits)
-        model, processor, _ = basemodels.base_lvlm(cfg, one)
+        model, processor, _ = world.base_lvlm(cfg, one)
         t0 = time.perf_counter()
         a = G.prepare_candidates(cfg, one, model, processor, prompts, resolver, progress=False)
         wall1 = time.perf_counter() - t0

@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ratios import emit  # noqa: E402  (benchmarks/ratios.py)
 
 from m3po_utils import mas  # noqa: E402
-from m3po_utils import world as W  # noqa: E402
+from m3po_utils import shapes as W  # noqa: E402
 from m3po_utils.config import load_preset  # noqa: E402
 from m3po_utils.judge import client as JC  # noqa: E402
 from m3po_utils.judge.server import JudgeServer  # noqa: E402
 from m3po_utils.models import clip_score as CS  # noqa: E402
-from m3po_utils.world import prompts as P  # noqa: E402
+from m3po_utils.shapes import prompts as P  # noqa: E402
 
 
 def build(n_prompts: int, n_candidates: int):

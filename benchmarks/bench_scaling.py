@@ -20,7 +20,7 @@ For each stage and axis the script fits the growth exponent a in time ∝ x^a (l
 all points and over the last doubling alone — small points still carry fixed per-call costs, so the last
 doubling is the regime that continues) and reports 2^a, the time ratio per doubling, as the ratio. It then
 multiplies the base point's time by (x_7B / x_0)^a (last-doubling exponents) over the axes to extrapolate to LLaVA-1.5-7B's K = 5000, N = 32, w = 4096 — on this CPU, at the
-tiny model's depth, image-token count and answer length — and prints it beside the README's on-paper GPU
+tiny model's depth, image-token count and answer length — and prints it beside the on-paper GPU
 estimate. The width exponent of a 3-layer model of width ≤ 512 is measured where per-call overhead still
 weighs; a 7B model is compute-bound (time ∝ w² at fixed depth), so the script also prints that bound.
 """
@@ -50,7 +50,7 @@ BASE = {"N": 8, "K": 16, "w": 128}
 AXES = {"sampling": ("N", "K", "w"), "clip": ("N", "K"), "dpo": ("K", "w")}
 VALUES = {"N": [4, 8, 16, 32], "K": [8, 16, 32, 64], "w": [64, 128, 256, 512]}
 DPO_K = [16, 32, 64, 128]          # DPO needs whole batches of 8 pairs
-TARGET = {"N": 32, "K": 5000, "w": 4096}     # LLaVA-1.5-7B under the paper's settings (README, "Scaling")
+TARGET = {"N": 32, "K": 5000, "w": 4096}     # LLaVA-1.5-7B under the paper's settings (docs/guide.md, "Scaling to LLaVA-1.5-7B")
 ON_PAPER = {"sampling": "≈ 5.5–6 GPU-hours (HF generate, one 80 GB GPU)", "clip": "minutes of GPU",
             "dpo": "≈ 15–20 GPU-minutes per adapter"}
 MAX_NEW_TOKENS = 24
@@ -101,7 +101,7 @@ def _measured(fn, repeats: int = 2) -> tuple[float, float]:
 
 
 def _world(k: int):
-    from m3po_utils import world as W
+    from m3po_utils import shapes as W
     from m3po_utils.config import load_preset
 
     cfg = load_preset("shapes")
@@ -120,8 +120,8 @@ def _lvlm(cfg, wc, splits, width: int):
 def point(stage: str, n: int, k: int, w: int) -> dict:
     import torch
 
-    from m3po_utils import world as W
-    from m3po_utils.world import prompts as P
+    from m3po_utils import shapes as W
+    from m3po_utils.shapes import prompts as P
 
     torch.manual_seed(0)
     cfg, wc, splits = _world(k)
@@ -250,7 +250,7 @@ def print_table(fits: list[dict]) -> None:
               f"{f['time_exponent']:.2f} ({2 ** f['time_exponent']:.2f}x) | {f['last_doubling_exponent']:.2f} | "
               f"{f['memory_exponent']:.2f} |")
     print("\n| stage | extrapolated to K=5000, N=32, w=4096 on this CPU (last-doubling exponents) | with time ∝ w² | "
-          "on paper (README, GPU) |")
+          "on paper (docs/guide.md, GPU) |")
     print("|---|---|---|---|")
     for f in fits:
         if f["axis"] == "7B":

@@ -18,9 +18,9 @@ import io
 import json
 from pathlib import Path
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import WorldConfig
-from m3po_utils.evaluation import POPE_SETTINGS, mme_questions, pope_questions
+from m3po_utils.scoring import POPE_SETTINGS, mme_questions, pope_questions
 
 HERE = Path(__file__).resolve().parent
 

@@ -41,9 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.io import AtomicDir, atomic_write_json
 from m3po_utils.models.generate import (
     GenerationInputError,
@@ -55,7 +54,8 @@ from m3po_utils.models.generate import (
     quiet_datasets,
     sample_candidates,
 )
-from m3po_utils.runs import DATASET_STATE, ArtifactCorrupt, RunDir, quarantine
+from m3po_utils.progress import Progress
+from m3po_utils.rundir import DATASET_STATE, ArtifactCorrupt, RunDir, quarantine
 
 MANIFEST = "manifest.json"
 
@@ -243,8 +243,7 @@ def generate_candidates(model, processor, prompts: Sequence[dict], image_loader:
     mine = [c for c in range(len(chunks)) if c % world_size == rank]
     desc = f"sampling {n_candidates} candidates per prompt" + (f" (process {rank} of {world_size})"
                                                                 if world_size > 1 else "")
-    bar = tqdm(mine, desc=desc, unit="chunk", disable=not progress)
-    for c in bar:
+    for c in Progress.over(mine, desc, unit="chunk", enabled=progress):
         idx = chunks[c]
         path = parts / f"chunk-{c:05d}.parquet"
         if path.is_file() and not _readable_shard(path):

@@ -30,10 +30,10 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.io import AtomicDir, atomic_write_json
 from m3po_utils.models.generate import quiet_datasets, score_responses
-from m3po_utils.runs import RunDir
+from m3po_utils.rundir import RunDir
 from m3po_utils.stats import spearman
 
 ANSWER_KEY_FAMILIES = ("existence", "color", "count", "position", "fmt_one_word")
@@ -290,7 +290,7 @@ def length_effect(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def table_dict(df: pd.DataFrame, key: str = "family", digits: int = 4) -> dict:
-    """``{key value: {column: value}}`` for ``record_results``, rounded, with NaN as None (strict JSON)."""
+    """``{key value: {column: value}}`` for ``results.record_results``, rounded, with NaN as None (strict JSON)."""
     out = df.set_index(key).round(digits).astype(object)
     return out.where(out.notna(), None).to_dict(orient="index")
 

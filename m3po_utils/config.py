@@ -22,12 +22,9 @@ from typing import Any, get_type_hints
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
+from m3po_utils import rules
 from m3po_utils.io import atomic_write_text
-
-# Pair-selection strategies (stage 04); best_of_n is the SFT-only control on the chosen answers.
-STRATEGIES = ("m3po", "best_worst", "random", "best_of_n", "oracle")
-# Strategies that rank candidates by the verifier's ground truth: they exist in the shapes world only.
-TRUTH_STRATEGIES = ("oracle",)
+from m3po_utils.rules import CONFIDENCE_KINDS
 
 
 class ConfigError(ValueError):
@@ -55,7 +52,7 @@ class WorldConfig:
                                              ("cross", "hexagon"))
     partner_prob: float = 0.5
     # Share of objects drawn faint (small, washed out): evidence a model can miss, where the prior takes over.
-    # Off by default: at 0.1-0.3 the tiny LLaVA's yes/no colour answers fall to chance (README, measurements).
+    # Off by default: at 0.1-0.3 the tiny LLaVA's yes/no colour answers fall to chance (docs/history.md, the calibration of 2026-12-01).
     faint_prob: float = 0.0
     n_train: int = 6000
     n_pref: int = 1300   # 1200 preference prompts + 100 validation scenes (prompts.n_validation)
@@ -118,11 +115,11 @@ class LvlmTrainConfig:
     # Share of training scenes whose answers describe the scene *plus* an absent co-occurrence mate
     # (``world.annotated``): the caption noise that teaches the prior. The images and the per-cell targets stay true.
     # With strong grounding (aux_weight 1.0) it is what puts the base's POPE errors where the prior is, and what
-    # training on the truth can undo (README, "How the world was recalibrated").
+    # training on the truth can undo (docs/history.md, the recalibrations of 2026-12-02).
     annotation_noise: float = 0.9
     # Weight of grounding each occupied cell's image token in the words of its position name ("top", "left"):
     # the language model's rotary positions shift with the question's length, so the image token itself must
-    # say where it is for "Is the circle at the top left?" to be answerable by comparison (README, calibration).
+    # say where it is for "Is the circle at the top left?" to be answerable by comparison (docs/history.md, the recalibrations of 2026-12-02).
     position_grounding: float = 1.0
     eval_every: int = 1000
     # "bf16": the training step's forward runs under bfloat16 autocast (weights, gradients and the optimiser stay
@@ -188,8 +185,8 @@ class ClipTrainConfig:
         _check(0 < self.lr < 1, "clip_train.lr", self.lr, "a float in (0, 1)")
 
 
-# The preference prompts' family mix (``generation.family_weights``); ``world.prompts`` checks the family names.
-# Chosen on calibration scenes (tools/calibrate_base.py, another draw of the world; README "The preference mix"):
+# The preference prompts' family mix (``generation.family_weights``); ``shapes.prompts`` checks the family names.
+# Chosen on calibration scenes (tools/calibrate_base.py, another draw of the world; docs/history.md, "The preference mix"):
 # the MME-style yes/no families at 8 % each (were 3-4 %) and descriptions at 16 % (were 30 %). Under the old mix
 # only 9 % of the prompts asked what MME asks, and training on the truth moved the MME-style total by +11 on the
 # default base; with this mix by +33 (POPE-adversarial F1 +4.5 -> +5.2 points). The old mix is in LEGACY_VALUES.
@@ -238,7 +235,7 @@ class GenerationConfig:
 class MasConfig:
     """Stage 02: the Multimodal Alignment Score, MAS = w_clip * clip_norm + w_judge * judge_norm (in [0, 1])."""
 
-    # Chosen on the shapes preset's validation candidates (notebook 02, README "MAS weights"): the judge's 1-10
+    # Chosen on the shapes preset's validation candidates (notebook 02, docs/findings.md, "MAS weights"): the judge's 1-10
     # scores tie for most prompts, and a small CLIP share breaks those ties towards truly worse rejected answers;
     # 0.3 and more lets CLIP overturn the judge. Hub presets inherit it (no verifier there to tune on).
     clip_weight: float = 0.1
@@ -304,8 +301,6 @@ class SelectionConfig:
         _check(self.pairs_per_prompt >= 1, "selection.pairs_per_prompt", self.pairs_per_prompt, "an integer >= 1")
 
 
-CONFIDENCE_KINDS = ("sum", "mean")
-
 
 @dataclass(frozen=True)
 class DpoConfig:
@@ -321,7 +316,8 @@ class DpoConfig:
     sampled tokens, instead of a reference forward pass each step.
     """
 
-    strategies: tuple[str, ...] = ("m3po", "best_worst", "random", "best_of_n", "oracle")
+    # the pair-selection rules of m3po_utils.rules that the main series trains (each rule's ``main``)
+    strategies: tuple[str, ...] = field(default_factory=rules.main_names)
     max_pairs: int = 0            # 0 = all pairs of the smallest strategy
     learning_rate: float = 2e-3    # shapes: chosen on the preference split's validation scenes (notebook 05)
     batch_size: int = 8
@@ -346,10 +342,11 @@ class DpoConfig:
 
     def __post_init__(self) -> None:
 
-        _check(len(self.strategies) >= 1 and all(s in STRATEGIES for s in self.strategies)
+        known = rules.names()
+        _check(len(self.strategies) >= 1 and all(s in known for s in self.strategies)
                and len(set(self.strategies)) == len(self.strategies)
-               and any(s != "best_of_n" for s in self.strategies), "dpo.strategies", self.strategies,
-               f"distinct names from {STRATEGIES}, at least one a DPO strategy (best_of_n, the SFT-only "
+               and any(s not in rules.sft_only_names() for s in self.strategies), "dpo.strategies", self.strategies,
+               f"distinct names from {known}, at least one a DPO strategy (best_of_n, the SFT-only "
                "control, is always trained)")
         for name in ("batch_size", "grad_accum", "lora_r", "lora_alpha", "max_length"):
             _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"dpo.{name}",
@@ -388,7 +385,8 @@ class EvaluationConfig:
     zip's nesting, or lmms-lab parquet) — see :mod:`m3po_utils.benchfiles`.
     """
 
-    methods: tuple[str, ...] = ("base", "best_of_n", "random", "best_worst", "m3po", "oracle")
+    # the SFT base and the main series' rules, in the tables' order (each rule's ``rank``)
+    methods: tuple[str, ...] = field(default_factory=lambda: rules.table_order(("base", *rules.main_names())))
     seeds: tuple[int, ...] = (0, 1, 2)
     n_scenes: int = 0
     bootstrap: int = 2000
@@ -400,7 +398,7 @@ class EvaluationConfig:
 
     def __post_init__(self) -> None:
 
-        known = ("base", *STRATEGIES)
+        known = ("base", *rules.names())
         _check(len(self.methods) >= 1 and all(m in known for m in self.methods)
                and len(set(self.methods)) == len(self.methods), "evaluation.methods", self.methods,
                f"distinct names from {known}")
@@ -545,8 +543,8 @@ class Preset:
                    "'local' in the shapes world (its tiny LLaVA is trained by notebook 00)")
         else:
             for name, names in (("dpo.strategies", self.dpo.strategies), ("evaluation.methods", self.evaluation.methods)):
-                _check(not set(names) & set(TRUTH_STRATEGIES), name, names,
-                       f"no {', '.join(TRUTH_STRATEGIES)} outside the shapes world: it ranks candidates by the "
+                _check(not set(names) & set(rules.truth_names()), name, names,
+                       f"no {', '.join(rules.truth_names())} outside the shapes world: it ranks candidates by the "
                        "verifier's ground truth, which only the shapes world has")
 
     def to_dict(self) -> dict[str, Any]:

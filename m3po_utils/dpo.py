@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import DpoConfig, Preset
 from m3po_utils.io import AtomicDir, atomic_write_json
 from m3po_utils.models.generate import greedy_answers
@@ -70,8 +70,8 @@ from m3po_utils.models.lora import check_lora_targets, lora_summary, quiet_gc_wa
 from m3po_utils.models.lvlm import load_lvlm
 from m3po_utils.models.templates import n_image_tokens, prompt_for
 from m3po_utils.models.trl_api import REF_COLUMNS, build_trainer, training_processor, trl_texts
-from m3po_utils.runs import RunDir, StageMissing, quarantine, reading
-from m3po_utils.world.prompts import existence_shape
+from m3po_utils.rundir import RunDir, StageMissing, quarantine, reading
+from m3po_utils.shapes.prompts import existence_shape
 
 SFT_ONLY = "best_of_n"
 
@@ -406,8 +406,9 @@ def train_one(prep: PreparedStrategy, model, processor, dcfg: DpoConfig, folder:
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="m3po-trainer-")))
         tmp = stack.enter_context(AtomicDir(folder)) if main else None
+        what = "SFT-LoRA" if prep.sft_only else "DPO-LoRA"
         trainer = build_trainer(model, tproc, prep.table, dcfg, scratch / "trainer", max_steps, prep.sft_only,
-                                device, dtype, progress, processes)
+                                device, dtype, progress, processes, desc=f"{what} {prep.strategy}")
         lora = lora_summary(trainer.model)
         t0 = time.perf_counter()
         with quiet_gc_warning():
@@ -483,7 +484,7 @@ def train_strategies(run_dir, cfg: Preset, strategies: Sequence[str] | None = No
     All pair sets are loaded and checked first (empty set, missing column, unreadable image, LoRA target matching
     nothing: :class:`DpoInputError` before any training). A strategy whose adapter is complete for the same
     settings and data is loaded from disk, not retrained (``redo=True`` retrains); one whose files are truncated
-    or corrupt is quarantined (:func:`~m3po_utils.runs.quarantine`) and retrained. Returns the training info of
+    or corrupt is quarantined (:func:`~m3po_utils.rundir.quarantine`) and retrained. Returns the training info of
     every strategy (see :func:`train_one`), ``best_of_n`` included.
 
     ``only``: train just these strategies (the budget is still that of every strategy: the launched entry point

@@ -11,14 +11,14 @@ takes notebook 04's pairs and notebook 05's adapters; the others are trained her
 ``run_dir/evaluation/seed<s>/`` (resumable: a complete adapter is not retrained). The base model is greedy and
 deterministic, so it has one "seed".
 
-**One question set for every model.** :func:`eval_questions` builds, for each evaluation scene, the POPE questions
+**One question set for every model.** :func:`~m3po_utils.scoring.eval_questions` builds, for each evaluation scene, the POPE questions
 of the three settings, the MME-style pairs of four subtasks, a description (CHAIR), one format-constrained
 instruction (IFT) and a short open question; descriptions and short questions are also scored by the judge
 (against the base model's answer to the same prompt: the win rate). Identical questions are answered once.
 Greedy answers are cached per model in ``run_dir/evaluation/answers/`` and judge calls in the run's judge cache,
 so a rerun recomputes nothing.
 
-**Intervals.** Every metric is a ratio of sums of per-scene counts (:data:`STATS`). :func:`bootstrap` resamples
+**Intervals.** Every metric is a ratio of sums of per-scene counts (:data:`m3po_utils.scoring.STATS`). :func:`bootstrap` resamples
 scenes (shared by all methods, so differences are paired) and seeds, recomputes the metric of every resampled
 seed and averages them; the interval is the central ``ci`` share of those means, the point the mean over seeds.
 """
@@ -35,10 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from m3po_utils import evaluation as E
+from m3po_utils import rules
+from m3po_utils import scoring as E
 from m3po_utils import selection as S
-from m3po_utils import world as W
-from m3po_utils.benchfiles import MME_COGNITION, MME_SUBTASK_NAMES, mme_group, open_image
+from m3po_utils import shapes as W
+from m3po_utils.benchfiles import open_image
 from m3po_utils.config import Preset, WorldConfig
 from m3po_utils.dpo import (
     SFT_ONLY,
@@ -51,63 +52,18 @@ from m3po_utils.dpo import (
 from m3po_utils.io import atomic_write_json
 from m3po_utils.judge.client import JudgeItem
 from m3po_utils.models.generate import greedy_answers
-from m3po_utils.runs import RunDir, quarantine
-from m3po_utils.stats import Bootstrap, fmt_interval, resample
-from m3po_utils.world.prompts import ImageResolver
-
-METHOD_LABELS = {"base": "SFT base", "best_of_n": "best-of-N SFT", "random": "random-pair DPO",
-                 "best_worst": "best-vs-worst DPO (α = 0)", "m3po": "M3PO",
-                 "oracle": "oracle (verifier-ranked DPO)"}
-
-
-IFT_FAMILIES = ("fmt_one_word", "fmt_list", "fmt_start", "fmt_max_words")
-
-
-SHORT_FAMILIES = ("color", "count", "position")     # the judge's short open questions, one per scene in turn
-
-
-# MME subtasks the per-scene counts cover: the shapes world's (all perception subtasks), then the rest of MME's 14.
-MME_STAT_SUBTASKS: tuple[str, ...] = tuple(dict.fromkeys([*E.MME_SUBTASKS, *MME_SUBTASK_NAMES]))
-
-# Per-scene counts every metric is a ratio of.
-STATS: tuple[str, ...] = (
-    *(f"pope_{s}_{c}" for s in E.POPE_SETTINGS for c in ("tp", "fp", "fn", "tn")),
-    *(f"mme_{t}_{c}" for t in MME_STAT_SUBTASKS for c in ("q", "right", "img", "both")),
-    "desc_n", "desc_mentions", "desc_hall", "desc_any_hall", "desc_objects", "desc_covered",
-    "ift_n", "ift_correct", "ift_followed", "yn_n", "yn_ok", "judge_n", "judge_sum", "judge_win",
+from m3po_utils.progress import Progress
+from m3po_utils.rundir import RunDir, quarantine
+from m3po_utils.scoring import (
+    HEADLINE,
+    JUDGED_KINDS,
+    MME_STAT_SUBTASKS,
+    STATS,
+    metrics_from_totals,
+    scene_stats,
 )
-
-
-_COL = {name: i for i, name in enumerate(STATS)}
-
-
-# Headline metrics (the comparison table), in the order of the paper's layout; True = higher is better.
-# mme_total is MME's perception total; mme_cognition (real MME only) its cognition total, shown where asked.
-HEADLINE = {"mme_total": True, "mme_cognition": True, "pope_adversarial_f1": True, "pope_mean_accuracy": True, "chair_i": False,
-            "ift": True, "judge_score": True, "judge_win_rate": True, "yes_no_compliance": True}
-
-
-def eval_questions(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0) -> list[dict]:
-    """The fixed question set: one row per (kind, question); ``kind`` in pope_<setting>, mme, describe, ift, short.
-
-    Every row has ``scene`` (index into ``scenes``), ``family`` and ``question``; POPE rows carry ``label``, MME
-    rows ``subtask`` / ``answer`` / ``image``. ``describe`` and ``short`` rows are the judged prompts.
-    """
-    rows: list[dict] = []
-    for setting in E.POPE_SETTINGS:
-        for r in E.pope_questions(scenes, cfg, setting, seed=seed):
-            rows.append({"kind": f"pope_{setting}", "scene": r["scene"], "family": "existence",
-                         "question": r["question"], "label": r["label"]})
-    for r in E.mme_questions(scenes, cfg, seed=seed):
-        rows.append({"kind": "mme", "scene": r["scene"], "family": E.MME_SUBTASKS[r["subtask"]],
-                     "question": r["question"], "subtask": r["subtask"], "image": r["image"], "answer": r["answer"]})
-    rng = np.random.default_rng(seed + 1)
-    for i, scene in enumerate(scenes):
-        for kind, fam in (("describe", "describe"), ("ift", IFT_FAMILIES[i % len(IFT_FAMILIES)]),
-                          ("short", SHORT_FAMILIES[i % len(SHORT_FAMILIES)])):
-            ins = W.make_instruction(fam, scene, cfg, rng=rng)
-            rows.append({"kind": kind, "scene": i, "family": fam, "question": ins.text, "reference": ins.reference})
-    return rows
+from m3po_utils.shapes.prompts import ImageResolver
+from m3po_utils.stats import Bootstrap, fmt_interval, resample
 
 
 def pope_setting(path) -> str:
@@ -173,26 +129,6 @@ def load_images(sources: Sequence) -> list:
     return [open_image(s) for s in sources]
 
 
-def available_metrics(stats: dict[str, np.ndarray], metrics: Sequence[str] = tuple(HEADLINE)) -> list[str]:
-    """The metrics some method has data for (benchmark files have no descriptions, format tasks or judge)."""
-    need = {"mme_total": "mme_", "mme_cognition": tuple(f"mme_{t}_" for t in MME_COGNITION),
-            "pope_adversarial_f1": "pope_adversarial_", "pope_mean_accuracy": "pope_",
-            "chair_i": "desc_n", "ift": "ift_n", "judge_score": "judge_n", "judge_win_rate": "judge_n",
-            "yes_no_compliance": "yn_n"}
-    total = sum(st.sum(axis=(0, 1)) for st in stats.values())
-    have = {name for name, v in zip(STATS, total, strict=True) if v > 0}
-    out = []
-    for k in metrics:
-        prefix = need.get(k, "")
-        if k == "pope_mean_accuracy":
-            ok = all(any(n.startswith(f"pope_{s}_") for n in have) for s in E.POPE_SETTINGS)
-        else:
-            ok = any(n.startswith(prefix) for n in have)
-        if ok:
-            out.append(k)
-    return out
-
-
 def questions_key(questions: Sequence[dict]) -> str:
     return hashlib.sha256(json.dumps([(q["scene"], q["question"]) for q in questions]).encode()).hexdigest()[:16]
 
@@ -207,107 +143,6 @@ def answer_questions(model, processor, images: Sequence, questions: Sequence[dic
                              max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     lookup = {(s, t): a for (_, s, t), a in zip(unique, answers, strict=True)}
     return [lookup[(q["scene"], q["question"])] for q in questions]
-
-
-def scene_stats(scenes: Sequence[W.Scene], questions: Sequence[dict], answers: Sequence[str], cfg: WorldConfig,
-                judge: np.ndarray | None = None, judge_base: np.ndarray | None = None) -> np.ndarray:
-    """``(len(scenes), len(STATS))`` counts of one model's answers.
-
-    ``judge`` / ``judge_base``: the judge's scores of this model's and of the base model's answer for every
-    row (NaN for rows that are not judged, or whose request failed: those are left out).
-    """
-    if len(answers) != len(questions):
-        raise ValueError(f"got {len(answers)} answers for {len(questions)} questions")
-    out = np.zeros((len(scenes), len(STATS)))
-
-    def add(i: int, name: str, v: float = 1.0) -> None:
-        out[i, _COL[name]] += v
-
-    mme: dict[tuple[str, int], list[bool]] = {}
-    for k, (q, a) in enumerate(zip(questions, answers, strict=True)):
-        i, kind = q["scene"], q["kind"]
-        scene = scenes[i]          # None for benchmark-file images: only POPE / MME rows, which need no scene
-        if kind.startswith("pope_"):
-            pred, gold = E.pope_parse(a), q["label"]
-            add(i, f"{kind}_{'t' if pred == gold else 'f'}{'p' if pred == 'yes' else 'n'}")
-        elif kind == "mme":
-            if q["subtask"] not in MME_STAT_SUBTASKS:
-                raise ValueError(f"MME subtask {q['subtask']!r} is not one of MME's: {list(MME_STAT_SUBTASKS)}; "
-                                 "name its folder (or category) after the subtask it holds")
-            mme.setdefault((q["subtask"], i), []).append(E.mme_parse(a) == q["answer"].lower())
-        elif kind == "describe":
-            named = set(W.object_mentions(a, cfg))
-            hall = named - scene.shapes()
-            add(i, "desc_n")
-            add(i, "desc_mentions", len(named))
-            add(i, "desc_hall", len(hall))
-            add(i, "desc_any_hall", float(bool(hall)))
-            add(i, "desc_objects", len(scene.objects))
-            add(i, "desc_covered", len(named & scene.shapes()))
-        elif kind == "ift":
-            v = W.verify(scene, q["question"], a, cfg)
-            add(i, "ift_n")
-            add(i, "ift_correct", float(v.correct))
-            add(i, "ift_followed", float(not v.format_violations))
-        if kind.startswith("pope_") or kind == "mme":
-            add(i, "yn_n")
-            add(i, "yn_ok", float(W.yes_no(a) is not None))
-        if judge is not None and judge_base is not None and np.isfinite(judge[k]) and np.isfinite(judge_base[k]):
-            add(i, "judge_n")
-            add(i, "judge_sum", float(judge[k]))
-            add(i, "judge_win", 1.0 if judge[k] > judge_base[k] else 0.5 if judge[k] == judge_base[k] else 0.0)
-    for (sub, i), oks in mme.items():
-        add(i, f"mme_{sub}_q", len(oks))
-        add(i, f"mme_{sub}_right", sum(oks))
-        add(i, f"mme_{sub}_img")
-        add(i, f"mme_{sub}_both", float(all(oks)))
-    return out
-
-
-def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
-    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den != 0)
-
-
-def metrics_from_totals(t: np.ndarray) -> dict[str, np.ndarray]:
-    """Every metric from summed counts ``t[..., len(STATS)]`` (any leading shape); a zero denominator gives 0.
-
-    The formulas are those of :func:`evaluation.pope_metrics`, :func:`evaluation.mme_scores`,
-    :func:`evaluation.description_metrics` and :func:`evaluation.ift_score` (a test checks they agree).
-    """
-    def c(name: str) -> np.ndarray:
-        return t[..., _COL[name]]
-
-    m: dict[str, np.ndarray] = {}
-    for s in E.POPE_SETTINGS:
-        tp, fp, fn, tn = (c(f"pope_{s}_{x}") for x in ("tp", "fp", "fn", "tn"))
-        prec, rec = _div(tp, tp + fp), _div(tp, tp + fn)
-        m[f"pope_{s}_accuracy"] = _div(tp + tn, tp + fp + fn + tn)
-        m[f"pope_{s}_precision"], m[f"pope_{s}_recall"] = prec, rec
-        m[f"pope_{s}_f1"] = _div(2 * prec * rec, prec + rec)
-        m[f"pope_{s}_yes_ratio"] = _div(tp + fp, tp + fp + fn + tn)
-    m["pope_mean_accuracy"] = np.mean([m[f"pope_{s}_accuracy"] for s in E.POPE_SETTINGS], axis=0)
-    sums = {"perception": np.zeros(t.shape[:-1]), "cognition": np.zeros(t.shape[:-1])}
-    for sub in MME_STAT_SUBTASKS:
-        if sub not in E.MME_SUBTASKS and not np.any(c(f"mme_{sub}_q") > 0):
-            continue   # a subtask nobody asked: no metric (the shapes world asks its four only)
-        acc, acc_plus = _div(c(f"mme_{sub}_right"), c(f"mme_{sub}_q")), _div(c(f"mme_{sub}_both"), c(f"mme_{sub}_img"))
-        m[f"mme_{sub}_acc"], m[f"mme_{sub}_acc_plus"] = acc, acc_plus
-        score = 100 * acc + 100 * acc_plus
-        m[f"mme_{sub}_score"] = score
-        sums[mme_group(sub)] = sums[mme_group(sub)] + score
-    m["mme_total"] = np.asarray(sums["perception"])
-    m["mme_cognition"] = np.asarray(sums["cognition"])
-    m["chair_i"] = _div(c("desc_hall"), c("desc_mentions"))
-    m["chair_s"] = _div(c("desc_any_hall"), c("desc_n"))
-    m["desc_precision"] = _div(c("desc_mentions") - c("desc_hall"), c("desc_mentions"))
-    m["desc_recall"] = _div(c("desc_covered"), c("desc_objects"))
-    m["ift"] = _div(c("ift_correct"), c("ift_n"))
-    m["format_followed"] = _div(c("ift_followed"), c("ift_n"))
-    m["yes_no_compliance"] = _div(c("yn_ok"), c("yn_n"))
-    m["judge_score"] = _div(c("judge_sum"), c("judge_n"))
-    m["judge_win_rate"] = _div(c("judge_win"), c("judge_n"))
-    return m
 
 
 def bootstrap(stats: dict[str, np.ndarray], n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> Bootstrap:
@@ -356,11 +191,11 @@ def prepare_seeds(run_dir, cfg: Preset) -> dict[int, dict[str, dict]]:
         if missing:
             if table is None:
                 table = S.scored_candidates(run)
-                groups = S.group_candidates(table, sc.confidence)
-                truth = S.truth_by_prompt(groups, table)
+                groups = rules.group_candidates(table, sc.confidence)
+                truth = rules.truth_by_prompt(groups, table)
                 images = ImageResolver(cfg, RunDir(run).scenes() if cfg.world_kind == "shapes" else None)
             for s in missing:
-                sel = S.select(groups, s, sc.alpha, sc.delta, sc.min_margin, sc.pairs_per_prompt, sc.seed, truth)
+                sel = rules.select(groups, s, sc.alpha, sc.delta, sc.min_margin, sc.pairs_per_prompt, sc.seed, truth)
                 S.write_pairs(folder, sel, table, images, {"seed": seed})
         # no per-step trainer output: the curves are notebook 05's
         out[seed] = train_strategies(folder, scfg, strategies=dpo_strategies, model_loader=base_loader(cfg, run))
@@ -421,15 +256,11 @@ def cached_answers(run_dir, cfg: Preset, method: str, seed: int, images: Sequenc
 def evaluate_all(run_dir, cfg: Preset, images: Sequence, questions: Sequence[dict],
                  progress: bool = True) -> dict[tuple[str, int], list[str]]:
     """Answers of every (method, seed) in :func:`model_keys` (``images[q["scene"]]``), computed once and cached."""
-    from tqdm.auto import tqdm
-
     out = {}
-    for method, seed in tqdm(model_keys(cfg), desc="evaluating", disable=not progress):
+    for method, seed in Progress.over(model_keys(cfg), "answering the evaluation questions", unit="model",
+                                      enabled=progress):
         out[(method, seed)] = cached_answers(run_dir, cfg, method, seed, images, questions)
     return out
-
-
-JUDGED_KINDS = ("describe", "short")
 
 
 def judge_answers(client, images: Sequence, questions: Sequence[dict], answers: dict[tuple[str, int], list[str]],
@@ -477,7 +308,7 @@ def comparison_table(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE), 
     digits = {"mme_total": 1, "judge_score": 2} | (digits or {})
     rows = {}
     for method in boot.point:
-        rows[METHOD_LABELS.get(method, method)] = {
+        rows[rules.label(method)] = {
             k: fmt_interval(boot.point[method][k], *boot.interval(method, k), digits.get(k, 3)) for k in metrics}
     return pd.DataFrame(rows).T
 
@@ -679,7 +510,7 @@ def _interval_table(boot: Bootstrap, part: str, parts: Sequence[str], measures: 
     rows = []
     for m in boot.point:
         for p in parts:
-            row = {"method": METHOD_LABELS.get(m, m), part: p}
+            row = {"method": rules.label(m), part: p}
             for x in measures:
                 k = key.format(p, x)
                 row[x] = fmt_interval(boot.point[m][k], *boot.interval(m, k), digits=(digits or {}).get(x, 3))
@@ -784,7 +615,7 @@ def benchmark_sets(pope_files: Sequence[str] = (), pope_images: str = "", mme_di
 def benchmark_files(cfg: Preset, loader: Callable[[], tuple[Any, Any]], sets: dict[str, list[dict]]
                     ) -> dict[str, Any]:
     """:func:`benchmark_sets` answered by ``loader()``'s model and scored with the official parsers
-    (:func:`evaluation.pope_metrics`, :func:`evaluation.mme_scores`), under the same keys."""
+    (:func:`scoring.pope_metrics`, :func:`scoring.mme_scores`), under the same keys."""
     if not sets:
         return {}
     model, processor = loader()

@@ -2,8 +2,8 @@
 
 Every experiment is a list of :class:`Point` s. A point is one pass through the stages the series already has —
 MAS variant → pair selection (``selection.select``) → one LoRA adapter (``dpo.train_pairs``) → greedy answers to
-notebook 06's evaluation question set (``comparison.answer_questions``) → per-scene counts
-(``comparison.scene_stats``) — repeated for every seed. Nothing here re-implements a stage.
+notebook 06's evaluation question set (``evaluation.answer_questions``) → per-scene counts
+(``evaluation.scene_stats``) — repeated for every seed. Nothing here re-implements a stage.
 
 **Caching and resuming.** A point's result lives in ``run_dir/experiments/points/<key>/`` where the key hashes what
 determines the trained model: the selected pairs (prompt and candidate indices), the loss, the seed, the DPO
@@ -35,14 +35,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from m3po_utils import comparison as C
+from m3po_utils import evaluation as C
+from m3po_utils import results, rules
+from m3po_utils import scoring as E
 from m3po_utils import selection as S
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.candidates import generate_candidates, generation_info
-from m3po_utils.comparison import answer_questions, questions_key, scene_stats
 from m3po_utils.config import Preset
 from m3po_utils.dpo import adapters_dir, base_loader, load_adapter, train_pairs
-from m3po_utils.io import atomic_write_json, load_results
+from m3po_utils.evaluation import answer_questions, questions_key
+from m3po_utils.io import atomic_write_json
 from m3po_utils.mas import (
     clip_scorer,
     combine,
@@ -52,8 +54,10 @@ from m3po_utils.mas import (
     score_candidates,
     verifier_truth,
 )
-from m3po_utils.runs import RunDir
-from m3po_utils.world.prompts import ImageResolver, preference_prompts
+from m3po_utils.progress import Progress
+from m3po_utils.rundir import RunDir
+from m3po_utils.scoring import scene_stats
+from m3po_utils.shapes.prompts import ImageResolver, preference_prompts
 
 LOSSES = {"dpo+sft": None, "dpo": (("sigmoid",), (1.0,)), "sft": None}
 
@@ -80,8 +84,8 @@ class Point:
             raise ValueError(f"loss={self.loss!r} is not one of {tuple(LOSSES)}")
         if not (self.mas in ("default", "clip", "judge") or self.mas.startswith("noise:")):
             raise ValueError(f"mas={self.mas!r} is not 'default', 'clip', 'judge' or 'noise:<level>'")
-        if self.strategy not in S.STRATEGIES:
-            raise ValueError(f"strategy={self.strategy!r} is not one of {S.STRATEGIES}")
+        if self.strategy not in rules.names():
+            raise ValueError(f"strategy={self.strategy!r} is not one of {rules.names()}")
 
 
 def grid_label(alpha: float, delta: float) -> str:
@@ -133,8 +137,8 @@ class CandidatePool:
         key = (mas, n_candidates or self.n_run)
         if key not in self._grouped:
             table = self.table(mas, n_candidates)
-            groups = S.group_candidates(table, self.cfg.selection.confidence)
-            self._grouped[key] = (table, groups, S.truth_by_prompt(groups, table))
+            groups = rules.group_candidates(table, self.cfg.selection.confidence)
+            self._grouped[key] = (table, groups, rules.truth_by_prompt(groups, table))
         return self._grouped[key]
 
     # ---- MAS variants
@@ -208,7 +212,7 @@ class CandidatePool:
         return self._extra
 
 
-def point_key(p: Point, sel: S.Selection, cfg: Preset, questions_key: str, max_pairs: int) -> str:
+def point_key(p: Point, sel: rules.Selection, cfg: Preset, questions_key: str, max_pairs: int) -> str:
     pairs = [(c.prompt_id, [list(x) if x else None for x in c.pairs]) for c in sel.choices if c.pairs]
     blob = json.dumps({"pairs": pairs, "loss": p.loss, "sft_only": p.strategy == "best_of_n", "seed": p.seed,
                        "dpo": dataclasses.asdict(point_config(cfg, p).dpo), "questions": questions_key,
@@ -236,14 +240,14 @@ def run_point(run_dir, cfg: Preset, pool: CandidatePool, p: Point, scenes: Seque
 
     sc = cfg.selection
     table, groups, truth = pool.grouped(p.mas, p.n_candidates)
-    sel = S.select(groups, p.strategy, p.alpha, p.delta, sc.min_margin, sc.pairs_per_prompt, p.seed, truth)
-    reference = S.select(groups, "best_worst", 0.0, p.delta, sc.min_margin, sc.pairs_per_prompt, p.seed)
-    sstats = S.selection_stats(groups, sel, reference=reference, truth=truth)
+    sel = rules.select(groups, p.strategy, p.alpha, p.delta, sc.min_margin, sc.pairs_per_prompt, p.seed, truth)
+    reference = rules.select(groups, "best_worst", 0.0, p.delta, sc.min_margin, sc.pairs_per_prompt, p.seed)
+    sstats = rules.selection_stats(groups, sel, reference=reference, truth=truth)
     key = point_key(p, sel, cfg, questions_key(questions), max_pairs)
     folder = RunDir(run_dir).experiments / "points" / key
     record_path, stats_path = folder / "result.json", folder / "stats.npy"
     base = {"point": dataclasses.asdict(p), "key": key, "selection": sstats}
-    if record_path.is_file() and stats_path.is_file() and _stats_width(stats_path) == len(C.STATS):
+    if record_path.is_file() and stats_path.is_file() and _stats_width(stats_path) == len(E.STATS):
         return json.loads(record_path.read_text()) | base | {"cached": True}
     t0 = time.perf_counter()
     pcfg = point_config(cfg, p)
@@ -267,20 +271,17 @@ def run_point(run_dir, cfg: Preset, pool: CandidatePool, p: Point, scenes: Seque
 def run_sweep(run_dir, cfg: Preset, points: Sequence[Point], splits: dict[str, list[W.Scene]],
               progress: bool = True) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Every point (cached ones read back); returns the records and each point key's per-scene counts."""
-    from tqdm.auto import tqdm
-
-
     if cfg.world_kind != "shapes":
         raise ValueError(f"notebook 10 measures against the shapes world's ground truth; preset {cfg.name!r} has "
                          f"world_kind={cfg.world_kind!r}. Run it on a shapes preset (shapes, smoke)")
     ec = cfg.experiments
     scenes = splits["eval"][: ec.n_scenes or None]
-    questions = C.eval_questions(scenes, cfg.world, seed=cfg.seed)
+    questions = E.eval_questions(scenes, cfg.world, seed=cfg.seed)
     images = [W.render(s, cfg.world) for s in scenes]
-    max_pairs = ec.max_pairs or int(load_results(run_dir, "05_dpo")["pairs_per_strategy"])
+    max_pairs = ec.max_pairs or results.load(run_dir, "05_dpo").pairs_per_strategy
     pool = CandidatePool(run_dir, cfg, splits)
     records, stats = [], {}
-    for p in tqdm(points, desc="sweep", unit="point", disable=not progress):
+    for p in Progress.over(points, "the sweep", unit="point", enabled=progress):
         r = run_point(run_dir, cfg, pool, p, scenes, questions, images, max_pairs)
         records.append(r)
         stats[r["key"]] = np.load(RunDir(run_dir).experiments / "points" / r["key"] / "stats.npy")
@@ -335,7 +336,7 @@ def best_cells(boot: C.Bootstrap, default: str, metrics: Sequence[str] = METRICS
     """Per metric: the best grid cell, the default cell and their paired difference with its interval."""
     rows = {}
     for k in metrics:
-        up = C.HEADLINE.get(k, True)
+        up = E.HEADLINE.get(k, True)
         best = max(boot.point, key=lambda s: boot.point[s][k] * (1 if up else -1))
         d = boot.delta(best, default, k)
         rows[k] = {"best cell": best, "best": boot.point[best][k], "default": boot.point[default][k],

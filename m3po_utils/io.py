@@ -29,10 +29,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def json_ready(data: Any) -> Any:
+    """``data`` as plain JSON values: numpy scalars and arrays as Python ones, paths as text, NaN and infinities
+    as None."""
+    return _finite(json.loads(json.dumps(data, default=_jsonable)))
+
+
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     """Strict JSON (NaN and infinities become null, so any JSON reader can load the file)."""
-    text = json.dumps(_finite(json.loads(json.dumps(data, default=_jsonable))), indent=2, sort_keys=True,
-                      allow_nan=False)
+    text = json.dumps(json_ready(data), indent=2, sort_keys=True, allow_nan=False)
     return atomic_write_text(path, text + "\n")
 
 
@@ -88,14 +93,6 @@ class AtomicDir:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.tmp, self.final)
-
-
-def record_results(run_dir: str | Path, notebook: str, values: dict[str, Any]) -> Path:
-    """Merge ``values`` into ``run_dir/results/<notebook>.json`` (the named figures tests assert on)."""
-    path = Path(run_dir) / "results" / f"{notebook}.json"
-    current = json.loads(path.read_text()) if path.exists() else {}
-    current.update(values)
-    return atomic_write_json(path, current)
 
 
 def load_results(run_dir: str | Path, notebook: str) -> dict[str, Any]:

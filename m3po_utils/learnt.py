@@ -1,6 +1,6 @@
 """"What we learnt here": each notebook's closing paragraph, written from the results it records.
 
-Every number in these sentences comes from the stage's own results dict (the one ``record_results`` writes), so
+Every number in these sentences comes from the stage's own results dict (the one ``results.record_results`` writes), so
 the conclusion changes with the run and never goes stale. ``summary(name, results)`` returns Markdown; the
 notebook displays it and records it as ``results["learnt"]``; notebook 06's leads ``report.md``.
 
@@ -10,10 +10,12 @@ run cannot tell (and, for notebook 06, how small a difference it could have told
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from m3po_utils.comparison import HEADLINE, METHOD_LABELS
+from m3po_utils import results as R
+from m3po_utils import rules
+from m3po_utils.scoring import HEADLINE
 
 HEADER = "## What we learnt here"
 
@@ -32,8 +34,11 @@ def _pct(x: Any) -> str:
         return "n/a"
 
 
-def _interval(d: Mapping[str, Any], digits: int = 3) -> str:
-    return f"{float(d['delta']):+.{digits}f} [{float(d['lo']):+.{digits}f}, {float(d['hi']):+.{digits}f}]"
+Delta = R.Delta | R.PairedDelta
+
+
+def _interval(d: Delta, digits: int = 3) -> str:
+    return f"{float(d.delta):+.{digits}f} [{float(d.lo):+.{digits}f}, {float(d.hi):+.{digits}f}]"
 
 
 def _digits(metric: str) -> int:
@@ -46,126 +51,125 @@ def _bullets(lines: list[str]) -> str:
 
 # ------------------------------------------------------------------------------------------ stages
 
-def _world(r: Mapping[str, Any]) -> list[str]:
-    lv = r.get("lvlm")
-    if not lv:
+def _world(r: R.WorldResults) -> list[str]:
+    lv = r.lvlm
+    if lv is None:
         return ["This preset loads its base model from the hub: nothing was trained here, and the shapes world's "
                 "held-out checks do not apply."]
-    pope = lv["pope"]
-    acc = {s: pope[s]["accuracy"] for s in ("random", "popular", "adversarial") if s in pope}
+    acc = {s: lv.pope[s].accuracy for s in ("random", "popular", "adversarial") if s in lv.pope}
     lines = [f"The base model answers held-out POPE questions at {' / '.join(_f(a) for a in acc.values())} "
              f"({' / '.join(acc)}); adversarial is {abs(100 * (acc['random'] - acc['adversarial'])):.1f} points "
              f"{'below' if acc['adversarial'] < acc['random'] else 'above'} random."]
-    if "partner_share" in pope.get("adversarial", {}):
-        lines.append(f"{_pct(pope['adversarial']['partner_share'])} of its adversarial false positives name a "
+    adversarial = lv.pope.get("adversarial")
+    if adversarial is not None:
+        lines.append(f"{_pct(adversarial.partner_share)} of its adversarial false positives name a "
                      "co-occurrence partner of a shape in the scene (the errors the world's prior is built to cause).")
-    fam = {k.removeprefix("acc_"): v for k, v in lv.get("families", {}).items()}
+    fam = {k.removeprefix("acc_"): v for k, v in lv.families.items()}
     if fam:
         best, worst = max(fam, key=fam.get), min(fam, key=fam.get)
         lines.append(f"Across instruction families its greedy accuracy runs from {_f(fam[worst])} ({worst}) to "
                      f"{_f(fam[best])} ({best}); descriptions hallucinate at CHAIR_i "
-                     f"{_f(lv.get('describe', {}).get('chair_i'))}.")
-    clip = r.get("clip", {}).get("retrieval")
-    if clip:
-        lines.append(f"The tiny CLIP retrieves the right description first for {_pct(clip['top1'])} of held-out "
-                     f"images (chance {_pct(clip['chance_top1'])}).")
+                     f"{_f(lv.describe.chair_i)}.")
+    if r.clip is not None:
+        clip = r.clip.retrieval
+        lines.append(f"The tiny CLIP retrieves the right description first for {_pct(clip.top1)} of held-out "
+                     f"images (chance {_pct(clip.chance_top1)}).")
     return lines
 
 
-def _candidates(r: Mapping[str, Any]) -> list[str]:
-    g, d = r["generation"], r.get("diversity", {})
-    lines = [f"{g['rows']} candidates were sampled, {g['n_candidates']} for each of {g['prompts']} prompts, in "
-             f"{_f(g['seconds'], 1)} s; {_pct(r.get('eos_share'))} ended with their end-of-sequence token."]
-    if d:
-        lines.append(f"A prompt gets {_f(d['mean_distinct'], 1)} distinct answers on average and "
-                     f"{_pct(d['share_prompts_with_spread'])} of prompts have candidates of different quality — "
-                     f"the only prompts a preference pair can come from; {_pct(d['candidate_accuracy'])} of all "
+def _candidates(r: R.CandidatesResults) -> list[str]:
+    g, d = r.generation, r.diversity
+    lines = [f"{g.rows} candidates were sampled, {g.n_candidates} for each of {g.prompts} prompts, in "
+             f"{_f(g.seconds, 1)} s; {_pct(r.eos_share)} ended with their end-of-sequence token."]
+    if d.share_prompts_with_spread is not None:
+        lines.append(f"A prompt gets {_f(d.mean_distinct, 1)} distinct answers on average and "
+                     f"{_pct(d.share_prompts_with_spread)} of prompts have candidates of different quality — "
+                     f"the only prompts a preference pair can come from; {_pct(d.candidate_accuracy)} of all "
                      "candidates are fully correct.")
-    cov = r.get("coverage_by_n")
-    if cov and cov.get("k"):
-        lines.append(f"With {cov['k'][0]} candidate(s) per prompt {_pct(cov['share_with_pair'][0])} of prompts could "
-                     f"give a pair; with {cov['k'][-1]}, {_pct(cov['share_with_pair'][-1])}.")
+    cov = r.coverage_by_n
+    if cov.k and cov.share_with_pair is not None:
+        lines.append(f"With {cov.k[0]} candidate(s) per prompt {_pct(cov.share_with_pair[0])} of prompts could "
+                     f"give a pair; with {cov.k[-1]}, {_pct(cov.share_with_pair[-1])}.")
     return lines
 
 
-def _mas(r: Mapping[str, Any]) -> list[str]:
-    sp = r.get("spearman", {})
-    lines = [f"Against the verifier's truth, Spearman correlation is {_f(sp.get('clip'))} for CLIP, "
-             f"{_f(sp.get('judge'))} for the judge and {_f(sp.get('mas'))} for their weighted mean, MAS."]
-    top1 = r.get("agreement", {}).get("mas", {}).get("top1")
+def _mas(r: R.MasResults) -> list[str]:
+    sp = r.spearman
+    lines = [f"Against the verifier's truth, Spearman correlation is {_f(sp.clip if sp else None)} for CLIP, "
+             f"{_f(sp.judge if sp else None)} for the judge and {_f(sp.mas if sp else None)} for their weighted "
+             "mean, MAS."]
+    top1 = r.agreement["mas"].top1 if r.agreement and "mas" in r.agreement else None
     if top1 is not None:
         lines.append(f"MAS puts a fully correct candidate on top for {_pct(top1)} of the prompts that have one.")
-    contrast = {k: v for k, v in r.get("contrast", {}).items() if isinstance(v, dict) and "CLIP" in v}
+    contrast = {k: v for k, v in (r.contrast or {}).items() if isinstance(v, dict) and "CLIP" in v}
     if contrast:
         clip = sum(v["CLIP"] for v in contrast.values()) / len(contrast)
         lines.append(f"On minimal pairs (a right and a wrong answer to one question) CLIP ranks the right one higher "
                      f"{_pct(clip)} of the time on average over {len(contrast)} families — a coin flip scores 50 %.")
-    ws = r.get("weight_sweep")
-    if ws and ws.get("rows"):
-        rows = {float(x["clip_weight"]): x for x in ws["rows"]}
-        best, preset = ws["best_clip_weights"], float(ws["preset_clip_weight"])
+    ws = r.weight_sweep
+    if ws is not None and ws.rows:
+        rows = {float(x.clip_weight): x for x in ws.rows}
+        best, preset = ws.best_clip_weights, float(ws.preset_clip_weight)
         chosen = (f"CLIP weight {best[0]:g} is best" if len(best) == 1 else
                   f"CLIP weights {', '.join(f'{w:g}' for w in best)} tie")
         at = rows.get(preset)
-        lines.append(f"On {ws['prompts']} validation prompts {chosen}: its M3PO pairs are in the right direction "
-                     f"{_pct(rows[best[0]]['ordered'])} of the time"
-                     + (f" (the preset's weight {preset:g}: {_pct(at['ordered'])}; CLIP alone: "
-                        f"{_pct(rows[1.0]['ordered'])})" if at and 1.0 in rows else "") + ".")
-    cov = r.get("coverage")
-    if cov:
-        lines.append(f"{cov['missing']} of {cov['candidates']} candidates have no MAS (bound "
-                     f"{_pct(cov['max_missing'])}).")
+        lines.append(f"On {ws.prompts} validation prompts {chosen}: its M3PO pairs are in the right direction "
+                     f"{_pct(rows[best[0]].ordered)} of the time"
+                     + (f" (the preset's weight {preset:g}: {_pct(at.ordered)}; CLIP alone: "
+                        f"{_pct(rows[1.0].ordered)})" if at and 1.0 in rows else "") + ".")
+    cov = r.coverage
+    lines.append(f"{cov.missing} of {cov.candidates} candidates have no MAS (bound {_pct(cov.max_missing)}).")
     return lines
 
 
-def _confidence(r: Mapping[str, Any]) -> list[str]:
+def _confidence(r: R.ConfidenceResults) -> list[str]:
     lines = [f"The log-probs recorded while sampling equal a separate scoring pass to "
-             f"{float(r['max_abs_logprob_diff']):.1e} nats over {r['checked_sequences']} sequences: no second pass "
+             f"{float(r.max_abs_logprob_diff):.1e} nats over {r.checked_sequences} sequences: no second pass "
              "is needed."]
-    cal = r.get("calibration")
-    if cal:
-        lines.append(f"A confident answer is wrong {_pct(cal['p_wrong_given_confident'])} of the time, an unsure one "
-                     f"{_pct(cal['p_wrong_given_unsure'])}; {_pct(cal['prompts_with_confident_wrong'])} of prompts "
+    cal = r.calibration
+    if cal is not None:
+        lines.append(f"A confident answer is wrong {_pct(cal.p_wrong_given_confident)} of the time, an unsure one "
+                     f"{_pct(cal.p_wrong_given_unsure)}; {_pct(cal.prompts_with_confident_wrong)} of prompts "
                      "with a wrong candidate have a confident wrong one — the negatives M3PO looks for.")
-    le = [v["length_vs_sum"] for v in r.get("length_effect", {}).values() if v.get("length_vs_sum") is not None]
+    le = [v.length_vs_sum for v in (r.length_effect or {}).values() if v.length_vs_sum is not None]
     if le:
         lines.append(f"The summed log P falls with length (mean correlation {_f(sum(le) / len(le), 2)} over "
                      f"{len(le)} families): it favours short answers.")
     return lines
 
 
-def _selection(r: Mapping[str, Any]) -> list[str]:
-    st = r.get("strategies", {})
-    m3, bw = st.get("m3po", {}), st.get("best_worst", {})
-    lines = [f"At α = {r['alpha']}, δ = {r['delta']}, M3PO built {int(m3.get('pairs') or 0)} pairs from "
-             f"{r['prompts']} prompts; {_pct(m3.get('differs_from_reference'))} of them differ from best-vs-worst."]
-    if m3.get("hard_negative_rate") is not None and bw.get("hard_negative_rate") is not None:
-        more = m3["hard_negative_rate"] > bw["hard_negative_rate"]
+def _selection(r: R.SelectionResults) -> list[str]:
+    st = r.strategies
+    m3, bw = st.get("m3po"), st.get("best_worst")
+    lines = [f"At α = {r.alpha}, δ = {r.delta}, M3PO built {int(m3.pairs if m3 else 0)} pairs from "
+             f"{r.prompts} prompts; {_pct(m3.differs_from_reference if m3 else None)} of them differ from "
+             "best-vs-worst."]
+    if m3 is not None and bw is not None and m3.hard_negative_rate is not None and bw.hard_negative_rate is not None:
+        more = m3.hard_negative_rate > bw.hard_negative_rate
         lines.append(f"Its rejected answer is one the model is confident in (a hard negative) for "
-                     f"{_pct(m3['hard_negative_rate'])} of pairs, against {_pct(bw['hard_negative_rate'])} for "
+                     f"{_pct(m3.hard_negative_rate)} of pairs, against {_pct(bw.hard_negative_rate)} for "
                      "best-vs-worst" + (": the confidence term shifts the negatives as intended." if more else
                                         ": at these settings the confidence term does not raise that share."))
-    if m3.get("rejected_wrong") is not None:
-        lines.append(f"{_pct(m3['rejected_wrong'])} of M3PO's rejected answers are wrong by the verifier, "
-                     f"{_pct(bw.get('rejected_wrong'))} of best-vs-worst's.")
-    leads = {(d["strategy"], d["family"]): d for d in r.get("yes_no_leads", [])}
+    if m3 is not None and m3.rejected_wrong is not None:
+        lines.append(f"{_pct(m3.rejected_wrong)} of M3PO's rejected answers are wrong by the verifier, "
+                     f"{_pct(bw.rejected_wrong if bw else None)} of best-vs-worst's.")
+    leads = {(d.strategy, d.family): d for d in r.yes_no_leads}
     lm, lb = leads.get(("m3po", "existence")), leads.get(("best_worst", "existence"))
     if lm and lb:
-        harder = lm["push_to_no"] > lb["push_to_no"]
-        lines.append(f'On existence questions the rejected answer says "yes" in {_pct(lm["rejected_yes"])} of '
-                     f'M3PO\'s pairs and {_pct(lb["rejected_yes"])} of best-vs-worst\'s (the chosen one in '
-                     f'{_pct(lm["chosen_yes"])} and {_pct(lb["chosen_yes"])}): '
+        harder = lm.push_to_no > lb.push_to_no
+        lines.append(f'On existence questions the rejected answer says "yes" in {_pct(lm.rejected_yes)} of '
+                     f'M3PO\'s pairs and {_pct(lb.rejected_yes)} of best-vs-worst\'s (the chosen one in '
+                     f'{_pct(lm.chosen_yes)} and {_pct(lb.chosen_yes)}): '
                      + ('M3PO pushes the model harder towards "no" — a confident wrong answer to "Is there a …?" is '
                         'usually a hallucinated object.' if harder else
                         'M3PO does not push the model harder towards "no" than best-vs-worst.'))
-    if r.get("unit_scales"):
-        lines.append(f"The penalty is in nats and MAS in [0, 1]: at α ≈ {_f(r['unit_scales']['alpha_balance'], 3)} "
-                     "the median penalty equals the median MAS gap, which is why a small α already saturates the "
-                     "hard-negative rate.")
-    kinds = r.get("confidence_kinds", {})
+    lines.append(f"The penalty is in nats and MAS in [0, 1]: at α ≈ {_f(r.unit_scales.alpha_balance, 3)} "
+                 "the median penalty equals the median MAS gap, which is why a small α already saturates the "
+                 "hard-negative rate.")
+    kinds = r.confidence_kinds
     if kinds.get("m3po, summed log P") and kinds.get("m3po, mean log P per token"):
-        lines.append(f"The summed log P favours short answers (length–log P ρ = {_f(r.get('length_logp_spearman'), 2)}); "
-                     f"the selection uses the {r.get('confidence', 'sum')} (selection.confidence).")
+        lines.append(f"The summed log P favours short answers (length–log P ρ = {_f(r.length_logp_spearman, 2)}); "
+                     f"the selection uses the {r.confidence} (selection.confidence).")
     return lines
 
 
@@ -206,19 +210,20 @@ def length_lesson(kinds: Mapping[str, Mapping[str, Any]], length_logp_spearman: 
     return text
 
 
-def _dpo(r: Mapping[str, Any]) -> list[str]:
-    lines = [f"Every strategy trained on {r['pairs_per_strategy']} pairs for {r['steps']} steps; LoRA trains "
-             f"{_pct(r['lora']['trainable_share'])} of the parameters."]
-    if "retokenisation_match_share" in r:
-        check = r.get("reference_check", {})
-        lines.append(f"The stored reference log-probs could be reused for {_pct(r['retokenisation_match_share'])} "
+def _dpo(r: R.DpoResults) -> list[str]:
+    lines = [f"Every strategy trained on {r.pairs_per_strategy} pairs for {r.steps} steps; LoRA trains "
+             f"{_pct(r.lora.trainable_share)} of the parameters."]
+    if r.retokenisation_match_share is not None:
+        check = r.reference_check
+        lines.append(f"The stored reference log-probs could be reused for {_pct(r.retokenisation_match_share)} "
                      "of the DPO responses" + (
-                         f"; with them the loss equals TRL's own reference pass to {float(check['max_abs_diff']):.1e}."
-                         if "max_abs_diff" in check else ": none could, so TRL computed every reference itself."))
-    val = r.get("validation")
+                         f"; with them the loss equals TRL's own reference pass to {float(check.max_abs_diff):.1e}."
+                         if check is not None and check.max_abs_diff is not None
+                         else ": none could, so TRL computed every reference itself."))
+    val = r.validation
     if val and "base" in val:
-        base = val["base"].get("score")
-        rows = {s: v.get("score") for s, v in val.items() if s != "base" and v.get("score") is not None}
+        base = val["base"].score
+        rows = {s: v.score for s, v in val.items() if s != "base" and v.score is not None}
         if rows and base is not None:
             best = max(rows, key=rows.get)
             above = [s for s, v in rows.items() if v > base]
@@ -229,26 +234,26 @@ def _dpo(r: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _by(rows: list[dict], comparison: str, metric: str) -> dict | None:
-    return next((d for d in rows if d["comparison"] == comparison and d["metric"] == metric), None)
+def _by(rows: Sequence[R.Delta], comparison: str, metric: str) -> R.Delta | None:
+    return next((d for d in rows if d.comparison == comparison and d.metric == metric), None)
 
 
-def _moved(d: Mapping[str, Any]) -> bool:
-    return float(d["lo"]) > 0 or float(d["hi"]) < 0
+def _moved(d: Delta) -> bool:
+    return float(d.lo) > 0 or float(d.hi) < 0
 
 
-def _better(metric: str, d: Mapping[str, Any]) -> bool:
-    return (float(d["delta"]) > 0) == HEADLINE.get(metric, True)
+def _better(metric: str, d: Delta) -> bool:
+    return (float(d.delta) > 0) == HEADLINE.get(metric, True)
 
 
-def evaluation_conclusion(r: Mapping[str, Any]) -> list[str]:
+def evaluation_conclusion(r: R.EvaluationResults) -> list[str]:
     """Notebook 06's conclusion: what moved, by how much, against which control, whether the benchmark could
     move at all (the oracle), and the smallest difference this run could detect."""
-    rows = r.get("deltas", [])
-    metrics = [m for m in HEADLINE if any(d["metric"] == m for d in rows)]
-    label = {k: METHOD_LABELS.get(k, k) for k in ("base", "best_of_n", "best_worst", "random", "oracle", "m3po")}
+    rows = r.deltas
+    metrics = [m for m in HEADLINE if any(d.metric == m for d in rows)]
+    label = {k: rules.label(k) for k in ("base", "best_of_n", "best_worst", "random", "oracle", "m3po")}
     lines = []
-    control = "best_of_n" if any(d["comparison"] == "m3po − best_of_n" for d in rows) else "base"
+    control = "best_of_n" if any(d.comparison == "m3po − best_of_n" for d in rows) else "base"
     moved, flat = [], []
     for m in metrics:
         d = _by(rows, f"m3po − {control}", m)
@@ -275,17 +280,17 @@ def evaluation_conclusion(r: Mapping[str, Any]) -> list[str]:
                      + (f"moves {'; '.join(can)} against the base" if can else "moves no metric against the base")
                      + (f"; it does not move {', '.join(cannot)}, so no selection rule can be judged on "
                         f"{'it' if len(cannot) == 1 else 'them'} in this run." if cannot else "."))
-    subtasks = r.get("mme_subtask_deltas") or {}
+    subtasks = r.mme_subtask_deltas or {}
     split = [(who, subtasks[f"{who} − base"]) for who in ("oracle", "m3po") if f"{who} − base" in subtasks]
     if split:
         lines.append("The MME-style total's change from the base, per subtask: " + "; ".join(
             f"{label[who]} " + ", ".join(f"{t} {_interval(d, 1)}" for t, d in
-                                         sorted(ds.items(), key=lambda kv: -float(kv[1]["delta"])))
+                                         sorted(ds.items(), key=lambda kv: -float(kv[1].delta)))
             for who, ds in split) + ".")
-    mde = [d for d in r.get("mde", []) if d["comparison"] == f"m3po − {control}"]
+    mde = [d for d in r.mde if d.comparison == f"m3po − {control}"]
     if mde:
         lines.append(f"The smallest difference M3PO − {label[control]} this run would detect (80 % power): "
-                     + "; ".join(f"{d['metric']} {_f(d['mde'], _digits(d['metric']))}" for d in mde)
+                     + "; ".join(f"{d.metric} {_f(d.mde, _digits(d.metric))}" for d in mde)
                      + ". Differences below these are no evidence either way.")
     lines += _power_by_scenes(r, control, label[control])
     lines += _testbed_bars(r)
@@ -294,29 +299,29 @@ def evaluation_conclusion(r: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _testbed_bars(r: Mapping[str, Any]) -> list[str]:
+def _testbed_bars(r: R.EvaluationResults) -> list[str]:
     """How many of the testbed's bars (``m3po_utils.testbed``) this run meets, and what missed."""
-    rows = [x for x in r.get("testbed_bars", []) if x["met"] is not None]
+    rows = [x for x in r.testbed_bars or [] if x.met is not None]
     if not rows:
         return []
-    missed = [x for x in rows if not x["met"]]
+    missed = [x for x in rows if not x.met]
     line = f"**The testbed's own bars**: this run meets {len(rows) - len(missed)} of the {len(rows)} it measured"
     if not missed:
         return [line + "."]
-    line += "; not met: " + "; ".join(f"{x['bar'].split(' ', 1)[-1]} ({', '.join(x['misses'])})" for x in missed) + "."
-    if any(x["bar"].startswith(("5", "6")) for x in missed):
+    line += "; not met: " + "; ".join(f"{x.bar.split(' ', 1)[-1]} ({', '.join(x.misses)})" for x in missed) + "."
+    if any(x.bar.startswith(("5", "6")) for x in missed):
         line += (" A metric the oracle moves less than the bar, or a difference below the detectable one, is weak "
                  "ground for ranking the methods on it.")
     return [line]
 
 
-def _power_by_scenes(r: Mapping[str, Any], control: str, name: str) -> list[str]:
+def _power_by_scenes(r: R.EvaluationResults, control: str, name: str) -> list[str]:
     """How the detectable difference against ``control`` fell from the fewest to all of the scenes, next to the
     fall that scene variance alone would give (sqrt(fewest / all))."""
-    rows = [d for d in r.get("mde_by_scenes", []) if d["comparison"] == f"m3po − {control}"]
+    rows = [d for d in r.mde_by_scenes or [] if d.comparison == f"m3po − {control}"]
     parts = []
-    for metric in dict.fromkeys(d["metric"] for d in rows):
-        by = sorted((int(d["scenes"]), float(d["mde"])) for d in rows if d["metric"] == metric)
+    for metric in dict.fromkeys(d.metric for d in rows):
+        by = sorted((int(d.scenes), float(d.mde)) for d in rows if d.metric == metric)
         (n0, m0), (n1, m1) = by[0], by[-1]
         if n0 == n1 or m0 <= 0:
             continue
@@ -329,32 +334,33 @@ def _power_by_scenes(r: Mapping[str, Any], control: str, name: str) -> list[str]
               "more seeds, not more scenes, would lower it."]
 
 
-def _experiments(r: Mapping[str, Any]) -> list[str]:
+def _experiments(r: R.ExperimentsResults) -> list[str]:
     lines = []
-    neg = r.get("negatives_vs_sft") or []
+    neg = r.negatives_vs_sft or []
     if neg:
-        changed = [f"{d['comparison']}: {d['metric']} {_interval(d, _digits(d['metric']))}" for d in neg if _moved(d)]
+        changed = [f"{d.comparison}: {d.metric} {_interval(d, _digits(d.metric))}" for d in neg if _moved(d)]
         lines.append("Hard negatives against the chosen answers alone (best-of-N SFT on the same prompts): "
                      + ("; ".join(changed) if changed else "no metric changed beyond its interval") + ".")
-    grid = r.get("grid") or {}
-    if grid:
-        lines.append(f"The α/δ grid trained {len(grid)} settings; its table above gives each cell's metrics with "
+    if r.grid:
+        lines.append(f"The α/δ grid trained {len(r.grid)} settings; its table above gives each cell's metrics with "
                      "intervals, and the α = 0 row is the confidence-free control.")
-    if r.get("distinct_models") is not None:
-        lines.append(f"The sweep trained or reused {r['distinct_models']} distinct models in "
-                     f"{_f(r.get('sweep_seconds', 0) / 60, 1)} minutes.")
+    lines.append(f"The sweep trained or reused {r.distinct_models} distinct models in "
+                 f"{_f(r.sweep_seconds / 60, 1)} minutes.")
     return lines
 
 
-STAGES: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
+STAGES: dict[str, Callable[[Any], list[str]]] = {
     "00_world": _world, "01_candidates": _candidates, "02_mas": _mas, "03_confidence": _confidence,
     "04_selection": _selection, "05_dpo": _dpo, "06_evaluation": evaluation_conclusion,
     "10_experiments": _experiments,
 }
 
 
-def summary(name: str, results: Mapping[str, Any]) -> str:
-    """The "What we learnt here" paragraph of notebook ``name`` as Markdown, from its results."""
+def summary(name: str, results: Mapping[str, Any] | R.Record) -> str:
+    """The "What we learnt here" paragraph of notebook ``name`` as Markdown, from its results (the dict the notebook
+    is about to record, or its typed record): the dict is read through the stage's schema
+    (:mod:`m3po_utils.results`), so a field the schema does not know stops here, naming it."""
     if name not in STAGES:
         raise KeyError(f"no summary for {name!r}; known: {sorted(STAGES)}")
-    return f"{HEADER}\n\n{_bullets(STAGES[name](results))}\n"
+    record = results if isinstance(results, R.Record) else R.parse(name, R.atomic_json(dict(results)))
+    return f"{HEADER}\n\n{_bullets(STAGES[name](record))}\n"

@@ -69,9 +69,9 @@ import pandas as pd
 from datasets import Dataset
 from PIL import Image
 
-from m3po_utils import world as W
-from m3po_utils.basemodels import base_clip
-from m3po_utils.config import MasConfig, Preset
+from m3po_utils import rules
+from m3po_utils import shapes as W
+from m3po_utils.config import MasConfig, Preset, SelectionConfig
 from m3po_utils.io import AtomicDir
 from m3po_utils.judge.client import (
     LOCAL_KEY,
@@ -85,8 +85,9 @@ from m3po_utils.judge.client import (
 from m3po_utils.judge.server import JudgeServer
 from m3po_utils.models.clip_score import ClipScorer, ClipScores
 from m3po_utils.models.generate import quiet_datasets
-from m3po_utils.runs import RunDir
+from m3po_utils.rundir import RunDir
 from m3po_utils.stats import spearman
+from m3po_utils.world import base_clip
 
 CLIP_RUN_QUANTILES = (0.05, 0.95)
 
@@ -481,3 +482,54 @@ def noise_verdict(sweep: pd.DataFrame) -> str:
     verdict = "helps" if top["mas_spearman"] > top["judge_spearman"] else "does not help"
     return (f"at noise {top['noise']:g}: judge alone ρ = {top['judge_spearman']:.3f}, MAS ρ = {top['mas_spearman']:.3f}"
             f" -> the CLIP share {verdict} here")
+
+
+# --------------------------------------------------------------------------- MAS weights on validation
+
+MAS_WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+
+
+def weight_sweep(table, sc: SelectionConfig, clip_weights: Sequence[float] = MAS_WEIGHT_GRID):
+    """The pairs M3PO would select under MAS = w · CLIP + (1 − w) · judge, for every CLIP weight w, judged by the
+    verifier.
+
+    ``table``: scored candidates with the verifier's ``truth`` — one row per candidate with ``prompt_id``,
+    ``cand_idx``, ``text``, ``logprob_sum`` / ``logprob_mean``, ``clip_score``, ``judge_score``, ``truth`` (run it on
+    the validation candidates: the evaluation split never chooses a weight). Prompts with a failed judge call are
+    left out. For each w the M3PO selection of notebook 04 (``sc``'s α, δ, min_margin, confidence) is run on
+    MAS_w and its first pairs are scored: ``pairs``; ``ordered``, the share whose chosen answer the verifier scores
+    above the rejected one (a tie counting ½) — a pair in the wrong direction teaches the model the error;
+    ``truth_gap``, the mean truth(chosen) − truth(rejected); ``chosen_right``, ``rejected_wrong``. The scored
+    table comes from :func:`m3po_utils.mas.score_validation`.
+    """
+    import pandas as pd
+
+    bad = set(table.loc[~np.isfinite(table["judge_score"].to_numpy(float)), "prompt_id"])
+    t = table[~table["prompt_id"].isin(bad)]
+    rows = []
+    for w in clip_weights:
+        if not 0 <= w <= 1:
+            raise ValueError(f"clip weight {w!r} must be in [0, 1]")
+        scored = t.assign(mas=w * t["clip_score"].to_numpy(float) + (1 - w) * t["judge_score"].to_numpy(float))
+        groups = rules.group_candidates(scored, sc.confidence)
+        truth = rules.truth_by_prompt(groups, scored)
+        sel = rules.select(groups, "m3po", sc.alpha, sc.delta, sc.min_margin, 1, sc.seed)
+        tc, tr = np.array([[truth[c.prompt_id][c.pairs[0][0]], truth[c.prompt_id][c.pairs[0][1]]]
+                           for c in sel.choices if c.pairs and c.pairs[0][1] is not None]).reshape(-1, 2).T
+        st = rules.selection_stats(groups, sel, truth=truth)
+        n = int(st["pairs"])
+        rows.append({"clip_weight": float(w), "pairs": n,
+                     "ordered": float(np.mean(np.where(tc > tr, 1.0, np.where(tc == tr, 0.5, 0.0)))) if n else np.nan,
+                     "truth_gap": float(np.mean(tc - tr)) if n else np.nan,
+                     "chosen_right": st["chosen_right"] if n else np.nan,
+                     "rejected_wrong": st["rejected_wrong"] if n else np.nan})
+    return pd.DataFrame(rows)
+
+
+def best_weights(sweep) -> list[float]:
+    """The CLIP weights whose pairs are most often in the right direction (``ordered``), ties broken by the larger
+    ``truth_gap``. More than one means the validation candidates cannot tell those weights apart."""
+    top = sweep["ordered"].max()
+    tied = sweep[np.isclose(sweep["ordered"], top)]
+    gap = tied["truth_gap"].max()
+    return [float(w) for w in tied.loc[np.isclose(tied["truth_gap"], gap), "clip_weight"]]

@@ -18,8 +18,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from m3po_utils import results as R
 from m3po_utils.io import atomic_write_text
-from m3po_utils.runs import staleness
+from m3po_utils.rundir import staleness
 
 SECRET_WORDS = ("key", "token", "secret")
 MAX_TEXT = 80
@@ -89,6 +90,17 @@ def _read_json(path: Path) -> tuple[Any, str | None]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
+def _record(path: Path) -> tuple[R.Record | None, str | None]:
+    """A results file through its stage's schema: ``(record, None)`` or ``(None, why it cannot be read)``."""
+    data, err = _read_json(path)
+    if err is not None or not isinstance(data, dict):
+        return None, err or "not a JSON object"
+    try:
+        return R.parse(path.stem, data), None
+    except R.ResultsError as exc:
+        return None, str(exc)
+
+
 def build_report(run_dir: str | Path) -> str:
     """The markdown text of ``report.md`` for ``run_dir`` (pure: writes nothing)."""
     run = Path(run_dir)
@@ -102,10 +114,11 @@ def build_report(run_dir: str | Path) -> str:
     timings = timings if isinstance(timings, dict) else {}
     results = sorted(p for p in (run / "results").glob("*.json") if p.name != "timings.json")
 
+    records = {path.stem: _record(path) for path in results}
     key = []
     for path in results:
-        data, err = _read_json(path)
-        md = data.get("report_md") if err is None and isinstance(data, dict) else None
+        rec, _ = records[path.stem]
+        md = getattr(rec, "report_md", None)
         if isinstance(md, str) and md.strip():
             key += [f"### {path.stem}", "", md.strip(), ""]
     if key:   # what a notebook wrote for the report (notebook 06: its conclusion and the comparison table) first
@@ -122,9 +135,11 @@ def build_report(run_dir: str | Path) -> str:
             status = t.get("status", "—")
             if status in ("failed", "interrupted") and t.get("error"):
                 status = f"{status}: {str(t['error']).replace('|', '/')}"
-            if status == "ok" and name in {p.stem for p in results}:
-                data, _ = _read_json(run / "results" / f"{name}.json")
-                if isinstance(data, dict) and data.get("complete") is not True:
+            if status == "ok" and name in records:
+                rec, why = records[name]
+                if rec is None:
+                    status = f"ok, but its results cannot be read ({str(why).replace('|', '/')[:200]})"
+                elif rec.complete is not True:
                     status = "ok (not marked complete)"
                 elif (why := staleness(run, name)) is not None:
                     status = f"stale: {why}"
@@ -145,8 +160,8 @@ def build_report(run_dir: str | Path) -> str:
 
     learnt = []
     for path in results:
-        data, err = _read_json(path)
-        text = data.get("learnt") if err is None and isinstance(data, dict) else None
+        rec, _ = records[path.stem]
+        text = rec.learnt if rec is not None else None
         if isinstance(text, str) and text.strip() and path.stem != "06_evaluation":   # 06's leads the page
             body = text.strip().removeprefix("## What we learnt here").strip()
             learnt += [f"### {path.stem}", "", body, ""]

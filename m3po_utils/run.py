@@ -1,6 +1,6 @@
 """The series runner: execute the numbered notebooks headless, in order, into one run directory.
 
-    python -m m3po_utils.run --preset shapes --run-dir runs/shapes            # 00..09
+    python -m m3po_utils.run --preset shapes --run-dir runs/shapes            # the main series, 00-06
     python -m m3po_utils.run --preset smoke --run-dir runs/smoke -p world.n_train=400
     python -m m3po_utils.run --preset shapes --run-dir runs/shapes --from 3 --to 4 --redo
     python -m m3po_utils.run --preset shapes --run-dir runs/shapes --from 10 --to 19   # analysis notebooks
@@ -11,14 +11,17 @@ when the notebook succeeds; a failed execution is kept as ``NN_name.failed.ipynb
 
 A notebook is skipped when it already finished in this run directory — ``results/NN_name.json`` holds
 ``"complete": true`` and the executed copy exists — and is still fresh: none of the earlier stages it consumed
-has been re-run, left unfinished or removed since (:func:`m3po_utils.runs.staleness`). ``--redo`` runs every
+has been re-run, left unfinished or removed since (:func:`m3po_utils.rundir.staleness`). ``--redo`` runs every
 notebook in the range again. Once a notebook has been (re-)executed, the later notebooks of the range run too,
 because they read its outputs; later notebooks outside the range become stale and run on the next call.
 A re-run of a complete notebook that fails puts that stage's previous outputs back (see
-:func:`m3po_utils.runs.keep_previous`): the run directory stays as it was before the attempt.
+:func:`m3po_utils.rundir.keep_previous`): the run directory stays as it was before the attempt.
 
 While a notebook runs, stderr shows its cells done of total and, for a slow cell, what it is doing (the cell's
-``# papermill_description=...`` comment, e.g. ``Executing training_the_tiny_LVLM``).
+``# papermill_description=...`` comment, e.g. ``Executing training_the_tiny_LVLM``) — and, from inside its long
+loops, where they are (``00_world · training the tiny LLaVA: step 1200/3000, loss 0.41, 2:10 left``): the runner
+names a file in ``M3PO_PROGRESS_FILE`` for the kernel, each loop rewrites it (:mod:`m3po_utils.progress`) and a
+thread here shows it — in place on a terminal, as a line every ``PROGRESS_LOG_EVERY`` seconds in a log.
 
 Per-notebook wall time and peak memory of the kernel process tree go to ``results/timings.json``; the run
 ends with ``report.md`` (see :mod:`m3po_utils.report`).
@@ -30,7 +33,9 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -40,11 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from m3po_utils import preflight
-from m3po_utils import runs as R
+from m3po_utils import progress as P
+from m3po_utils import rundir as R
 from m3po_utils.config import ConfigError, load_preset, parse_overrides, setup_run
 from m3po_utils.io import atomic_write_json
 from m3po_utils.report import fmt_duration, write_report
-from m3po_utils.runs import recorded_stages, staleness, stamp, upstream_of
+from m3po_utils.rundir import recorded_stages, staleness, stamp, upstream_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -53,6 +59,56 @@ DEFAULT_START, DEFAULT_STOP = 0, 9
 # Inside a notebook: cells done of total, and what a slow cell is doing (its ``# papermill_description=...``
 # comment), on stderr, refreshed at most every 2 s so that a log stays short.
 PROGRESS = {"unit": "cell", "desc": "  cells", "leave": False, "mininterval": 2.0}
+PROGRESS_LOG_EVERY = 15.0     # seconds between the loops' progress lines when stderr is not a terminal
+
+
+class _LoopProgress:
+    """Show what the running notebook's loops report (:mod:`m3po_utils.progress`) beside the series bar."""
+
+    def __init__(self, bar, path: Path, interval: float = 0.5):
+        self.bar, self.path, self.interval = bar, path, interval
+        self.tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        self.notebook = ""
+        self._seen = ""
+        self._shown_at = -1e9
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="m3po-loop-progress", daemon=True)
+
+    def start(self, notebook: str) -> None:
+        self.notebook = notebook
+        self._seen = ""
+        P.write_channel("", str(self.path))
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except Exception:   # never let the display break a run
+                pass
+
+    def poll(self, now: float | None = None) -> str | None:
+        """Show the file's line if it changed (throttled in a log); returns what was shown."""
+        text = P.read_channel(self.path)
+        if not text or text == self._seen:
+            return None
+        now = time.monotonic() if now is None else now
+        final = " done in " in text
+        if not self.tty and not final and now - self._shown_at < PROGRESS_LOG_EVERY:
+            return None
+        self._seen, self._shown_at = text, now
+        shown = f"{self.notebook} · {text}"
+        if self.tty:
+            self.bar.set_postfix_str(shown)
+        else:
+            self.bar.write(f"  {shown}", file=sys.stderr)
+        return shown
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
 
 
 class NotebookFailed(RuntimeError):
@@ -329,8 +385,12 @@ def run_series(preset: str, run_dir: str | Path, overrides: dict[str, Any] | Non
         raise ConfigError(f"no notebooks numbered {start:02d}..{stop:02d} in {folder}")
     preflight.check(cfg, [nb.number for nb in notebooks])   # what later stages need, before the first runs
     kernels = available_kernels()
-    # Kernels started from here have no widget frontend: explorers draw static figures (widgets.STATIC_ENV).
+    # Kernels started from here have no widget frontend: explorers draw static figures (widgets.STATIC_ENV), and
+    # the libraries' own progress bars (tqdm widgets: blank in an executed notebook's HTML) stay off — the loops
+    # report through m3po_utils.progress instead, as text.
     os.environ.setdefault("M3PO_STATIC_WIDGETS", "1")
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(name, "1")
     kernel = kernel or default_kernel()
     if kernel not in kernels:
         raise ConfigError(f"unknown kernel {kernel!r}; installed kernels: {', '.join(sorted(kernels)) or 'none'} "
@@ -347,8 +407,13 @@ def run_series(preset: str, run_dir: str | Path, overrides: dict[str, Any] | Non
             R.restore_previous(run, name)
             print(f"restored the previous outputs of {name}: its re-run was interrupted "
                   f"(what it had written is in {run / R.FAILED / name})", flush=True)
+    channel = Path(tempfile.mkdtemp(prefix="m3po-progress-")) / "loops.txt"
+    previous_channel = os.environ.get(P.ENV)
+    os.environ[P.ENV] = str(channel)       # the kernels started below inherit it
+    loops: _LoopProgress | None = None
     try:
         with tqdm(notebooks, desc="series", unit="notebook", file=sys.stderr) as bar:
+            loops = _LoopProgress(bar, channel)
             for nb in bar:
                 bar.set_postfix_str(nb.name)
                 complete = is_complete(run, nb.name)
@@ -363,13 +428,25 @@ def run_series(preset: str, run_dir: str | Path, overrides: dict[str, Any] | Non
                 tqdm.write(f"run  {nb.name}{why} ...")
                 if (complete and R.previous_is_good(run, nb.name)) or R.has_previous(run, nb.name):
                     R.keep_previous(run, nb.name, reuse=not redo)
-                rec = _attempt(nb, run, preset, overrides, kernel, records)
+                loops.start(nb.name)
+                try:
+                    rec = _attempt(nb, run, preset, overrides, kernel, records)
+                finally:
+                    loops.poll()
+                    bar.set_postfix_str(nb.name)
                 stamp(run, nb.name, upstream_of(nb.name, recorded_stages(run)))
                 records.append(rec)
                 mem = f", peak kernel memory {rec['peak_rss_mb']:.0f} MB" if rec.get("peak_rss_mb") else ""
                 tqdm.write(f"done {nb.name} in {fmt_duration(rec['wall_s'])}{mem}")
                 rerun_from = rerun_from or nb.name
     finally:
+        if loops is not None:
+            loops.stop()
+        if previous_channel is None:
+            os.environ.pop(P.ENV, None)
+        else:
+            os.environ[P.ENV] = previous_channel
+        shutil.rmtree(channel.parent, ignore_errors=True)
         try:
             path = write_report(run)
             print(f"report: {path}", flush=True)

@@ -6,7 +6,7 @@ unfinished raises :class:`StageMissing`, whose message names the notebook that m
 
     run notebook 00 (world and base models) first: models/lvlm is missing in runs/shapes
 
-so a stage never trains, samples or judges on another stage's behalf. Only notebook 00 (``basemodels``) builds
+so a stage never trains, samples or judges on another stage's behalf. Only notebook 00 (``m3po_utils.world``) builds
 the world and the models; only the runner and a stage's own notebook create that stage's outputs.
 
 A sub-run (notebook 06's ``evaluation/seed1``, notebook 10's points) is a run directory of its own: ``RunDir``
@@ -46,7 +46,7 @@ from typing import Any
 import datasets
 import pandas as pd
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import Preset, preset_from_dict
 from m3po_utils.io import atomic_write_json
 
@@ -446,7 +446,7 @@ class RunDir:
     def lvlm_source(self, cfg: Preset) -> str | Path:
         """What :func:`~m3po_utils.models.lvlm.load_lvlm` loads: the hub name, or ``models/lvlm`` (checked).
 
-        The loading itself is :func:`m3po_utils.basemodels.base_lvlm` (and ``base_clip``): this module stays
+        The loading itself is :func:`m3po_utils.world.base_lvlm` (and ``base_clip``): this module stays
         light (no torch), so that every tool that only needs paths starts fast.
         """
         if cfg.world_kind == "hub":

@@ -1,4 +1,11 @@
-"""Evaluation of an LVLM in the shapes world: POPE-style existence and description hallucination (CHAIR).
+"""The benchmarks: their questions, how an answer is read, and each metric's formula — once.
+
+Every benchmark is one :class:`Benchmark` in :data:`BENCHMARKS`: the questions it asks of the shapes world's
+evaluation scenes, the per-scene counts it keeps (:data:`STATS` is their concatenation), and its metrics as
+formulas of summed counts. The same formula scores a list of answers (:func:`pope_metrics`, :func:`mme_scores`,
+:func:`description_metrics`, :func:`ift_score`: notebook 00's held-out checks, real benchmark files) and every
+bootstrap draw of notebook 06 (:func:`metrics_from_totals`), so the two can never drift apart. A new benchmark
+is one more entry in :data:`BENCHMARKS`.
 
 POPE (Li et al., 2023, "Evaluating Object Hallucination in Large Vision-Language Models") asks "Is there a
 <object> in the image?" for objects that are present (label yes) and, after each, for one absent object drawn
@@ -22,14 +29,15 @@ Real benchmark files (POPE question files, the MME release, their parquet export
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from m3po_utils import world as W
-from m3po_utils.benchfiles import load_mme_dir as load_mme_dir  # re-exported: evaluation.load_mme_dir
+from m3po_utils import shapes as W
+from m3po_utils.benchfiles import MME_SUBTASK_NAMES, mme_group, open_image
+from m3po_utils.benchfiles import load_mme_dir as load_mme_dir  # re-exported: scoring.load_mme_dir
 from m3po_utils.benchfiles import load_pope_file as load_pope_file  # re-exported
-from m3po_utils.benchfiles import mme_group, open_image
 from m3po_utils.config import WorldConfig
 from m3po_utils.models.generate import greedy_answers
 
@@ -93,10 +101,48 @@ def pope_parse(answer: str) -> str:
 
 
 def _ratio(num: float, den: float, name: str) -> float:
+    """One list's ratio: a zero denominator warns and gives 0."""
     if den == 0:
-        warnings.warn(f"{name} has a zero denominator; reported as 0", stacklevel=3)
+        warnings.warn(f"{name} has a zero denominator; reported as 0", stacklevel=4)
         return 0.0
     return num / den
+
+
+def _div(num, den, name: str = "") -> np.ndarray:
+    """Counts' ratio, element-wise (any leading shape: seeds, bootstrap draws); a zero denominator gives 0."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den != 0)
+
+
+Div = Callable[..., object]
+
+
+# --------------------------------------------------------------------------- formulas, one per benchmark
+
+def pope_formula(tp, fp, fn, tn, div: Div = _div) -> dict:
+    """POPE's metrics from its confusion counts, "yes" = positive (Li et al. 2023's evaluation script)."""
+    precision, recall = div(tp, tp + fp, "precision"), div(tp, tp + fn, "recall")
+    return {"accuracy": div(tp + tn, tp + fp + fn + tn, "accuracy"), "precision": precision, "recall": recall,
+            "f1": div(2 * precision * recall, precision + recall, "f1"),
+            "yes_ratio": div(tp + fp, tp + fp + fn + tn, "yes_ratio")}
+
+
+def mme_formula(right, q, both, img, div: Div = _div) -> dict:
+    """One MME subtask: acc (questions right), acc+ (images with both right), score = 100·acc + 100·acc+
+    (Fu et al. 2023's calculation script)."""
+    acc, acc_plus = div(right, q, "acc"), div(both, img, "acc_plus")
+    return {"acc": acc, "acc_plus": acc_plus, "score": 100 * acc + 100 * acc_plus}
+
+
+def chair_formula(mentions, hallucinated, with_hall, n, objects, covered, div: Div = _div) -> dict:
+    """CHAIR (Rohrbach et al. 2018) and object precision / recall of descriptions."""
+    return {"precision": div(mentions - hallucinated, mentions, "precision"), "recall": div(covered, objects, "recall"),
+            "chair_i": div(hallucinated, mentions, "chair_i"), "chair_s": div(with_hall, n, "chair_s")}
+
+
+def ift_formula(correct, followed, n, div: Div = _div) -> dict:
+    """IFT: format followed *and* answer correct; and the format alone."""
+    return {"ift": div(correct, n, "ift"), "format_followed": div(followed, n, "format_followed")}
 
 
 def pope_metrics(answers: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
@@ -111,11 +157,7 @@ def pope_metrics(answers: Sequence[str], labels: Sequence[str]) -> dict[str, flo
     fp = sum(p == "yes" and g == "no" for p, g in zip(pred, labels, strict=True))
     fn = sum(p == "no" and g == "yes" for p, g in zip(pred, labels, strict=True))
     tn = sum(p == "no" and g == "no" for p, g in zip(pred, labels, strict=True))
-    precision = _ratio(tp, tp + fp, "precision")
-    recall = _ratio(tp, tp + fn, "recall")
-    f1 = _ratio(2 * precision * recall, precision + recall, "f1")
-    return {"accuracy": _ratio(tp + tn, len(pred), "accuracy"), "precision": precision, "recall": recall,
-            "f1": f1, "yes_ratio": _ratio(tp + fp, len(pred), "yes_ratio")}
+    return pope_formula(tp, fp, fn, tn, div=_ratio)
 
 
 def description_metrics(scenes: Sequence[W.Scene], descriptions: Sequence[str], cfg: WorldConfig) -> dict:
@@ -131,11 +173,8 @@ def description_metrics(scenes: Sequence[W.Scene], descriptions: Sequence[str], 
         n_objects += len(scene.objects)
         with_hall += bool(hall)
         scores.append(W.verify(scene, "Describe the image.", text, cfg).score)
-    return {"precision": _ratio(mentions - hallucinated, mentions, "precision"),
-            "recall": _ratio(covered, n_objects, "recall"),
-            "chair_i": _ratio(hallucinated, mentions, "chair_i"),
-            "chair_s": _ratio(with_hall, len(scores), "chair_s"),
-            "verifier_score": float(np.mean(scores)) if scores else 0.0, "n": len(scores)}
+    return chair_formula(mentions, hallucinated, with_hall, len(scores), n_objects, covered, div=_ratio) | {
+        "verifier_score": float(np.mean(scores)) if scores else 0.0, "n": len(scores)}
 
 
 def family_accuracy(model, processor, scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0,
@@ -256,10 +295,8 @@ def mme_scores(rows: Sequence[dict]) -> dict:
     out: dict = {"subtasks": {}}
     for name, images in by_sub.items():
         answers = [ok for oks in images.values() for ok in oks]
-        acc = sum(answers) / len(answers)
-        acc_plus = sum(all(oks) for oks in images.values()) / len(images)
-        out["subtasks"][name] = {"acc": acc, "acc_plus": acc_plus, "score": 100 * acc + 100 * acc_plus,
-                                 "group": mme_group(name)}
+        out["subtasks"][name] = mme_formula(sum(answers), len(answers), sum(all(oks) for oks in images.values()),
+                                            len(images), div=_ratio) | {"group": mme_group(name)}
     for group in ("perception", "cognition"):
         out[group] = sum(v["score"] for v in out["subtasks"].values() if v["group"] == group)
     out["total"] = sum(v["score"] for v in out["subtasks"].values() if v["group"] != "cognition")
@@ -279,7 +316,7 @@ def ift_score(scenes: Sequence[W.Scene], instructions: Sequence[str], answers: S
         correct += v.correct
         followed += not v.format_violations
     n = len(answers)
-    return {"ift": _ratio(correct, n, "ift"), "format_followed": _ratio(followed, n, "format_followed"), "n": n}
+    return ift_formula(correct, followed, n, div=_ratio) | {"n": n}
 
 
 def yes_no_compliance(answers: Sequence[str]) -> float:
@@ -303,3 +340,277 @@ def answer_file_questions(model, processor, rows: Sequence[dict], batch_size: in
         images.append(cache[key])
     return greedy_answers(model, processor, images, [r["question"] for r in rows], max_new_tokens=max_new_tokens,
                           batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------- the benchmark registry
+
+# MME subtasks the per-scene counts cover: the shapes world's (all perception subtasks), then the rest of MME's 14.
+MME_STAT_SUBTASKS: tuple[str, ...] = tuple(dict.fromkeys([*MME_SUBTASKS, *MME_SUBTASK_NAMES]))
+IFT_FAMILIES = ("fmt_one_word", "fmt_list", "fmt_start", "fmt_max_words")
+SHORT_FAMILIES = ("color", "count", "position")     # the judge's short open questions, one per scene in turn
+JUDGED_KINDS = ("describe", "short")                # the question kinds the judge scores
+
+
+@dataclass
+class Tally:
+    """One model's answers to the question set, and where each benchmark adds its per-scene counts."""
+
+    scenes: Sequence
+    questions: Sequence[dict]
+    answers: Sequence[str]
+    cfg: WorldConfig
+    out: np.ndarray
+    col: dict[str, int]
+    judge: np.ndarray | None = None
+    judge_base: np.ndarray | None = None
+
+    def add(self, scene: int, name: str, v: float = 1.0) -> None:
+        self.out[scene, self.col[name]] += v
+
+    def rows(self, kinds: Callable[[str], bool]):
+        """``(index, question, answer)`` of the rows whose kind ``kinds`` accepts, in question order."""
+        return ((k, q, a) for k, (q, a) in enumerate(zip(self.questions, self.answers, strict=True))
+                if kinds(q["kind"]))
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A metric of the comparison table: its direction, its column, and the counts it needs (every group of
+    count-name prefixes needs one prefix with data, or the metric is left out: benchmark files have no
+    descriptions)."""
+
+    metric: str
+    higher_is_better: bool
+    column: int
+    requires: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: its per-scene counts, how one model's answers add to them, its metrics from summed counts
+    (``metrics(c)`` with ``c(name)`` the summed count, any leading shape), its headline metrics and its questions
+    — the whole set from its own random stream (``questions``), or one per scene from the stream the per-scene
+    benchmarks share (``scene_question``)."""
+
+    name: str
+    source: str
+    stats: tuple[str, ...]
+    count: Callable[[Tally], None]
+    metrics: Callable[[Callable[[str], np.ndarray]], dict[str, np.ndarray]]
+    headline: tuple[Headline, ...] = ()
+    questions: Callable[..., list[dict]] | None = None
+    scene_question: Callable[..., dict] | None = None
+
+
+def _pope_rows(scenes, cfg, seed):
+    return [{"kind": f"pope_{setting}", "scene": r["scene"], "family": "existence", "question": r["question"],
+             "label": r["label"]} for setting in POPE_SETTINGS for r in pope_questions(scenes, cfg, setting, seed=seed)]
+
+
+def _pope_count(t: Tally) -> None:
+    for _, q, a in t.rows(lambda k: k.startswith("pope_")):
+        pred = pope_parse(a)
+        t.add(q["scene"], f"{q['kind']}_{'t' if pred == q['label'] else 'f'}{'p' if pred == 'yes' else 'n'}")
+
+
+def _pope_metrics(c) -> dict:
+    m = {}
+    for s in POPE_SETTINGS:
+        for k, v in pope_formula(*(c(f"pope_{s}_{x}") for x in ("tp", "fp", "fn", "tn"))).items():
+            m[f"pope_{s}_{k}"] = v
+    m["pope_mean_accuracy"] = np.mean([m[f"pope_{s}_accuracy"] for s in POPE_SETTINGS], axis=0)
+    return m
+
+
+def _mme_rows(scenes, cfg, seed):
+    return [{"kind": "mme", "scene": r["scene"], "family": MME_SUBTASKS[r["subtask"]], "question": r["question"],
+             "subtask": r["subtask"], "image": r["image"], "answer": r["answer"]}
+            for r in mme_questions(scenes, cfg, seed=seed)]
+
+
+def _mme_count(t: Tally) -> None:
+    oks: dict[tuple[str, int], list[bool]] = {}
+    for _, q, a in t.rows(lambda k: k == "mme"):
+        if q["subtask"] not in MME_STAT_SUBTASKS:
+            raise ValueError(f"MME subtask {q['subtask']!r} is not one of MME's: {list(MME_STAT_SUBTASKS)}; "
+                             "name its folder (or category) after the subtask it holds")
+        oks.setdefault((q["subtask"], q["scene"]), []).append(mme_parse(a) == q["answer"].lower())
+    for (sub, i), ok in oks.items():
+        t.add(i, f"mme_{sub}_q", len(ok))
+        t.add(i, f"mme_{sub}_right", sum(ok))
+        t.add(i, f"mme_{sub}_img")
+        t.add(i, f"mme_{sub}_both", float(all(ok)))
+
+
+def _mme_metrics(c) -> dict:
+    m = {}
+    sums = {"perception": 0.0, "cognition": 0.0}
+    for sub in MME_STAT_SUBTASKS:
+        if sub not in MME_SUBTASKS and not np.any(c(f"mme_{sub}_q") > 0):
+            continue   # a subtask nobody asked: no metric (the shapes world asks its four only)
+        for k, v in mme_formula(*(c(f"mme_{sub}_{x}") for x in ("right", "q", "both", "img"))).items():
+            m[f"mme_{sub}_{k}"] = v
+        sums[mme_group(sub)] = sums[mme_group(sub)] + m[f"mme_{sub}_score"]
+    shape = np.shape(c(f"mme_{MME_STAT_SUBTASKS[0]}_q"))
+    m["mme_total"] = np.broadcast_to(np.asarray(sums["perception"], dtype=np.float64), shape).copy()
+    m["mme_cognition"] = np.broadcast_to(np.asarray(sums["cognition"], dtype=np.float64), shape).copy()
+    return m
+
+
+def _describe_row(i, scene, cfg, rng):
+    ins = W.make_instruction("describe", scene, cfg, rng=rng)
+    return {"kind": "describe", "scene": i, "family": "describe", "question": ins.text, "reference": ins.reference}
+
+
+def _chair_count(t: Tally) -> None:
+    for _, q, a in t.rows(lambda k: k == "describe"):
+        i, scene = q["scene"], t.scenes[q["scene"]]
+        named = set(W.object_mentions(a, t.cfg))
+        hall = named - scene.shapes()
+        t.add(i, "desc_n")
+        t.add(i, "desc_mentions", len(named))
+        t.add(i, "desc_hall", len(hall))
+        t.add(i, "desc_any_hall", float(bool(hall)))
+        t.add(i, "desc_objects", len(scene.objects))
+        t.add(i, "desc_covered", len(named & scene.shapes()))
+
+
+def _chair_metrics(c) -> dict:
+    f = chair_formula(c("desc_mentions"), c("desc_hall"), c("desc_any_hall"), c("desc_n"), c("desc_objects"),
+                      c("desc_covered"))
+    return {"chair_i": f["chair_i"], "chair_s": f["chair_s"], "desc_precision": f["precision"],
+            "desc_recall": f["recall"]}
+
+
+def _ift_row(i, scene, cfg, rng):
+    fam = IFT_FAMILIES[i % len(IFT_FAMILIES)]
+    ins = W.make_instruction(fam, scene, cfg, rng=rng)
+    return {"kind": "ift", "scene": i, "family": fam, "question": ins.text, "reference": ins.reference}
+
+
+def _ift_count(t: Tally) -> None:
+    for _, q, a in t.rows(lambda k: k == "ift"):
+        v = W.verify(t.scenes[q["scene"]], q["question"], a, t.cfg)
+        t.add(q["scene"], "ift_n")
+        t.add(q["scene"], "ift_correct", float(v.correct))
+        t.add(q["scene"], "ift_followed", float(not v.format_violations))
+
+
+def _yes_no_count(t: Tally) -> None:
+    for _, q, a in t.rows(lambda k: k.startswith("pope_") or k == "mme"):
+        t.add(q["scene"], "yn_n")
+        t.add(q["scene"], "yn_ok", float(W.yes_no(a) is not None))
+
+
+def _short_row(i, scene, cfg, rng):
+    fam = SHORT_FAMILIES[i % len(SHORT_FAMILIES)]
+    ins = W.make_instruction(fam, scene, cfg, rng=rng)
+    return {"kind": "short", "scene": i, "family": fam, "question": ins.text, "reference": ins.reference}
+
+
+def _judge_count(t: Tally) -> None:
+    if t.judge is None or t.judge_base is None:
+        return
+    for k, q, _ in t.rows(lambda _kind: True):
+        j, jb = t.judge[k], t.judge_base[k]
+        if np.isfinite(j) and np.isfinite(jb):
+            t.add(q["scene"], "judge_n")
+            t.add(q["scene"], "judge_sum", float(j))
+            t.add(q["scene"], "judge_win", 1.0 if j > jb else 0.5 if j == jb else 0.0)
+
+
+_POPE_ALL = tuple((f"pope_{s}_",) for s in POPE_SETTINGS)
+
+BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark("pope", "Li et al. 2023, official answer parse",
+              tuple(f"pope_{s}_{c}" for s in POPE_SETTINGS for c in ("tp", "fp", "fn", "tn")),
+              _pope_count, _pope_metrics,
+              (Headline("pope_adversarial_f1", True, 3, (("pope_adversarial_",),)),
+               Headline("pope_mean_accuracy", True, 4, _POPE_ALL)), questions=_pope_rows),
+    Benchmark("mme", "Fu et al. 2023, official calculation script",
+              tuple(f"mme_{t}_{c}" for t in MME_STAT_SUBTASKS for c in ("q", "right", "img", "both")),
+              _mme_count, _mme_metrics,
+              (Headline("mme_total", True, 1, (("mme_",),)),
+               Headline("mme_cognition", True, 2, (tuple(f"mme_{t}_" for t in MME_STAT_SUBTASKS
+                                                          if mme_group(t) == "cognition"),))),
+              questions=_mme_rows),
+    Benchmark("chair", "Rohrbach et al. 2018",
+              ("desc_n", "desc_mentions", "desc_hall", "desc_any_hall", "desc_objects", "desc_covered"),
+              _chair_count, _chair_metrics, (Headline("chair_i", False, 5, (("desc_n",),)),),
+              scene_question=_describe_row),
+    Benchmark("ift", "this project's verifier", ("ift_n", "ift_correct", "ift_followed"), _ift_count,
+              lambda c: ift_formula(c("ift_correct"), c("ift_followed"), c("ift_n")),
+              (Headline("ift", True, 6, (("ift_n",),)),), scene_question=_ift_row),
+    Benchmark("yes_no_compliance", "this project (a guard: a model that stops answering yes/no loses MME)",
+              ("yn_n", "yn_ok"), _yes_no_count, lambda c: {"yes_no_compliance": _div(c("yn_ok"), c("yn_n"))},
+              (Headline("yes_no_compliance", True, 9, (("yn_n",),)),)),
+    Benchmark("judge", "the judge of notebook 02; win rate against the SFT base",
+              ("judge_n", "judge_sum", "judge_win"), _judge_count,
+              lambda c: {"judge_score": _div(c("judge_sum"), c("judge_n")),
+                         "judge_win_rate": _div(c("judge_win"), c("judge_n"))},
+              (Headline("judge_score", True, 7, (("judge_n",),)), Headline("judge_win_rate", True, 8, (("judge_n",),))),
+              scene_question=_short_row),
+)
+
+# Per-scene counts every metric is a ratio of (every benchmark's, in registry order).
+STATS: tuple[str, ...] = tuple(name for b in BENCHMARKS for name in b.stats)
+_COL = {name: i for i, name in enumerate(STATS)}
+_HEADLINES = sorted((h for b in BENCHMARKS for h in b.headline), key=lambda h: h.column)
+# Headline metrics (the comparison table), in the order of the paper's layout; True = higher is better.
+HEADLINE: dict[str, bool] = {h.metric: h.higher_is_better for h in _HEADLINES}
+
+
+def eval_questions(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int = 0) -> list[dict]:
+    """The fixed question set: every benchmark's whole-set questions, then per scene one question of each
+    per-scene benchmark (from one shared random stream, ``seed + 1``).
+
+    Every row has ``kind``, ``scene`` (index into ``scenes``), ``family`` and ``question``; POPE rows carry
+    ``label``, MME rows ``subtask`` / ``answer`` / ``image``. ``describe`` and ``short`` rows are the judged prompts.
+    """
+    rows: list[dict] = []
+    for b in BENCHMARKS:
+        if b.questions is not None:
+            rows += b.questions(scenes, cfg, seed)
+    per_scene = [b for b in BENCHMARKS if b.scene_question is not None]
+    rng = np.random.default_rng(seed + 1)
+    for i, scene in enumerate(scenes):
+        rows += [b.scene_question(i, scene, cfg, rng) for b in per_scene]
+    return rows
+
+
+def scene_stats(scenes: Sequence, questions: Sequence[dict], answers: Sequence[str], cfg: WorldConfig,
+                judge: np.ndarray | None = None, judge_base: np.ndarray | None = None) -> np.ndarray:
+    """``(len(scenes), len(STATS))`` counts of one model's answers, every benchmark adding its own.
+
+    ``scenes`` holds ``None`` for benchmark-file images (only POPE / MME rows, which need no scene).
+    ``judge`` / ``judge_base``: the judge's scores of this model's and of the base model's answer for every
+    row (NaN for rows that are not judged, or whose request failed: those are left out).
+    """
+    if len(answers) != len(questions):
+        raise ValueError(f"got {len(answers)} answers for {len(questions)} questions")
+    tally = Tally(scenes, questions, answers, cfg, np.zeros((len(scenes), len(STATS))), _COL, judge, judge_base)
+    for b in BENCHMARKS:
+        b.count(tally)
+    return tally.out
+
+
+def metrics_from_totals(t: np.ndarray) -> dict[str, np.ndarray]:
+    """Every benchmark's metrics from summed counts ``t[..., len(STATS)]`` (any leading shape); a zero
+    denominator gives 0. The formulas are the ones the list scorers use (:func:`pope_formula`, ...)."""
+    def c(name: str) -> np.ndarray:
+        return t[..., _COL[name]]
+
+    out: dict[str, np.ndarray] = {}
+    for b in BENCHMARKS:
+        out |= b.metrics(c)
+    return out
+
+
+def available_metrics(stats: dict[str, np.ndarray], metrics: Sequence[str] = tuple(HEADLINE)) -> list[str]:
+    """The headline metrics some method has data for (benchmark files have no descriptions, format tasks or
+    judge)."""
+    total = sum(st.sum(axis=(0, 1)) for st in stats.values())
+    have = [name for name, v in zip(STATS, total, strict=True) if v > 0]
+    need = {h.metric: h.requires for h in _HEADLINES}
+    return [k for k in metrics
+            if all(any(n.startswith(p) for n in have for p in group) for group in need.get(k, (("",),)))]

@@ -1,257 +1,33 @@
-"""M3P-Score pair selection and the baseline strategies (stage 04).
+"""Stage 04: pairs for every selection rule, written for TRL, and what the rules' choices look like.
 
-For one prompt's candidates with alignment scores MAS and log-probabilities log P under the base model, M3PO
-takes the preferred response Rw = argmax MAS and, for every other candidate j,
-
-    S(Rj) = (MAS(Rw) − MAS(Rj)) − α · max(0, log P(Rw) − log P(Rj) − δ)
-
-and picks the dispreferred response Rl = argmax_j S(Rj) (arXiv 2508.12458, defaults α = 0.5, δ = 0.1). The
-penalty only bites when the model is much *less* confident in Rj than in Rw, so Rl is a poor answer the model
-is confident in: a hard negative. With α = 0 the rule is best-vs-worst by MAS.
-
-Tie rules (deterministic): Rw is the highest MAS, ties broken by the higher log P, then the lower index.
-Rl is the highest S, ties broken by the higher log P (the more confident mistake), then the lower index.
-A candidate whose text equals Rw's text is never selectable as Rl (it would make a pair of identical answers).
-
-Strategies written to ``run_dir/pairs/<strategy>/`` in one format (TRL's vision DPO columns ``images``,
-``prompt``, ``chosen``, ``rejected`` plus the scores behind each choice):
-
-* ``m3po`` — the rule above at the preset's α, δ;
-* ``best_worst`` — best vs worst by MAS (reward-model DPO; α = 0);
-* ``random`` — two random distinct candidates, ordered by MAS (vanilla DPO);
-* ``best_of_n`` — the best candidate alone (chosen-only data for rejection-sampling SFT); ``rejected`` empty;
-* ``oracle`` — best vs worst by the verifier's ground-truth score instead of MAS (shapes world only): what a
-  perfect assessor would pick from the same candidates, the upper bound the other strategies are read against.
+The rules themselves — the M3P-Score, best-vs-worst, random pairs, best-of-N, the verifier-ranked oracle — and the
+machinery that applies them (:func:`~m3po_utils.rules.select`) live in :mod:`m3po_utils.rules`, their registry.
+This module writes each rule's pairs to ``run_dir/pairs/<strategy>/`` in one format (TRL's vision DPO columns
+``images``, ``prompt``, ``chosen``, ``rejected`` plus the scores behind each choice) and computes what notebook
+04 shows: a worked example, the units of the score's two terms, the summed against the per-token log P, each
+rule's statistics and which way its pairs push the yes/no questions.
 """
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from m3po_utils.config import CONFIDENCE_KINDS, STRATEGIES, TRUTH_STRATEGIES, SelectionConfig
+from m3po_utils import rules
 from m3po_utils.io import AtomicDir
 from m3po_utils.models.generate import quiet_datasets
-from m3po_utils.runs import RunDir
+from m3po_utils.rules import (
+    Selection,
+    group_candidates,
+    select,
+    select_pair,
+    selection_stats,
+    truth_by_prompt,
+)
+from m3po_utils.rundir import RunDir
+from m3po_utils.shapes import YES_NO_FAMILIES, yes_no
 from m3po_utils.stats import spearman
-from m3po_utils.world import YES_NO_FAMILIES, yes_no
-
-SKIP_REASONS = ("fewer_than_two_distinct", "all_mas_equal", "margin_below_min", "mas_missing")
-
-
-def _check_params(alpha: float, delta: float) -> None:
-    for name, value in (("alpha", alpha), ("delta", delta)):
-        if not isinstance(value, int | float) or math.isnan(value) or math.isinf(value) or value < 0:
-            raise ValueError(f"{name}={value!r} is invalid: use a finite number >= 0 (paper defaults: alpha=0.5, "
-                             "delta=0.1)")
-
-
-def _as_arrays(mas: Sequence[float], logp: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    m, lp = np.asarray(mas, dtype=float), np.asarray(logp, dtype=float)
-    if m.shape != lp.shape or m.ndim != 1:
-        raise ValueError(f"mas and logp must be 1-D and of equal length, got shapes {m.shape} and {lp.shape}")
-    if len(m) < 2:
-        raise ValueError(f"need at least 2 candidates, got {len(m)}")
-    if np.isnan(m).any() or np.isnan(lp).any():
-        raise ValueError("mas and logp must not contain NaN; drop or re-score those candidates first")
-    return m, lp
-
-
-def best_index(mas: np.ndarray, logp: np.ndarray) -> int:
-    """Rw: highest MAS, then highest log P, then lowest index."""
-    return int(np.lexsort((np.arange(len(mas)), -logp, -mas))[0])
-
-
-def m3p_scores(mas: Sequence[float], logp: Sequence[float], alpha: float = 0.5, delta: float = 0.1,
-               texts: Sequence[str] | None = None) -> np.ndarray:
-    """S(Rj) for every candidate of one prompt; Rw's entry (and any duplicate of Rw's text) is −inf."""
-    _check_params(alpha, delta)
-    m, lp = _as_arrays(mas, logp)
-    w = best_index(m, lp)
-    s = (m[w] - m) - alpha * np.maximum(0.0, lp[w] - lp - delta)
-    s[w] = -np.inf
-    if texts is not None:
-        s[[j for j, t in enumerate(texts) if t == texts[w]]] = -np.inf
-    return s
-
-
-def _ranked(s: np.ndarray, lp: np.ndarray) -> np.ndarray:
-    """Indices by S descending, ties by log P descending, then index ascending (selectable ones only)."""
-    order = np.lexsort((np.arange(len(s)), -lp, -s))
-    return order[np.isfinite(s[order])]
-
-
-def select_pair(mas: Sequence[float], logp: Sequence[float], alpha: float = 0.5, delta: float = 0.1,
-                texts: Sequence[str] | None = None) -> tuple[int, int]:
-    """``(w, l)``: the preferred and dispreferred candidate of one prompt under the M3P-Score."""
-    s = m3p_scores(mas, logp, alpha, delta, texts)
-    ranked = _ranked(s, np.asarray(logp, dtype=float))
-    if len(ranked) == 0:
-        raise ValueError("no candidate differs from the best one; this prompt has no pair")
-    return best_index(*_as_arrays(mas, logp)), int(ranked[0])
-
-
-@dataclass
-class PromptChoice:
-    """What a strategy chose for one prompt: pairs of (chosen, rejected) indices or a skip reason."""
-
-    prompt_id: str
-    pairs: list[tuple[int, int | None]] = field(default_factory=list)
-    skip: str | None = None
-    s_scores: list[float] = field(default_factory=list)
-
-
-def choose(prompt_id: str, mas: np.ndarray, logp: np.ndarray, texts: Sequence[str], strategy: str,
-           alpha: float = 0.5, delta: float = 0.1, min_margin: float = 0.0, k: int = 1,
-           rng: np.random.Generator | None = None) -> PromptChoice:
-    """Apply ``strategy`` to one prompt's candidates (see the module docstring for the rules)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r} is unknown; choose one of {STRATEGIES}")
-    if k < 1:
-        raise ValueError(f"k={k} must be >= 1 (pairs per prompt)")
-    out = PromptChoice(prompt_id)
-    if np.isnan(mas).any():
-        out.skip = "mas_missing"
-        return out
-    if len(set(texts)) < 2:
-        out.skip = "fewer_than_two_distinct"
-        return out
-    if np.ptp(mas) == 0:
-        out.skip = "all_mas_equal"
-        return out
-    w = best_index(mas, logp)
-    if strategy == "best_of_n":
-        out.pairs = [(w, None)]
-        return out
-    if strategy == "random":
-        # uniform over pairs of distinct answers whose MAS differ by at least the margin, ordered by MAS
-        rng = rng if rng is not None else np.random.default_rng(0)
-        first: dict[str, int] = {}
-        for j, t in enumerate(texts):
-            first.setdefault(t, j)
-        ids = sorted(first.values())
-        valid = [(a, b) if mas[a] > mas[b] else (b, a) for x, a in enumerate(ids) for b in ids[x + 1:]
-                 if mas[a] != mas[b] and abs(mas[a] - mas[b]) >= min_margin]
-        if not valid:
-            out.skip = "margin_below_min"
-            return out
-        picks = rng.choice(len(valid), size=min(k, len(valid)), replace=False)
-        out.pairs = [(int(valid[p][0]), int(valid[p][1])) for p in picks]
-        return out
-    a = alpha if strategy == "m3po" else 0.0
-    s = m3p_scores(mas, logp, a, delta, texts)
-    ranked = _ranked(s, logp)
-    # one pair per distinct rejected text
-    seen: set[str] = set()
-    for j in ranked:
-        if texts[j] in seen:
-            continue
-        seen.add(texts[j])
-        if mas[w] - mas[j] < min_margin or mas[w] == mas[j]:
-            continue
-        out.pairs.append((w, int(j)))
-        out.s_scores.append(float(s[j]))
-        if len(out.pairs) == k:
-            break
-    if not out.pairs:
-        out.skip = "margin_below_min"
-    return out
-
-
-@dataclass
-class Selection:
-    """The result of one strategy over all prompts."""
-
-    strategy: str
-    alpha: float
-    delta: float
-    choices: list[PromptChoice]
-
-    @property
-    def n_pairs(self) -> int:
-        return sum(len(c.pairs) for c in self.choices)
-
-    @property
-    def skipped(self) -> dict[str, int]:
-        counts = Counter(c.skip for c in self.choices if c.skip)
-        return {r: counts.get(r, 0) for r in SKIP_REASONS}
-
-
-def group_candidates(table, confidence: str = "sum") -> dict[str, dict[str, np.ndarray | list]]:
-    """Group a candidates table (pandas DataFrame with prompt_id, cand_idx, text, logprob_sum, mas) by prompt.
-
-    ``logp`` — the confidence the M3P-Score reads — is the summed log P (``confidence="sum"``, the paper's) or the
-    mean per token (``"mean"``, column ``logprob_mean``); ``length`` is each answer's token count where known."""
-    if confidence not in CONFIDENCE_KINDS:
-        raise ValueError(f"confidence={confidence!r}: use one of {CONFIDENCE_KINDS} (selection.confidence)")
-    column = "logprob_sum" if confidence == "sum" else "logprob_mean"
-    df = table.sort_values(["prompt_id", "cand_idx"])
-    groups: dict[str, dict] = {}
-    for pid, g in df.groupby("prompt_id", sort=True):
-        groups[str(pid)] = {"idx": g["cand_idx"].to_numpy(), "text": g["text"].tolist(),
-                            "mas": g["mas"].to_numpy(dtype=float), "logp": g[column].to_numpy(dtype=float)}
-        if "length" in g:
-            groups[str(pid)]["length"] = g["length"].to_numpy(dtype=float)
-    return groups
-
-
-def select(groups: dict[str, dict], strategy: str, alpha: float = 0.5, delta: float = 0.1,
-           min_margin: float = 0.0, k: int = 1, seed: int = 0,
-           truth: dict[str, np.ndarray] | None = None) -> Selection:
-    """Apply ``strategy`` to every prompt (seeded for ``random``); ``oracle`` ranks by ``truth`` instead of MAS."""
-    _check_params(alpha, delta)
-    if min_margin < 0 or math.isnan(min_margin):
-        raise ValueError(f"min_margin={min_margin!r} must be a number >= 0")
-    if strategy in TRUTH_STRATEGIES:
-        if truth is None:
-            raise ValueError(f"strategy={strategy!r} ranks candidates by the verifier's ground truth, which only the "
-                             "shapes world has (pass truth=truth_by_prompt(groups, table))")
-        groups = {pid: g | {"mas": np.asarray(truth[pid], dtype=float)} for pid, g in groups.items()}
-    rng = np.random.default_rng(seed)
-    choices = [choose(pid, g["mas"], g["logp"], g["text"], strategy, alpha, delta, min_margin, k, rng)
-               for pid, g in groups.items()]
-    return Selection(strategy, alpha if strategy == "m3po" else 0.0, delta, choices)
-
-
-def selection_stats(groups: dict[str, dict], sel: Selection, reference: Selection | None = None,
-                    truth: dict[str, np.ndarray] | None = None) -> dict[str, float]:
-    """Hard-negative rate, mean MAS gap, share differing from ``reference`` and (shapes world) truth checks.
-
-    * hard-negative rate: share of pairs with log P(Rl) ≥ log P(Rw) − δ (the model is about as confident in the
-      rejected answer as in the chosen one);
-    * mean MAS gap: mean MAS(Rw) − MAS(Rl);
-    * differs: share of prompts whose first pair differs from ``reference``'s (e.g. α = 0);
-    * rejected_wrong / chosen_right: with ground-truth scores, share of rejected answers that are not fully
-      correct, and of chosen answers that are.
-    """
-    hard = gaps = n = wrong = right = 0
-    for c in sel.choices:
-        g = groups[c.prompt_id]
-        for w, rej in c.pairs:
-            if rej is None:
-                continue
-            n += 1
-            hard += g["logp"][rej] >= g["logp"][w] - sel.delta
-            gaps += g["mas"][w] - g["mas"][rej]
-            if truth is not None:
-                wrong += truth[c.prompt_id][rej] < 1.0
-                right += truth[c.prompt_id][w] >= 1.0
-    stats = {"pairs": float(n), "hard_negative_rate": hard / n if n else 0.0,
-             "mean_mas_gap": gaps / n if n else 0.0}
-    if truth is not None:
-        stats["rejected_wrong"] = wrong / n if n else 0.0
-        stats["chosen_right"] = right / n if n else 0.0
-    if reference is not None:
-        ref = {c.prompt_id: c.pairs[:1] for c in reference.choices}
-        both = [c for c in sel.choices if c.pairs and ref.get(c.prompt_id)]
-        stats["differs_from_reference"] = (sum(c.pairs[:1] != ref[c.prompt_id] for c in both) / len(both)
-                                           if both else 0.0)
-    return stats
-
 
 # --------------------------------------------------------------------------- pairs on disk
 
@@ -345,7 +121,7 @@ def worked_example(g: dict, alpha: float, delta: float, truth: Sequence[float] |
     role[w] = "Rw"
     df = pd.DataFrame({"role": role, "text": g["text"], "MAS": mas, "log P": lp, "MAS gap": mas[w] - mas,
                        "penalty": alpha * np.maximum(0.0, lp[w] - lp - delta),
-                       "m3p_scores": m3p_scores(mas, lp, alpha, delta, g["text"])})
+                       "m3p_scores": rules.m3p_scores(mas, lp, alpha, delta, g["text"])})
     if truth is not None:
         df["truth"] = np.asarray(truth, float)
     order = {"Rw": 0, "Rl (M3PO)": 1, "Rl (M3PO and α = 0)": 1, "Rl at α = 0": 2, "": 3}
@@ -366,7 +142,7 @@ def unit_scales(groups: dict[str, dict], delta: float) -> dict[str, float]:
         mas, lp = np.asarray(g["mas"], float), np.asarray(g["logp"], float)
         if mas.size < 2 or not np.isfinite(mas).any():
             continue
-        w = best_index(mas, lp)
+        w = rules.best_index(mas, lp)
         others = np.arange(mas.size) != w
         gaps.append((mas[w] - mas)[others])
         excess.append(np.maximum(0.0, lp[w] - lp - delta)[others])
@@ -438,71 +214,13 @@ def scored_candidates(run_dir):
     return table
 
 
-def truth_by_prompt(groups: dict[str, dict], table) -> dict[str, np.ndarray] | None:
-    """Ground-truth score per candidate in the groups' order (shapes world), else None."""
-    if "truth" not in table:
-        return None
-    t = table.set_index(["prompt_id", "cand_idx"])["truth"]
-    return {pid: np.array([t[(pid, int(i))] for i in g["idx"]]) for pid, g in groups.items()}
-
 
 def select_all(groups: dict[str, dict], alpha: float, delta: float, min_margin: float, k: int = 1,
                seed: int = 0, truth: dict[str, np.ndarray] | None = None) -> dict[str, Selection]:
-    """Every strategy on the same prompts (``m3po`` at α, δ; the baselines as defined in STRATEGIES); the
-    ground-truth ``oracle`` only when ``truth`` is given."""
-    return {s: select(groups, s, alpha, delta, min_margin, k, seed, truth) for s in STRATEGIES
-            if truth is not None or s not in TRUTH_STRATEGIES}
-
-
-# --------------------------------------------------------------------------- MAS weights on validation
-
-MAS_WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
-
-
-def weight_sweep(table, sc: SelectionConfig, clip_weights: Sequence[float] = MAS_WEIGHT_GRID):
-    """The pairs M3PO would select under MAS = w · CLIP + (1 − w) · judge, for every CLIP weight w, judged by the
-    verifier.
-
-    ``table``: scored candidates with the verifier's ``truth`` — one row per candidate with ``prompt_id``,
-    ``cand_idx``, ``text``, ``logprob_sum`` / ``logprob_mean``, ``clip_score``, ``judge_score``, ``truth`` (run it on
-    the validation candidates: the evaluation split never chooses a weight). Prompts with a failed judge call are
-    left out. For each w the M3PO selection of notebook 04 (``sc``'s α, δ, min_margin, confidence) is run on
-    MAS_w and its first pairs are scored: ``pairs``; ``ordered``, the share whose chosen answer the verifier scores
-    above the rejected one (a tie counting ½) — a pair in the wrong direction teaches the model the error;
-    ``truth_gap``, the mean truth(chosen) − truth(rejected); ``chosen_right``, ``rejected_wrong``. The scored
-    table comes from :func:`m3po_utils.mas.score_validation`.
-    """
-    import pandas as pd
-
-    bad = set(table.loc[~np.isfinite(table["judge_score"].to_numpy(float)), "prompt_id"])
-    t = table[~table["prompt_id"].isin(bad)]
-    rows = []
-    for w in clip_weights:
-        if not 0 <= w <= 1:
-            raise ValueError(f"clip weight {w!r} must be in [0, 1]")
-        scored = t.assign(mas=w * t["clip_score"].to_numpy(float) + (1 - w) * t["judge_score"].to_numpy(float))
-        groups = group_candidates(scored, sc.confidence)
-        truth = truth_by_prompt(groups, scored)
-        sel = select(groups, "m3po", sc.alpha, sc.delta, sc.min_margin, 1, sc.seed)
-        tc, tr = np.array([[truth[c.prompt_id][c.pairs[0][0]], truth[c.prompt_id][c.pairs[0][1]]]
-                           for c in sel.choices if c.pairs and c.pairs[0][1] is not None]).reshape(-1, 2).T
-        st = selection_stats(groups, sel, truth=truth)
-        n = int(st["pairs"])
-        rows.append({"clip_weight": float(w), "pairs": n,
-                     "ordered": float(np.mean(np.where(tc > tr, 1.0, np.where(tc == tr, 0.5, 0.0)))) if n else np.nan,
-                     "truth_gap": float(np.mean(tc - tr)) if n else np.nan,
-                     "chosen_right": st["chosen_right"] if n else np.nan,
-                     "rejected_wrong": st["rejected_wrong"] if n else np.nan})
-    return pd.DataFrame(rows)
-
-
-def best_weights(sweep) -> list[float]:
-    """The CLIP weights whose pairs are most often in the right direction (``ordered``), ties broken by the larger
-    ``truth_gap``. More than one means the validation candidates cannot tell those weights apart."""
-    top = sweep["ordered"].max()
-    tied = sweep[np.isclose(sweep["ordered"], top)]
-    gap = tied["truth_gap"].max()
-    return [float(w) for w in tied.loc[np.isclose(tied["truth_gap"], gap), "clip_weight"]]
+    """Every registered rule on the same prompts (``m3po`` at α, δ; the others as :mod:`m3po_utils.rules` defines
+    them); a rule that ranks by the ground truth only when ``truth`` is given."""
+    return {s: select(groups, s, alpha, delta, min_margin, k, seed, truth) for s in rules.names()
+            if truth is not None or not rules.rule(s).needs_truth}
 
 
 def strategy_table(groups: dict[str, dict], sels: dict[str, Selection], truth=None):
@@ -513,7 +231,7 @@ def strategy_table(groups: dict[str, dict], sels: dict[str, Selection], truth=No
     rows = {}
     for name, sel in sels.items():
         row = {"pairs": sel.n_pairs} | {f"skip_{k}": v for k, v in sel.skipped.items()}
-        if name != "best_of_n":
+        if not rules.rule(name).sft_only:
             row |= selection_stats(groups, sel, reference=ref, truth=truth)
         elif truth is not None:
             chosen = [truth[c.prompt_id][c.pairs[0][0]] for c in sel.choices if c.pairs]

@@ -2,7 +2,7 @@
 
 A comparison of preference methods means something only if the base model leaves them something to fix and the
 evaluation can see a difference of the size that matters. The bars below are the shapes world's targets for a base
-model under the default preset (README, "Where the testbed stands"), set after the paper's setting: LLaVA-1.5-7B
+model under the default preset (docs/findings.md, "Where the testbed stands"), set after the paper's setting: LLaVA-1.5-7B
 answers POPE at 0.85-0.87, adversarial negatives are its hardest, and the paper reports +2.2 POPE F1 points over
 vanilla DPO:
 
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from m3po_utils.evaluation import MME_SUBTASKS as _MME
-from m3po_utils.evaluation import POPE_SETTINGS
-from m3po_utils.io import load_results
+from m3po_utils import results as R
+from m3po_utils.scoring import MME_SUBTASKS as _MME
+from m3po_utils.scoring import POPE_SETTINGS
 
 MME_SUBTASKS = tuple(_MME)          # existence, count, position, color
 
@@ -62,9 +62,9 @@ def _inside(x: float, lo_hi: tuple[float, float]) -> bool:
     return lo_hi[0] <= x <= lo_hi[1]
 
 
-def _mean(metrics: Mapping[str, Any], key: str) -> float | None:
+def _mean(metrics: Mapping[str, R.Interval], key: str) -> float | None:
     v = metrics.get(key)
-    return None if v is None else float(v["mean"])
+    return None if v is None or v.mean is None else float(v.mean)
 
 
 def _row(bar: str, target: str, measured: str, misses: list[str] | None) -> dict[str, Any]:
@@ -101,11 +101,11 @@ def _mme(acc: Mapping[str, float | None], plus: Mapping[str, float | None], bars
                 [f"{s} {acc[s]:.3f}" for s in MME_SUBTASKS if not _inside(acc[s], bars.mme_range)])
 
 
-def _ift(world: Mapping, base: Mapping, bars: Bars) -> dict:
+def _ift(world: R.WorldResults, base: Mapping[str, R.Interval], bars: Bars) -> dict:
     target = (f"IFT in [{bars.ift_range[0]:.2f}, {bars.ift_range[1]:.2f}]; no format family ≤ {bars.format_floor:.2f} "
               f"or ≥ {bars.format_ceiling:.2f}")
     ift = _mean(base, "ift")
-    fams = {k.removeprefix("acc_"): float(v) for k, v in ((world.get("lvlm") or {}).get("families") or {}).items()
+    fams = {k.removeprefix("acc_"): float(v) for k, v in (world.lvlm.families if world.lvlm else {}).items()
             if k.startswith("acc_fmt_")}
     if ift is None:
         return _row("3 IFT", target, "not measured", None)
@@ -115,14 +115,14 @@ def _ift(world: Mapping, base: Mapping, bars: Bars) -> dict:
     return _row("3 IFT", target, measured, misses)
 
 
-def _headroom(confidence: Mapping, bars: Bars) -> dict:
+def _headroom(confidence: R.ConfidenceResults, bars: Bars) -> dict:
     target = (f"pass@N − greedy ≥ {bars.headroom:.2f} and ≥ {100 * bars.confident_wrong:.0f} % confident wrong, "
               "every family")
-    room = confidence.get("headroom") or {}
+    room = confidence.headroom or {}
     if not room:
         return _row("4 headroom", target, "not measured", None)
-    gaps = {f: float(v["pass@N − greedy"]) for f, v in room.items()}
-    wrong = {f: float(v["confident_wrong"]) for f, v in room.items() if v.get("confident_wrong") is not None}
+    gaps = {f: float(v.room) for f, v in room.items()}
+    wrong = {f: float(v.confident_wrong) for f, v in room.items() if v.confident_wrong is not None}
     misses = [f"{f} room {g:.2f}" for f, g in gaps.items() if g < bars.headroom]
     misses += [f"{f} confident wrong {w:.2f}" for f, w in wrong.items() if w < bars.confident_wrong]
     measured = (f"room {min(gaps.values()):.2f}–{max(gaps.values()):.2f} over {len(gaps)} families"
@@ -146,11 +146,11 @@ def _oracle(f1: Mapping | None, mme: Mapping | None, bars: Bars, name: str = "or
     return _row(f"5 {name} moves", target, measured, misses)
 
 
-def _power(evaluation: Mapping, bars: Bars) -> dict:
+def _power(evaluation: R.EvaluationResults, bars: Bars) -> dict:
     target = f"MDE (80 % power) ≤ {100 * bars.mde_f1:.1f} F1 point and ≤ {bars.mde_mme:.0f} MME, every comparison"
-    rows = evaluation.get("mde") or []
     limit = {"pope_adversarial_f1": bars.mde_f1, "mme_total": bars.mde_mme}
-    rows = [d for d in rows if d["metric"] in limit]
+    rows = [{"comparison": d.comparison, "metric": d.metric, "mde": d.mde} for d in evaluation.mde
+            if d.metric in limit]
     if not rows:
         return _row("6 power", target, "not measured", None)
 
@@ -163,24 +163,26 @@ def _power(evaluation: Mapping, bars: Bars) -> dict:
     return _row("6 power", target, measured, misses)
 
 
-def _mas(mas: Mapping) -> dict:
+def _mas(mas: R.MasResults) -> dict:
     target = "the preset's CLIP weight is the one the validation sweep picks"
-    sweep = mas.get("weight_sweep") or {}
-    best, preset = sweep.get("best_clip_weights"), sweep.get("preset_clip_weight")
-    if not best or preset is None:
+    sweep = mas.weight_sweep
+    if sweep is None or not sweep.best_clip_weights:
         return _row("7 MAS on validation", target, "not measured", None)
+    best, preset = sweep.best_clip_weights, sweep.preset_clip_weight
     measured = (f"preset {preset:g}, validation picks {' / '.join(f'{w:g}' for w in best)} "
-                f"({sweep.get('prompts', '?')} validation prompts)")
+                f"({sweep.prompts} validation prompts)")
     return _row("7 MAS on validation", target, measured,
                 [] if any(abs(preset - w) < 1e-9 for w in best) else [f"preset {preset:g}"])
 
 
-def check(world: Mapping, mas: Mapping, confidence: Mapping, evaluation: Mapping, bars: Bars = BARS) -> list[dict]:
-    """One row per bar (``bar``, ``target``, ``measured``, ``met``, ``misses``) from the results of notebooks
+def check(world: R.WorldResults, mas: R.MasResults, confidence: R.ConfidenceResults,
+          evaluation: R.EvaluationResults, bars: Bars = BARS) -> list[dict]:
+    """One row per bar (``bar``, ``target``, ``measured``, ``met``, ``misses``) from the typed results of notebooks
     00, 02, 03 and 06; the base model's numbers are notebook 06's, on its evaluation scenes."""
-    base = (evaluation.get("metrics") or {}).get("base") or {}
-    share = ((world.get("lvlm") or {}).get("pope") or {}).get("adversarial", {}).get("partner_share")
-    oracle = evaluation.get("oracle") or {}
+    base = evaluation.metrics.get("base") or {}
+    adversarial = world.lvlm.pope.get("adversarial") if world.lvlm else None
+    share = adversarial.partner_share if adversarial is not None else None
+    oracle = evaluation.oracle or {}
     return [_pope({s: _mean(base, f"pope_{s}_accuracy") for s in POPE_SETTINGS}, share, bars),
             _mme({s: _mean(base, f"mme_{s}_acc") for s in MME_SUBTASKS},
                  {s: _mean(base, f"mme_{s}_acc_plus") for s in MME_SUBTASKS}, bars),
@@ -208,9 +210,11 @@ def calibration_bars(base: Mapping, upper: Mapping | None = None, bars: Bars = B
 
 
 def check_run(run: str | Path, evaluation: Mapping | None = None, bars: Bars = BARS) -> list[dict]:
-    """:func:`check` on a run directory's recorded results (``evaluation`` given: notebook 06's results so far)."""
-    return check(load_results(run, "00_world"), load_results(run, "02_mas"), load_results(run, "03_confidence"),
-                 load_results(run, "06_evaluation") if evaluation is None else evaluation, bars)
+    """:func:`check` on a run directory's recorded results (``evaluation`` given: notebook 06's results so far,
+    read through its schema)."""
+    world, mas, confidence = R.load(run, "00_world"), R.load(run, "02_mas"), R.load(run, "03_confidence")
+    ev = R.load(run, "06_evaluation") if evaluation is None else R.parse("06_evaluation", R.atomic_json(dict(evaluation)))
+    return check(world, mas, confidence, ev, bars)
 
 
 def met_count(rows: list[dict]) -> int:

@@ -2,7 +2,7 @@
 
 ``prepare_world`` / ``prepare_lvlm`` / ``prepare_clip`` return what exists in ``run_dir`` when it is complete
 and build it otherwise, writing atomically — so notebook 00 can be re-run or resumed. They are notebook 00's
-alone: every later stage loads these outputs through :class:`~m3po_utils.runs.RunDir`, which stops with "run
+alone: every later stage loads these outputs through :class:`~m3po_utils.rundir.RunDir`, which stops with "run
 notebook 00 first" when one is missing. Hub presets (``world_kind == "hub"``) load their models by name instead.
 """
 
@@ -11,15 +11,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import Preset
-from m3po_utils.evaluation import base_model_report, family_accuracy
 from m3po_utils.io import atomic_write_json
 from m3po_utils.models import clip as C
 from m3po_utils.models.lvlm import count_parameters, load_lvlm, resolve_device, save_lvlm
 from m3po_utils.models.sft import build_base, train_base
-from m3po_utils.runs import TRAINING_INFO, RunDir, reading
-from m3po_utils.world.prompts import validation_scenes
+from m3po_utils.rundir import TRAINING_INFO, RunDir, reading
+from m3po_utils.scoring import base_model_report, family_accuracy
+from m3po_utils.shapes.prompts import validation_scenes
 
 
 def base_lvlm(cfg: Preset, run_dir: str | Path, device: str | None = None):

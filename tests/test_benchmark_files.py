@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from m3po_utils import comparison as C
+from m3po_utils import evaluation as C
+from m3po_utils import scoring as E
 from m3po_utils.benchfiles import BenchmarkFileError
-from m3po_utils.evaluation import load_mme_dir, load_pope_file, mme_scores, pope_metrics
+from m3po_utils.scoring import load_mme_dir, load_pope_file, mme_scores, pope_metrics
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 POPE_JSONL = DATA / "pope" / "shapes_pope_adversarial.json"
@@ -208,10 +209,10 @@ def test_mme_perception_and_cognition_worked_example():
     images = sorted({i for _, i, _, _ in q})
     qs = [{"kind": "mme", "scene": images.index(i), "subtask": t, "question": f"{t}{n}", "answer": a}
           for n, (t, i, a, _) in enumerate(q)]
-    st = C.scene_stats([None] * len(images), qs, [p for *_, p in q], None)
-    m = C.metrics_from_totals(st.sum(axis=0))
+    st = E.scene_stats([None] * len(images), qs, [p for *_, p in q], None)
+    m = E.metrics_from_totals(st.sum(axis=0))
     assert (float(m["mme_total"]), float(m["mme_cognition"])) == (175.0, 100.0)
-    assert C.available_metrics({"base": st[None]}) == ["mme_total", "mme_cognition", "yes_no_compliance"]
+    assert E.available_metrics({"base": st[None]}) == ["mme_total", "mme_cognition", "yes_no_compliance"]
     with pytest.raises(ValueError, match="'my_task' is not one of MME's"):
-        C.scene_stats([None], [{"kind": "mme", "scene": 0, "subtask": "my_task", "question": "?", "answer": "Yes"}],
+        E.scene_stats([None], [{"kind": "mme", "scene": 0, "subtask": "my_task", "question": "?", "answer": "Yes"}],
                       ["Yes"], None)

@@ -217,7 +217,7 @@ def test_token_viewer_follows_its_dropdown_in_jupyterlab(smoke_run, tmp_path):
 def drive_tokens(url: str, token: str, run: Path) -> None:
     from playwright import sync_api
 
-    from m3po_utils.runs import RunDir
+    from m3po_utils.rundir import RunDir
     from m3po_utils.widgets import TokenViewer
 
     frame = RunDir(run).load_candidates().to_pandas()

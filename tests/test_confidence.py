@@ -11,7 +11,7 @@ import pytest
 from m3po_utils import confidence as C
 from m3po_utils import stats as ST
 from m3po_utils.config import load_preset
-from m3po_utils.runs import RunDir
+from m3po_utils.rundir import RunDir
 
 WC = load_preset("smoke").world
 

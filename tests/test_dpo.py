@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from m3po_utils import config as CFG
 from m3po_utils import dpo as D
+from m3po_utils import rules
 from m3po_utils import selection as S
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import load_preset, setup_run
 from m3po_utils.models import lora as LORA
 from m3po_utils.models import sft as T
@@ -26,8 +26,8 @@ from m3po_utils.models import trl_api as TA
 from m3po_utils.models.generate import sample_candidates
 from m3po_utils.models.lora import LoraTargetError, quiet_gc_warning
 from m3po_utils.models.lvlm import load_lvlm, save_lvlm
-from m3po_utils.runs import RunDir
-from m3po_utils.world.prompts import ImageResolver, shapes_prompts
+from m3po_utils.rundir import RunDir
+from m3po_utils.shapes.prompts import ImageResolver, shapes_prompts
 
 
 def _cfg(**dpo):
@@ -195,7 +195,7 @@ def test_rows_without_a_stored_reference_are_computed(run):
 # ----------------------------------------------------------------------------------------------- training
 
 def test_every_strategy_gets_the_same_budget(trained):
-    assert set(trained) == set(CFG.STRATEGIES)
+    assert set(trained) == set(rules.main_names())
     assert len({i["pairs"] for i in trained.values()}) == 1
     assert len({i["steps"] for i in trained.values()}) == 1
     assert trained["m3po"]["pairs"] <= _cfg().dpo.max_pairs
@@ -208,7 +208,7 @@ def test_every_strategy_gets_the_same_budget(trained):
 
 
 def test_training_log_and_adapter_on_disk(run, trained):
-    for s in CFG.STRATEGIES:
+    for s in rules.main_names():
         folder = D.adapters_dir(run, s)
         assert (folder / D.ADAPTER_FILE).is_file() and (folder / "adapter_config.json").is_file()
         log = D.load_training_log(run, s)
@@ -269,7 +269,7 @@ def test_bad_input_fails_before_training(run, tmp_path, case):
     sub = tmp_path / "run"
     shutil.copytree(run / "models", sub / "models")
     shutil.copytree(run / "pairs", sub / "pairs")
-    pairs = {s: _pairs(run, s) for s in CFG.STRATEGIES}
+    pairs = {s: _pairs(run, s) for s in rules.main_names()}
     if case == "empty":
         pairs["random"] = pairs["random"].select([])
         match = "random.*empty"

@@ -5,9 +5,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from m3po_utils import comparison as C
-from m3po_utils import evaluation as E
-from m3po_utils import world as W
+from m3po_utils import evaluation as C
+from m3po_utils import rules
+from m3po_utils import scoring as E
+from m3po_utils import shapes as W
 from m3po_utils.config import ConfigError, load_preset
 
 WCFG = load_preset("smoke").world
@@ -20,7 +21,7 @@ def scenes():
 
 @pytest.fixture(scope="module")
 def questions(scenes):
-    return C.eval_questions(scenes, WCFG, seed=0)
+    return E.eval_questions(scenes, WCFG, seed=0)
 
 
 def perfect(q, scenes):
@@ -58,13 +59,13 @@ def test_question_set(scenes, questions):
             assert not scenes[q["scene"]].has(shape)
         if q["kind"] == "ift":
             assert q["family"].startswith("fmt_")
-    assert C.questions_key(questions) == C.questions_key(C.eval_questions(scenes, WCFG, seed=0))
-    assert C.questions_key(questions) != C.questions_key(C.eval_questions(scenes, WCFG, seed=1))
+    assert C.questions_key(questions) == C.questions_key(E.eval_questions(scenes, WCFG, seed=0))
+    assert C.questions_key(questions) != C.questions_key(E.eval_questions(scenes, WCFG, seed=1))
 
 
 def test_perfect_answers_score_perfectly(scenes, questions):
     answers = [perfect(q, scenes) for q in questions]
-    m = C.metrics_from_totals(C.scene_stats(scenes, questions, answers, WCFG).sum(axis=0))
+    m = E.metrics_from_totals(E.scene_stats(scenes, questions, answers, WCFG).sum(axis=0))
     assert m["mme_total"] == pytest.approx(200 * len(E.MME_SUBTASKS))
     for s in E.POPE_SETTINGS:
         assert m[f"pope_{s}_accuracy"] == 1 and m[f"pope_{s}_f1"] == 1
@@ -74,7 +75,7 @@ def test_perfect_answers_score_perfectly(scenes, questions):
 
 def test_metrics_agree_with_the_public_scorers(scenes, questions):
     answers = noisy_answers(questions, scenes)
-    m = C.metrics_from_totals(C.scene_stats(scenes, questions, answers, WCFG).sum(axis=0))
+    m = E.metrics_from_totals(E.scene_stats(scenes, questions, answers, WCFG).sum(axis=0))
     for s in E.POPE_SETTINGS:
         idx = [k for k, q in enumerate(questions) if q["kind"] == f"pope_{s}"]
         ref = E.pope_metrics([answers[k] for k in idx], [questions[k]["label"] for k in idx])
@@ -102,30 +103,30 @@ def test_judge_wins_against_the_base(scenes, questions):
     answers = [perfect(q, scenes) for q in questions]
     judged = np.full(len(questions), np.nan)
     base = np.full(len(questions), np.nan)
-    rows = [k for k, q in enumerate(questions) if q["kind"] in C.JUDGED_KINDS][:3]
+    rows = [k for k, q in enumerate(questions) if q["kind"] in E.JUDGED_KINDS][:3]
     judged[rows], base[rows] = [8, 5, 3], [6, 5, 9]
-    m = C.metrics_from_totals(C.scene_stats(scenes, questions, answers, WCFG, judged, base).sum(axis=0))
+    m = E.metrics_from_totals(E.scene_stats(scenes, questions, answers, WCFG, judged, base).sum(axis=0))
     assert m["judge_score"] == pytest.approx(16 / 3)
     assert m["judge_win_rate"] == pytest.approx((1 + 0.5 + 0) / 3)
     judged[rows[0]] = np.nan      # a failed request leaves the row out
-    m = C.metrics_from_totals(C.scene_stats(scenes, questions, answers, WCFG, judged, base).sum(axis=0))
+    m = E.metrics_from_totals(E.scene_stats(scenes, questions, answers, WCFG, judged, base).sum(axis=0))
     assert m["judge_win_rate"] == pytest.approx(0.5 / 2)
 
 
 def test_zero_denominators_give_zero():
-    m = C.metrics_from_totals(np.zeros(len(C.STATS)))
+    m = E.metrics_from_totals(np.zeros(len(E.STATS)))
     assert m["chair_i"] == 0 and m["pope_random_f1"] == 0 and m["mme_total"] == 0
 
 
 def test_bootstrap_intervals_and_paired_deltas(scenes, questions):
-    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
-    bad = np.stack([C.scene_stats(scenes, questions, noisy_answers(questions, scenes, s), WCFG) for s in range(3)])
+    good = E.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    bad = np.stack([E.scene_stats(scenes, questions, noisy_answers(questions, scenes, s), WCFG) for s in range(3)])
     boot = C.bootstrap({"base": good[None], "m3po": bad, "copy": bad.copy()}, n_boot=400, ci=0.9, seed=0)
     # a perfect model has a degenerate interval at its value
     assert boot.interval("base", "pope_adversarial_accuracy") == (1.0, 1.0)
     lo, hi = boot.interval("m3po", "mme_total")
     point = boot.point["m3po"]["mme_total"]
-    per_seed = [C.metrics_from_totals(b.sum(axis=0))["mme_total"] for b in bad]
+    per_seed = [E.metrics_from_totals(b.sum(axis=0))["mme_total"] for b in bad]
     assert point == pytest.approx(np.mean(per_seed))
     assert lo < point < hi < 800
     # identical methods: the paired difference is exactly 0 in every draw
@@ -138,7 +139,7 @@ def test_bootstrap_intervals_and_paired_deltas(scenes, questions):
 
 
 def test_bootstrap_rejects_mismatched_scenes(scenes, questions):
-    st = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    st = E.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
     with pytest.raises(ValueError, match="same scenes"):
         C.bootstrap({"a": st[None], "b": st[None, :10]})
 
@@ -179,18 +180,18 @@ def test_evaluation_config_is_checked():
 
 
 def test_comparison_table_layout(scenes, questions):
-    st = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    st = E.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
     boot = C.bootstrap({"base": st[None], "m3po": st[None]}, n_boot=100)
     df = C.comparison_table(boot)
-    assert list(df.index) == ["SFT base", "M3PO"] and list(df.columns) == list(C.HEADLINE)
+    assert list(df.index) == ["SFT base", "M3PO"] and list(df.columns) == list(E.HEADLINE)
     assert df.loc["M3PO", "mme_total"] == "800.0 [800.0, 800.0]"
     md = C.table_markdown(df, "t")
     assert md.splitlines()[2].startswith("| method | mme_total")
 
 
 def test_verdicts_and_per_seed(scenes, questions):
-    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
-    bad = np.stack([C.scene_stats(scenes, questions, noisy_answers(questions, scenes, s), WCFG) for s in range(2)])
+    good = E.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    bad = np.stack([E.scene_stats(scenes, questions, noisy_answers(questions, scenes, s), WCFG) for s in range(2)])
     boot = C.bootstrap({"good": np.stack([good, good]), "bad": bad}, n_boot=300)
     v = C.verdicts(boot, "good", "bad", ["mme_total", "chair_i", "judge_score"])
     assert v == {"better": ["mme_total", "chair_i"], "worse": [], "no_difference": ["judge_score"]}
@@ -217,14 +218,14 @@ def test_benchmark_files_as_a_question_set():
     for n, q in enumerate(qs):      # every third answer wrong, in the parsers' tricky forms
         right = ("Yes" if q.get("label", q.get("answer", "")).lower() == "yes" else "No")
         answers.append(right if n % 3 else {"Yes": "No, there is not.", "No": "Eyes"}[right])
-    st = C.scene_stats([None] * len(paths), qs, answers, WCFG)
-    m = C.metrics_from_totals(st.sum(axis=0))
+    st = E.scene_stats([None] * len(paths), qs, answers, WCFG)
+    m = E.metrics_from_totals(st.sum(axis=0))
     pope = [(a, q["label"]) for q, a in zip(qs, answers, strict=True) if q["kind"] == "pope_adversarial"]
     ref = E.pope_metrics([a for a, _ in pope], [lab for _, lab in pope])
     assert m["pope_adversarial_accuracy"] == pytest.approx(ref["accuracy"]) and ref["accuracy"] < 1
     mme = E.mme_scores([q | {"prediction": a} for q, a in zip(qs, answers, strict=True) if q["kind"] == "mme"])
     assert m["mme_total"] == pytest.approx(mme["total"])
-    assert C.available_metrics({"base": st[None]}) == ["mme_total", "pope_adversarial_f1", "yes_no_compliance"]
+    assert E.available_metrics({"base": st[None]}) == ["mme_total", "pope_adversarial_f1", "yes_no_compliance"]
 
 
 def test_pope_file_name_must_name_its_setting(tmp_path):
@@ -234,8 +235,8 @@ def test_pope_file_name_must_name_its_setting(tmp_path):
 
 
 def test_delta_frame_rows_are_the_paired_deltas(scenes, questions):
-    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
-    bad = C.scene_stats(scenes, questions, noisy_answers(questions, scenes), WCFG)
+    good = E.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    bad = E.scene_stats(scenes, questions, noisy_answers(questions, scenes), WCFG)
     boot = C.bootstrap({"good": good[None], "bad": bad[None]}, n_boot=200)
     df = boot.delta_frame([("good", "bad")], ["mme_total", "chair_i"])
     assert list(df.index) == [("good − bad", "mme_total"), ("good − bad", "chair_i")]
@@ -259,7 +260,7 @@ class FakeJudge:
 def test_judge_answers_asks_each_distinct_answer_once_and_maps_scores_back(scenes, questions):
     images = [W.render(s, WCFG) for s in scenes]
     base = [perfect(q, scenes) for q in questions]
-    judged_rows = [k for k, q in enumerate(questions) if q["kind"] in C.JUDGED_KINDS]
+    judged_rows = [k for k, q in enumerate(questions) if q["kind"] in E.JUDGED_KINDS]
     other = list(base)
     other[judged_rows[0]] = "fail"
     other[judged_rows[1]] = "x"
@@ -310,8 +311,8 @@ def test_mde_recovered_share_and_oracle_table():
 
 
 def test_detectable_difference_by_scenes(scenes, questions):
-    a = C.scene_stats(scenes, questions, noisy_answers(questions, scenes, 0), WCFG)
-    b = C.scene_stats(scenes, questions, noisy_answers(questions, scenes, 1), WCFG)
+    a = E.scene_stats(scenes, questions, noisy_answers(questions, scenes, 0), WCFG)
+    b = E.scene_stats(scenes, questions, noisy_answers(questions, scenes, 1), WCFG)
     stats = {"m3po": a[None], "random": b[None]}
     df = C.detectable_by_scenes(stats, [("m3po", "random")], [8, 30], n_boot=400, seed=3)
     full = C.detectable_table(C.bootstrap(stats, n_boot=400, seed=3), [("m3po", "random")])
@@ -353,8 +354,8 @@ def test_recorded_answers_read_notebook_06_cache_only(tmp_path, scenes, question
 
 
 def test_oracle_table_and_headline_lines(scenes, questions):
-    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
-    bad = C.scene_stats(scenes, questions, noisy_answers(questions, scenes, 0), WCFG)
+    good = E.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    bad = E.scene_stats(scenes, questions, noisy_answers(questions, scenes, 0), WCFG)
     boot = C.bootstrap({"base": bad[None], "oracle": good[None], "m3po": good[None], "random": bad[None]},
                        n_boot=300, seed=0)
     t = C.oracle_table(boot)
@@ -370,7 +371,7 @@ def test_oracle_table_and_headline_lines(scenes, questions):
 
 
 def test_a_corrupt_answers_cache_is_set_aside_and_answered_again(tmp_path, monkeypatch):
-    from m3po_utils import comparison as C
+    from m3po_utils import evaluation as C
     from m3po_utils.config import load_preset
 
     calls = []
@@ -390,19 +391,19 @@ def test_a_corrupt_answers_cache_is_set_aside_and_answered_again(tmp_path, monke
 
 
 def test_mme_by_subtask_splits_the_total_into_its_subtasks(scenes, questions):
-    good = C.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
+    good = E.scene_stats(scenes, questions, [perfect(q, scenes) for q in questions], WCFG)
     answers = noisy_answers(questions, scenes, 1)
-    bad = C.scene_stats(scenes, questions, answers, WCFG)
+    bad = E.scene_stats(scenes, questions, answers, WCFG)
     boot = C.bootstrap({"base": bad[None], "oracle": good[None]}, n_boot=200, seed=0)
     assert C.mme_subtasks(boot) == list(E.MME_SUBTASKS)
     table = C.mme_by_subtask(boot)
-    assert table.index.tolist() == [(C.METHOD_LABELS[m], t) for m in ("base", "oracle") for t in E.MME_SUBTASKS]
+    assert table.index.tolist() == [(rules.label(m), t) for m in ("base", "oracle") for t in E.MME_SUBTASKS]
     ref = E.mme_scores([q | {"prediction": a} for q, a in zip(questions, answers, strict=True) if q["kind"] == "mme"])
     for t, v in ref["subtasks"].items():
-        row = table.loc[(C.METHOD_LABELS["base"], t)]
+        row = table.loc[(rules.label("base"), t)]
         assert row["acc"].startswith(f"{v['acc']:.3f} [") and row["acc_plus"].startswith(f"{v['acc_plus']:.3f} [")
         assert row["score"].startswith(f"{v['score']:.1f} [")
-        assert table.loc[(C.METHOD_LABELS["oracle"], t)]["score"].startswith("200.0 [")
+        assert table.loc[(rules.label("oracle"), t)]["score"].startswith("200.0 [")
     deltas = C.subtask_deltas(boot, [("oracle", "base")])["oracle − base"]
     assert set(deltas) == set(E.MME_SUBTASKS)
     for t, v in ref["subtasks"].items():            # the subtask deltas add up to the total's

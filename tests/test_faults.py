@@ -8,7 +8,7 @@ import pytest
 
 from m3po_utils import preflight
 from m3po_utils.config import ConfigError, load_preset, setup_run
-from m3po_utils.world.prompts import file_prompts
+from m3po_utils.shapes.prompts import file_prompts
 
 
 def test_the_defaults_pass():

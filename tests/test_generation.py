@@ -19,14 +19,14 @@ import pytest
 import torch
 
 from m3po_utils import candidates as G
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import ConfigError, GenerationConfig, load_preset
 from m3po_utils.models import generate as GEN
 from m3po_utils.models import sft as T_sft
 from m3po_utils.models import templates as T
 from m3po_utils.models.lvlm import CHAT_TEMPLATE, IMAGE, load_lvlm, save_lvlm
-from m3po_utils.runs import RunDir
-from m3po_utils.world.prompts import ImageResolver, shapes_prompts
+from m3po_utils.rundir import RunDir
+from m3po_utils.shapes.prompts import ImageResolver, shapes_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(n_candidates=3, max_new_tokens=3, batch_size=6, temperature=1.0, top_p=1.0, top_k=0)
@@ -299,10 +299,10 @@ def test_killed_process_resumes(tiny, tmp_path):
     run = tmp_path / "run"
     script = textwrap.dedent(f"""
         import json, os, signal
-        from m3po_utils import candidates as G, world as W
+        from m3po_utils import candidates as G, shapes as W
         from m3po_utils.config import load_preset
         from m3po_utils.models.lvlm import load_lvlm
-        from m3po_utils.world.prompts import ImageResolver
+        from m3po_utils.shapes.prompts import ImageResolver
         cfg = load_preset("smoke")
         model, processor = load_lvlm({str(folder)!r}, device="cpu")
         prompts = json.load(open({str(tmp_path / 'prompts.json')!r}))

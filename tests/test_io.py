@@ -1,7 +1,8 @@
 import json
 import math
 
-from m3po_utils.io import atomic_write_json, load_results, record_results
+from m3po_utils.io import atomic_write_json, load_results
+from m3po_utils.results import record_results
 
 
 def test_results_are_strict_json(tmp_path):

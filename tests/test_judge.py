@@ -23,13 +23,13 @@ import pytest
 from PIL import Image
 
 from m3po_utils import mas
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import load_preset, setup_run
 from m3po_utils.judge import client as JC
 from m3po_utils.judge import protocol as JP
 from m3po_utils.judge.server import JudgeServer, judge_score, model_id_for
-from m3po_utils.runs import RunDir
-from m3po_utils.world import prompts as P
+from m3po_utils.rundir import RunDir
+from m3po_utils.shapes import prompts as P
 
 REPO = Path(__file__).resolve().parents[1]
 FAST: dict = {}   # retries wait what the server's Retry-After says (server() sets 10 ms), not openai's 0.5-8 s
@@ -241,9 +241,9 @@ def test_cache_hits_make_no_requests(world, index, frame, tmp_path):
 
 CHILD = r"""
 import sys
-from m3po_utils import mas, world as W
+from m3po_utils import mas, shapes as W
 from m3po_utils.judge import client as JC
-from m3po_utils.world import prompts as P
+from m3po_utils.shapes import prompts as P
 from m3po_utils.config import load_preset
 base_url, model, cache = sys.argv[1:4]
 cfg = load_preset("smoke")
@@ -358,7 +358,7 @@ def test_base_url_from_environment_wins(monkeypatch):
 # ------------------------------------------------------------------------------------------- CLI
 
 def test_command_line_server(tmp_path):
-    from m3po_utils.basemodels import prepare_world
+    from m3po_utils.world import prepare_world
 
     cfg, run = setup_run(tmp_path / "run", "smoke")
     prepare_world(cfg, run)

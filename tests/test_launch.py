@@ -22,8 +22,8 @@ from m3po_utils import launch as L
 from m3po_utils.config import LAUNCH_CONFIGS, ConfigError, load_preset, setup_run
 from m3po_utils.launch import candidates as LC
 from m3po_utils.launch import dpo as LD
-from m3po_utils.runs import RunDir, StageMissing
-from m3po_utils.world.prompts import ImageResolver, preference_prompts, validation_scenes
+from m3po_utils.rundir import RunDir, StageMissing
+from m3po_utils.shapes.prompts import ImageResolver, preference_prompts, validation_scenes
 
 
 def _copy_run(src, dst, parts, overrides):
@@ -133,9 +133,9 @@ def test_sharded_sampling_is_the_one_process_table_and_resumes_per_process(smoke
     assert n_chunks >= 3, "the smoke preset should make at least 3 chunks (2 for one process, 1 for the other)"
     kw = dict(n_candidates=g.n_candidates, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
               max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, seed=g.seed, progress=False)
-    from m3po_utils import basemodels
+    from m3po_utils import world
 
-    model, processor, _ = basemodels.base_lvlm(cfg, one)
+    model, processor, _ = world.base_lvlm(cfg, one)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)      # as each launched process runs: same float summation order, bitwise results
     try:

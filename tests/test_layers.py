@@ -5,12 +5,12 @@ order given there; stages may import earlier stages only):
 
     0  io                                   files written atomically, strict JSON
     1  config, stats                        presets; statistics used by several stages
-    2  world/                               scenes -> instructions -> verifier -> prompts
+    2  shapes/                              the shapes world: scenes -> instructions -> verifier -> prompts
     3  models/                              lvlm -> templates -> generate -> sft, lora -> trl_api, clip -> clip_score
     4  judge/                               protocol -> cache -> client, server; benchfiles (real benchmark files)
-    5  evaluation, runs                     benchmark questions and scoring; the run directory (paths, loaders)
-    6  stages                               basemodels 00 < candidates 01 < mas 02 < confidence 03 < selection 04
-                                            < dpo 05 < comparison 06 < testbed (its bars, on 00-06's results)
+    5  scoring, rundir                      benchmark questions and scorers; the run directory (paths, loaders)
+    6  stages                               world 00 < candidates 01 < mas 02 < confidence 03 < selection 04
+                                            < dpo 05 < evaluation 06 < testbed (its bars, on 00-06's results)
                                             < experiments 10
     7  plots/, widgets, report, learnt      figures, widgets, the report, each notebook's closing summary
     8  run, judge/__main__, launch/         entry points (launch/: the stages under accelerate launch)
@@ -26,17 +26,17 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "m3po_utils"
 
 RANK = {
-    "io": 0, "config": 1, "stats": 1,
-    "world": 2, "world.scenes": 2.1, "world.instructions": 2.2, "world.verifier": 2.3, "world.prompts": 2.4,
+    "io": 0, "progress": 0, "rules": 0.5, "config": 1, "stats": 1, "results": 1,
+    "shapes": 2, "shapes.scenes": 2.1, "shapes.instructions": 2.2, "shapes.verifier": 2.3, "shapes.prompts": 2.4,
     "models": 3, "models.lvlm": 3.1, "models.templates": 3.2, "models.generate": 3.3, "models.sft": 3.4,
     "models.lora": 3.4, "models.trl_api": 3.5, "models.clip": 3.1, "models.clip_score": 3.2,
     "judge": 4, "judge.protocol": 4.1, "judge.cache": 4.1, "judge.client": 4.2, "judge.server": 4.2,
-    "benchfiles": 4.9, "evaluation": 5, "runs": 5,
-    "basemodels": 6.00, "candidates": 6.01, "mas": 6.02, "confidence": 6.03, "selection": 6.04, "dpo": 6.05,
-    "comparison": 6.06, "testbed": 6.07, "experiments": 6.10,
+    "benchfiles": 4.9, "scoring": 5, "rundir": 5,
+    "world": 6.00, "candidates": 6.01, "mas": 6.02, "confidence": 6.03, "selection": 6.04, "dpo": 6.05,
+    "evaluation": 6.06, "testbed": 6.07, "experiments": 6.10,
     "plots": 7, "plots.audit": 7.05, "plots.world": 7.1, "plots.candidates": 7.1, "plots.mas": 7.1, "plots.confidence": 7.1,
     "plots.dpo": 7.1, "plots.evaluation": 7.1, "plots.experiments": 7.1, "widgets": 7.2, "widgets.base": 7.21, "widgets.candidates": 7.22,
-    "widgets.mas": 7.22, "widgets.tokens": 7.22, "widgets.pairs": 7.22, "report": 7, "learnt": 7,
+    "widgets.mas": 7.22, "widgets.confidence": 7.22, "widgets.selection": 7.22, "report": 7, "learnt": 7,
     "preflight": 7,
     "run": 8, "judge.__main__": 8, "launch": 8, "launch.candidates": 8.1, "launch.dpo": 8.1,
 }

@@ -1,8 +1,14 @@
 """'What we learnt here': generated from a stage's results, every number taken from them, honest about intervals."""
 
 import pytest
+from records import complete
 
 from m3po_utils import learnt as L
+
+
+def summary(stage, partial):
+    """The stage's paragraph from a record that holds ``partial`` (every other field neutral)."""
+    return L.summary(stage, complete(stage, partial))
 
 
 def _d(comparison, metric, delta, lo, hi):
@@ -17,7 +23,7 @@ def test_a_change_is_claimed_only_when_its_interval_excludes_zero():
                     _d("oracle − base", "pope_adversarial_f1", 0.05, 0.03, 0.07),
                     _d("oracle − base", "mme_total", 1.0, -4.0, 6.0)],
          "mde": [{"comparison": "m3po − best_of_n", "metric": "mme_total", "mde": 11.94, "observed": -3.0}]}
-    text = L.summary("06_evaluation", r)
+    text = summary("06_evaluation", r)
     assert text.startswith(L.HEADER)
     assert "it changed pope_adversarial_f1 +0.021 [+0.004, +0.038] (better); chair_i -0.020 [-0.030, -0.010] " \
            "(better)" in text                                # lower CHAIR_i is better
@@ -33,11 +39,11 @@ def test_the_mme_total_is_split_by_subtask_largest_change_first():
            "color": {"delta": 5.3, "lo": -1.3, "hi": 11.8}}
     r = {"deltas": [_d("oracle − base", "mme_total", 22.3, 10.0, 33.0)], "mde": [],
          "mme_subtask_deltas": {"oracle − base": sub, "random − base": sub}}
-    text = L.summary("06_evaluation", r)
+    text = summary("06_evaluation", r)
     assert ("per subtask: oracle (verifier-ranked DPO) count +25.4 [+19.0, +31.8], color +5.3 [-1.3, +11.8], "
             "position -8.4 [-13.4, -3.7].") in text
     assert text.count("count +25.4") == 1                  # only the oracle and M3PO are spelled out, not random
-    assert "per subtask" not in L.summary("06_evaluation", r | {"mme_subtask_deltas": {}})
+    assert "per subtask" not in summary("06_evaluation", r | {"mme_subtask_deltas": {}})
 
 
 def test_the_detectable_difference_by_scenes_is_read_against_the_scene_only_fall():
@@ -48,16 +54,16 @@ def test_the_detectable_difference_by_scenes_is_read_against_the_scene_only_fall
          "mde_by_scenes": [row("mme_total", 400, 13.3), row("mme_total", 100, 20.1), row("mme_total", 200, 15.8),
                            row("pope_adversarial_f1", 100, 0.0293), row("pope_adversarial_f1", 400, 0.0175),
                            {"comparison": "m3po − random", "metric": "mme_total", "scenes": 100, "mde": 99.0}]}
-    text = L.summary("06_evaluation", r)
+    text = summary("06_evaluation", r)
     assert ("to all of the scenes: mme_total 20.1 on 100 scenes, 13.3 on 400 (×0.66; ×0.50 if only the scenes varied); "
             "pope_adversarial_f1 0.029 on 100 scenes, 0.018 on 400 (×0.60; ×0.50") in text
     assert "99.0" not in text                                  # only the control's comparison is read
-    assert "fewest to all" not in L.summary("06_evaluation", r | {"mde_by_scenes": []})
+    assert "fewest to all" not in summary("06_evaluation", r | {"mde_by_scenes": []})
 
 
 def test_nothing_moved_is_said_plainly():
     r = {"deltas": [_d("m3po − best_of_n", "ift", 0.0, -0.01, 0.01)], "mde": []}
-    assert "no metric changed beyond its interval" in L.summary("06_evaluation", r)
+    assert "no metric changed beyond its interval" in summary("06_evaluation", r)
 
 
 def test_stage_summaries_cite_their_results():
@@ -65,22 +71,22 @@ def test_stage_summaries_cite_their_results():
                                "adversarial": {"accuracy": 0.81, "partner_share": 0.62}},
                       "families": {"acc_count": 0.7, "acc_describe": 0.1}, "describe": {"chair_i": 0.05}},
              "clip": {"retrieval": {"top1": 0.4, "chance_top1": 0.025}}}
-    text = L.summary("00_world", world)
+    text = summary("00_world", world)
     assert "0.900 / 0.850 / 0.810" in text and "9.0 points below random" in text and "62 %" in text
     assert "from 0.100 (describe) to 0.700 (count)" in text
-    assert "nothing was trained here" in L.summary("00_world", {"clip": {}})
+    assert "nothing was trained here" in summary("00_world", {"clip": {}})
     sel = {"alpha": 0.5, "delta": 0.1, "prompts": 100,
            "strategies": {"m3po": {"pairs": 80, "differs_from_reference": 0.3, "hard_negative_rate": 0.4},
                           "best_worst": {"hard_negative_rate": 0.6}}}
-    text = L.summary("04_selection", sel)
+    text = summary("04_selection", sel)
     assert "80 pairs from 100 prompts" in text and "does not raise that share" in text
     sweep = {"prompts": 200, "preset_clip_weight": 0.3, "best_clip_weights": [0.1],
              "rows": [{"clip_weight": w, "ordered": o} for w, o in ((0.0, 0.9), (0.1, 0.95), (0.3, 0.92), (1.0, 0.6))]}
-    text = L.summary("02_mas", {"spearman": {}, "weight_sweep": sweep})
+    text = summary("02_mas", {"spearman": {}, "weight_sweep": sweep})
     assert "On 200 validation prompts CLIP weight 0.1 is best: its M3PO pairs are in the right direction 95 % " \
            "of the time (the preset's weight 0.3: 92 %; CLIP alone: 60 %)." in text
     with pytest.raises(KeyError, match="no summary for '07_x'"):
-        L.summary("07_x", {})
+        summary("07_x", {})
 
 
 def test_notebook_04_lessons_print_the_runs_numbers():
@@ -98,7 +104,7 @@ def test_notebook_04_lessons_print_the_runs_numbers():
     assert "ρ = -0.16" in text and "10.7 tokens" in text and "11.5 tokens" in text and "34 % against 31 %" in text
     r = {"alpha": 0.5, "delta": 0.1, "prompts": 3, "strategies": {}, "unit_scales": scales,
          "confidence_kinds": kinds, "length_logp_spearman": -0.156, "confidence": "sum"}
-    out = learnt.summary("04_selection", r)
+    out = summary("04_selection", r)
     assert "α ≈ 0.094" in out and "uses the sum (selection.confidence)" in out
 
 
@@ -107,9 +113,9 @@ def test_selection_summary_says_which_strategy_pushes_existence_towards_no():
     lead = {"strategy": "m3po", "family": "existence", "pairs": 240, "chosen_yes": 0.483, "rejected_yes": 0.822,
             "push_to_no": 0.339, "same_answer": 0.55}
     bw = lead | {"strategy": "best_worst", "rejected_yes": 0.707, "push_to_no": 0.224}
-    out = L.summary("04_selection", base | {"yes_no_leads": [lead, bw]})
+    out = summary("04_selection", base | {"yes_no_leads": [lead, bw]})
     assert 'says "yes" in 82 % of M3PO\'s pairs and 71 % of best-vs-worst\'s' in out
     assert "(the chosen one in 48 % and 48 %)" in out and 'harder towards "no"' in out
-    out = L.summary("04_selection", base | {"yes_no_leads": [lead | {"push_to_no": 0.1}, bw]})
+    out = summary("04_selection", base | {"yes_no_leads": [lead | {"push_to_no": 0.1}, bw]})
     assert 'does not push the model harder towards "no"' in out
-    assert "existence questions" not in L.summary("04_selection", base)
+    assert "existence questions" not in summary("04_selection", base)

@@ -14,16 +14,16 @@ import pandas as pd
 import pytest
 
 from m3po_utils import mas
+from m3po_utils import shapes as W
 from m3po_utils import stats as ST
-from m3po_utils import world as W
 from m3po_utils.config import ClipTrainConfig, ConfigError, MasConfig, load_preset
 from m3po_utils.judge import cache as mas_cache
 from m3po_utils.judge import client as JC
 from m3po_utils.judge import protocol as JP
 from m3po_utils.judge.server import JudgeServer
 from m3po_utils.models import clip_score as CS
-from m3po_utils.runs import RunDir
-from m3po_utils.world import prompts as P
+from m3po_utils.rundir import RunDir
+from m3po_utils.shapes import prompts as P
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import load_preset
 from m3po_utils.models import sft as T
 from m3po_utils.models import templates as TT

@@ -9,14 +9,14 @@ import json
 
 import pytest
 
-from m3po_utils import evaluation as E
-from m3po_utils import world as W
+from m3po_utils import scoring as E
+from m3po_utils import shapes as W
 from m3po_utils.config import load_preset
 from m3po_utils.io import load_results
 from m3po_utils.models.generate import greedy_answers
 from m3po_utils.models.lvlm import load_lvlm
 from m3po_utils.run import run_series
-from m3po_utils.runs import RunDir
+from m3po_utils.rundir import RunDir
 
 pytestmark = pytest.mark.notebooks
 

@@ -5,10 +5,10 @@ import math
 import pytest
 
 from m3po_utils import candidates as G
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import load_preset
 from m3po_utils.io import load_results
-from m3po_utils.runs import RunDir
+from m3po_utils.rundir import RunDir
 
 pytestmark = pytest.mark.notebooks
 SMOKE = load_preset("smoke").generation

@@ -8,7 +8,7 @@ import pytest
 
 from m3po_utils.io import load_results
 from m3po_utils.run import run_series
-from m3po_utils.runs import RunDir
+from m3po_utils.rundir import RunDir
 
 pytestmark = pytest.mark.notebooks
 
@@ -78,7 +78,7 @@ def test_02_with_a_broken_judge_fails_and_is_not_complete(smoke_run, tmp_path, m
     from m3po_utils.config import load_preset
     from m3po_utils.judge.server import JudgeServer
     from m3po_utils.run import NotebookFailed, is_complete
-    from m3po_utils.world import load_world
+    from m3po_utils.shapes import load_world
 
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)

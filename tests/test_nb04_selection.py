@@ -2,10 +2,12 @@
 
 import pytest
 
-from m3po_utils.config import STRATEGIES
 from m3po_utils.io import load_results
-from m3po_utils.runs import RunDir
-from m3po_utils.world import yes_no
+from m3po_utils.rules import main_names
+from m3po_utils.rundir import RunDir
+from m3po_utils.shapes import yes_no
+
+STRATEGIES = main_names()   # the rules the main series trains
 
 pytestmark = pytest.mark.notebooks
 

@@ -5,9 +5,12 @@ import pytest
 import torch
 
 from m3po_utils import dpo as D
-from m3po_utils.config import STRATEGIES, load_preset
+from m3po_utils.config import load_preset
 from m3po_utils.io import load_results
-from m3po_utils.runs import RunDir
+from m3po_utils.rules import main_names
+from m3po_utils.rundir import RunDir
+
+STRATEGIES = main_names()   # the rules the main series trains
 
 pytestmark = pytest.mark.notebooks
 

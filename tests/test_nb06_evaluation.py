@@ -7,14 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m3po_utils import comparison as C
 from m3po_utils import dpo as D
-from m3po_utils import evaluation as E
+from m3po_utils import evaluation as C
+from m3po_utils import scoring as E
 from m3po_utils import testbed
-from m3po_utils.config import TRUTH_STRATEGIES, load_preset
+from m3po_utils.config import load_preset
 from m3po_utils.io import load_results
+from m3po_utils.rules import truth_names
 from m3po_utils.run import run_series
-from m3po_utils.runs import RunDir
+from m3po_utils.rundir import RunDir
 
 pytestmark = pytest.mark.notebooks
 
@@ -26,7 +27,7 @@ def test_06_evaluation(smoke_run):
     assert r["complete"] is True and r["preset"] == "smoke"
     assert set(r["metrics"]) == set(ec.methods)
     for method, metrics in r["metrics"].items():
-        for k in C.HEADLINE:
+        for k in E.HEADLINE:
             m = metrics[k]
             assert m["lo"] - 1e-9 <= m["mean"] <= m["hi"] + 1e-9, (method, k)
     assert r["metrics"]["base"]["judge_win_rate"]["mean"] == 0.5          # the base against itself: all ties
@@ -40,7 +41,7 @@ def test_06_evaluation(smoke_run):
             assert info["steps"] == D.load_training_info(smoke_run, m)["steps"]
     # the recorded metrics are those of the cached answers
     scenes = RunDir(smoke_run).scenes()["eval"][: ec.n_scenes or None]
-    questions = C.eval_questions(scenes, cfg.world, seed=cfg.seed)
+    questions = E.eval_questions(scenes, cfg.world, seed=cfg.seed)
     assert r["questions"] == len(questions) and r["scenes"] == len(scenes)
     for method in ("base", "m3po"):
         seeds = ec.seeds if method != "base" else ec.seeds[:1]
@@ -48,7 +49,7 @@ def test_06_evaluation(smoke_run):
         for s in seeds:
             data = json.loads(C.answers_path(smoke_run, method, s).read_text())
             assert data["questions"] == C.questions_key(questions)
-            per.append(C.metrics_from_totals(C.scene_stats(scenes, questions, data["answers"], cfg.world).sum(0)))
+            per.append(E.metrics_from_totals(E.scene_stats(scenes, questions, data["answers"], cfg.world).sum(0)))
         for k in ("chair_i", "mme_total", "pope_adversarial_f1", "ift"):
             assert r["metrics"][method][k]["mean"] == pytest.approx(np.mean([p[k] for p in per])), (method, k)
     assert r["judge_requests"]["failures"] == 0
@@ -128,10 +129,10 @@ def test_06_on_benchmark_files_with_a_hub_preset(smoke_run, tmp_path):
     (run / "results" / "06_evaluation.json").unlink()
     files = {"evaluation.pope_files": [str(DATA / "pope" / "shapes_pope_adversarial.json")],
              "evaluation.pope_images": str(DATA / "pope" / "images"), "evaluation.mme_dir": str(DATA / "mme")}
-    no_oracle = [m for m in load_preset("smoke").evaluation.methods if m not in TRUTH_STRATEGIES]
+    no_oracle = [m for m in load_preset("smoke").evaluation.methods if m not in truth_names()]
     overrides = {"world_kind": "hub", "models.lvlm": str(RunDir(smoke_run).lvlm), "evaluation.seeds": [0],
                  "evaluation.methods": no_oracle,         # the oracle needs the shapes world's ground truth
-                 "dpo.strategies": [s for s in load_preset("smoke").dpo.strategies if s not in TRUTH_STRATEGIES],
+                 "dpo.strategies": [s for s in load_preset("smoke").dpo.strategies if s not in truth_names()],
                  **files}
     cfg = load_preset("smoke", overrides)
     (run / "config.json").write_text(cfg.to_json())      # the run "was made" with this preset
@@ -143,6 +144,6 @@ def test_06_on_benchmark_files_with_a_hub_preset(smoke_run, tmp_path):
     assert set(r["metrics"]["m3po"]) >= {"mme_total", "pope_adversarial_f1"}
     assert "judge_requests" not in r and "benchmark_files" not in r
     answers = json.loads(C.answers_path(run, "base", 0).read_text())["answers"]
-    m = C.metrics_from_totals(C.scene_stats([None] * len(paths), questions, answers, cfg.world).sum(0))
+    m = E.metrics_from_totals(E.scene_stats([None] * len(paths), questions, answers, cfg.world).sum(0))
     assert r["metrics"]["base"]["mme_total"]["mean"] == pytest.approx(float(m["mme_total"]))
     assert "benchmark images" in (run / "report.md").read_text()

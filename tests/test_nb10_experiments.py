@@ -8,7 +8,7 @@ import pytest
 from m3po_utils import experiments as X
 from m3po_utils.config import load_preset
 from m3po_utils.io import load_results
-from m3po_utils.runs import RunDir
+from m3po_utils.rundir import RunDir
 
 pytestmark = pytest.mark.notebooks
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import DpoConfig, load_preset
 from m3po_utils.models import templates as TT
 from m3po_utils.models.generate import sample_candidates, score_responses, suppressed_token_ids

@@ -8,18 +8,18 @@ import shutil
 
 import pytest
 
-from m3po_utils import basemodels
+from m3po_utils import world
 from m3po_utils.config import load_preset
 from m3po_utils.run import NotebookFailed, run_series
-from m3po_utils.runs import TRAINING_INFO, ArtifactCorrupt, RunDir, StageMissing
+from m3po_utils.rundir import TRAINING_INFO, ArtifactCorrupt, RunDir, StageMissing
 
 CFG = load_preset("smoke")
 
 
 @pytest.mark.parametrize("load, notebook, what", [
     (lambda r: r.scenes(), "00", "world"),
-    (lambda r: basemodels.base_lvlm(CFG, r), "00", "models/lvlm"),
-    (lambda r: basemodels.base_clip(CFG, r), "00", "models/clip"),
+    (lambda r: world.base_lvlm(CFG, r), "00", "models/lvlm"),
+    (lambda r: world.base_clip(CFG, r), "00", "models/clip"),
     (lambda r: r.load_candidates(), "01", "candidates"),
     (lambda r: r.load_mas(), "02", "mas/scores"),
     (lambda r: r.load_confidence(), "03", "confidence"),
@@ -40,7 +40,7 @@ def test_unfinished_model_folder_is_missing_not_loaded(tmp_path):
     run.lvlm.mkdir(parents=True)
     (run.lvlm / "config.json").write_text("{}")
     with pytest.raises(StageMissing, match=r"models/lvlm is missing in .* \(or unfinished\)"):
-        basemodels.base_lvlm(CFG, run)
+        world.base_lvlm(CFG, run)
     assert sorted(p.name for p in run.lvlm.iterdir()) == ["config.json"]
 
 
@@ -106,7 +106,7 @@ def _arrow(folder):
     ("mas/scores", "02", lambda r: r.load_mas(), lambda r: _arrow(r.mas_scores).write_bytes(b"not arrow")),
     ("world", "00", lambda r: r.scenes(), lambda r: _truncate(r.world / "scenes.json")),
     ("pairs/m3po", "04", lambda r: r.pairs_info("m3po"), lambda r: (r.pairs("m3po") / "info.json").write_text("[")),
-    ("models/lvlm", "00", lambda r: basemodels.base_lvlm(CFG, r),
+    ("models/lvlm", "00", lambda r: world.base_lvlm(CFG, r),
      lambda r: _truncate(next(r.lvlm.glob("*.safetensors")), 0.01)),
 ])
 def test_corrupt_output_names_the_file_and_the_fix(smoke_run, tmp_path, what, notebook, load, damage):
@@ -128,8 +128,8 @@ def test_missing_output_advice_is_a_command_that_works(tmp_path):
 
 def test_stage_01_sets_its_own_corrupt_table_aside_and_samples_again(smoke_run, tmp_path, capsys):
     from m3po_utils import candidates as G
-    from m3po_utils.basemodels import base_lvlm
-    from m3po_utils.world.prompts import ImageResolver, preference_prompts
+    from m3po_utils.shapes.prompts import ImageResolver, preference_prompts
+    from m3po_utils.world import base_lvlm
 
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
@@ -161,7 +161,7 @@ def test_keep_previous_clears_what_a_stale_rerun_cannot_check(tmp_path):
     """A stale re-run of 05 keeps its adapters (fingerprinted with their pairs and settings), one of 06 clears its
     answers and seed sub-runs (they came from the old inputs); --redo clears all; restore_previous puts back exactly
     what was there."""
-    from m3po_utils import runs as R
+    from m3po_utils import rundir as R
 
     run = tmp_path
     (run / "results").mkdir()

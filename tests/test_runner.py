@@ -22,7 +22,7 @@ def _notebook(name: str, body: str) -> nbformat.NotebookNode:
     params.metadata["tags"] = ["parameters"]
     record = (
         "from pathlib import Path\n"
-        "from m3po_utils.io import record_results\n"
+        "from m3po_utils.results import record_results\n"
         f"with open(Path(run_dir) / 'counter.txt', 'a') as fh:\n"
         f"    fh.write({name!r} + '\\n')\n"
     )
@@ -308,7 +308,7 @@ def test_a_failed_rerun_keeps_the_previous_outputs(tmp_path, capsys):
 def test_an_interrupted_rerun_is_restored_or_resumed(tmp_path, capsys):
     """A runner killed during a re-run leaves .previous/NN: a run without that stage restores it; a run with it
     resumes (the stage sees its partial outputs) and drops the backup when it finishes."""
-    from m3po_utils import runs as R
+    from m3po_utils import rundir as R
 
     folder = _series(tmp_path, **{"00_a": OK_BODY, "01_c": STAGE_BODY})
     run = tmp_path / "run"

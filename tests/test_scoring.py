@@ -3,9 +3,9 @@ import warnings
 import numpy as np
 import pytest
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import WorldConfig
-from m3po_utils.evaluation import description_metrics, pope_metrics, pope_parse, pope_questions
+from m3po_utils.scoring import description_metrics, pope_metrics, pope_parse, pope_questions
 
 CFG = WorldConfig(n_train=50, n_pref=20, n_eval=60)
 
@@ -84,12 +84,12 @@ def test_description_metrics_hand_case():
     ("  yes", "other"), ("Yes.", "yes"), ("I think no", "other"),   # no stripping, as the script
 ])
 def test_mme_parse_follows_the_official_rule(prediction, parsed):
-    from m3po_utils.evaluation import mme_parse
+    from m3po_utils.scoring import mme_parse
     assert mme_parse(prediction) == parsed
 
 
 def test_mme_scores_hand_computed():
-    from m3po_utils.evaluation import mme_scores
+    from m3po_utils.scoring import mme_scores
     rows = [
         {"subtask": "existence", "image": "a", "answer": "Yes", "prediction": "Yes"},
         {"subtask": "existence", "image": "a", "answer": "No", "prediction": "No"},
@@ -107,7 +107,7 @@ def test_mme_scores_hand_computed():
 
 
 def test_mme_questions_one_yes_one_no_per_image_and_subtask():
-    from m3po_utils.evaluation import MME_SUBTASKS, mme_questions, mme_scores
+    from m3po_utils.scoring import MME_SUBTASKS, mme_questions, mme_scores
     scenes = W.make_splits(CFG)["eval"][:30]
     rows = mme_questions(scenes, CFG, seed=2)
     for sub in MME_SUBTASKS:
@@ -128,7 +128,7 @@ def test_mme_questions_one_yes_one_no_per_image_and_subtask():
 
 
 def test_ift_and_yes_no_compliance():
-    from m3po_utils.evaluation import ift_score, yes_no_compliance
+    from m3po_utils.scoring import ift_score, yes_no_compliance
     scene = W.Scene("s", "eval", (W.Obj("circle", "red", 0), W.Obj("square", "blue", 4)), 1)
     ins = ["Answer in one word: what color is the circle?", "List the shapes in the image, separated by commas.",
            "Answer in one word: what color is the square?"]
@@ -140,7 +140,7 @@ def test_ift_and_yes_no_compliance():
 
 
 def test_partner_share_counts_cooccurrence_false_positives():
-    from m3po_utils.evaluation import partner_share
+    from m3po_utils.scoring import partner_share
     scene = W.Scene("s", "eval", (W.Obj("triangle", "red", 0), W.Obj("circle", "blue", 4)), 1)
     rows = [{"scene": 0, "shape": "star", "label": "no"},       # partner of the present triangle
             {"scene": 0, "shape": "heart", "label": "no"},      # partner of nothing present
@@ -152,7 +152,7 @@ def test_partner_share_counts_cooccurrence_false_positives():
 
 
 def test_family_accuracy_answers_grouped_by_family_land_on_their_own_questions(monkeypatch):
-    from m3po_utils import evaluation as E
+    from m3po_utils import scoring as E
 
     scenes = W.make_splits(CFG)["eval"][:12]
     by_image = {W.render(s, CFG).tobytes(): s for s in scenes}

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from m3po_utils import mas
 from m3po_utils import selection as S
-from m3po_utils.runs import RunDir
-from m3po_utils.selection import choose, group_candidates, m3p_scores, select, select_pair, selection_stats
+from m3po_utils.rules import choose, group_candidates, m3p_scores, select, select_pair, selection_stats
+from m3po_utils.rundir import RunDir
 
 MAS = [0.9, 0.2, 0.5, 0.1]
 LOGP = [-5.0, -4.0, -20.0, -30.0]
@@ -230,16 +231,16 @@ def test_weight_sweep_selects_m3po_pairs_under_each_weight_and_scores_them_by_th
     table = pd.DataFrame(prompt("a", [1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [1.0, 0.0, 0.5])
                          + prompt("b", [0.5, 0.5], [0.9, 0.1], [1.0, 0.0])
                          + prompt("c", [np.nan, 0.0], [1.0, 0.0], [1.0, 0.0]))
-    sw = S.weight_sweep(table, SelectionConfig(), clip_weights=(0.0, 0.5, 1.0)).set_index("clip_weight")
+    sw = mas.weight_sweep(table, SelectionConfig(), clip_weights=(0.0, 0.5, 1.0)).set_index("clip_weight")
     assert sw["pairs"].tolist() == [1, 1, 2]            # w = 0.5: a's MAS all 0.5, below min_margin, skipped
     assert sw.loc[0.0, "ordered"] == 1.0 and sw.loc[0.0, "truth_gap"] == 1.0        # a: truth 1 over truth 0
     assert sw.loc[0.5, "ordered"] == 1.0 and sw.loc[0.5, "chosen_right"] == 1.0     # b only
     assert sw.loc[1.0, "ordered"] == 0.5 and sw.loc[1.0, "truth_gap"] == 0.0        # a backwards, b right
     assert sw.loc[1.0, "rejected_wrong"] == 0.5
-    assert S.best_weights(sw.reset_index()) == [0.0, 0.5]                           # a tie chooses nothing
-    assert S.best_weights(sw.reset_index().assign(truth_gap=[1.0, 0.5, 0.0])) == [0.0]   # the gap breaks it
+    assert mas.best_weights(sw.reset_index()) == [0.0, 0.5]                           # a tie chooses nothing
+    assert mas.best_weights(sw.reset_index().assign(truth_gap=[1.0, 0.5, 0.0])) == [0.0]   # the gap breaks it
     with pytest.raises(ValueError, match="clip weight"):
-        S.weight_sweep(table, SelectionConfig(), clip_weights=(1.5,))
+        mas.weight_sweep(table, SelectionConfig(), clip_weights=(1.5,))
 
 
 def test_yes_no_leads_count_which_verdict_each_strategy_rejects():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import WorldConfig
 
 CFG = WorldConfig(n_train=300, n_pref=80, n_eval=60, seed=3)
@@ -465,7 +465,7 @@ def test_annotated_adds_an_absent_mate_in_a_free_cell():
 
 def test_preference_existence_prompts_are_balanced_and_ask_about_mates():
     from m3po_utils.config import load_preset
-    from m3po_utils.world.prompts import shapes_prompts
+    from m3po_utils.shapes.prompts import shapes_prompts
 
     # existence questions only, so that the Yes share is measured on 600 of them whatever the default mix
     cfg = load_preset("shapes", {"world.n_pref": 700, "generation.n_prompts": 600,
@@ -490,7 +490,7 @@ def test_preference_existence_prompts_are_balanced_and_ask_about_mates():
 
 def test_validation_prompts_are_on_validation_scenes_only_and_drawn_like_the_preference_prompts():
     from m3po_utils.config import load_preset
-    from m3po_utils.world.prompts import shapes_prompts, validation_prompt_rows, validation_scenes
+    from m3po_utils.shapes.prompts import shapes_prompts, validation_prompt_rows, validation_scenes
 
     cfg = load_preset("shapes", {"world.n_pref": 700, "generation.n_prompts": 600})
     pref = W.make_splits(cfg.world)["pref"]
@@ -511,7 +511,7 @@ def test_validation_prompts_are_on_validation_scenes_only_and_drawn_like_the_pre
 
 def test_preference_family_mix_follows_generation_family_weights():
     from m3po_utils.config import ConfigError, load_preset, parse_overrides
-    from m3po_utils.world.prompts import shapes_prompts, validation_prompt_rows
+    from m3po_utils.shapes.prompts import shapes_prompts, validation_prompt_rows
 
     base = {"world.n_pref": 1300, "generation.n_prompts": 1200}
     mix = "(('yn_color', 3.0), ('count', 1.0))"

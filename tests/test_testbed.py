@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from records import complete, record
 
-from m3po_utils import evaluation as E
 from m3po_utils import learnt
+from m3po_utils import scoring as E
 from m3po_utils import testbed as T
 
 
@@ -35,12 +36,20 @@ def passing():
     return world, mas, confidence, evaluation
 
 
+STAGES = ("00_world", "02_mas", "03_confidence", "06_evaluation")
+
+
+def check(*results):
+    """The bars of results given as partial dicts of notebooks 00, 02, 03 and 06 (typed through their schemas)."""
+    return T.check(*(record(s, r) for s, r in zip(STAGES, results, strict=True)))
+
+
 def met(results):
-    return {r["bar"].split()[0]: r["met"] for r in T.check(*results)}
+    return {r["bar"].split()[0]: r["met"] for r in check(*results)}
 
 
 def test_a_run_inside_every_bar_meets_all_seven():
-    rows = T.check(*passing())
+    rows = check(*passing())
     assert [r["met"] for r in rows] == [True] * 7
     assert rows[0]["measured"] == "0.880 / 0.870 / 0.820, gap 6.0 points, 99.0 % of adversarial false positives are mates"
     assert "count 0.65 / 0.45" in rows[1]["measured"]     # acc+ reported next to acc
@@ -67,7 +76,7 @@ def test_each_bar_misses_just_past_its_threshold(where, path, value, bar, miss):
     for k in path[:-1]:
         d = d[k]
     d[path[-1]] = value
-    rows = {r["bar"].split()[0]: r for r in T.check(*results)}
+    rows = {r["bar"].split()[0]: r for r in check(*results)}
     assert rows[bar]["met"] is False and miss in rows[bar]["misses"]
     assert [b for b, r in rows.items() if not r["met"]] == [bar]       # no other bar moved
 
@@ -76,7 +85,7 @@ def test_power_names_every_comparison_over_the_limit():
     w, m, c, e = passing()
     e = e | {"mde": e["mde"] + [{"comparison": "m3po − random", "metric": "pope_adversarial_f1", "mde": 0.0125},
                                 {"comparison": "m3po − random", "metric": "mme_total", "mde": 10.5}]}
-    row = T.check(w, m, c, e)[5]
+    row = check(w, m, c, e)[5]
     assert row["met"] is False
     assert row["misses"] == ["m3po − random 1.25 points", "m3po − random 10.5 MME"]
     assert row["measured"] == "largest MDE 1.25 points, 10.5 MME"
@@ -85,10 +94,10 @@ def test_power_names_every_comparison_over_the_limit():
 def test_what_a_run_did_not_measure_is_neither_met_nor_missed():
     """A hub preset: POPE files of one setting, no verifier (no headroom, no oracle), no weight sweep."""
     evaluation = {"metrics": {"base": {"pope_adversarial_accuracy": _m(0.85), "ift": _m(0.4)}}}
-    rows = T.check({}, {}, {}, evaluation)
+    rows = check({}, {}, {}, evaluation)
     assert [r["met"] for r in rows] == [None, None, True, None, None, None, None]
     assert list(T.table(rows)["met"]) == ["not measured"] * 2 + ["yes"] + ["not measured"] * 4
-    assert learnt._testbed_bars({"testbed_bars": rows}) == [
+    assert learnt._testbed_bars(record("06_evaluation", {"testbed_bars": rows})) == [
         "**The testbed's own bars**: this run meets 1 of the 1 it measured."]
 
 
@@ -96,11 +105,11 @@ def test_the_learnt_line_counts_and_names_what_missed():
     w, m, c, e = passing()
     e = copy.deepcopy(e)
     e["oracle"]["mme_total"]["gain"] = 22.0
-    line, = learnt._testbed_bars({"testbed_bars": T.check(w, m, c, e)})
+    line, = learnt._testbed_bars(record("06_evaluation", {"testbed_bars": check(w, m, c, e)}))
     assert line.startswith("**The testbed's own bars**: this run meets 6 of the 7 it measured; not met: oracle "
                            "moves (MME +22.0).")
     assert "weak ground for ranking" in line
-    assert learnt._testbed_bars({}) == []
+    assert learnt._testbed_bars(record("06_evaluation", {})) == []
 
 
 def test_check_run_names_the_missing_notebook(tmp_path):
@@ -121,7 +130,7 @@ def test_the_tool_prints_one_column_per_run(tmp_path, capsys):
         e["metrics"]["base"]["ift"] = _m(ift)
         (tmp_path / name / "results").mkdir(parents=True)
         for nb, d in (("00_world", w), ("02_mas", m), ("03_confidence", c), ("06_evaluation", e)):
-            (tmp_path / name / "results" / f"{nb}.json").write_text(json.dumps(d))
+            (tmp_path / name / "results" / f"{nb}.json").write_text(json.dumps(complete(nb, d)))
         runs.append(str(tmp_path / name))
     tool.main(runs)
     out = capsys.readouterr().out.splitlines()

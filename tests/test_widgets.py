@@ -6,7 +6,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from m3po_utils.selection import group_candidates  # noqa: E402
+from m3po_utils.rules import group_candidates  # noqa: E402
 from m3po_utils.widgets import PairExplorer  # noqa: E402
 
 

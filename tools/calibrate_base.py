@@ -10,7 +10,7 @@ adversarial false positives that are co-occurrence mates), the MME-style subtask
 accuracy and CHAIR_i. The upper bound ("oracle") is SFT on the *reference answers* of the preference prompts —
 the same prompts and step budget as notebook 05, through the same ``dpo.train_pairs`` (best_of_n, SFT term
 only) — and the script prints its paired change in POPE-adversarial F1 and in the MME-style total, with 95 %
-intervals from 300 resamples of the scenes. The README's calibration table was measured with it.
+intervals from 300 resamples of the scenes. The calibration tables of docs/history.md were measured with it.
 A finished base in ``OUT_DIR/lvlm`` is reused, so the upper bound can be re-measured under changed prompts.
 It ends with the three testbed bars a calibration can check (``testbed.calibration_bars``: POPE, the MME-style
 subtasks, the upper bound); ``--bars`` prints them again for finished calibrations, from their JSON files only.
@@ -29,15 +29,15 @@ import datasets
 import numpy as np
 
 from m3po_utils import dpo as D
-from m3po_utils import evaluation as E
+from m3po_utils import scoring as E
+from m3po_utils import shapes as W
 from m3po_utils import testbed
-from m3po_utils import world as W
 from m3po_utils.config import load_preset, parse_overrides
 from m3po_utils.models.generate import greedy_answers
 from m3po_utils.models.lvlm import load_lvlm, save_lvlm
 from m3po_utils.models.sft import build_base, train_base
 from m3po_utils.selection import assistant_turn, user_turn
-from m3po_utils.world.prompts import shapes_prompts
+from m3po_utils.shapes.prompts import shapes_prompts
 
 ORACLE_PAIRS = 1060   # the preference pairs notebook 05 trains every strategy on under the shapes preset
 

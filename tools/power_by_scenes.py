@@ -16,9 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-from m3po_utils import comparison as C
+from m3po_utils import evaluation as C
+from m3po_utils import scoring as E
 from m3po_utils.config import preset_from_dict
-from m3po_utils.runs import RunDir
+from m3po_utils.rundir import RunDir
 
 BASELINES = ("best_of_n", "best_worst", "random", "oracle")
 
@@ -31,7 +32,7 @@ def main(argv: list[str]) -> None:
         sys.exit(f"{run} is not a run directory (no config.json): give the folder `./m3po run` wrote")
     cfg = preset_from_dict(json.loads((run / "config.json").read_text()))
     scenes = RunDir(run).scenes()["eval"][: cfg.evaluation.n_scenes or None]
-    questions = C.eval_questions(scenes, cfg.world, seed=cfg.seed)
+    questions = E.eval_questions(scenes, cfg.world, seed=cfg.seed)
     stats = C.all_stats(scenes, cfg, questions, C.recorded_answers(run, cfg, questions))
     if "m3po" not in stats:
         sys.exit(f"{run} evaluated no M3PO adapter (evaluation.methods={list(cfg.evaluation.methods)}): nothing to compare")

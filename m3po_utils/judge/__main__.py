@@ -12,10 +12,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import ConfigError, preset_from_dict
 from m3po_utils.judge.server import JudgeServer
-from m3po_utils.runs import RunDir
+from m3po_utils.rundir import RunDir
 
 
 def build_parser() -> argparse.ArgumentParser:

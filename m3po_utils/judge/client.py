@@ -16,10 +16,11 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import Preset
 from m3po_utils.judge.cache import JudgeCache
 from m3po_utils.judge.protocol import PROMPTS, JudgeParseError, judge_messages, parse_reply, png_data_url
+from m3po_utils.progress import Progress
 
 LOCAL_KEY = "local-judge-needs-no-key"  # placeholder sent to the local judge instead of any real key
 
@@ -264,7 +265,6 @@ class JudgeClient:
         Cached answers are used without a request; duplicates within an item (and, pointwise, across items)
         are asked once. Failed requests give ``JudgeOutcome(nan, ok=False, error=...)``.
         """
-        from tqdm.auto import tqdm
 
         out: list[list[JudgeOutcome | None]] = [[None] * len(it.responses) for it in items]
         keys = [[self.cache_key(it.image_hash, it.instruction, str(r)) for r in it.responses] for it in items]
@@ -302,17 +302,15 @@ class JudgeClient:
         results: dict[int, tuple] = {}
         watch = _FailureWatch(self.fail_after)
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge")
-        bar = tqdm(total=len(tasks), desc=f"judge ({self.mode})", disable=not progress, leave=False)
+        bar = Progress(len(tasks), f"judging ({self.mode})", unit="request", enabled=progress)
         try:
             pending = {pool.submit(self._run_task, t, items, urls): n for n, t in enumerate(tasks)}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     res = results[pending.pop(fut)] = fut.result()
-                    bar.update(1)
                     kind = watch.add(res[0], res[3])
-                    if watch.failures:
-                        bar.set_postfix_str(f"failed {watch.failures}", refresh=False)
+                    bar.update(**({"failed": watch.failures} if watch.failures else {}))
                     if kind is not None:
                         for f in pending:
                             f.cancel()

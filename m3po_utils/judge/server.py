@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import WorldConfig
 from m3po_utils.judge.protocol import INPUT_MARKER
 

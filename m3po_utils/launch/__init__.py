@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from m3po_utils.config import LAUNCH_CONFIGS
-from m3po_utils.runs import RunDir
+from m3po_utils.rundir import RunDir
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 

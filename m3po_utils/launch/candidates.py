@@ -16,12 +16,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from m3po_utils import basemodels
 from m3po_utils import candidates as G
 from m3po_utils import launch as L
+from m3po_utils import world
 from m3po_utils.config import Preset
-from m3po_utils.runs import DATASET_STATE, RunDir
-from m3po_utils.world.prompts import ImageResolver, preference_prompts
+from m3po_utils.rundir import DATASET_STATE, RunDir
+from m3po_utils.shapes.prompts import ImageResolver, preference_prompts
 
 
 def prepare_candidates(cfg: Preset, run_dir, model, processor, prompts: Sequence[dict], image_loader,
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     splits = run.scenes() if cfg.world_kind == "shapes" else None
     prompts = preference_prompts(cfg, splits)
     resolver = ImageResolver(cfg, splits)
-    model, processor, _ = basemodels.base_lvlm(cfg, run.root, device=device)
+    model, processor, _ = world.base_lvlm(cfg, run.root, device=device)
     settings = G.sampling_settings(cfg) | {"run_dir": run.root}
     if state.num_processes > 1:
         G.generate_candidates(model, processor, prompts, resolver, progress=args.progress, **settings,

@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from m3po_utils.config import ClipTrainConfig
 from m3po_utils.io import AtomicDir
+from m3po_utils.progress import Progress
 
 CONFIG_NAME = "open_clip_config.json"  # the names open_clip's hub / local-dir loader looks for
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -187,9 +187,9 @@ def train_tiny_clip(model, tokenizer, images: Sequence[Image.Image], texts: Sequ
     n, batch = len(images), min(cfg.batch_size, len(images))
     history: list[dict] = []
     model.train()
-    bar = tqdm(range(cfg.steps), desc="tiny CLIP", disable=not progress)
+    bar = Progress(cfg.steps, "training the tiny CLIP", enabled=progress)
     try:
-        for step in bar:
+        for step in range(cfg.steps):
             idx = torch.from_numpy(rng.choice(n, size=batch, replace=False)).to(device)
             text_ids = tokens[idx]
             img = model.encode_image(pixels[idx], normalize=True)
@@ -202,8 +202,7 @@ def train_tiny_clip(model, tokenizer, images: Sequence[Image.Image], texts: Sequ
             with torch.no_grad():
                 model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
             history.append({"step": step + 1, "loss": float(loss.detach())})
-            if step % 10 == 0 or step == cfg.steps - 1:
-                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+            bar.update(loss=round(history[-1]["loss"], 3))
     finally:
         bar.close()
         model.eval()

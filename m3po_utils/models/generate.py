@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from m3po_utils.models.templates import image_batch, merged_patches, n_image_tokens, prompt_for
+from m3po_utils.progress import Progress
 
 
 def suppressed_token_ids(processor) -> list[int]:
@@ -37,7 +37,7 @@ def greedy_answers(model, processor, images: Sequence, questions: Sequence[str],
     device = next(model.parameters()).device
     out: list[str] = []
     starts = range(0, len(questions), batch_size)
-    for start in tqdm(starts, desc="answering", disable=not progress):
+    for start in Progress.over(starts, "answering", unit="batch", enabled=progress):
         qs = questions[start: start + batch_size]
         prompts = [prompt_for(processor, q) for q in qs]
         inputs = processor(images=list(images[start: start + batch_size]), text=prompts, return_tensors="pt",

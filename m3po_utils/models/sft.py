@@ -17,14 +17,14 @@ What makes a 1-M-parameter LLaVA learn this world in minutes on two cores:
   the image stays true — the noisy captions real LVLMs learn their hallucinations from. Together they give a
   base whose POPE errors are the prior's (a language-side belief over a scene the image tokens do show), which
   training on the truth can undo; a weakly grounded base errs where it does not see, which a language-model
-  adapter cannot fix (README, "How the world was recalibrated").
+  adapter cannot fix (docs/history.md, the recalibrations of 2026-12-02).
 * **Image tokens grounded in the vocabulary**: the tied language-model head must read each occupied cell's
   image token as its shape word and colour word. A question's shape word and the image token of that shape
   then start out similar, which is what "Is there a star?" needs the attention to find. With
   ``position_grounding`` (default 1.0) it also reads as the words of its cell's name ("top", "left"): the
   language model's rotary positions shift with the question's length, so the image tokens must say where they
   are. It lifts open position answers; whether the yes/no colour and position comparisons are learnt still
-  depends on the seed (README, "How the world was recalibrated").
+  depends on the seed (docs/history.md, the recalibrations of 2026-12-02).
 * **Mixed precision**: with ``precision="bf16"`` (the default) each step's forward pass runs under bfloat16
   autocast with eager attention — the matrix products are 3x faster in bfloat16 on an AVX-512-BF16 CPU, while
   PyTorch's CPU flash-attention backward is slower in bfloat16 than in float32. Weights, gradients and AdamW's
@@ -45,9 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import LvlmTrainConfig, WorldConfig
 from m3po_utils.models.lvlm import (
     IMAGE,
@@ -59,6 +58,7 @@ from m3po_utils.models.lvlm import (
     train_tokenizer,
 )
 from m3po_utils.models.templates import image_batch, n_image_tokens, prompt_for
+from m3po_utils.progress import Progress
 
 # Sampling weight of each instruction family in the SFT mix (existence questions come in yes/no pairs).
 LONG_FAMILIES = ("describe", "fmt_list", "fmt_start", "fmt_max_words")
@@ -308,9 +308,10 @@ def train_base(model, processor, scenes: Sequence[W.Scene], world_cfg: WorldConf
     model.train()
     history: list[dict] = []
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=f"SFT tiny {cfg.architecture}", disable=not progress)
+    name = {"llava": "LLaVA", "qwen2_5_vl": "Qwen2.5-VL"}.get(cfg.architecture, cfg.architecture)
+    bar = Progress(cfg.steps, f"training the tiny {name}", enabled=progress)
     try:
-        for step in bar:
+        for step in range(cfg.steps):
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg)
             b = buckets[rng.choice(2, p=bucket_p)]
@@ -350,9 +351,9 @@ def train_base(model, processor, scenes: Sequence[W.Scene], world_cfg: WorldConf
                 row.update(eval_fn(model, step + 1))
                 model.train()
             history.append(row)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{row['loss']:.3f}", aux=f"{row['aux_loss']:.3f}")
+            bar.update(loss=round(row["loss"], 3), aux=round(row["aux_loss"], 3))
     finally:
+        bar.close()
         model.set_attn_implementation(attention)
     model.eval()
     return history

@@ -16,6 +16,7 @@ import copy
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 from trl import DPOConfig as TrlDPOConfig
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
@@ -23,6 +24,7 @@ from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 from m3po_utils.config import DpoConfig
 from m3po_utils.models.lora import check_lora_targets, lora_config, quiet_gc_warning
 from m3po_utils.models.lvlm import resolve_device
+from m3po_utils.progress import Progress
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")   # the reference log-probs a batch may carry
 
@@ -198,9 +200,32 @@ def trl_config(dcfg: DpoConfig, output_dir: str | Path, max_steps: int, sft_only
             dataloader_num_workers=0, remove_unused_columns=True, ddp_find_unused_parameters=False)
 
 
+class StepProgress(TrainerCallback):
+    """The trainer's steps as a :class:`~m3po_utils.progress.Progress` line (the runner's terminal, the notebook),
+    with the last logged loss; only the main process of a launch reports."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = Progress(state.max_steps, self.desc, enabled=state.is_world_process_zero)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.info["loss"] = round(float(logs["loss"]), 3)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.set(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+
+
 def build_trainer(model, processor, table, dcfg: DpoConfig, output_dir: str | Path, max_steps: int,
                   sft_only: bool = False, device: str = "auto", dtype: str = "float32", progress: bool = True,
-                  processes: int = 1):
+                  processes: int = 1, desc: str = "DPO-LoRA"):
     """A TRL trainer with a fresh LoRA adapter on ``model`` (which PEFT wraps in place).
 
     ``table`` with the reference columns → :class:`ReusedReferenceDPOTrainer` with the reference-carrying
@@ -208,8 +233,10 @@ def build_trainer(model, processor, table, dcfg: DpoConfig, output_dir: str | Pa
     """
     check_lora_targets(model, dcfg)
     with quiet_gc_warning():
-        return _build_trainer(model, processor, table, dcfg, output_dir, max_steps, sft_only, device, dtype, progress,
-                              processes)
+        trainer = _build_trainer(model, processor, table, dcfg, output_dir, max_steps, sft_only, device, dtype,
+                                 progress, processes)
+    trainer.add_callback(StepProgress(desc))
+    return trainer
 
 
 def _build_trainer(model, processor, table, dcfg, output_dir, max_steps, sft_only, device, dtype, progress,

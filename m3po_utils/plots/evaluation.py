@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from m3po_utils.comparison import HEADLINE, signed_delta
+from m3po_utils.evaluation import signed_delta
+from m3po_utils.scoring import HEADLINE
 from m3po_utils.stats import Bootstrap
 
 

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from m3po_utils import comparison as C
+from m3po_utils import evaluation as C
+from m3po_utils import scoring as E
 from m3po_utils.experiments import METRICS, grid_label
 
 
@@ -21,11 +22,11 @@ def plot_heatmaps(boot: C.Bootstrap, alphas: Sequence[float], deltas: Sequence[f
     for ax, k in zip(axes[0], metrics, strict=True):
         m = pd.DataFrame([[boot.point[grid_label(a, d)][k] for d in deltas] for a in alphas],
                          index=[f"{a:g}" for a in alphas], columns=[f"{d:g}" for d in deltas])
-        sns.heatmap(m, annot=True, fmt=".1f" if k == "mme_total" else ".3f", cmap="viridis" if C.HEADLINE.get(k, True)
+        sns.heatmap(m, annot=True, fmt=".1f" if k == "mme_total" else ".3f", cmap="viridis" if E.HEADLINE.get(k, True)
                     else "viridis_r", ax=ax, cbar=False)
         ax.set_xlabel("δ")
         ax.set_ylabel("α")
-        ax.set_title(k + ("" if C.HEADLINE.get(k, True) else " (lower is better)"), fontsize=9)
+        ax.set_title(k + ("" if E.HEADLINE.get(k, True) else " (lower is better)"), fontsize=9)
         if default[0] in alphas and default[1] in deltas:
             ax.add_patch(Rectangle((list(deltas).index(default[1]), list(alphas).index(default[0])), 1, 1,
                                    fill=False, edgecolor="red", lw=2.5))
@@ -44,7 +45,7 @@ def plot_curve(frame: pd.DataFrame, x: Sequence[float], labels: Sequence[str], x
     for ax, k in zip(axes[0], metrics, strict=False):
         f = frame.loc[list(labels)]
         ax.errorbar(x, f[k], yerr=[f[k] - f[f"{k}_lo"], f[f"{k}_hi"] - f[k]], marker="o", capsize=3)
-        ax.set_title(k + ("" if C.HEADLINE.get(k, True) else " (lower is better)"), fontsize=9)
+        ax.set_title(k + ("" if E.HEADLINE.get(k, True) else " (lower is better)"), fontsize=9)
         ax.set_xlabel(xlabel)
     if extra:
         ax = axes[0][-1]

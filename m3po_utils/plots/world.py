@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import matplotlib
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import WorldConfig
 
 matplotlib.use(matplotlib.get_backend())  # keep the notebook's backend; headless runs fall back to Agg

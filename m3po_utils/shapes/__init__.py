@@ -3,10 +3,10 @@
 ``scenes`` draws and renders scenes under a co-occurrence prior; ``instructions`` holds the instruction families
 and their ground truth; ``verifier`` scores any free-form response against a scene; ``prompts`` turns a split
 into the preference prompts of stage 01 (or reads a prompts file for hub presets). The names of the first three
-are re-exported here, so ``from m3po_utils import world as W; W.render(...)`` reads as one module.
+are re-exported here, so ``from m3po_utils import shapes as W; W.render(...)`` reads as one module.
 """
 
-from m3po_utils.world.instructions import (
+from m3po_utils.shapes.instructions import (
     FAMILIES,
     SHAPE_FAMILIES,
     START_PHRASE,
@@ -20,7 +20,7 @@ from m3po_utils.world.instructions import (
     make_instruction,
     parse_instruction,
 )
-from m3po_utils.world.scenes import (
+from m3po_utils.shapes.scenes import (
     BACKGROUND,
     PALETTE,
     POSITION_NAMES_3,
@@ -46,7 +46,7 @@ from m3po_utils.world.scenes import (
     save_world,
     shape_frequency,
 )
-from m3po_utils.world.verifier import (
+from m3po_utils.shapes.verifier import (
     Mention,
     Verdict,
     colors_in,

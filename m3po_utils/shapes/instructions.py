@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from m3po_utils.config import WorldConfig
-from m3po_utils.world.scenes import Obj, Scene, mates_of, position_name, position_phrase
+from m3po_utils.shapes.scenes import Obj, Scene, mates_of, position_name, position_phrase
 
 FAMILIES = ("describe", "existence", "color", "count", "position", "fmt_one_word", "fmt_list", "fmt_start",
             "fmt_max_words", "yn_position", "yn_color", "yn_count")

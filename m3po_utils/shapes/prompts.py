@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from m3po_utils import world as W
+from m3po_utils import shapes as W
 from m3po_utils.config import ConfigError, Preset
 
 

@@ -6,9 +6,9 @@ import re
 from dataclasses import asdict, dataclass
 
 from m3po_utils.config import WorldConfig
-from m3po_utils.world.instructions import START_PHRASE, _yes_no_truth, parse_instruction
-from m3po_utils.world.instructions import YES_NO_FAMILIES as YES_NO
-from m3po_utils.world.scenes import Scene, position_name
+from m3po_utils.shapes.instructions import START_PHRASE, _yes_no_truth, parse_instruction
+from m3po_utils.shapes.instructions import YES_NO_FAMILIES as YES_NO
+from m3po_utils.shapes.scenes import Scene, position_name
 
 
 @dataclass(frozen=True)

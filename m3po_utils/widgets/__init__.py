@@ -8,9 +8,9 @@ Every widget is a class with a pure ``update()`` that returns a frozen state, a 
 
 from m3po_utils.widgets.base import STATIC_ENV, Widget
 from m3po_utils.widgets.candidates import CandidateInspector
+from m3po_utils.widgets.confidence import TokenViewer
 from m3po_utils.widgets.mas import MasWeights
-from m3po_utils.widgets.pairs import ExplorerState, PairExplorer, contrasting_prompts
-from m3po_utils.widgets.tokens import TokenViewer
+from m3po_utils.widgets.selection import ExplorerState, PairExplorer, contrasting_prompts
 
 __all__ = ["STATIC_ENV", "CandidateInspector", "ExplorerState", "MasWeights", "PairExplorer", "TokenViewer",
            "Widget", "contrasting_prompts"]

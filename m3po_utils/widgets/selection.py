@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from m3po_utils.config import STRATEGIES, TRUTH_STRATEGIES
-from m3po_utils.selection import Selection, select, selection_stats
+from m3po_utils import rules
+from m3po_utils.rules import Selection, select, selection_stats
 from m3po_utils.widgets.base import Widget, dropdown, short
 
 ALL = "all"
@@ -190,7 +190,7 @@ class PairExplorer(Widget):
                                    continuous_update=False),
             "delta": w.FloatSlider(value=delta, min=0.0, max=2.0, step=0.05, description="δ",
                                    continuous_update=False),
-            "strategy": dropdown([x for x in STRATEGIES if x not in ("best_of_n", *TRUTH_STRATEGIES)], strategy,
+            "strategy": dropdown([x for x in rules.names() if not (rules.rule(x).sft_only or rules.rule(x).needs_truth)], strategy,
                                  "strategy"),
             "family": dropdown(self.family_options(), family, "family"),
             "changed_only": w.Checkbox(value=changed_only, description="only pairs α changes"),
