@@ -145,7 +145,12 @@ def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dty
 def _image_tensor(preprocess, images) -> torch.Tensor:
     if isinstance(images, torch.Tensor):
         return images
-    return torch.stack([preprocess(im) for im in images])
+    first = preprocess(images[0])
+    out = torch.empty((len(images), *first.shape), dtype=first.dtype)   # filled in place: no list of copies
+    out[0] = first
+    for i in range(1, len(images)):
+        out[i] = preprocess(images[i])
+    return out
 
 
 def train_tiny_clip(model, tokenizer, images: Sequence[Image.Image], texts: Sequence[str], cfg: ClipTrainConfig,

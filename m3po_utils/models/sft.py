@@ -218,15 +218,17 @@ def pixel_tensor(processor, scenes: Sequence[W.Scene], cfg: WorldConfig, chunk: 
 
     LLaVA: ``pixel_values`` (scenes, 3, H, W). Qwen2-VL family: ``pixel_values`` (scenes, patches, patch dim) — the
     world's images are one size, so every scene has the same patches — and ``image_grid_thw`` (scenes, 3)."""
-    parts: dict[str, list[torch.Tensor]] = {}
+    out: dict[str, torch.Tensor] = {}
     for start in range(0, len(scenes), chunk):
         imgs = [W.render(s, cfg) for s in scenes[start: start + chunk]]
         batch = image_batch(processor, imgs)
         if "image_grid_thw" in batch:
             batch["pixel_values"] = batch["pixel_values"].view(len(imgs), -1, batch["pixel_values"].shape[-1])
-        for k, v in batch.items():
-            parts.setdefault(k, []).append(v)
-    return {k: torch.cat(v) for k, v in parts.items()}
+        for k, v in batch.items():    # filled in place: never the chunks and their concatenation at once
+            if k not in out:
+                out[k] = torch.empty((len(scenes), *v.shape[1:]), dtype=v.dtype)
+            out[k][start: start + len(imgs)] = v
+    return out
 
 
 def image_features(model, processor, pixels: dict[str, torch.Tensor], scene_idx: torch.Tensor):
