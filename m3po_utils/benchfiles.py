@@ -44,6 +44,45 @@ class BenchmarkFileError(ValueError):
     """A benchmark file or folder that cannot be read as what it should be; the message names it and the fix."""
 
 
+def read_text(path: Path, what: str) -> str:
+    """A question file's text: UTF-8 (with or without a BOM) or UTF-16 with its BOM; anything else is an error
+    naming the file and the fix, never a bare ``UnicodeDecodeError``."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise BenchmarkFileError(f"{path} starts with a UTF-16 mark but is not UTF-16 text ({exc.reason} at "
+                                     f"byte {exc.start}); save it as UTF-8") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BenchmarkFileError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}: perhaps Latin-1 or "
+                                 f"another legacy encoding); save it as UTF-8 — {what}") from None
+
+
+def _json(text: str, where: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BenchmarkFileError(f"{where} is not {what}: {exc}") from None
+    except RecursionError:
+        raise BenchmarkFileError(f"{where} nests its JSON too deeply to be {what}") from None
+
+
+def inside(folder: Path, name: Any, where: str) -> Path:
+    """``folder / name`` when it stays inside ``folder`` once resolved (symlinks followed): a benchmark names its
+    images relative to its own folder, so an absolute path, ``..`` or a link out of it is refused."""
+    if not isinstance(name, str) or not name.strip():
+        raise BenchmarkFileError(f"{where} names its image {name!r}; expected a file name in {folder}")
+    root = folder.resolve()
+    path = (folder / name).resolve()
+    if Path(name).is_absolute() or not path.is_relative_to(root):
+        raise BenchmarkFileError(f"{where} names image {name!r}, which is outside the image folder {folder}; "
+                                 "a benchmark's images are named relative to their folder")
+    return path
+
+
 # ------------------------------------------------------------------------------------------ parquet
 
 def _parquet_files(path: Path) -> list[Path]:
@@ -113,26 +152,31 @@ def _pope_label(value: Any, where: str) -> str:
 
 def _pope_items(path: Path) -> list[tuple[int, Any]]:
     """(line or position, object) of a JSON-lines file or of one JSON array."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise BenchmarkFileError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); a POPE question "
-                                 "file is JSON lines, a JSON array or .parquet") from None
+    text = read_text(path, "a POPE question file is JSON lines, a JSON array or .parquet")
     if text.lstrip().startswith("["):          # SEEM-based settings: one JSON array
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BenchmarkFileError(f"{path} starts like a JSON array but is not one: {exc}") from None
+        items = _json(text, f"{path} starts like a JSON array but", "one")
         return list(enumerate(items, 1))
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):   # LF or CRLF
-        if not line.strip():
-            continue
-        try:
-            out.append((n, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise BenchmarkFileError(f"{path}:{n} is not a JSON object: {exc}") from None
-    return out
+    return [(n, _json(line, f"{path}:{n}", "a JSON object"))
+            for n, line in enumerate(text.splitlines(), 1) if line.strip()]   # LF or CRLF
+
+
+POPE_FIELDS = {"question_id": (int, str), "image": (str,), "text": (str,), "label": (str,)}
+
+
+def _pope_fields(item: Any, where: str) -> None:
+    """Every POPE field present and of its type: a null ``text`` is not the question "None"."""
+    if not isinstance(item, dict):
+        raise BenchmarkFileError(f"{where} is not a POPE question (a JSON object with question_id, image, text, "
+                                 f"label); it is a {type(item).__name__}")
+    for name, types in POPE_FIELDS.items():
+        if name not in item:
+            raise BenchmarkFileError(f"{where} is not a POPE question (needs question_id, image, text, label): "
+                                     f"missing {name!r}")
+        value = item[name]
+        if value is None or isinstance(value, bool) or not isinstance(value, types) or \
+                (isinstance(value, str) and not value.strip()):
+            raise BenchmarkFileError(f"{where} has {name}={value!r}; expected "
+                                     f"{' or '.join(t.__name__ for t in types)}, not empty")
 
 
 def load_pope_file(path, image_dir=None) -> list[dict]:
@@ -148,6 +192,8 @@ def load_pope_file(path, image_dir=None) -> list[dict]:
             where = f"{f} row {n}"
             key = _image_key(item["image"], item.get("image_source"),
                              (item["image"] or {}).get("path") if isinstance(item["image"], dict) else None)
+            if item["question"] is None or not str(item["question"]).strip():
+                raise BenchmarkFileError(f"{where} has question={item['question']!r}; expected the question's text")
             row = {"question_id": item["question_id"], "question": str(item["question"]).strip(),
                    "label": _pope_label(item["answer"], where), "image": decode(item["image"], key, where),
                    "image_id": key}
@@ -161,12 +207,9 @@ def load_pope_file(path, image_dir=None) -> list[dict]:
         image_dir = Path(image_dir)
         for n, item in _pope_items(path):
             where = f"{path}:{n}"
-            try:
-                row = {"question_id": item["question_id"], "question": str(item["text"]).strip(),
-                       "label": _pope_label(item["label"], where), "image": str(image_dir / item["image"])}
-            except (KeyError, TypeError) as exc:
-                raise BenchmarkFileError(f"{where} is not a POPE question (needs question_id, image, text, "
-                                         f"label): missing {exc}") from None
+            _pope_fields(item, where)
+            row = {"question_id": item["question_id"], "question": item["text"].strip(),
+                   "label": _pope_label(item["label"], where), "image": str(inside(image_dir, item["image"], where))}
             if not Path(row["image"]).is_file():
                 raise FileNotFoundError(f"{where} names image {item['image']!r}, missing from {image_dir}")
             row["image_id"] = row["image"]
@@ -176,7 +219,32 @@ def load_pope_file(path, image_dir=None) -> list[dict]:
     if not rows:
         raise BenchmarkFileError(f"{path} holds no POPE question; expected JSON lines or a JSON array of "
                                  "{question_id, image, text, label}, or the lmms-lab parquet export")
+    _unique(rows, lambda r: (r.get("category"), r["question_id"]), path, "question_id")
     return rows
+
+
+def _unique(rows: Sequence[dict], key, where: Any, what: str) -> None:
+    """Refuse a file that asks the same question twice (it would be counted twice)."""
+    seen: set = set()
+    for r in rows:
+        k = key(r)
+        if k in seen:
+            raise BenchmarkFileError(f"{where} has {what} {r[what] if what in r else k!r} twice; every question "
+                                     "must be asked once")
+        seen.add(k)
+
+
+MME_QUESTIONS_PER_IMAGE = 2     # MME asks two questions of every image, one answered Yes and one No
+
+
+def _per_image(rows: Sequence[dict], where: Any) -> None:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["image_id"]] = counts.get(r["image_id"], 0) + 1
+        if counts[r["image_id"]] > MME_QUESTIONS_PER_IMAGE:
+            raise BenchmarkFileError(f"{where} asks more than {MME_QUESTIONS_PER_IMAGE} questions of image "
+                                     f"{r['image_id']!r}; MME asks two per image (one Yes, one No), and acc+ "
+                                     "counts an image right only when both are")
 
 
 # ------------------------------------------------------------------------------------------ MME
@@ -223,7 +291,10 @@ def _mme_txt_rows(folder: Path, sub: str) -> list[dict]:
         images = sorted(p for p in img_dir.glob(txt.stem + ".*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise FileNotFoundError(f"{txt} has no image {txt.stem}.png/.jpg in {img_dir}")
-        for n, line in enumerate(txt.read_text(encoding="utf-8-sig").splitlines(), 1):
+        inside(folder, str(images[0].relative_to(folder)), str(txt))     # no link out of the subtask folder
+        start = len(rows)
+        text = read_text(txt, "an MME question file holds question<TAB>Yes|No lines")
+        for n, line in enumerate(text.splitlines(), 1):
             line = line.rstrip()               # trailing spaces or tabs after Yes/No, as LLaVA's converter strips
             if not line.strip():
                 continue
@@ -232,6 +303,8 @@ def _mme_txt_rows(folder: Path, sub: str) -> list[dict]:
                 raise BenchmarkFileError(f"{txt}:{n} is not 'question<TAB>Yes|No': {line!r}")
             rows.append({"question_id": f"{sub}/{images[0].name}", "subtask": sub, "image": str(images[0]),
                          "image_id": str(images[0]), "question": parts[0].strip(), "answer": parts[1].strip()})
+        _per_image(rows[start:], txt)
+        _unique(rows[start:], lambda r: r["question"], txt, "question")
     return rows
 
 
@@ -245,8 +318,13 @@ def _mme_parquet_rows(files: Sequence[Path]) -> list[dict]:
             raise BenchmarkFileError(f"{where} has answer {item['answer']!r}; MME answers are Yes / No")
         qid = str(item["question_id"])
         sub = str(item["category"] or qid.split("/")[0]).strip()
+        if item["question"] is None or not str(item["question"]).strip():
+            raise BenchmarkFileError(f"{where} has question={item['question']!r}; expected the question's text")
         rows.append({"question_id": qid, "subtask": sub, "image": decode(item["image"], qid, where),
                      "image_id": qid, "question": str(item["question"]).strip(), "answer": answer.capitalize()})
+    where = files[0] if len(files) == 1 else f"the parquet files under {files[0].parent}"
+    _per_image(rows, where)
+    _unique(rows, lambda r: (r["image_id"], r["question"]), where, "question")
     return rows
 
 

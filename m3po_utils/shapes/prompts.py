@@ -131,8 +131,9 @@ def file_prompts(path: str | Path, n: int | None = None, check_images: bool = Fa
         try:
             item = json.loads(line)
             image, instruction = item["image"], item["instruction"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{line_no} is not a JSON object with 'image' and 'instruction' ({exc})") from None
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as exc:
+            raise ValueError(f"{path}:{line_no} is not a JSON object with 'image' and 'instruction' "
+                             f"({type(exc).__name__}: {str(exc)[:200]})") from None
         for key, value in (("image", image), ("instruction", instruction)):
             if not isinstance(value, str):
                 raise ValueError(f"{path}:{line_no}: {key!r} is {json.dumps(value)}, not a string")
