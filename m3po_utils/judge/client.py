@@ -6,13 +6,14 @@ import ipaddress
 import os
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse, urlsplit, urlunsplit
 
 from PIL import Image
 
@@ -23,6 +24,62 @@ from m3po_utils.judge.protocol import PROMPTS, JudgeParseError, judge_messages, 
 from m3po_utils.progress import Progress
 
 LOCAL_KEY = "local-judge-needs-no-key"  # placeholder sent to the local judge instead of any real key
+
+_deadline = threading.local()   # the monotonic time by which the request this thread is making must be answered
+
+
+def _request_deadline() -> float | None:
+    return getattr(_deadline, "at", None)
+
+
+def _http_module():
+    """The HTTP library the installed ``openai`` client is built on (``httpx``, or its successor ``httpx2``)."""
+    import importlib
+
+    import openai
+
+    return importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.split(".")[0])
+
+
+def _deadline_transport():
+    """A transport for the openai client's HTTP library that holds every request to the deadline of the task
+    making it (``_deadline.at``): the wait for the reply is cut to the time left, and a reply that trickles in is
+    stopped when it runs out — a socket read timeout alone restarts with every byte."""
+    httpx = _http_module()
+
+    class DeadlineStream(httpx.SyncByteStream):
+        """A response body that stops at the request's deadline, however slowly its bytes trickle in."""
+
+        def __init__(self, inner, at: float, request):
+            self.inner, self.at, self.request = inner, at, request
+
+        def __iter__(self):
+            for chunk in self.inner:
+                if time.monotonic() > self.at:
+                    raise httpx.ReadTimeout("the request's overall deadline passed while its reply trickled in",
+                                            request=self.request)
+                yield chunk
+
+        def close(self) -> None:
+            self.inner.close()
+
+    class DeadlineTransport(httpx.HTTPTransport):
+        def handle_request(self, request):
+            at = _request_deadline()
+            if at is not None:
+                left = at - time.monotonic()
+                if left <= 0:
+                    raise httpx.ReadTimeout("the request's overall deadline has passed", request=request)
+                timeout = dict(request.extensions.get("timeout") or {})
+                for phase in ("connect", "read", "write", "pool"):
+                    timeout[phase] = min(timeout.get(phase) or left, left)
+                request.extensions["timeout"] = timeout
+            response = super().handle_request(request)
+            if at is not None:
+                response.stream = DeadlineStream(response.stream, at, request)
+            return response
+
+    return DeadlineTransport()
 
 
 
@@ -106,7 +163,8 @@ def failure_advice(kind: str, where: str, model: str, example: str, settings: st
     return {
         "unreachable": f"the judge at {where} is unreachable; check OPENAI_BASE_URL / models.judge_base_url and "
                        "that the server is running",
-        "timeout": f"requests to the judge at {where} time out; check the server or raise mas.timeout_s",
+        "timeout": f"requests to the judge at {where} time out; check the server, or raise mas.timeout_s (the wait "
+                   "for each read) or mas.request_deadline_s (one request's whole time, retries included)",
         "auth": f"the judge at {where} refuses the API key; check OPENAI_API_KEY (it is read from the "
                 "environment only)",
         "model": f"the judge at {where} does not serve model {model!r}; set models.judge_model to one it serves",
@@ -129,15 +187,18 @@ class JudgeClient:
 
     def __init__(self, base_url: str | None, model: str, *, api_key: str | None = None, mode: str = "listwise",
                  prompt_version: str = "v1", concurrency: int = 4, max_retries: int = 4, timeout_s: float = 60.0,
-                 cache: JudgeCache | str | Path | None = None, json_mode: bool = True, fail_after: int = 8):
+                 cache: JudgeCache | str | Path | None = None, json_mode: bool = True, fail_after: int = 8,
+                 request_deadline_s: float = 0.0, stage_deadline_s: float = 0.0):
         import openai
 
         if mode not in ("pointwise", "listwise"):
             raise JudgeConfigError(f"mode={mode!r} is unknown; choose 'pointwise' or 'listwise'")
         if prompt_version not in PROMPTS:
             raise JudgeConfigError(f"prompt_version={prompt_version!r} is unknown; versions: {', '.join(PROMPTS)}")
-        if concurrency < 1 or max_retries < 0 or timeout_s <= 0 or fail_after < 0:
-            raise JudgeConfigError("need concurrency >= 1, max_retries >= 0, timeout_s > 0 and fail_after >= 0")
+        if concurrency < 1 or max_retries < 0 or timeout_s <= 0 or fail_after < 0 or request_deadline_s < 0 \
+                or stage_deadline_s < 0:
+            raise JudgeConfigError("need concurrency >= 1, max_retries >= 0, timeout_s > 0, fail_after >= 0 and "
+                                   "deadlines >= 0")
         key = os.environ.get("OPENAI_API_KEY", "") if api_key is None else api_key
         if not key:
             if not is_loopback(base_url):
@@ -151,13 +212,16 @@ class JudgeClient:
         self.concurrency, self.max_retries, self.timeout_s = concurrency, max_retries, float(timeout_s)
         self.json_mode = json_mode
         self.fail_after = int(fail_after)   # 0: never stop early
+        self.request_deadline_s = float(request_deadline_s)   # 0: no overall limit per request (retries included)
+        self.stage_deadline_s = float(stage_deadline_s)       # 0: no overall limit per judge() call
         self._owns_cache = cache is not None and not isinstance(cache, JudgeCache)
         self.cache = JudgeCache(cache) if self._owns_cache else cache
         self._lock = threading.Lock()
         self._task = threading.local()   # HTTP requests of the task this thread is running (retries included)
         self.stats: dict[str, int] = {"requests": 0, "bytes_sent": 0, "tasks": 0, "retries": 0, "failures": 0,
                                       "cache_hits": 0, "responses_scored": 0}
-        self._http = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request]})
+        self._http = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request]},
+                                               transport=_deadline_transport())
         # HTTP-level retries are the openai client's: 408, 409, 429, 5xx, timeouts and dropped connections, with
         # exponential backoff and jitter, honouring Retry-After; other statuses fail at once.
         self._client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=max_retries, timeout=self.timeout_s,
@@ -218,25 +282,36 @@ class JudgeClient:
         HTTP faults are retried inside the openai client (``max_retries``); a reply that is not the JSON asked for
         is asked again here, up to ``max_retries`` times, and then recorded as a failure.
         """
-        oa = self._errors
         pointwise = self.mode == "pointwise"
         messages = judge_messages(self.prompt, image_url, instruction, responses[0] if pointwise else responses)
         extra: dict[str, Any] = {"response_format": {"type": "json_object"}} if self.json_mode else {}
         max_tokens = 120 if pointwise else 40 + 8 * len(responses)
         self._task.requests = 0
+        # the whole task — the openai client's retries and ours — must finish by this time (0: no limit)
+        _deadline.at = time.monotonic() + self.request_deadline_s if self.request_deadline_s else None
+        try:
+            return self._attempts(messages, extra, max_tokens, pointwise, len(responses))
+        finally:
+            _deadline.at = None
+
+    def _attempts(self, messages, extra, max_tokens, pointwise, n) -> tuple[bool, list, list, str, int]:
+        """The requests of one task, retried on replies that cannot be parsed (see :meth:`_request`)."""
+        oa = self._errors
         error, ok, scores, reasons = "", False, [], []
         for _ in range(self.max_retries + 1):
             try:
                 completion = self._client.chat.completions.create(
                     model=self.model, messages=messages, temperature=0, max_tokens=max_tokens, **extra)
                 content = completion.choices[0].message.content
-                scores, reasons = parse_reply(content, None if pointwise else len(responses))
+                scores, reasons = parse_reply(content, None if pointwise else n)
                 ok, error = True, ""
                 break
             except JudgeParseError as exc:
                 error = f"malformed reply: {exc}"
             except oa.APITimeoutError:
-                error = f"timeout after {self.timeout_s:g} s"
+                at = _request_deadline()
+                error = (f"timeout: no complete reply within mas.request_deadline_s={self.request_deadline_s:g} s"
+                         if at is not None and time.monotonic() >= at else f"timeout after {self.timeout_s:g} s")
                 break
             except oa.APIConnectionError as exc:
                 error = f"connection error: {exc}"
@@ -303,10 +378,23 @@ class JudgeClient:
         watch = _FailureWatch(self.fail_after)
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge")
         bar = Progress(len(tasks), f"judging ({self.mode})", unit="request", enabled=progress)
+        stop_at = time.monotonic() + self.stage_deadline_s if self.stage_deadline_s else None
+        abandoned = False
         try:
             pending = {pool.submit(self._run_task, t, items, urls): n for n, t in enumerate(tasks)}
             while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                left = None if stop_at is None else max(0.0, stop_at - time.monotonic())
+                done, _ = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
+                if not done:      # the stage's deadline passed with requests still out
+                    for f in pending:
+                        f.cancel()
+                    abandoned = True
+                    raise JudgeUnavailable(
+                        f"judge stopped: {len(results)} of {len(tasks)} requests answered within "
+                        f"mas.judge_deadline_s={self.stage_deadline_s:g} s, the overall time this stage may spend on "
+                        f"the judge at {self.where}; check that it answers, or raise mas.judge_deadline_s (0 = no "
+                        "limit). Answers already received stay in the cache; a rerun sends only the rest.",
+                        "timeout", len(results), len(tasks))
                 for fut in done:
                     res = results[pending.pop(fut)] = fut.result()
                     kind = watch.add(res[0], res[3])
@@ -325,7 +413,8 @@ class JudgeClient:
                             kind, len(results), len(tasks))
         finally:
             bar.close()
-            pool.shutdown(wait=True, cancel_futures=True)
+            # requests still out past the stage's deadline are left to their own deadline, not waited for
+            pool.shutdown(wait=not abandoned, cancel_futures=True)
 
         for n, t in enumerate(tasks):
             ok, scores, reasons, error, attempts = results[n]
@@ -385,9 +474,65 @@ def _error_message(exc) -> str:
     return str(getattr(exc, "message", exc))
 
 
+# Query parameters that carry a credential (``?api-key=...``, ``?token=...``, ``&sig=...``): compared lower-cased with
+# ``-`` read as ``_``.
+SECRET_PARAMS = ("key", "api_key", "apikey", "token", "access_token", "secret", "password", "sig", "signature", "auth")
+
+
+def url_secrets(url: str) -> list[str]:
+    """What in ``url`` is a credential: its user-info (``user:pw@``) and key-like query parameters (their names)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ["an unparseable URL"]
+    found = []
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        found.append("a user name or password before the host")
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        norm = name.lower().replace("-", "_")
+        if norm in SECRET_PARAMS or norm.endswith(("_key", "_token", "_secret")):
+            found.append(f"the query parameter {name!r}")
+    return found
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe to print or store: user-info and the values of key-like query parameters replaced."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = "&".join(f"{k}=<redacted>" if k.lower().replace("-", "_") in SECRET_PARAMS
+                     or k.lower().replace("-", "_").endswith(("_key", "_token", "_secret")) else f"{k}={v}"
+                     for k, v in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, ("<redacted>@" if "@" in parts.netloc else "") + netloc, parts.path, query,
+                       ""))
+
+
+class JudgeUrlError(JudgeConfigError):
+    """An endpoint URL that carries a credential: refused before it is used, printed or stored anywhere."""
+
+
+def checked_url(url: str | None, source: str) -> str | None:
+    """``url`` if it carries no credential; else :class:`JudgeUrlError` naming ``source`` and what to move where
+    (the URL itself appears only redacted)."""
+    if not url:
+        return None
+    found = url_secrets(url)
+    if found:
+        raise JudgeUrlError(f"{source}={redact_url(url)!r} carries a credential ({', '.join(found)}); put the key in "
+                            "OPENAI_API_KEY (read from the environment only) and give the endpoint without it, e.g. "
+                            "http://127.0.0.1:8000/v1")
+    return url
+
+
 def judge_base_url(cfg: Preset) -> str | None:
-    """``OPENAI_BASE_URL`` if set, else ``models.judge_base_url``; None when both are empty."""
-    return os.environ.get("OPENAI_BASE_URL") or cfg.models.judge_base_url or None
+    """``OPENAI_BASE_URL`` if set, else ``models.judge_base_url``; None when both are empty. Either is refused
+    when it carries a credential (:func:`checked_url`), so no URL with a key reaches a message or a file."""
+    env = os.environ.get("OPENAI_BASE_URL")
+    if env:
+        return checked_url(env, "OPENAI_BASE_URL")
+    return checked_url(cfg.models.judge_base_url or None, "models.judge_base_url")
 
 
 def uses_local_judge(cfg: Preset) -> bool:

@@ -24,7 +24,9 @@ instruction that matches no template (``unknown_instruction``); 404 for an unkno
 
 Fault injection for tests: ``faults`` lists what the i-th chat request gets (``"ok"``, ``"429"``, ``"500"``,
 ``"503"``, ``"401"``, ``"hang"``, ``"garbage"`` = a completion whose text is not the JSON asked for,
-``"not_json"`` = a 200 reply whose body is not JSON); later requests get ``default_fault``.
+``"not_json"`` = a 200 reply whose body is not JSON, ``"constant"`` = a well-formed reply that gives every
+response the score 5, ``"trickle"`` = the headers at once, then the body one byte every ``trickle_s`` seconds);
+later requests get ``default_fault``.
 
 From Python::
 
@@ -58,7 +60,7 @@ from m3po_utils.config import WorldConfig
 from m3po_utils.judge.protocol import INPUT_MARKER
 
 DEFAULT_MODEL = "shapes-judge"
-FAULTS = ("ok", "429", "500", "503", "401", "hang", "garbage", "not_json")
+FAULTS = ("ok", "429", "500", "503", "401", "hang", "garbage", "not_json", "constant", "trickle")
 MAX_BODY = 32 * 2**20
 
 
@@ -104,7 +106,8 @@ class JudgeServer:
     def __init__(self, scenes: Iterable[W.Scene] | None, world_cfg: WorldConfig, *, noise: float = 0.0, seed: int = 0,
                  model: str = DEFAULT_MODEL, host: str = "127.0.0.1", port: int = 0,
                  index: W.SceneIndex | None = None, faults: Sequence[str] = (), default_fault: str = "ok",
-                 hang_s: float = 30.0, retry_after: float | None = None, require_key: str | None = None):
+                 hang_s: float = 30.0, retry_after: float | None = None, require_key: str | None = None,
+                 trickle_s: float = 5.0):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"host={host!r}: the judge server binds to the loopback interface only (127.0.0.1)")
         if noise < 0:
@@ -122,6 +125,7 @@ class JudgeServer:
         self.host, self._port = host, int(port)
         self.faults, self.default_fault = list(faults), default_fault
         self.hang_s, self.retry_after, self.require_key = float(hang_s), retry_after, require_key
+        self.trickle_s = float(trickle_s)
         self.stats: dict[str, Any] = {"requests": 0, "chat_requests": 0, "answered": 0, "bytes_received": 0,
                                       "status": Counter(), "max_inflight": 0}
         self.bodies: list[str] = []
@@ -308,6 +312,23 @@ class _Handler(BaseHTTPRequestHandler):
         with self.judge._lock:
             self.judge.stats["status"][status] += 1
 
+    def _trickle(self, payload: dict) -> None:
+        """Send ``payload`` a byte at a time, ``trickle_s`` apart, until done or the server stops."""
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                if self.judge._release.wait(self.judge.trickle_s):
+                    return
+        except OSError:          # the client gave up: what the fault is for
+            return
+
     def _count(self) -> None:
         with self.judge._lock:
             self.judge.stats["requests"] += 1
@@ -391,6 +412,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "garbage":
             reply["choices"][0]["message"]["content"] = "Great answer, I would rate it highly!"
+        elif fault == "constant":      # valid JSON, no information: every response scored 5
+            content = json.loads(reply["choices"][0]["message"]["content"])
+            for k in ("scores", "score"):
+                if k in content:
+                    content[k] = [5] * len(content[k]) if isinstance(content[k], list) else 5
+            reply["choices"][0]["message"]["content"] = json.dumps(content)
+        elif fault == "trickle":       # a reply that never finishes in time: a byte every trickle_s seconds
+            self._trickle(reply)
+            return
         else:
             with judge._lock:
                 judge.stats["answered"] += 1
