@@ -255,6 +255,16 @@ class MasConfig:
     # Give a broken judge up after this many consecutive failures of one kind (or 90 % of 5x as many): a wrong
     # key, an unknown model or a dead URL costs that many requests, not one per prompt. 0 = never.
     judge_fail_after: int = 8
+    # The longest one judge request may take, retries and a reply that trickles in included (0 = no limit; the
+    # read timeout above restarts with every byte, so it cannot stop a trickle).
+    request_deadline_s: float = 90.0
+    # The longest one stage may spend judging (notebook 02, notebook 06's judge score; 0 = no limit). The shapes
+    # world's judge answers a stage in seconds; the hub presets, which may send thousands of requests, set 0.
+    judge_deadline_s: float = 1800.0
+    # A judge whose 1-10 scores over all of a stage's candidates spread (standard deviation) no more than this tells
+    # the candidates apart no better than a constant: notebook 02 stops instead of ranking by it. 0 = never stop
+    # (a real judge that legitimately gives every candidate of a small stage one score).
+    min_judge_spread: float = 0.05
     # Notebook 02 counts as done only if at most this share of the candidates is left without a MAS.
     max_missing: float = 0.01
     seed: int = 0
@@ -275,6 +285,9 @@ class MasConfig:
         _check(isinstance(self.judge_fail_after, int) and self.judge_fail_after >= 0, "mas.judge_fail_after",
                self.judge_fail_after, "an integer >= 0 (0 = never stop early)")
         _check(0 <= self.max_missing <= 1, "mas.max_missing", self.max_missing, "a share in [0, 1]")
+        for name in ("request_deadline_s", "judge_deadline_s", "min_judge_spread"):
+            _check(getattr(self, name) >= 0 and not math.isinf(getattr(self, name)), f"mas.{name}",
+                   getattr(self, name), "a finite float >= 0 (0 = no limit)")
 
 
 @dataclass(frozen=True)
@@ -535,6 +548,9 @@ class Preset:
 
     def __post_init__(self) -> None:
         _check(self.world_kind in ("shapes", "hub"), "world_kind", self.world_kind, "'shapes' or 'hub'")
+        for name, value in _seeds(self):
+            _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED, name, value,
+                   f"an integer in [0, {MAX_SEED}] (numpy's and torch's seed range)")
         _check(self.dpo.batch_size % self.launch.dpo_processes == 0, "launch.dpo_processes",
                self.launch.dpo_processes, f"a divisor of dpo.batch_size={self.dpo.batch_size} (the global batch is "
                "split evenly over the processes; change one of the two)")
@@ -552,6 +568,23 @@ class Preset:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+MAX_SEED = 2**32 - 1
+
+
+def _seeds(cfg: Preset) -> list[tuple[str, Any]]:
+    """Every seed of a preset, as ``(setting, value)``: the ``seed`` / ``seeds`` fields of the preset and its groups."""
+    out: list[tuple[str, Any]] = [("seed", cfg.seed)]
+    for f in fields(cfg):
+        group = getattr(cfg, f.name)
+        if not is_dataclass(group):
+            continue
+        if hasattr(group, "seed"):
+            out.append((f"{f.name}.seed", group.seed))
+        for s in getattr(group, "seeds", ()):
+            out.append((f"{f.name}.seeds", s))
+    return out
 
 
 def _smoke() -> Preset:
@@ -583,6 +616,7 @@ def _llava_7b() -> Preset:
                             judge_model="gpt-4o", judge_base_url="", dtype="bfloat16", device="cuda"),
         generation=GenerationConfig(n_candidates=32, temperature=0.9, max_new_tokens=256, batch_size=64,
                                     n_prompts=5000),
+        mas=MasConfig(judge_deadline_s=0.0),     # thousands of remote requests: no overall limit on the stage
         # Paper defaults: learning rate 5e-5, batch size 8, one epoch, beta 0.1, plain DPO. The LoRA rank is not
         # stated there; r = 16 / alpha = 32 on q_proj, v_proj is PEFT's customary choice.
         dpo=DpoConfig(learning_rate=5e-5, batch_size=8, epochs=1.0, beta=0.1, loss_type=("sigmoid",),
@@ -701,6 +735,29 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        elif k != "name" or prefix:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_overrides(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """The ``-p KEY=VALUE`` pairs that turn preset ``data["name"]`` into ``data`` (a run directory's config.json):
+    what a command needs to continue that run. Values are written as the runner reads them back (strings as they
+    are, everything else as a Python literal)."""
+    base = _flat(json.loads(load_preset(data["name"]).to_json()))
+    out = []
+    for key, value in _flat(data).items():
+        if key in base and base[key] != value:
+            out.append((key, value if isinstance(value, str) else json.dumps(value) if isinstance(value, list)
+                        else repr(value)))
+    return out
+
+
 def preset_from_dict(data: dict[str, Any]) -> Preset:
     """Rebuild a Preset from ``to_dict()`` output (e.g. a run directory's config.json)."""
     base = load_preset(data["name"]) if data.get("name") in PRESETS else Preset(name=data.get("name", "custom"))
@@ -741,7 +798,7 @@ def setup_run(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None
     if path.exists():
         try:
             old = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ConfigError(f"{path} is not valid JSON ({exc}); delete it or use a new run directory") from None
         new = json.loads(cfg.to_json())
         if not isinstance(old, dict) or old.get("name") != new["name"]:
@@ -758,9 +815,10 @@ def setup_run(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None
                 f"continue it with -p {key}=\"{LEGACY_VALUES[key]!r}\" or use a new run directory")
         diffs = [d for d in _diff(_common(old, new), _common(new, old)) if not d.startswith(HOW_SETTINGS)]
         if diffs:
-            raise ConfigError(
+            raise ConfigChanged(
                 f"run_dir={str(run)!r} was created with a different configuration ({'; '.join(diffs[:6])}); "
-                "use a new run directory or pass the same preset and overrides")
+                "use a new run directory or pass the same preset and overrides",
+                [d.split(":")[0] for d in diffs], cfg, run)
         if old != new:   # written by an older version: settings added since take their defaults, dropped ones go
             atomic_write_text(path, cfg.to_json() + "\n")
     else:
@@ -769,6 +827,34 @@ def setup_run(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None
 
 
 HOW_SETTINGS = ("launch.",)   # how a stage runs, not what it computes: a run directory accepts new values
+
+
+class ConfigChanged(ConfigError):
+    """``setup_run`` found the run directory made with other values of ``keys``; ``cfg`` is the one asked for."""
+
+    def __init__(self, message: str, keys: list[str], cfg: Preset, run: Path):
+        super().__init__(message)
+        self.keys, self.cfg, self.run = keys, cfg, run
+
+
+# The first notebook that reads each setting (by group, a few by key): a run directory accepts a new value for a
+# setting as long as no notebook from that one on has finished with the old value — or they are all about to be
+# run again — because no finished output was computed with it.
+FIRST_READER: dict[str, int] = {
+    "seed": 0, "world_kind": 0, "world": 0, "lvlm_train": 0, "clip_train": 0, "models": 0,
+    "models.judge_model": 2, "models.judge_base_url": 2, "generation": 1, "mas": 2, "selection": 2, "dpo": 5,
+    "evaluation": 6, "experiments": 10,
+}
+
+
+def first_reader(key: str) -> int:
+    """The first notebook that reads setting ``key`` (``dpo.learning_rate`` → 5)."""
+    return FIRST_READER.get(key, FIRST_READER.get(key.split(".")[0], 0))
+
+
+def write_config(run: Path, cfg: Preset) -> None:
+    """Record ``cfg`` as the run directory's configuration (``config.json``, atomically)."""
+    atomic_write_text(Path(run) / "config.json", cfg.to_json() + "\n")
 
 
 # Settings added with a default other than what the run directories made before them used, with the value those

@@ -145,6 +145,7 @@ def open_judge(cfg: Preset, run_dir: str | Path, *, noise: float | None = None,
     mc = cfg.mas
     kwargs: dict[str, Any] = dict(mode=mc.judge_mode, prompt_version=mc.prompt_version, concurrency=mc.concurrency,
                                   max_retries=mc.max_retries, timeout_s=mc.timeout_s, fail_after=mc.judge_fail_after,
+                                  request_deadline_s=mc.request_deadline_s, stage_deadline_s=mc.judge_deadline_s,
                                   cache=RunDir(run_dir).judge_cache if use_cache else None)
     kwargs.update(client_kwargs)
     if uses_local_judge(cfg):
@@ -299,6 +300,43 @@ def coverage(table: pd.DataFrame, mc: MasConfig) -> dict[str, Any]:
             f"mas.max_missing={mc.max_missing:g} allows (judge failures: {why}"
             + (f"; e.g. {example[:160]!r}" if example else "") + "). Fix the judge and rerun notebook 02: the "
             "answers already in mas/judge_cache.sqlite are reused and only the failed ones are sent again.")
+    return out
+
+
+class JudgeUninformative(RuntimeError):
+    """The judge's scores do not tell the candidates apart (a constant, or no agreement with the truth that can even
+    be measured): notebook 02 stops instead of ranking candidates by them."""
+
+
+def judge_information(table: pd.DataFrame, mc: MasConfig) -> dict[str, Any]:
+    """Whether the judge's scores carry information about the candidates; :class:`JudgeUninformative` if not.
+
+    A judge that answers well-formed but meaningless scores — the same score for everything, say — would otherwise
+    make a complete, useless MAS. Checked over every candidate with a judge score: the standard deviation of the
+    raw 1-10 scores must exceed ``mas.min_judge_spread`` (0 turns the check off), and where the verifier's truth is
+    known (the shapes world) and itself varies, the judge's rank correlation with it must be computable.
+    """
+    if mc.judge_weight <= 0 or mc.min_judge_spread <= 0:
+        return {"checked": False}
+    ok = table["judge_ok"].astype(bool).to_numpy()
+    raw = table.loc[ok, "judge_raw"].to_numpy(dtype=float)
+    spread = float(np.std(raw)) if raw.size else 0.0
+    out: dict[str, Any] = {"checked": True, "scored": int(raw.size), "spread": spread,
+                           "distinct_scores": int(np.unique(raw).size)}
+    if spread <= mc.min_judge_spread:
+        raise JudgeUninformative(
+            f"the judge gave {raw.size} candidates {out['distinct_scores']} distinct score(s) (standard deviation "
+            f"{spread:.3f} on its 1-10 scale, at most mas.min_judge_spread={mc.min_judge_spread:g}): it does not tell "
+            "the candidates apart, so a MAS built on it would rank them by nothing. Check models.judge_model and "
+            "mas.prompt_version, or set mas.min_judge_spread=0 for a judge that legitimately ties.")
+    if "truth" in table and np.ptp(table["truth"].to_numpy(dtype=float)) > 0:
+        rho = spearman(table.loc[ok, "judge_raw"], table.loc[ok, "truth"])
+        out["spearman_truth"] = rho
+        if not np.isfinite(rho):
+            raise JudgeUninformative(
+                "the judge's agreement with the verifier's truth cannot be computed (its scores or the truth are "
+                "constant over the candidates it scored): its scores carry no information about them. Check "
+                "models.judge_model and mas.prompt_version, or set mas.min_judge_spread=0 to skip this check.")
     return out
 
 

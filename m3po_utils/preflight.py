@@ -12,9 +12,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from m3po_utils import rules
 from m3po_utils.config import ConfigError, Preset
-from m3po_utils.judge.client import is_loopback
+from m3po_utils.judge.client import JudgeUrlError, checked_url, is_loopback
 from m3po_utils.judge.protocol import PROMPTS
+from m3po_utils.shapes.instructions import FAMILIES
 
 # Bytes a candidate's token costs in the candidates table and while it is sampled (ids, log-probs, logits row
 # slices kept per step): a deliberately generous bound, so that the check only stops settings that cannot work.
@@ -56,7 +58,11 @@ def check(cfg: Preset, stages: Sequence[int] = tuple(range(100)), environ: dict[
             raise ConfigError(f"generation.prompts_file={g.prompts_file!r} "
                               f"{'is a directory' if path.is_dir() else 'does not exist'}; set it to a "
                               'JSON-lines file of {"image": path, "instruction": text}')
-    url = env.get("OPENAI_BASE_URL") or cfg.models.judge_base_url or None   # as judge.client.judge_base_url
+    try:                                     # as judge.client.judge_base_url: the environment wins
+        url = (checked_url(env.get("OPENAI_BASE_URL"), "OPENAI_BASE_URL")
+               or checked_url(cfg.models.judge_base_url or None, "models.judge_base_url"))
+    except JudgeUrlError as exc:
+        raise ConfigError(str(exc)) from None
     remote = cfg.world_kind == "hub" or bool(url)
     # the judge is called by notebook 02 and, in the shapes world, by notebook 06 (judge score of the answers)
     judged = 2 in stages or (cfg.world_kind == "shapes" and 6 in stages)
@@ -65,3 +71,38 @@ def check(cfg: Preset, stages: Sequence[int] = tuple(range(100)), environ: dict[
             raise ConfigError(f"OPENAI_API_KEY is not set; the judge at {url or 'api.openai.com'} needs it for "
                               "notebook 02 (and 06 in the shapes world); export OPENAI_API_KEY=... — it is never "
                               "read from a preset")
+    _check_series(cfg, stages)
+
+
+def _check_series(cfg: Preset, stages: Sequence[int]) -> None:
+    """What one stage's settings must agree with another's, and the files a later stage reads."""
+    trained = [m for m in cfg.evaluation.methods if m != "base"]
+    missing = [m for m in trained if m not in cfg.dpo.strategies and m not in rules.sft_only_names()]
+    if missing and 6 in stages:
+        raise ConfigError(
+            f"evaluation.methods={list(cfg.evaluation.methods)} evaluates {missing}, which dpo.strategies="
+            f"{list(cfg.dpo.strategies)} does not train (notebook 05 trains dpo.strategies and best_of_n; notebook 06 "
+            f"evaluates their adapters); add {missing} to dpo.strategies or drop {'it' if len(missing) == 1 else 'them'} "
+            "from evaluation.methods")
+    if cfg.world_kind == "shapes":
+        unknown = [f for f, _ in cfg.generation.family_weights if f not in FAMILIES]
+        if unknown:
+            raise ConfigError(f"generation.family_weights names {unknown}, which the shapes world does not have; its "
+                              f"instruction families are {list(FAMILIES)}")
+    ec = cfg.evaluation
+    if 6 in stages:
+        for f in ec.pope_files:
+            path = Path(f).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"evaluation.pope_files names {str(f)!r}, which "
+                                  f"{'is a directory' if path.is_dir() else 'does not exist'}; give the POPE question "
+                                  "files (JSON lines, a JSON array or lmms-lab parquet)")
+        if ec.pope_images and not Path(ec.pope_images).expanduser().is_dir():
+            raise ConfigError(f"evaluation.pope_images={ec.pope_images!r} is not a folder; give the folder of the "
+                              "images the POPE files name")
+        if ec.mme_dir and not Path(ec.mme_dir).expanduser().exists():
+            raise ConfigError(f"evaluation.mme_dir={ec.mme_dir!r} does not exist; give the MME release folder or the "
+                              "lmms-lab parquet export")
+    if cfg.world_kind == "hub" and 6 in stages and not (ec.pope_files or ec.mme_dir):
+        raise ConfigError("a hub preset evaluates on real benchmark files and has none: set evaluation.pope_files "
+                          "(with evaluation.pope_images for JSON files) and/or evaluation.mme_dir")

@@ -174,6 +174,7 @@ class MasResults(Record):
     judge: dict[str, Any]
     coverage: Coverage
     mas_missing: int
+    judge_information: dict[str, Any] | None = None
     agreement: dict[str, Agreement] | None = None
     spearman: Spearman | None = None
     contrast: dict[str, Any] | None = None          # n_pairs and one row per family: CLIP, judge, MAS

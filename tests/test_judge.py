@@ -458,3 +458,51 @@ def test_failure_watch_rolling_share():
     assert [JC.failure_kind(e) for e in ("connection error: x", "timeout after 1 s", "HTTP 403: x", "HTTP 404: x",
                                          "HTTP 429: x", "HTTP 502: x", "malformed reply: x", "HTTP 400: x")] == \
         ["unreachable", "timeout", "auth", "model", "rate_limit", "server", "unparseable", "other"]
+
+
+# ------------------------------------------------------------------------------------------- deadlines
+
+def test_a_reply_that_trickles_in_is_stopped_at_the_request_deadline(world, index, frame):
+    """A socket read timeout restarts with every byte: a judge sending one byte every 0.5 s would never time out.
+    The request's overall deadline stops it, and says which setting it was."""
+    items = items_of(frame)[:1]
+    with server(world, index, default_fault="trickle", trickle_s=0.5) as srv, \
+            JC.JudgeClient(srv.base_url, srv.model_id, timeout_s=2, max_retries=2, request_deadline_s=1.5,
+                           **FAST) as client:
+        t0 = time.perf_counter()
+        out = client.judge(items)[0][0]
+        took = time.perf_counter() - t0
+    assert not out.ok and "no complete reply within mas.request_deadline_s=1.5 s" in out.error
+    assert took < 1.5 + 2 * 0.5 + 1.0                     # the deadline, a trickle step, and overhead
+    assert JC.failure_kind(out.error) == "timeout"
+
+
+def test_a_judge_stage_stops_at_its_own_deadline_naming_it(world, index, frame):
+    items = _many(frame, 12)
+    with server(world, index, default_fault="hang", hang_s=30) as srv, \
+            JC.JudgeClient(srv.base_url, srv.model_id, timeout_s=20, max_retries=0, concurrency=2, fail_after=0,
+                           stage_deadline_s=1.0, request_deadline_s=3.0) as client:
+        t0 = time.perf_counter()
+        with pytest.raises(JC.JudgeUnavailable, match=r"0 of 12 requests answered within mas.judge_deadline_s=1 s"):
+            client.judge(items)
+        assert time.perf_counter() - t0 < 2.5                # the stage's deadline, not a request's or the hang's
+
+
+def test_a_judge_that_gives_everything_one_score_carries_no_information(world, index, frame):
+    import dataclasses
+
+    df, resolver = frame
+    mc = dataclasses.replace(load_preset("smoke").mas, clip_weight=0.0)       # the judge alone
+    with server(world, index, default_fault="constant") as srv, \
+            JC.JudgeClient(srv.base_url, srv.model_id) as client:
+        table = mas.score_candidates(df, mc, resolver, judge=client)
+    assert table["judge_ok"].all() and set(table["judge_raw"]) == {5.0}      # well-formed, meaningless
+    with pytest.raises(mas.JudgeUninformative, match=r"1 distinct score\(s\).*mas.min_judge_spread=0.05"):
+        mas.judge_information(table, mc)
+    assert mas.judge_information(table, dataclasses.replace(mc, min_judge_spread=0.0)) == {"checked": False}
+    with server(world, index) as srv, JC.JudgeClient(srv.base_url, srv.model_id) as client:
+        good = mas.score_candidates(df, mc, resolver, judge=client)
+    info = mas.judge_information(good, mc)
+    assert info["checked"] and info["spread"] > 1.0
+    truth = good.assign(truth=np.linspace(0, 1, len(good)))
+    assert np.isfinite(mas.judge_information(truth, mc)["spearman_truth"])
