@@ -47,7 +47,7 @@ from typing import Any
 from m3po_utils import preflight
 from m3po_utils import progress as P
 from m3po_utils import rundir as R
-from m3po_utils.config import ConfigError, load_preset, parse_overrides, setup_run
+from m3po_utils.config import ConfigError, load_preset, parse_overrides
 from m3po_utils.io import atomic_write_json
 from m3po_utils.report import fmt_duration, write_report
 from m3po_utils.rundir import recorded_stages, staleness, stamp, upstream_of
@@ -116,7 +116,7 @@ class NotebookFailed(RuntimeError):
 
     def __init__(self, notebook: str, ename: str, evalue: str, *, cell: int | None = None,
                  exec_count: int | None = None, failed_copy: Path | None = None,
-                 records: list[dict[str, Any]] | None = None, source_line: str = ""):
+                 records: list[dict[str, Any]] | None = None, source_line: str = "", rerun: str = ""):
         self.notebook, self.ename, self.evalue = notebook, ename, evalue
         self.cell, self.exec_count, self.failed_copy = cell, exec_count, failed_copy
         self.records = records or []
@@ -131,9 +131,14 @@ class NotebookFailed(RuntimeError):
             lines.append(f"  failed copy: {failed_copy}")
         else:
             lines.append("  no failed copy was written (the kernel did not start)")
-        lines.append("  later notebooks were not run; fix it and rerun the same command "
-                     "(completed notebooks are skipped)")
+        lines.append("  later notebooks were not run; fix it and rerun the same command (completed notebooks are "
+                     "skipped)" + (f":\n    {rerun}" if rerun else ""))
         super().__init__("\n".join(lines))
+
+
+class UpstreamUnfinished(RuntimeError):
+    """An earlier stage than the range asked for did not finish: its outputs may be partial, so the range does not
+    run; the message names the stage and the command that rebuilds it."""
 
 
 @dataclass(frozen=True)
@@ -244,9 +249,16 @@ def _read_timings(run_dir: Path) -> dict[str, Any]:
 
 
 def _record_timing(run_dir: Path, name: str, entry: dict[str, Any]) -> None:
+    """Record a notebook's time; a results folder that cannot be written (read-only, disk full) is reported, never
+    raised: it must not hide the notebook's own outcome."""
     data = _read_timings(run_dir)
     data[name] = entry
-    atomic_write_json(run_dir / "results" / "timings.json", data)
+    path = run_dir / "results" / "timings.json"
+    try:
+        atomic_write_json(path, data)
+    except OSError as exc:
+        print(f"warning: could not record the time of {name} in {path} ({exc.strerror or exc}); make the run "
+              "directory writable and free some disk space", file=sys.stderr, flush=True)
 
 
 def _source_cell_index(nb: Notebook, source: str, fallback: int) -> tuple[int, str]:
@@ -266,7 +278,12 @@ def _source_cell_index(nb: Notebook, source: str, fallback: int) -> tuple[int, s
 
 def _invalidate(run_dir: Path, name: str) -> None:
     """Forget that ``name`` finished, so a run that fails half-way is never taken for complete."""
-    (run_dir / "results" / f"{name}.json").unlink(missing_ok=True)
+    path = run_dir / "results" / f"{name}.json"
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot remove {path} before running {name} ({exc.strerror or exc}); make "
+                          f"{path.parent} writable") from None
 
 
 def _mark_incomplete(run_dir: Path, name: str) -> None:
@@ -277,7 +294,10 @@ def _mark_incomplete(run_dir: Path, name: str) -> None:
         return
     if isinstance(data, dict) and data.get("complete") is True:
         data["complete"] = False
-        atomic_write_json(path, data)
+        try:
+            atomic_write_json(path, data)
+        except OSError as exc:
+            print(f"warning: could not mark {path} incomplete ({exc.strerror or exc})", file=sys.stderr, flush=True)
 
 
 def _execute(nb: Notebook, run_dir: Path, preset: str, overrides: dict[str, Any], kernel: str,
@@ -331,8 +351,10 @@ def _execute(nb: Notebook, run_dir: Path, preset: str, overrides: dict[str, Any]
     if isinstance(error, PapermillExecutionError):
         cell, first = _source_cell_index(nb, error.source, error.cell_index)
         raise NotebookFailed(nb.name, error.ename, error.evalue, cell=cell, exec_count=error.exec_count,
+                             rerun=R.run_command(run_dir, "--from", f"{nb.number:02d}"),
                              failed_copy=copy, records=records, source_line=first) from None
     raise NotebookFailed(nb.name, type(error).__name__, str(error).strip().splitlines()[0] if str(error) else "",
+                         rerun=R.run_command(run_dir, "--from", f"{nb.number:02d}"),
                          failed_copy=copy, records=records) from error
 
 
@@ -365,10 +387,9 @@ def run_series(preset: str, run_dir: str | Path, overrides: dict[str, Any] | Non
     """Run notebooks ``start``..``stop`` (inclusive) into ``run_dir``; return one record per notebook.
 
     Raises :class:`~m3po_utils.config.ConfigError` for anything wrong before a notebook runs (preset,
-    overrides, run directory, range, kernel) and :class:`NotebookFailed` at the first failing notebook.
+    overrides, run directory, range, kernel), :class:`~m3po_utils.rundir.RunDirBusy` when another runner holds the
+    run directory and :class:`NotebookFailed` at the first failing notebook.
     """
-    from tqdm.auto import tqdm
-
     overrides = dict(overrides or {})
     cfg = load_preset(preset, overrides)  # fail fast on a bad preset or override, before touching anything
     if not (0 <= start <= 99 and 0 <= stop <= 99):
@@ -395,7 +416,26 @@ def run_series(preset: str, run_dir: str | Path, overrides: dict[str, Any] | Non
     if kernel not in kernels:
         raise ConfigError(f"unknown kernel {kernel!r}; installed kernels: {', '.join(sorted(kernels)) or 'none'} "
                           "(./m3po setup installs 'm3po')")
-    setup_run(run, preset, overrides)  # validates preset + overrides, binds run_dir to them
+    # one runner per run directory, held until the series ends (the OS releases it however the runner exits)
+    with R.RunnerLock(run, command=" ".join(["python -m m3po_utils.run", *sys.argv[1:]])):
+        return _run_locked(notebooks, run, preset, overrides, start, redo, kernel)
+
+
+def _run_locked(notebooks: list[Notebook], run: Path, preset: str, overrides: dict[str, Any], start: int, redo: bool,
+                kernel: str) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    # validates preset + overrides and binds run_dir to them; a setting no finished stage has read may change
+    R.bind(run, preset, overrides, redo_from=start if redo else None)
+    first = notebooks[0].number
+    for nb in discover(notebooks[0].path.parent):     # the stages the range reads and will not run itself
+        if nb.number < min(first, 10):
+            found = R.unfinished(run, f"{nb.number:02d}")
+            if found is not None:
+                raise UpstreamUnfinished(
+                    f"notebook {notebooks[0].name} reads what {found[0]} wrote, and {found[0]} did not finish "
+                    f"({found[1]}): its outputs may be partial. Rebuild it first: "
+                    f"{R.run_command(run, '--from', f'{nb.number:02d}', '--redo')} (the later notebooks follow)")
 
     print(f"M3PO series: preset {preset}, run dir {run}, notebooks {notebooks[0].name}..{notebooks[-1].name}, "
           f"kernel {kernel}" + (f", overrides {overrides}" if overrides else ""), flush=True)
@@ -491,10 +531,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop = args.stop if args.stop is not None else (99 if args.start > DEFAULT_STOP else DEFAULT_STOP)
         run_series(args.preset, args.run_dir, overrides, start=args.start, stop=stop, redo=args.redo,
                    kernel=args.kernel, notebooks_dir=args.notebooks_dir)
-    except ConfigError as exc:
+    except (ConfigError, R.RunDirBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except NotebookFailed as exc:
+    except (NotebookFailed, UpstreamUnfinished) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -32,8 +32,11 @@ stage writes) raises :class:`ArtifactCorrupt`, naming the file and the command t
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
+import shlex
 import shutil
 import time
 import uuid
@@ -47,7 +50,16 @@ import datasets
 import pandas as pd
 
 from m3po_utils import shapes as W
-from m3po_utils.config import Preset, preset_from_dict
+from m3po_utils.config import (
+    ConfigChanged,
+    ConfigError,
+    Preset,
+    config_overrides,
+    first_reader,
+    preset_from_dict,
+    setup_run,
+    write_config,
+)
 from m3po_utils.io import atomic_write_json
 
 # Notebook of each stage, for the "run notebook NN first" messages.
@@ -58,10 +70,27 @@ TRAINING_INFO = "m3po_training.json"   # written last into models/lvlm and model
 DATASET_STATE = "state.json"           # written by datasets.save_to_disk: the table is complete
 
 
+def run_command(run: Path, *args: str, config: dict[str, Any] | None = None) -> str:
+    """The runner command for ``run`` with its own preset and overrides (read from its ``config.json``, or
+    ``config``), so that it works as printed: ``python -m m3po_utils.run --preset P -p key=value ... --run-dir R
+    ARGS``."""
+    run = Path(run)
+    words = ["python", "-m", "m3po_utils.run"]
+    try:
+        data = config if config is not None else json.loads((run / "config.json").read_text())
+        name = data.get("name")
+        words += ["--preset", str(name)]
+        words += [w for key, value in config_overrides(data) for w in ("-p", f"{key}={value}")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass          # no readable configuration: the runner's own check will say so
+    words += ["--run-dir", str(run), *args]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def redo_command(run: Path, notebook: str) -> str:
     """The runner command that (re)builds ``notebook``'s outputs in ``run``, even if it is recorded complete."""
     nn = notebook[:2]
-    return f"python -m m3po_utils.run --run-dir {run} --from {nn} --to {nn} --redo"
+    return run_command(run, "--from", nn, "--to", nn, "--redo")
 
 
 class StageMissing(FileNotFoundError):
@@ -83,6 +112,76 @@ class ArtifactCorrupt(OSError):
         super().__init__(f"{path} is unreadable ({type(error).__name__}: {text[:200]}); notebook "
                          f"{NOTEBOOKS.get(notebook, notebook)} wrote it — rebuild it with {redo_command(run, notebook)} "
                          "(the stages after it become stale and rerun with it)")
+
+
+class StageIncomplete(StageMissing):
+    """An earlier stage whose last run did not finish (it failed, was interrupted, or is running): its outputs may
+    be partial, so no later stage reads them. The message names the stage, why, and the command that rebuilds it."""
+
+    def __init__(self, notebook: str, name: str, run: Path, why: str):
+        self.notebook, self.what, self.run = notebook, name, run
+        FileNotFoundError.__init__(
+            self, f"notebook {NOTEBOOKS.get(notebook, notebook)} has not finished in {run} ({why}), so its outputs "
+                  f"may be partial and are not read; rebuild it with: {redo_command(run, notebook)}")
+
+
+# The stage whose notebook is running in this process (``M3PO_STAGE``, set by :func:`begin_stage`, inherited by
+# the processes it launches): it reads its own outputs freely; every earlier stage's must be finished.
+STAGE_ENV = "M3PO_STAGE"
+
+
+def current_stage() -> str | None:
+    return os.environ.get(STAGE_ENV) or None
+
+
+def _timing(run: Path, name: str) -> dict:
+    try:
+        data = json.loads((Path(run) / "results" / "timings.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    entry = data.get(name) if isinstance(data, dict) else None
+    return entry if isinstance(entry, dict) else {}
+
+
+def unfinished(run: Path, nn: str) -> tuple[str, str] | None:
+    """``(stage name, why)`` when stage ``nn``'s last run in ``run`` did not finish: its record says it is not
+    complete, or it has no record and the runner's timings say its last execution failed or was interrupted."""
+    run = Path(run)
+    records = sorted((run / "results").glob(f"{nn}_*.json")) if (run / "results").is_dir() else []
+    for path in records:
+        if not RESULT_RE.match(path.stem):
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return path.stem, "its results file is unreadable"
+        if isinstance(data, dict) and data.get("complete") is not True:
+            timing = _timing(run, path.stem)
+            return path.stem, (f"its last run {timing['status']}: {timing.get('error', '')}".rstrip(": ")
+                               if timing.get("status") in ("failed", "interrupted") else
+                               "its results are not marked complete: it failed, was stopped or is still running")
+    if not records:
+        try:
+            data = json.loads((run / "results" / "timings.json").read_text())
+        except (OSError, ValueError):
+            return None
+        for name, entry in (data.items() if isinstance(data, dict) else ()):
+            if name[:2] == nn and isinstance(entry, dict) and entry.get("status") in ("failed", "interrupted"):
+                return name, f"its last run {entry['status']}: {entry.get('error', '')}".rstrip(": ")
+    return None
+
+
+def begin_stage(run: Path, stage: str) -> None:
+    """Notebook ``stage`` starts in this process: its earlier record, if any, stops being complete until it
+    finishes (a later stage must not read outputs it is rewriting), and it may read its own outputs."""
+    os.environ[STAGE_ENV] = stage
+    path = Path(run) / "results" / f"{stage}.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict) and data.get("complete") is True:
+        atomic_write_json(path, data | {"complete": False})
 
 
 @contextmanager
@@ -256,6 +355,15 @@ def recorded_stages(run: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.json") if RESULT_RE.match(p.stem)) if folder.is_dir() else []
 
 
+def _timed_stages(run: Path) -> list[str]:
+    """Names of the stages the runner has timed in ``run`` (a stage that failed before recording anything)."""
+    try:
+        data = json.loads((run / "results" / "timings.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [n for n in data if RESULT_RE.match(n)] if isinstance(data, dict) else []
+
+
 def stamp(run: Path, name: str, upstream: Sequence[str]) -> str:
     """Give the just-finished stage a new ``run_id`` and record the ``run_id`` of each input it consumed."""
     data = _record(run, name) or {}
@@ -279,9 +387,12 @@ def staleness(run: Path, name: str) -> str | None:
     if mine is None or mine.get("complete") is not True:
         return "not complete"
     inputs = mine.get("inputs") or {}
-    for u in sorted(set(upstream_of(name, recorded_stages(run))) | set(inputs)):
+    for u in sorted(set(upstream_of(name, recorded_stages(run) + _timed_stages(run))) | set(inputs)):
         rec = _record(run, u)
         if rec is None:
+            failed = _timing(run, u)
+            if failed.get("status") in ("failed", "interrupted"):
+                return f"its input {u} {failed['status']}"
             if u in inputs:
                 return f"its input {u} is gone"
             continue
@@ -408,9 +519,16 @@ class RunDir:
             return str(path)
 
     def require(self, marker: Path, notebook: str, what: Path | None = None, detail: str = "") -> Path:
-        """``marker`` if it exists, else :class:`StageMissing` naming ``notebook`` (``what``: the output)."""
+        """``marker`` if it exists and stage ``notebook`` finished, else :class:`StageMissing` /
+        :class:`StageIncomplete` naming ``notebook`` (``what``: the output). The running stage's own outputs
+        (``M3PO_STAGE``) are read as they are."""
         if not Path(marker).exists():
             raise StageMissing(notebook, self.rel(what if what is not None else marker), self.root, detail)
+        running = current_stage()
+        if running is None or running[:2] > notebook:
+            found = unfinished(self.root, notebook)
+            if found is not None:
+                raise StageIncomplete(notebook, found[0], self.root, found[1])
         return Path(marker)
 
     def preset(self) -> Preset:
@@ -497,3 +615,126 @@ class RunDir:
         path = self.require(self.pairs(strategy) / "info.json", "04", self.pairs(strategy))
         with reading(self.root, "04", path):
             return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------ one runner at a time
+
+LOCK_FILE = ".runner.lock"
+RUNNER_ENV = "M3PO_RUNNER_PID"    # set for the kernels a runner starts: they work under its lock
+
+
+class RunDirBusy(RuntimeError):
+    """Another runner holds this run directory; the message names its pid and when it started."""
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text())
+        return f"pid {info['pid']}, started {info['started']}" + (f": {info['command']}" if info.get("command") else "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that left no details"
+
+
+class RunnerLock:
+    """An exclusive lock on a run directory for one runner (``fcntl.flock`` on ``<run>/.runner.lock``).
+
+    The operating system drops the lock when its holder exits, however it exits (``kill -9`` included), so a lock
+    file left by a killed runner is no obstacle: the next runner takes the lock and rewrites the details.
+    """
+
+    def __init__(self, run: Path, command: str = ""):
+        self.path = Path(run) / LOCK_FILE
+        self.command = command
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunnerLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"run_dir={str(self.path.parent)!r} cannot be written ({exc.strerror or exc}); pass a "
+                              "directory you can write to") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirBusy(f"another runner is working on {self.path.parent} ({_holder(self.path)}); wait for it "
+                             "to finish or stop it — two runners on one run directory would do the work twice and "
+                             "overwrite each other's files") from None
+        info = json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                           "command": self.command})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        self._fd = fd
+        os.environ[RUNNER_ENV] = str(os.getpid())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        os.environ.pop(RUNNER_ENV, None)
+
+
+def check_not_busy(run: Path) -> None:
+    """Refuse to work in ``run`` while a runner other than this process's own holds it (a notebook opened in
+    JupyterLab on a directory a runner is filling)."""
+    path = Path(run) / LOCK_FILE
+    if not path.exists():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        try:
+            mine = json.loads(path.read_text()).get("pid") == int(os.environ.get(RUNNER_ENV, "-1"))
+        except (OSError, ValueError, AttributeError):
+            mine = False
+        if not mine:
+            raise RunDirBusy(f"a runner is working on {run} ({_holder(path)}); open the notebook on another run "
+                             "directory, or wait for the runner to finish") from None
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------ changing a setting
+
+def finished_stages(run: Path) -> dict[str, int]:
+    """The stages recorded complete in ``run``: name → notebook number."""
+    out = {}
+    for name in recorded_stages(Path(run)):
+        rec = _record(Path(run), name)
+        if rec is not None and rec.get("complete") is True:
+            out[name] = stage_number(name)
+    return out
+
+
+def bind(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None = None,
+         redo_from: int | None = None) -> tuple[Preset, Path]:
+    """:func:`~m3po_utils.config.setup_run`, accepting a changed setting when no output was computed with its old
+    value: no notebook from the setting's first reader (:func:`~m3po_utils.config.first_reader`) on has finished —
+    or every such notebook is about to run again (``redo_from``: the runner's ``--from`` with ``--redo``). The
+    run directory then takes the new configuration, and the notebooks from that reader on stop counting as complete,
+    so they run again; the ones before it are kept. Otherwise the error names each setting, the notebook that read
+    it and the command that recomputes from there.
+    """
+    try:
+        return setup_run(run_dir, preset, overrides)
+    except ConfigChanged as exc:
+        run = exc.run
+        done = finished_stages(run)
+        start = min(first_reader(k) for k in exc.keys)
+        blocked = {name: n for name, n in done.items() if n >= start and (redo_from is None or n < redo_from)}
+        if blocked:
+            readers = ", ".join(f"{k} (first read by notebook {first_reader(k):02d})" for k in exc.keys[:6])
+            raise ConfigError(
+                f"{exc} — the changed settings are {readers}, and notebook(s) {', '.join(sorted(blocked))} finished "
+                f"with the old values; to recompute from notebook {start:02d} with the new ones, run: "
+                f"{run_command(run, '--from', f'{start:02d}', '--redo', config=json.loads(exc.cfg.to_json()))}") from None
+        write_config(run, exc.cfg)
+        for name, n in done.items():          # computed with the old values (unfinished) or about to be redone
+            if n >= start:
+                atomic_write_json(run / "results" / f"{name}.json", (_record(run, name) or {}) | {"complete": False})
+        return exc.cfg, run

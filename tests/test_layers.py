@@ -37,7 +37,7 @@ RANK = {
     "plots": 7, "plots.audit": 7.05, "plots.world": 7.1, "plots.candidates": 7.1, "plots.mas": 7.1, "plots.confidence": 7.1,
     "plots.dpo": 7.1, "plots.evaluation": 7.1, "plots.experiments": 7.1, "widgets": 7.2, "widgets.base": 7.21, "widgets.candidates": 7.22,
     "widgets.mas": 7.22, "widgets.confidence": 7.22, "widgets.selection": 7.22, "report": 7, "learnt": 7,
-    "preflight": 7,
+    "preflight": 7, "notebook": 7.5,
     "run": 8, "judge.__main__": 8, "launch": 8, "launch.candidates": 8.1, "launch.dpo": 8.1,
 }
 

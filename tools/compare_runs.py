@@ -6,7 +6,8 @@ The series is deterministic, so a refactor proves itself by giving the same ``re
 ``report.md`` tables as before. This prints every recorded value that differs between the two runs and exits 1
 if any does, leaving out only what a re-run changes by nature: wall-clock times (keys ending in ``seconds`` or
 ``_s``, and the sentences that quote them), ``run_id`` / ``inputs`` (new identities on every run), the run
-directory's own path inside values, and the report's generation line and stage table (times and memory).
+directory's own path inside values (and the checkout's, for runs in two clones' ``runs/``), and the report's
+generation line and stage table (times and memory).
 Trains, samples and judges nothing.
 """
 
@@ -24,7 +25,12 @@ TIME_TEXT = re.compile(r"\d+(\.\d+)? (s|minutes)\b|\d+ min \d+ s")
 
 
 def _norm_text(text: str, run: Path) -> str:
-    return TIME_TEXT.sub("<time>", text.replace(str(run.resolve()), "<run>").replace(str(run), "<run>"))
+    """``text`` with times, the run's own path and — for a run in a checkout's ``runs/`` — the checkout's path
+    (two clones compared) replaced."""
+    text = text.replace(str(run.resolve()), "<run>").replace(str(run), "<run>")
+    if run.resolve().parent.name == "runs":
+        text = text.replace(str(run.resolve().parents[1]), "<checkout>")
+    return TIME_TEXT.sub("<time>", text)
 
 
 def _walk(a: Any, b: Any, where: str, ra: Path, rb: Path, out: list[str]) -> None:
