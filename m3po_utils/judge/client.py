@@ -375,7 +375,7 @@ class JudgeClient:
             if t.item not in urls:
                 urls[t.item] = png_data_url(items[t.item].image)
         results: dict[int, tuple] = {}
-        watch = _FailureWatch(self.fail_after)
+        watch = _FailureWatch(self.fail_after, timeout_after=max(2, self.concurrency))
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge")
         bar = Progress(len(tasks), f"judging ({self.mode})", unit="request", enabled=progress)
         stop_at = time.monotonic() + self.stage_deadline_s if self.stage_deadline_s else None
@@ -402,10 +402,11 @@ class JudgeClient:
                     if kind is not None:
                         for f in pending:
                             f.cancel()
+                        abandoned = True      # requests still out are left to their own deadline
                         self._bump("failures", watch.failures)
                         raise JudgeUnavailable(
                             f"judge stopped after {len(results)} of {len(tasks)} requests, the last "
-                            f"{watch.streak if watch.streak >= self.fail_after else 'most'} failing the same way: "
+                            f"{watch.streak if watch.streak >= watch.timeout_after else 'most'} failing the same way: "
                             + failure_advice(kind, self.where, self.model, watch.example[kind],
                                              f"prompt {self.prompt_id}")
                             + f". Answers already received stay in the cache ({len(results) - watch.failures} "
@@ -436,10 +437,13 @@ class JudgeClient:
 
 class _FailureWatch:
     """Decides when a judge is broken rather than flaky: ``fail_after`` consecutive failures of one class, or
-    at least 90 % failures of one class over the last ``5 · fail_after`` requests (0 = never)."""
+    at least 90 % failures of one class over the last ``5 · fail_after`` requests (0 = never). Timeouts are
+    expensive — each costs a request's whole deadline — so ``timeout_after`` consecutive ones are enough: a whole
+    wave of concurrent requests timing out is a stalled judge, not a flaky one."""
 
-    def __init__(self, fail_after: int):
+    def __init__(self, fail_after: int, timeout_after: int | None = None):
         self.fail_after = fail_after
+        self.timeout_after = min(fail_after, timeout_after) if timeout_after else fail_after
         self.recent: deque[str | None] = deque(maxlen=5 * fail_after)
         self.streak, self.last, self.failures = 0, None, 0
         self.example: dict[str, str] = {}
@@ -455,7 +459,7 @@ class _FailureWatch:
         self.recent.append(kind)
         if not self.fail_after:
             return None
-        if kind is not None and self.streak >= self.fail_after:
+        if kind is not None and self.streak >= (self.timeout_after if kind == "timeout" else self.fail_after):
             return kind
         if len(self.recent) == self.recent.maxlen:
             top = max(set(self.recent) - {None}, key=self.recent.count, default=None)
