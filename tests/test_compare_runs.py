@@ -31,5 +31,5 @@ def test_times_run_ids_and_paths_are_left_out_figures_are_not(tmp_path, capsys):
     c = _run(tmp_path / "c", 0.904, 12.5, "r1")
     diffs = tool.compare(a, c)
     assert diffs == ["results/06_evaluation.json.metrics.m3po.pope_adversarial_f1.mean: 0.903 -> 0.904",
-                     "report.md: '| M3PO | 0.903 |' -> '| M3PO | 0.904 |'"]
+                     "report.md: - '| M3PO | 0.903 |'", "report.md: + '| M3PO | 0.904 |'"]
     assert tool.main([str(a), str(c)]) == 1

@@ -88,10 +88,10 @@ def test_a_failed_stage_blocks_its_readers_and_the_printed_command_rebuilds_it(s
     words = shlex.split(command)
     assert words[:3] == ["python", "-m", "m3po_utils.run"] and "-p" in words and "mas.max_retries=0" in words
     env = os.environ | {"OPENAI_BASE_URL": good.base_url}
-    out = subprocess.run([sys.executable, *words[1:], "--to", "4", "--kernel", "python3"], cwd=REPO, env=env,
+    out = subprocess.run([sys.executable, *words[1:], "--to", "2", "--kernel", "python3"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert {"02_mas", "03_confidence", "04_selection"} <= R.finished_stages(run).keys()
+    assert "02_mas" in R.finished_stages(run) and (run / "mas" / "scores").is_dir()
 
 
 def test_a_judge_that_scores_everything_alike_stops_notebook_02(smoke_run, tmp_path, judge_for, monkeypatch):

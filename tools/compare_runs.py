@@ -13,6 +13,7 @@ Trains, samples and judges nothing.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import sys
@@ -82,9 +83,9 @@ def compare(before: Path, after: Path) -> list[str]:
             continue
         _walk(json.loads(pa.read_text()), json.loads(pb.read_text()), f"results/{name}", before, after, diffs)
     ta, tb = report_tables(before / "report.md", before), report_tables(after / "report.md", after)
-    if ta != tb:
-        changed = [f"report.md: {x!r} -> {y!r}" for x, y in zip(ta, tb, strict=False) if x != y]
-        diffs += changed or [f"report.md: {len(ta)} table rows before, {len(tb)} after"]
+    if ta != tb:     # the rows only one side has (a row added in the middle moves no other)
+        diffs += [f"report.md: {'-' if line[0] == '-' else '+'} {line[2:]!r}"
+                  for line in difflib.ndiff(ta, tb) if line[:1] in "-+"]
     return diffs
 
 
