@@ -299,19 +299,25 @@ class SelectionConfig:
     min_margin: float = 0.05   # skip a prompt whose best pair differs by less MAS than this
     pairs_per_prompt: int = 1
     seed: int = 0
-    # log P in the score: "sum" over the answer's tokens (the paper's), or "mean" per token (length-normalised;
-    # δ is then in nats per token). Notebook 04 shows what the choice changes.
+    # log P in the score: "sum" over the answer's tokens (the paper's), "mean" per token (length-normalised; δ is
+    # then in nats per token) or "rank" (its rank among the prompt's candidates in [0, 1]; δ in rank units).
+    # Notebook 04 shows what the choice changes.
     confidence: str = "sum"
+    # Reject only answers whose yes/no verdict differs from the chosen one's (yes/no prompts; the score-based
+    # rules): a negative that disagrees on what POPE and MME read, not only on the clause after it.
+    opposite_verdict: bool = False
 
     def __post_init__(self) -> None:
         _check(self.confidence in CONFIDENCE_KINDS, "selection.confidence", self.confidence,
-               f"one of {CONFIDENCE_KINDS} (the summed or the per-token log P)")
+               f"one of {CONFIDENCE_KINDS} (the summed, the per-token or the rank-normalised log P)")
         _check(self.alpha >= 0 and not math.isinf(self.alpha), "selection.alpha", self.alpha,
                "a finite float >= 0 (paper default 0.5)")
         _check(self.delta >= 0 and not math.isinf(self.delta), "selection.delta", self.delta,
                "a finite float >= 0 (paper default 0.1)")
         _check(0 <= self.min_margin < 1, "selection.min_margin", self.min_margin, "a float in [0, 1)")
         _check(self.pairs_per_prompt >= 1, "selection.pairs_per_prompt", self.pairs_per_prompt, "an integer >= 1")
+        _check(isinstance(self.opposite_verdict, bool), "selection.opposite_verdict", self.opposite_verdict,
+               "True or False")
 
 
 

@@ -195,7 +195,8 @@ def prepare_seeds(run_dir, cfg: Preset) -> dict[int, dict[str, dict]]:
                 truth = rules.truth_by_prompt(groups, table)
                 images = ImageResolver(cfg, RunDir(run).scenes() if cfg.world_kind == "shapes" else None)
             for s in missing:
-                sel = rules.select(groups, s, sc.alpha, sc.delta, sc.min_margin, sc.pairs_per_prompt, sc.seed, truth)
+                sel = rules.select(groups, s, sc.alpha, sc.delta, sc.min_margin, sc.pairs_per_prompt, sc.seed, truth,
+                                   sc.opposite_verdict)
                 S.write_pairs(folder, sel, table, images, {"seed": seed})
         # no per-step trainer output: the curves are notebook 05's
         out[seed] = train_strategies(folder, scfg, strategies=dpo_strategies, model_loader=base_loader(cfg, run))

@@ -233,6 +233,7 @@ class StrategyStats(_Strict):
     skip_all_mas_equal: float
     skip_margin_below_min: float
     skip_mas_missing: float
+    skip_length_filter: float = 0.0
     hard_negative_rate: Num = None
     mean_mas_gap: Num = None
     rejected_wrong: Num = None
@@ -280,6 +281,7 @@ class SelectionResults(Record):
     strategies: dict[str, StrategyStats]
     disagreements: int
     yes_no_leads: list[YesNoLead]
+    pair_agreement: list[dict[str, Any]] | None = None
 
 
 # ------------------------------------------------------------------------------------------ 05 DPO

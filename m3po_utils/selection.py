@@ -200,6 +200,13 @@ def confidence_kinds(table, alpha: float, delta_sum: float, delta_mean: float, m
     return out
 
 
+def verdicts(table) -> list[str]:
+    """Each candidate's yes/no verdict on a yes/no prompt (``"yes"`` / ``"no"``, the verifier's reading), ``""``
+    elsewhere: what a rule restricted to the opposite verdict compares."""
+    fam = table["family"] if "family" in table else [""] * len(table)
+    return [(yes_no(t) or "") if f in YES_NO_FAMILIES else "" for t, f in zip(table["text"], fam, strict=True)]
+
+
 def scored_candidates(run_dir):
     """Candidates (notebook 01) joined with their MAS (notebook 02), one row per candidate, as pandas."""
     run = RunDir(run_dir)
@@ -208,6 +215,7 @@ def scored_candidates(run_dir):
     keep = [c for c in ("prompt_id", "cand_idx", "mas", "truth", "clip_raw", "clip_score", "judge_score", "judge_ok")
             if c in mas.columns]
     table = cands.merge(mas[keep], on=["prompt_id", "cand_idx"], how="left", validate="one_to_one")
+    table["verdict"] = verdicts(table)
     missing = int(table["mas"].isna().sum())
     if missing == len(table):
         raise ValueError("no candidate has a MAS; rerun notebook 02 for this run directory")
@@ -216,10 +224,13 @@ def scored_candidates(run_dir):
 
 
 def select_all(groups: dict[str, dict], alpha: float, delta: float, min_margin: float, k: int = 1,
-               seed: int = 0, truth: dict[str, np.ndarray] | None = None) -> dict[str, Selection]:
-    """Every registered rule on the same prompts (``m3po`` at α, δ; the others as :mod:`m3po_utils.rules` defines
-    them); a rule that ranks by the ground truth only when ``truth`` is given."""
-    return {s: select(groups, s, alpha, delta, min_margin, k, seed, truth) for s in rules.names()
+               seed: int = 0, truth: dict[str, np.ndarray] | None = None, strategies: Sequence[str] | None = None,
+               opposite_verdict: bool = False) -> dict[str, Selection]:
+    """Every rule of ``strategies`` (default: the main series' rules, ``rules.main_names()``; the SFT-only control is
+    always added) on the same prompts (``m3po`` at α, δ; the others as :mod:`m3po_utils.rules` defines them); a
+    rule that ranks by the ground truth only when ``truth`` is given."""
+    names = dict.fromkeys([*(strategies if strategies is not None else rules.main_names()), *rules.sft_only_names()])
+    return {s: select(groups, s, alpha, delta, min_margin, k, seed, truth, opposite_verdict) for s in names
             if truth is not None or not rules.rule(s).needs_truth}
 
 
@@ -296,3 +307,45 @@ def disagreements(table, a: Selection, b: Selection, k: int = 6):
             row |= {f"truth_{a.strategy}": g["truth"][la], f"truth_{b.strategy}": g["truth"][lb]}
         rows.append(row)
     return pd.DataFrame(rows).head(k), len(rows)
+
+
+def pair_agreement(groups: dict[str, dict], sels: dict[str, Selection], families: dict[str, str],
+                   reference: str = "best_worst"):
+    """How often each strategy's pair is the reference's (best-vs-worst), per strategy and instruction family.
+
+    Over the prompts where both have a pair: ``same_chosen`` (the chosen texts are equal), ``same_rejected`` (the
+    rejected texts are equal), ``same_pair`` (both), and — on the yes/no families, where POPE and MME read only the
+    verdict — ``same_rejected_verdict`` (the rejected answers say the same yes or no; NaN elsewhere). For M3PO,
+    ``1 − same_pair`` is where its confidence term changed the pair: two rules can only differ in what they teach
+    where their pairs differ, and only in the verdict where their rejected verdicts differ.
+    """
+    import pandas as pd
+
+    if reference not in sels:
+        raise ValueError(f"reference={reference!r} is not among the selections {list(sels)}")
+    ref = {c.prompt_id: c.pairs[0] for c in sels[reference].choices if c.pairs}
+    rows = []
+    for name, sel in sels.items():
+        if name == reference or rules.rule(name).sft_only:
+            continue
+        counts: dict[str, list[float]] = {}
+        for c in sel.choices:
+            if not c.pairs or c.prompt_id not in ref or c.pairs[0][1] is None:
+                continue
+            text = groups[c.prompt_id]["text"]
+            (w, lo), (rw, rl) = c.pairs[0], ref[c.prompt_id]
+            fam = families.get(c.prompt_id, "")
+            n = counts.setdefault(fam, [0, 0, 0, 0, 0, 0])
+            n[0] += 1
+            n[1] += text[w] == text[rw]
+            n[2] += text[lo] == text[rl]
+            n[3] += text[w] == text[rw] and text[lo] == text[rl]
+            if fam in YES_NO_FAMILIES:
+                n[4] += 1
+                n[5] += yes_no(text[lo]) == yes_no(text[rl])
+        rows += [{"strategy": name, "family": fam, "prompts": n[0], "same_chosen": n[1] / n[0],
+                  "same_rejected": n[2] / n[0], "same_pair": n[3] / n[0],
+                  "same_rejected_verdict": n[5] / n[4] if n[4] else float("nan")}
+                 for fam, n in sorted(counts.items())]
+    cols = ["strategy", "family", "prompts", "same_chosen", "same_rejected", "same_pair", "same_rejected_verdict"]
+    return pd.DataFrame(rows, columns=cols).set_index(["strategy", "family"])

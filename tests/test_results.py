@@ -72,3 +72,9 @@ def test_every_record_of_the_smoke_series_reads_through_its_schema(smoke_run):
         assert type(rec) is R.SCHEMAS[path.stem] and rec.complete is True, path.stem
         raw = json.loads(path.read_text())
         assert set(rec.model_fields_set) == set(raw), path.stem
+
+
+def test_every_skip_reason_of_the_rules_has_a_field():
+    from m3po_utils.results import StrategyStats
+    from m3po_utils.rules import SKIP_REASONS
+    assert {f"skip_{r}" for r in SKIP_REASONS} <= set(StrategyStats.model_fields)
