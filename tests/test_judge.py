@@ -507,3 +507,151 @@ def test_a_judge_that_gives_everything_one_score_carries_no_information(world, i
     assert info["checked"] and info["spread"] > 1.0
     truth = good.assign(truth=np.linspace(0, 1, len(good)))
     assert np.isfinite(mas.judge_information(truth, mc)["spearman_truth"])
+
+
+# ------------------------------------------------------------------------------------------- assessors (notebook 11)
+
+def _scored(srv, scene_image, instruction, responses):
+    with JC.JudgeClient(srv.base_url, srv.model_id, **FAST) as client:
+        res = client.judge([JC.JudgeItem(scene_image, instruction, list(responses))])[0]
+    return [o.score for o in res]
+
+
+def _existence_case(world):
+    """A pref scene, an instruction about a shape it holds, and the answers: right, wrong colour, bare no."""
+    cfg, splits = world
+    scene = next(s for s in splits["pref"] if len(s.objects) >= 2)
+    obj = scene.objects[0]
+    other = next(c for c in cfg.world.colors if c != obj.color)
+    instr = W.question_text("existence", shape=obj.shape)
+    right = f"Yes, there is a {obj.color} {obj.shape}."
+    wrong_colour = f"Yes, there is a {other} {obj.shape}."
+    return scene, instr, [right, wrong_colour, "No."]
+
+
+def test_assessors_tag_the_model_id_and_validate():
+    from m3po_utils.judge.server import Assessor
+    assert Assessor().tag() == ""
+    assert Assessor("yes", 0.3).tag() == "-yes0.3"
+    assert Assessor("truth", verdict_weight=0.9).tag() == "-vw0.9"
+    with pytest.raises(ValueError, match="unknown"):
+        Assessor("oracle")
+    with pytest.raises(ValueError, match="verdict_weight"):
+        Assessor("truth", verdict_weight=1.5)
+
+
+def test_verdict_weight_moves_a_right_verdict_with_a_wrong_clause(world, index):
+    from m3po_utils.judge.server import Assessor
+    cfg, _ = world
+    scene, instr, answers = _existence_case(world)
+    image = W.render(scene, cfg.world)
+    with server(world, index) as srv:
+        half = _scored(srv, image, instr, answers)
+    with server(world, index, assessor=Assessor("truth", verdict_weight=0.9)) as srv:
+        assert srv.model_id.endswith("-vw0.9")
+        heavy = _scored(srv, image, instr, answers)
+    j = lambda v: judge_score(v, 0.0, 0)                 # the judge's 1-10 scale  # noqa: E731
+    assert half[0] == heavy[0] == j(1.0)                   # right verdict, right clause: full marks either way
+    assert half[1] == j(0.5) and heavy[1] == j(0.9)        # right "Yes", wrong colour: half the score, or 90 %
+    assert half[2] == heavy[2] == j(0.0)                   # a wrong "No"
+
+
+def test_a_yes_biased_and_a_short_biased_judge(world, index):
+    from m3po_utils.judge.server import Assessor
+    cfg, _ = world
+    scene, instr, answers = _existence_case(world)
+    image = W.render(scene, cfg.world)
+    with server(world, index) as srv:
+        truth = _scored(srv, image, instr, answers)
+    with server(world, index, assessor=Assessor("yes", 0.3)) as srv:
+        yes = _scored(srv, image, instr, answers)
+    j = lambda v: judge_score(v, 0.0, 0)  # noqa: E731
+    assert truth == [j(1.0), j(0.5), j(0.0)]
+    assert yes == [j(1.0), j(0.8), j(0.0)]                                  # +0.3 on a "yes", capped at 1
+    with server(world, index, assessor=Assessor("short", 0.5)) as srv:
+        short = _scored(srv, image, instr, answers)
+    assert short == [j(1.0), j(0.5 + 0.5 * (1 - 6 / 8)), j(0.5 * (1 - 1 / 8))]   # 6 words and 1 word
+
+
+def test_a_judge_that_shares_the_prior_believes_absent_mates(world, index):
+    from m3po_utils.judge.server import Assessor, believed_scene
+    cfg, splits = world
+    with_mates = [s for s in splits["pref"] if W.missing_mates(s, cfg.world)]
+    assert with_mates, "the smoke world has scenes with a missing co-occurrence mate"
+    for s in with_mates[:20]:
+        assert believed_scene(s, cfg.world, 0.0, 0) is s
+        full = believed_scene(s, cfg.world, 1.0, 0)
+        added = {o.shape for o in full.objects} - {o.shape for o in s.objects}
+        free = cfg.world.grid ** 2 - len(s.objects)
+        assert added == set(W.missing_mates(s, cfg.world)) or len(added) == free
+        assert believed_scene(s, cfg.world, 1.0, 0) == full               # seeded: the same belief every time
+    s = with_mates[0]
+    mate = W.missing_mates(s, cfg.world)[0]
+    instr = W.question_text("existence", shape=mate)
+    image = W.render(s, cfg.world)
+    with server(world, index) as srv:
+        truth = _scored(srv, image, instr, ["No.", "Yes."])
+    with server(world, index, assessor=Assessor("prior", 1.0)) as srv:
+        prior = _scored(srv, image, instr, ["No.", "Yes."])
+    j = lambda v: judge_score(v, 0.0, 0)  # noqa: E731
+    assert truth == [j(0.5), j(0.0)] and prior == [j(0.0), j(0.5)]                   # the judge believes the mate is there
+
+
+class _FixedView:
+    """A stand-in for a model's view with chosen P(yes) per question: the self-judge's arithmetic by hand."""
+
+    def __init__(self, cfg, p):
+        self.cfg, self.p, self.asked = cfg, p, []
+
+    def p_yes(self, image, questions):
+        self.asked += list(questions)
+        return [self.p.get(q, 0.5) for q in questions]
+
+
+def test_self_judge_scores_claims_by_the_models_p_yes(world):
+    from m3po_utils.judge.self_judge import claims, self_scores
+    cfg, _ = world
+    q = W.question_text
+    view = _FixedView(cfg.world, {q("existence", shape="circle"): 0.9, q("yn_color", shape="circle", color="red"): 0.2,
+                                  q("existence", shape="square"): 0.1})
+    instr = q("existence", shape="circle")
+    verdict, rest = claims("existence", {"shape": "circle"}, "Yes, there is a red circle.", cfg.world)
+    assert verdict == (instr, True)
+    assert rest == [(q("existence", shape="circle"), True), (q("yn_color", shape="circle", color="red"), True)]
+    scores, reasons = self_scores(view, None, instr, ["Yes, there is a red circle.", "No.", "Yes, there is a square."])
+    # right-ish yes: 0.5·0.9 + 0.5·mean(0.9, 0.2); bare "No": 0.5·(1 − 0.9) + 0; a yes about a square: 0.5·0.9 + 0.5·0.1
+    assert scores == pytest.approx([0.5 * 0.9 + 0.5 * 0.55, 0.05, 0.45 + 0.05])
+    assert all("claim" in r for r in reasons)
+    # verdict weight 1: only the verdict counts
+    assert self_scores(view, None, instr, ["No."], verdict_weight=1.0)[0] == pytest.approx([0.1])
+    # a description's score is the mean claim probability; a claim-free answer scores 0
+    d = q("describe")
+    assert self_scores(view, None, d, ["There is a square.", "Nothing."])[0] == pytest.approx([0.1, 0.0])
+
+
+def test_self_judge_behind_the_server_with_a_real_model(world, index):
+    """The tiny LVLM (untrained: its P(yes) is arbitrary but real) as the self-judge over HTTP; noise that grows with
+    the answer's surprisal is seeded and never negative."""
+    from m3po_utils.judge.self_judge import ModelView
+    from m3po_utils.judge.server import Assessor
+    from m3po_utils.models import sft as T
+    cfg, splits = world
+    model, processor = T.build_base(splits["train"][:50], cfg.world, cfg.lvlm_train)
+    view = ModelView(model.eval(), processor, cfg.world)
+    with pytest.raises(ValueError, match="model_view"):
+        JudgeServer(None, cfg.world, index=index, assessor=Assessor("self"))
+    scene, instr, answers = _existence_case(world)
+    image = W.render(scene, cfg.world)
+    with server(world, index, assessor=Assessor("self"), model_view=view) as srv:
+        assert srv.model_id.endswith("-self")
+        s1 = _scored(srv, image, instr, answers)
+        s2 = _scored(srv, image, instr, answers)
+    assert s1 == s2 and all(1 <= s <= 10 for s in s1)
+    p = view.p_yes(image, [instr])[0]
+    assert 0 < p < 1
+    assert s1[2] == judge_score(0.5 * (1 - p), 0.0, 0)                # "No.": half its verdict's probability
+    sup = view.surprisal(image, instr, answers)
+    assert all(x > 0 for x in sup)
+    with server(world, index, noise=0.0, assessor=Assessor("truth", noise_per_nat=1.0), model_view=view) as srv:
+        noisy = _scored(srv, image, instr, answers)
+    assert noisy != [judge_score(v, 0.0, 0) for v in (1.0, 0.5, 0.0)] and all(1 <= s <= 10 for s in noisy)

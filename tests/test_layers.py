@@ -30,7 +30,7 @@ RANK = {
     "shapes": 2, "shapes.scenes": 2.1, "shapes.instructions": 2.2, "shapes.verifier": 2.3, "shapes.prompts": 2.4,
     "models": 3, "models.lvlm": 3.1, "models.templates": 3.2, "models.generate": 3.3, "models.sft": 3.4,
     "models.lora": 3.4, "models.trl_api": 3.5, "models.clip": 3.1, "models.clip_score": 3.2,
-    "judge": 4, "judge.protocol": 4.1, "judge.cache": 4.1, "judge.client": 4.2, "judge.server": 4.2,
+    "judge": 4, "judge.protocol": 4.1, "judge.cache": 4.1, "judge.client": 4.2, "judge.self_judge": 4.15, "judge.server": 4.2,
     "benchfiles": 4.9, "scoring": 5, "rundir": 5,
     "world": 6.00, "candidates": 6.01, "mas": 6.02, "confidence": 6.03, "selection": 6.04, "dpo": 6.05,
     "evaluation": 6.06, "testbed": 6.07, "experiments": 6.10,

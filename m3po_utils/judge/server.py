@@ -49,6 +49,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -58,6 +59,7 @@ from PIL import Image, UnidentifiedImageError
 from m3po_utils import shapes as W
 from m3po_utils.config import WorldConfig
 from m3po_utils.judge.protocol import INPUT_MARKER
+from m3po_utils.judge.self_judge import self_scores
 
 DEFAULT_MODEL = "shapes-judge"
 FAULTS = ("ok", "429", "500", "503", "401", "hang", "garbage", "not_json", "constant", "trickle")
@@ -92,6 +94,65 @@ def model_id_for(noise: float, base: str = DEFAULT_MODEL) -> str:
     return base if noise == 0 else f"{base}-noise{noise:g}"
 
 
+ASSESSORS = ("truth", "yes", "prior", "short", "self")
+
+
+@dataclass(frozen=True)
+class Assessor:
+    """How the local judge turns an answer into a score when it is not the truth itself (notebook 11).
+
+    * ``truth``: the verifier's score (the default judge);
+    * ``yes``: a judge biased towards "yes": a yes/no answer saying yes gets ``strength`` added;
+    * ``prior``: a judge that shares the model's prior: it believes each absent co-occurrence mate of a present
+      shape is there with probability ``strength`` (seeded per scene and shape) and verifies against that scene;
+    * ``short``: a judge that likes short answers: up to ``strength`` added, falling to 0 at 8 words;
+    * ``self``: the base model judging itself — its own P(yes) of the answer's claims
+      (:mod:`m3po_utils.judge.self_judge`; the server needs a ``model_view``).
+
+    ``verdict_weight``: the share of a yes/no answer's score its verdict carries (0.5: a right "Yes" with a wrong
+    clause scores 0.5). ``noise_per_nat``: noise that grows on answers the base model finds unlikely — the
+    server's noise std plus this much per nat of the answer's mean per-token surprisal (needs a ``model_view``).
+    """
+
+    name: str = "truth"
+    strength: float = 0.0
+    verdict_weight: float = 0.5
+    noise_per_nat: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in ASSESSORS:
+            raise ValueError(f"assessor {self.name!r} is unknown; choose from {ASSESSORS}")
+        if not 0 <= self.verdict_weight <= 1 or self.strength < 0 or self.noise_per_nat < 0:
+            raise ValueError("an assessor needs verdict_weight in [0, 1], strength >= 0 and noise_per_nat >= 0")
+
+    @property
+    def needs_model(self) -> bool:
+        return self.name == "self" or self.noise_per_nat > 0
+
+    def tag(self) -> str:
+        """What the judge's model id adds for this assessor (cached answers of two assessors never mix)."""
+        out = "" if self.name == "truth" else f"-{self.name}" + (f"{self.strength:g}" if self.strength else "")
+        if self.verdict_weight != 0.5:
+            out += f"-vw{self.verdict_weight:g}"
+        if self.noise_per_nat:
+            out += f"-lownoise{self.noise_per_nat:g}"
+        return out
+
+
+def believed_scene(scene: W.Scene, cfg: WorldConfig, q: float, seed: int) -> W.Scene:
+    """``scene`` as a judge that shares the prior sees it: each absent mate of a present shape believed there with
+    probability ``q`` (a seeded coin per scene and shape), in a free cell with a seeded colour."""
+    objects = list(scene.objects)
+    free = [c for c in range(cfg.grid * cfg.grid) if c not in {o.cell for o in objects}]
+    for mate in W.missing_mates(scene, cfg):
+        rng = np.random.default_rng(noise_seed(seed, scene.scene_id, "prior", mate))
+        if free and rng.random() < q:
+            objects.append(W.Obj(mate, cfg.colors[int(rng.integers(len(cfg.colors)))],
+                                 free.pop(int(rng.integers(len(free))))))
+    return scene if len(objects) == len(scene.objects) else W.Scene(scene.scene_id, scene.split, tuple(objects),
+                                                                    scene.style_seed)
+
+
 class JudgeServer:
     """An OpenAI-compatible judge on 127.0.0.1 that knows the ground truth of ``scenes`` (see module docs).
 
@@ -107,7 +168,7 @@ class JudgeServer:
                  model: str = DEFAULT_MODEL, host: str = "127.0.0.1", port: int = 0,
                  index: W.SceneIndex | None = None, faults: Sequence[str] = (), default_fault: str = "ok",
                  hang_s: float = 30.0, retry_after: float | None = None, require_key: str | None = None,
-                 trickle_s: float = 5.0):
+                 trickle_s: float = 5.0, assessor: Assessor | None = None, model_view=None):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"host={host!r}: the judge server binds to the loopback interface only (127.0.0.1)")
         if noise < 0:
@@ -121,7 +182,12 @@ class JudgeServer:
             index = W.SceneIndex(scenes, world_cfg)
         self.index, self.world_cfg = index, world_cfg
         self.noise, self.seed = float(noise), int(seed)
-        self.model_id = model_id_for(self.noise, model)
+        self.assessor = assessor or Assessor()
+        if self.assessor.needs_model and model_view is None:
+            raise ValueError(f"assessor {self.assessor} reads the base model: pass model_view= (a "
+                             "judge.self_judge.ModelView)")
+        self.model_view = model_view
+        self.model_id = model_id_for(self.noise, model) + self.assessor.tag()
         self.host, self._port = host, int(port)
         self.faults, self.default_fault = list(faults), default_fault
         self.hang_s, self.retry_after, self.require_key = float(hang_s), retry_after, require_key
@@ -221,17 +287,42 @@ class JudgeServer:
             raise JudgeRequestError(400, "the INPUT block needs 'response' (a string) or 'responses' (a non-empty "
                                     "list of strings)", "unparseable_prompt")
         key = W.image_key(image)
-        scores, reasons = [], []
-        for r in responses:
-            try:
-                verdict = W.verify(scene, instruction, r, self.world_cfg)
-            except W.UnknownInstruction as exc:
-                raise JudgeRequestError(400, str(exc), "unknown_instruction", param="messages") from None
-            scores.append(judge_score(verdict.score, self.noise, noise_seed(self.seed, key, instruction, r)))
-            reasons.append(verdict.explanation)
+        try:
+            values, reasons = self._values(scene, image, instruction, responses)
+        except W.UnknownInstruction as exc:
+            raise JudgeRequestError(400, str(exc), "unknown_instruction", param="messages") from None
+        noise = [self.noise] * len(responses)
+        if self.assessor.noise_per_nat:
+            noise = [self.noise + self.assessor.noise_per_nat * s
+                     for s in self.model_view.surprisal(image, instruction, responses)]
+        scores = [judge_score(v, sd, noise_seed(self.seed, key, instruction, r))
+                  for v, sd, r in zip(values, noise, responses, strict=True)]
         content = ({"scores": scores, "reasons": reasons} if listwise
                    else {"score": scores[0], "reason": reasons[0]})
         return _completion(self.model_id, json.dumps(content))
+
+
+def _values(self, scene: W.Scene, image, instruction: str, responses: list[str]) -> tuple[list[float], list[str]]:
+    """Each response's score in [0, 1] under the server's assessor, with the reason."""
+    a, cfg = self.assessor, self.world_cfg
+    if a.name == "self":
+        from_claims = self_scores(self.model_view, image, instruction, responses, a.verdict_weight)
+        return list(from_claims[0]), list(from_claims[1])
+    seen = believed_scene(scene, cfg, a.strength, self.seed) if a.name == "prior" else scene
+    values, reasons = [], []
+    for r in responses:
+        verdict = W.verify(seen, instruction, r, cfg, verdict_weight=a.verdict_weight)
+        v = verdict.score
+        if a.name == "yes" and W.yes_no(r) == "yes":
+            v = min(1.0, v + a.strength)
+        elif a.name == "short":
+            v = min(1.0, v + a.strength * max(0.0, 1.0 - len(r.split()) / 8))
+        values.append(v)
+        reasons.append(verdict.explanation)
+    return values, reasons
+
+
+JudgeServer._values = _values
 
 
 def _user_content(messages: Any) -> tuple[Image.Image, str]:

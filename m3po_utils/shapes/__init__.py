@@ -19,6 +19,7 @@ from m3po_utils.shapes.instructions import (
     instructions_for,
     make_instruction,
     parse_instruction,
+    question_text,
 )
 from m3po_utils.shapes.scenes import (
     BACKGROUND,
@@ -51,6 +52,7 @@ from m3po_utils.shapes.verifier import (
     Verdict,
     colors_in,
     denies,
+    format_violations,
     mentioned_objects,
     numbers_in,
     object_mentions,
@@ -87,6 +89,7 @@ __all__ = [
     "denies",
     "describe",
     "existence_instruction",
+    "format_violations",
     "image_key",
     "instructions_for",
     "load_world",
@@ -96,6 +99,7 @@ __all__ = [
     "numbers_in",
     "object_mentions",
     "parse_instruction",
+    "question_text",
     "position_name",
     "position_phrase",
     "positions_in",

@@ -225,6 +225,13 @@ def make_instruction(family: str, scene: Scene, cfg: WorldConfig, rng: np.random
                        params=tuple(sorted(params.items())))
 
 
+def question_text(family: str, shape: str | None = None, n: int | None = None, color: str | None = None,
+                  position: str | None = None) -> str:
+    """The text of an instruction of ``family`` with these parameters — no scene, no reference: what a judge that
+    checks a claim asks (``question_text("yn_color", shape="circle", color="red")`` → "Is the circle red?")."""
+    return _instruction_text(family, shape=shape, n=n, color=color, position=position)
+
+
 def existence_instruction(scene: Scene, shape: str, cfg: WorldConfig) -> Instruction:
     """``"Is there a {shape} in the image?"`` with its justified reference (see ``yes_no_reference``)."""
     return make_instruction("existence", scene, cfg, shape=shape)

@@ -344,7 +344,8 @@ def _shape_word(item: str, cfg: WorldConfig) -> bool:
     return len(items) == 1 and items[0][2] == "shape" and items[0][0] == 0 and items[0][1] == len(toks)
 
 
-def _format_violations(family: str, response: str, params: dict, cfg: WorldConfig) -> list[str]:
+def format_violations(family: str, response: str, params: dict, cfg: WorldConfig) -> list[str]:
+    """What ``response`` breaks of a format family's constraint (empty when it follows it); reads no scene."""
     if family == "fmt_one_word":
         n = len(_words(response))
         return [] if n == 1 else [f"expected exactly one word, got {n}"]
@@ -362,10 +363,13 @@ def _format_violations(family: str, response: str, params: dict, cfg: WorldConfi
     return []
 
 
-def verify(scene: Scene, instruction_text: str, response: str, cfg: WorldConfig) -> Verdict:
+def verify(scene: Scene, instruction_text: str, response: str, cfg: WorldConfig,
+           verdict_weight: float = 0.5) -> Verdict:
     """Score ``response`` to ``instruction_text`` about ``scene`` against the ground truth (see module docs).
 
-    Raises UnknownInstruction for a text that matches no template.
+    ``verdict_weight``: the share of a yes/no answer's score its verdict carries (the clause after it carries the
+    rest); 0.5 by default, so a right "Yes" with a wrong clause scores 0.5. An assessor that weighs what POPE and MME
+    read more heavily uses more. Raises UnknownInstruction for a text that matches no template.
     """
     family, params = parse_instruction(instruction_text, cfg)
     response = "" if response is None else str(response)
@@ -379,7 +383,7 @@ def verify(scene: Scene, instruction_text: str, response: str, cfg: WorldConfig)
                            format_violations=("no yes/no answer",))
         ok = said == truth
         claims = _justification(family, scene, params, response, cfg)
-        score = 0.5 * ok + 0.5 * claims.score
+        score = verdict_weight * ok + (1 - verdict_weight) * claims.score
         asked = {"existence": f"there is a {shape}", "yn_count": f"{params.get('n')} shapes",
                  "yn_color": f"{shape} is {params.get('color')}",
                  "yn_position": f"{shape} at the {params.get('position')}"}[family]
@@ -417,7 +421,7 @@ def verify(scene: Scene, instruction_text: str, response: str, cfg: WorldConfig)
         ok = content.score == 1.0
         return Verdict(content.score, ok, family, content.note, content.hallucinated, content.missed, content.wrong)
 
-    violations = tuple(_format_violations(family, response, params, cfg))
+    violations = tuple(format_violations(family, response, params, cfg))
     fmt_ok = not violations
     score = 0.5 * fmt_ok + 0.5 * content.score
     ok = fmt_ok and content.score == 1.0
