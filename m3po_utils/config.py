@@ -242,6 +242,9 @@ class MasConfig:
     judge_weight: float = 0.9
     judge_mode: str = "listwise"       # "pointwise": one request per candidate; "listwise": one per prompt
     judge_noise: float = 0.0           # shapes-world judge only: std of the noise added to its 1-10 score
+    # shapes-world judge only: the share of a yes/no answer's score its yes/no carries (0.5: a right "Yes" with a
+    # wrong clause after it scores half); the ground truth (mas.truth, the oracle) keeps 0.5 whatever this is
+    verdict_weight: float = 0.5
     # Notebook 02's judge-noise sweep (shapes world): noise levels re-scored through the cached judge.
     noise_sweep: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
     # How cosine similarity becomes a [0, 1] CLIP score (see mas.normalise_clip): "run" = one affine map for
@@ -276,6 +279,7 @@ class MasConfig:
         _check(self.judge_mode in ("pointwise", "listwise"), "mas.judge_mode", self.judge_mode,
                "'pointwise' or 'listwise'")
         _check(self.judge_noise >= 0, "mas.judge_noise", self.judge_noise, "a float >= 0")
+        _check(0 <= self.verdict_weight <= 1, "mas.verdict_weight", self.verdict_weight, "a float in [0, 1]")
         _check(all(v >= 0 for v in self.noise_sweep), "mas.noise_sweep", self.noise_sweep, "floats >= 0")
         _check(self.clip_norm in ("run", "prompt", "cosine"), "mas.clip_norm", self.clip_norm,
                "'run', 'prompt' or 'cosine'")
@@ -474,6 +478,80 @@ class ExperimentsConfig:
                "an integer >= 100")
 
 
+def parse_assessor(spec: str) -> tuple[str, float]:
+    """``"yes:0.3"`` → ``("yes", 0.3)``; raises ValueError naming the spec for an unknown one."""
+    name, _, value = spec.partition(":")
+    kinds = {"truth": False, "clip": False, "self": False, "noise": True, "lownoise": True, "yes": True,
+             "short": True, "prior": True, "vw": True}
+    if name not in kinds or kinds[name] != bool(value):
+        raise ValueError(f"assessor {spec!r} is not one of truth, clip, self, noise:<std>, lownoise:<std>, "
+                         "yes:<bonus>, short:<bonus>, prior:<q>, vw:<verdict weight>")
+    try:
+        x = float(value) if value else 0.0
+    except ValueError:
+        raise ValueError(f"assessor {spec!r}: {value!r} is not a number") from None
+    if not x >= 0 or math.isinf(x) or (name in ("prior", "vw") and x > 1):
+        raise ValueError(f"assessor {spec!r}: the value must be finite and >= 0 (at most 1 for prior and vw)")
+    return name, x
+
+
+@dataclass(frozen=True)
+class HardNegConfig:
+    """Notebook 11: where M3PO's hard negatives help, hurt or change nothing (see :mod:`m3po_utils.hardneg`).
+
+    ``experiments``: which of E1 (SFT weight), E1_options, E1_controls, E2 (pairs at a fixed step count), E3
+    (assessors), E4 (α and the units of log P), E5 (the peers' rules) to run. ``sft_weights``: E1's weights of the
+    SFT term beside DPO; ``sensitive_weight``: the weight E1_options to E5 train with (E1's most sensitive regime;
+    the pilot in issue 37 found 0). ``steps``: optimiser steps of every model (0 = one epoch of the seed's
+    best-vs-worst pairs). ``budgets``: E2's pair counts K (all pairs are always added). ``assessors``: E3's (the
+    truth is always added; see ``hardneg.parse_assessor``). ``pool_per_seed``: seed s > 0 draws its own candidate
+    pool. ``n_scenes``: evaluation scenes (0 = the whole evaluation split). ``other_bases``: run directories of the
+    same preset on other base models whose notebook 11 has finished; the map's verdict needs every base.
+    """
+
+    experiments: tuple[str, ...] = ("E1", "E1_options", "E1_controls", "E2", "E3", "E4", "E5")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    sft_weights: tuple[float, ...] = (1.0, 0.1, 0.0)
+    sensitive_weight: float = 0.0
+    steps: int = 0
+    budgets: tuple[int, ...] = (64, 128, 256, 512)
+    alphas: tuple[float, ...] = (0.02, 0.05, 0.1, 0.5)
+    confidences: tuple[str, ...] = ("sum", "mean", "rank")
+    assessors: tuple[str, ...] = ("noise:2", "lownoise:1", "yes:0.3", "prior:0.5", "short:0.5", "self", "clip")
+    pool_per_seed: bool = True
+    n_scenes: int = 0
+    other_bases: tuple[str, ...] = ()
+    bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        known = ("E1", "E1_options", "E1_controls", "E2", "E3", "E4", "E5")
+        _check(len(self.experiments) >= 1 and all(e in known for e in self.experiments), "hardneg.experiments",
+               self.experiments, f"one or more of {known}")
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)
+               and all(isinstance(x, int) and x >= 0 for x in self.seeds), "hardneg.seeds", self.seeds,
+               "one or more distinct integers >= 0")
+        _check(len(self.sft_weights) >= 1 and all(w >= 0 and not math.isinf(w) for w in self.sft_weights),
+               "hardneg.sft_weights", self.sft_weights, "one or more finite floats >= 0")
+        _check(self.sensitive_weight >= 0 and not math.isinf(self.sensitive_weight), "hardneg.sensitive_weight",
+               self.sensitive_weight, "a finite float >= 0")
+        _check(len(self.budgets) >= 1 and all(isinstance(k, int) and k >= 1 for k in self.budgets),
+               "hardneg.budgets", self.budgets, "one or more integers >= 1 (pairs)")
+        _check(len(self.alphas) >= 1 and all(a > 0 and not math.isinf(a) for a in self.alphas), "hardneg.alphas",
+               self.alphas, "one or more finite floats > 0 (α = 0 is best-vs-worst, always included)")
+        _check(len(self.confidences) >= 1 and all(c in rules.CONFIDENCE_KINDS for c in self.confidences),
+               "hardneg.confidences", self.confidences, f"one or more of {rules.CONFIDENCE_KINDS}")
+        for a in self.assessors:
+            try:
+                parse_assessor(a)
+            except ValueError as exc:
+                raise ConfigError(f"hardneg.assessors: {exc}") from None
+        for name in ("steps", "n_scenes"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"hardneg.{name}",
+                   getattr(self, name), "an integer >= 0 (0 = the default described above)")
+        _check(isinstance(self.bootstrap, int) and self.bootstrap >= 100, "hardneg.bootstrap", self.bootstrap,
+               "an integer >= 100")
+
+
 @dataclass(frozen=True)
 class ModelsConfig:
     """Which models the series uses. ``lvlm`` / ``clip_model`` of ``"local"`` mean the shapes world's own."""
@@ -549,6 +627,7 @@ class Preset:
     dpo: DpoConfig = field(default_factory=DpoConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
+    hardneg: HardNegConfig = field(default_factory=HardNegConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     seed: int = 0
 
@@ -607,6 +686,8 @@ def _smoke() -> Preset:
         evaluation=EvaluationConfig(seeds=(0, 1), bootstrap=200),
         experiments=ExperimentsConfig(alphas=(0.0, 0.5), deltas=(0.0, 0.1), noise_levels=(0.0, 2.0), budgets=(2, 8),
                                       seeds=(0,), bootstrap=200),
+        hardneg=HardNegConfig(experiments=("E1", "E3"), seeds=(0, 1), sft_weights=(0.0,), steps=4, budgets=(4,),
+                              assessors=("yes:0.3",), bootstrap=200),
     )
 
 
@@ -849,7 +930,7 @@ class ConfigChanged(ConfigError):
 FIRST_READER: dict[str, int] = {
     "seed": 0, "world_kind": 0, "world": 0, "lvlm_train": 0, "clip_train": 0, "models": 0,
     "models.judge_model": 2, "models.judge_base_url": 2, "generation": 1, "mas": 2, "selection": 2, "dpo": 5,
-    "evaluation": 6, "experiments": 10,
+    "evaluation": 6, "experiments": 10, "hardneg": 11,
 }
 
 

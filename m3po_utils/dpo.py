@@ -451,10 +451,11 @@ def train_one(prep: PreparedStrategy, model, processor, dcfg: DpoConfig, folder:
 
 def train_pairs(folder, cfg: Preset, ds, name: str, sft_only: bool = False,
                 model_loader: Callable[[], tuple[Any, Any]] | None = None, max_pairs: int = 0,
-                progress: bool = False) -> dict:
+                progress: bool = False, steps: int = 0) -> dict:
     """Train one adapter on one pair table (the experiments' unit): checks, budget, reference reuse, training.
 
     ``ds``: pairs as written by ``selection.write_pairs``; the first ``max_pairs`` rows (0 = all) are used.
+    ``steps``: optimiser steps (0 = ``dpo.epochs`` over the pairs); more steps than one epoch repeat the pairs.
     ``sft_only`` trains the SFT term alone on the chosen answers. A complete adapter in ``folder`` is returned
     as it is. Returns the training info (see :func:`train_one`).
     """
@@ -471,7 +472,7 @@ def train_pairs(folder, cfg: Preset, ds, name: str, sft_only: bool = False,
     table, stats = training_table(ds, training_processor(processor), dcfg.reuse_reference,
                                   generation_processor=processor)
     prep = PreparedStrategy(name, table, ds, sft_only, stats)
-    return train_one(prep, model, processor, dcfg, folder, steps_for(len(table), dcfg), cfg.models.device,
+    return train_one(prep, model, processor, dcfg, folder, steps or steps_for(len(table), dcfg), cfg.models.device,
                      cfg.models.dtype, progress)
 
 

@@ -382,7 +382,7 @@ def mechanism(sel: rules.Selection, ref: rules.Selection, groups: dict, truth: d
            "same_rejected_verdict_as_bvw": same_verdict / yn if yn else float("nan"),
            "existence_rejected_yes": ex_rej_yes / ex if ex else float("nan")}
     if truth is not None:
-        out |= {"inverted": inverted / n, "rejected_fully_right": rej_right / n}
+        out |= {"inverted": float(inverted / n), "rejected_fully_right": float(rej_right / n)}
     return out
 
 
@@ -727,6 +727,16 @@ def metric_table(boot: C.Bootstrap, metrics: Sequence[str] = METRICS) -> pd.Data
     return pd.DataFrame(rows).T
 
 
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's ρ: the Pearson correlation of the average ranks (NaN with fewer than 3 values or a constant)."""
+    if len(a) < 3:
+        return float("nan")
+    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if np.ptp(ra) == 0 or np.ptp(rb) == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def assessor_agreement(pools: Pools, assessors: Iterable[str], cfg: Preset, seed: int = 0) -> pd.DataFrame:
     """Per assessor on one seed's pool: Spearman ρ of MAS with the truth over all candidates, and per strategy
     (best-vs-worst, M3PO) the share of pairs whose rejected answer the truth scores above the chosen one
@@ -736,7 +746,7 @@ def assessor_agreement(pools: Pools, assessors: Iterable[str], cfg: Preset, seed
     for a in assessors:
         t = pools.table(seed, a)
         ok = t["mas"].notna()
-        rho = float(t.loc[ok, "mas"].corr(t.loc[ok, "truth"], method="spearman")) if ok.sum() > 2 else float("nan")
+        rho = spearman(t.loc[ok, "mas"].to_numpy(), t.loc[ok, "truth"].to_numpy())
         row: dict = {"assessor": a, "spearman_with_truth": rho}
         groups, truth = pools.groups(seed, a, "sum")
         for s in ("best_worst", "m3po"):
@@ -857,6 +867,10 @@ def outcome(ch: Check, delta: float, lo: float, hi: float) -> str:
 
 # ------------------------------------------------------------------------------------------------ the paragraph
 
+def _n(k: int, noun: str) -> str:
+    return f"{k} {noun}" + ("" if k == 1 else "s")
+
+
 def map_paragraph(df: pd.DataFrame, n_bases: int) -> str:
     """The map's conclusion in words, from ``combine_bases``'s frame: where M3PO's selection helps, hurts or
     changes nothing, counted over the conditions run on every base, and the mechanism beside the harm."""
@@ -873,11 +887,12 @@ def map_paragraph(df: pd.DataFrame, n_bases: int) -> str:
     counts = judged[col].value_counts()
     hurt = judged[judged[col] == "hurts"]
     helped = judged[judged[col] == "helps"]
-    out.append(f"Of the {n} conditions measured {where}, M3PO's selection helps in {counts.get('helps', 0)}, "
+    pts = HELPS[F1] * 100
+    out.append(f"Of the {_n(n, 'condition')} measured {where}, M3PO's selection helps in {counts.get('helps', 0)}, "
                f"hurts in {counts.get('hurts', 0)}, gives mixed answers in {counts.get('mixed', 0)} and makes no "
                f"clear difference in {counts.get('no clear difference', 0)} (helps / hurts: M3PO − best-vs-worst "
-               f"≥ {HELPS[F1] * 100:g} POPE-adversarial F1 points or ≥ {HELPS[MME]:g} MME with the 95 % interval "
-               f"beyond 0, {where}).")
+               f"at least {pts:g} POPE-adversarial F1 point{'' if pts == 1 else 's'} or {HELPS[MME]:g} MME in one "
+               f"direction, with the 95 % interval beyond 0, {where}).")
     if len(helped):
         out.append("It helps in: " + "; ".join(f"{r.setting} ({r.method})" for r in helped.itertuples()) + ".")
     if len(hurt):
@@ -888,16 +903,17 @@ def map_paragraph(df: pd.DataFrame, n_bases: int) -> str:
         yes = h["yes_ratio_m3po"] - h["yes_ratio_bvw"]
         if drift.notna().any():
             more = int((drift < 0).sum())
-            out.append(f"Where it hurts, M3PO's chosen answers lose more likelihood than best-vs-worst's in {more} "
-                       f"of {int(drift.notna().sum())} base-conditions (chosen drift, nats, mean over the last "
-                       f"10 steps) and its POPE yes-ratio is lower in {int((yes < 0).sum())} of "
+            out.append(f"Where it hurts, M3PO's chosen answers end with less likelihood than best-vs-worst's in "
+                       f"{more} of {int(drift.notna().sum())} (condition, base) cells (chosen drift in nats, mean "
+                       f"over the last 10 steps) and its POPE yes-ratio is lower in {int((yes < 0).sum())} of "
                        f"{int(yes.notna().sum())}.")
     none = judged[judged[col] == "no clear difference"]
     if len(none):
         same = none["same_pair_as_bvw"]
         if same.notna().any():
+            lo, hi = f"{same.min():.0%}", f"{same.max():.0%}"
             out.append(f"Where it makes no clear difference, M3PO's pair is best-vs-worst's on "
-                       f"{same.min():.0%}–{same.max():.0%} of prompts.")
+                       f"{lo if lo == hi else f'{lo}–{hi}'} of prompts.")
     return " ".join(out)
 
 
@@ -942,10 +958,19 @@ def experiment(run_dir, cfg: Preset, name: str, pools: Pools, ev: Evaluator, bas
     return Experiment(name, records, stats, boot, summary)
 
 
+def totals(done: dict[str, Experiment | None]) -> dict[str, float]:
+    """Conditions, distinct models and their training + evaluation time over every experiment that ran (a model
+    two experiments share counted once)."""
+    distinct = {r["key"]: r for e in done.values() if e for r in e.records}
+    return {"conditions": sum(len(e.records) for e in done.values() if e), "models": len(distinct),
+            "train_and_eval_seconds": float(sum(r["seconds"] for r in distinct.values()))}
+
+
 def describe_run(e: Experiment) -> str:
     s = e.summary
     return (f"{e.name}: {s['conditions']} conditions, {s['models']} distinct models ({s['trained_now']} trained "
-            f"now); training and evaluation took {s['train_and_eval_seconds'] / 60:.1f} min in all")
+            f"now); training and evaluating them took {s['train_and_eval_seconds'] / 60:.1f} min when they were "
+            "trained")
 
 
 def headline(e: Experiment) -> str:
@@ -1004,10 +1029,12 @@ def defaults_advice(df: pd.DataFrame, cfg: Preset) -> str:
     per = df.drop_duplicates(["experiment", "setting", "method"])
     helps = per[per["verdict (all bases)"] == "helps"]
     if helps.empty:
-        return ("No condition of the map has M3PO helping on every base, so nothing here argues for moving the "
+        where = "on this base" if df["base"].nunique() == 1 else "on every base"
+        return (f"No condition of the map has M3PO helping {where}, so nothing here argues for moving the "
                 "main series' defaults towards a regime where the paper's claim holds; they stay as they are "
                 f"(SFT weight {cfg.dpo.loss_weights[-1] if len(cfg.dpo.loss_weights) > 1 else 0:g}, "
                 f"α {cfg.selection.alpha:g}, {cfg.selection.confidence} log P).")
     names = "; ".join(f"{r.setting} ({r.method})" for r in helps.itertuples())
-    return (f"M3PO helps on every base in: {names}. Moving the main series there needs the headline re-measured "
+    where = "on this base" if df["base"].nunique() == 1 else "on every base"
+    return (f"M3PO helps {where} in: {names}. Moving the main series there needs the headline re-measured "
             "with notebooks 04-06 under that setting before the defaults change.")

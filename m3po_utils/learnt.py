@@ -349,10 +349,34 @@ def _experiments(r: R.ExperimentsResults) -> list[str]:
     return lines
 
 
+def _hard_negatives(r: R.HardNegResults) -> list[str]:
+    lines = []
+    checks = [p for e in r.experiments.values() for p in e.predictions]
+    run = [p for p in checks if p.outcome != "not run"]
+    if run:
+        count = {k: sum(p.outcome == k for p in run) for k in ("as predicted", "opposite", "not shown")}
+        lines.append(f"Of the {len(run)} predicted comparisons that ran, {count['as predicted']} came out as predicted, "
+                     f"{count['opposite']} the opposite way and {count['not shown']} could not be told apart from 0 "
+                     "at this budget.")
+        wrong = [f"{p.setting}: {p.comparison} on {p.metric} ({p.predicted} predicted, measured "
+                 f"{_f(p.delta, 4)} [{_f(p.lo, 4)}, {_f(p.hi, 4)}])" for p in run if p.outcome == "opposite"]
+        if wrong:
+            lines.append("Predictions the measurement contradicts: " + "; ".join(wrong) + ".")
+    if r.map_paragraph:
+        lines.append(r.map_paragraph)
+    if r.totals:
+        t = r.totals
+        lines.append(f"The {len(r.experiments)} experiment{'' if len(r.experiments) == 1 else 's'} hold "
+                     f"{int(t['conditions'])} conditions and {int(t['models'])} distinct models (a model whose pairs "
+                     f"and loss two conditions share is trained once); training and evaluating them took "
+                     f"{_f(t['train_and_eval_seconds'] / 60, 1)} minutes.")
+    return lines
+
+
 STAGES: dict[str, Callable[[Any], list[str]]] = {
     "00_world": _world, "01_candidates": _candidates, "02_mas": _mas, "03_confidence": _confidence,
     "04_selection": _selection, "05_dpo": _dpo, "06_evaluation": evaluation_conclusion,
-    "10_experiments": _experiments,
+    "10_experiments": _experiments, "11_hard_negatives": _hard_negatives,
 }
 
 

@@ -82,7 +82,7 @@ from m3po_utils.judge.client import (
     judge_base_url,
     uses_local_judge,
 )
-from m3po_utils.judge.server import JudgeServer
+from m3po_utils.judge.server import Assessor, JudgeServer
 from m3po_utils.models.clip_score import ClipScorer, ClipScores
 from m3po_utils.models.generate import quiet_datasets
 from m3po_utils.rundir import RunDir
@@ -135,12 +135,13 @@ def clip_norm_range(raw: Sequence[float], quantiles: tuple[float, float] = CLIP_
 @contextmanager
 def open_judge(cfg: Preset, run_dir: str | Path, *, noise: float | None = None,
                splits: dict[str, list[W.Scene]] | None = None, server_index: W.SceneIndex | None = None,
-               use_cache: bool = True, **client_kwargs) -> Iterator[JudgeClient]:
+               use_cache: bool = True, assessor=None, model_view=None, **client_kwargs) -> Iterator[JudgeClient]:
     """A :class:`JudgeClient` for this preset, with the run's cache; starts and stops the local judge if needed.
 
     Shapes world without an endpoint: a :class:`~m3po_utils.judge.server.JudgeServer` on 127.0.0.1 with
-    ``noise`` (default ``cfg.mas.judge_noise``); the client is given a placeholder key, never the real one, and
-    ``client.server`` is the server. Otherwise the configured endpoint and ``cfg.models.judge_model``.
+    ``noise`` (default ``cfg.mas.judge_noise``) and ``assessor`` (a :class:`~m3po_utils.judge.server.Assessor`;
+    ``model_view`` for one that reads the base model); the client is given a placeholder key, never the real one,
+    and ``client.server`` is the server. Otherwise the configured endpoint and ``cfg.models.judge_model``.
     """
     mc = cfg.mas
     kwargs: dict[str, Any] = dict(mode=mc.judge_mode, prompt_version=mc.prompt_version, concurrency=mc.concurrency,
@@ -148,19 +149,22 @@ def open_judge(cfg: Preset, run_dir: str | Path, *, noise: float | None = None,
                                   request_deadline_s=mc.request_deadline_s, stage_deadline_s=mc.judge_deadline_s,
                                   cache=RunDir(run_dir).judge_cache if use_cache else None)
     kwargs.update(client_kwargs)
+    if assessor is None and mc.verdict_weight != 0.5:
+        assessor = Assessor(verdict_weight=mc.verdict_weight)
     if uses_local_judge(cfg):
         level = mc.judge_noise if noise is None else float(noise)
+        extra = {"assessor": assessor, "model_view": model_view}
         if server_index is not None:
-            server = JudgeServer(None, cfg.world, index=server_index, noise=level, seed=mc.seed)
+            server = JudgeServer(None, cfg.world, index=server_index, noise=level, seed=mc.seed, **extra)
         else:
             server = JudgeServer.for_splits(cfg, splits if splits is not None else RunDir(run_dir).scenes(),
-                                            noise=level)
+                                            noise=level, **extra)
         with server, JudgeClient(server.base_url, server.model_id, api_key=LOCAL_KEY, **kwargs) as client:
             client.server = server
             yield client
         return
-    if noise:
-        raise JudgeConfigError("judge noise is a knob of the shapes world's local judge; this preset uses "
+    if noise or (assessor is not None and assessor.tag()):
+        raise JudgeConfigError("judge noise and assessors are knobs of the shapes world's local judge; this preset uses "
                                f"{judge_base_url(cfg) or 'OpenAI'}")
     with JudgeClient(judge_base_url(cfg), cfg.models.judge_model, **kwargs) as client:
         client.server = None

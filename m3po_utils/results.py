@@ -419,10 +419,91 @@ class ExperimentsResults(Record):
     negatives_vs_sft: list[Delta] | None = None
 
 
+# ------------------------------------------------------------------------------------------ 11 hard negatives
+
+class PredictionOutcome(_Strict):
+    setting: str
+    comparison: str
+    metric: str
+    predicted: str
+    delta: Num
+    lo: Num
+    hi: Num
+    outcome: str            # "as predicted", "opposite", "not shown" or "not run"
+
+
+class VersusRow(_Strict):
+    setting: str
+    method: str
+    versus: str
+    f1: Num
+    f1_lo: Num
+    f1_hi: Num
+    mme: Num
+    mme_lo: Num
+    mme_hi: Num
+
+
+class HardNegExperiment(_Strict):
+    conditions: int
+    models: int
+    trained_now: int
+    seconds: float
+    train_and_eval_seconds: float
+    metrics: Table
+    selection: Table
+    predictions: list[PredictionOutcome]
+    versus: list[VersusRow] = []
+    prediction_text: str
+
+
+class MapRow(_Strict):
+    base: str
+    experiment: str
+    setting: str
+    method: str
+    f1: Num
+    f1_lo: Num
+    f1_hi: Num
+    mme: Num
+    mme_lo: Num
+    mme_hi: Num
+    f1_vs_sft: Num = None
+    f1_vs_sft_lo: Num = None
+    f1_vs_sft_hi: Num = None
+    mme_vs_sft: Num = None
+    mme_vs_sft_lo: Num = None
+    mme_vs_sft_hi: Num = None
+    same_pair_as_bvw: Num = None
+    same_rejected_verdict_as_bvw: Num = None
+    margin_m3po: Num = None
+    margin_bvw: Num = None
+    chosen_drift_m3po: Num = None
+    chosen_drift_bvw: Num = None
+    yes_ratio_m3po: Num = None
+    yes_ratio_bvw: Num = None
+    verdict: str
+
+
+class HardNegResults(Record):
+    settings: dict[str, Any]
+    steps: dict[str, int]
+    eval_scenes: int
+    eval_questions: int
+    experiments: dict[str, HardNegExperiment]
+    totals: dict[str, float] | None = None
+    assessor_agreement: Table | None = None
+    map: list[MapRow] = []
+    bases: list[str] = []
+    map_paragraph: str | None = None
+    defaults: str | None = None
+
+
 SCHEMAS: dict[str, type[Record]] = {
     "00_world": WorldResults, "01_candidates": CandidatesResults, "02_mas": MasResults,
     "03_confidence": ConfidenceResults, "04_selection": SelectionResults, "05_dpo": DpoResults,
     "06_evaluation": EvaluationResults, "10_experiments": ExperimentsResults,
+    "11_hard_negatives": HardNegResults,
 }
 
 

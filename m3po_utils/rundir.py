@@ -65,7 +65,7 @@ from m3po_utils.io import atomic_write_json
 # Notebook of each stage, for the "run notebook NN first" messages.
 NOTEBOOKS = {"00": "00 (world and base models)", "01": "01 (candidates)", "02": "02 (MAS)",
              "03": "03 (confidence)", "04": "04 (selection)", "05": "05 (DPO)", "06": "06 (evaluation)",
-             "10": "10 (experiments)"}
+             "10": "10 (experiments)", "11": "11 (hard negatives)"}
 TRAINING_INFO = "m3po_training.json"   # written last into models/lvlm and models/clip: the model is finished
 DATASET_STATE = "state.json"           # written by datasets.save_to_disk: the table is complete
 
@@ -216,11 +216,12 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "01": ("candidates", "candidates.parts", "candidates_validation", "candidates_validation.parts"),
     "02": ("mas/scores",),
     "03": ("confidence",), "04": ("pairs",), "05": ("adapters",), "06": ("evaluation",), "10": ("experiments",),
+    "11": ("hardneg",),
 }
 # What a stale re-run may reuse: outputs the stage itself checks against its inputs (05: adapters fingerprinted
 # with their settings and pairs; 10: points keyed by their pairs and settings). Everything else of the stage is
 # computed again — 06's other-seed sub-runs too, whose pairs come from this run's candidates and MAS.
-REUSABLE: dict[str, tuple[str, ...]] = {"05": ("adapters",), "10": ("experiments",)}
+REUSABLE: dict[str, tuple[str, ...]] = {"05": ("adapters",), "10": ("experiments",), "11": ("hardneg",)}
 PREVIOUS, FAILED = ".previous", ".failed"
 CANDIDATE_SPLITS = ("pref", "validation")
 

@@ -37,3 +37,12 @@ def _audited(run_series, *args, **kwargs):
         return run_series(*args, **kwargs)
     finally:
         os.environ.pop("M3PO_FIGURE_AUDIT", None)
+
+
+@pytest.fixture(scope="session")
+def hardneg_run(experiments_run):
+    """The smoke run with notebook 11 run on it too (E1 at SFT weight 0 and E3 with one biased judge, 2 seeds)."""
+    from m3po_utils.run import run_series
+
+    _audited(run_series, "smoke", experiments_run, start=11, stop=11, kernel="python3")
+    return experiments_run

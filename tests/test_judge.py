@@ -655,3 +655,14 @@ def test_self_judge_behind_the_server_with_a_real_model(world, index):
     with server(world, index, noise=0.0, assessor=Assessor("truth", noise_per_nat=1.0), model_view=view) as srv:
         noisy = _scored(srv, image, instr, answers)
     assert noisy != [judge_score(v, 0.0, 0) for v in (1.0, 0.5, 0.0)] and all(1 <= s <= 10 for s in noisy)
+
+
+def test_the_series_verdict_weight_setting_reaches_the_local_judge(world, tmp_path):
+    import dataclasses
+
+    cfg, splits = world
+    heavy = dataclasses.replace(cfg, mas=dataclasses.replace(cfg.mas, verdict_weight=0.9))
+    with mas.open_judge(heavy, tmp_path, splits=splits, use_cache=False) as judge:
+        assert judge.server.assessor.verdict_weight == 0.9 and judge.server.model_id.endswith("-vw0.9")
+    with mas.open_judge(cfg, tmp_path, splits=splits, use_cache=False) as judge:
+        assert judge.server.assessor.tag() == "" and judge.server.model_id == "shapes-judge"

@@ -54,15 +54,15 @@ def test_sweep_resumes_and_retrains_only_what_is_missing(experiments_run):
     assert info["key"] == victim
 
 
-def test_every_figure_of_the_smoke_series_can_be_read(experiments_run):
+def test_every_figure_of_the_smoke_series_can_be_read(hardneg_run):
     from conftest import figure_audit_path
 
-    path = figure_audit_path(experiments_run)
+    path = figure_audit_path(hardneg_run)
     assert path.exists(), "the smoke series showed no figure at all (or M3PO_FIGURE_AUDIT was not honoured)"
     shown = [json.loads(x) for x in path.read_text().splitlines()]
     notebooks = {x["where"].split()[0] for x in shown}
     # every notebook of the series shows figures; the audit must have seen each of them
     assert {"00_world", "01_candidates", "02_mas", "03_confidence", "04_selection", "05_dpo", "06_evaluation",
-            "10_experiments"} <= notebooks, notebooks
+            "10_experiments", "11_hard_negatives"} <= notebooks, notebooks
     bad = [f"{x['where']} {x['titles'][:2]}: {p}" for x in shown for p in x["problems"]]
     assert not bad, "figures that cannot be read:\n" + "\n".join(bad)
