@@ -21,6 +21,7 @@ with it, an assessor that is least reliable where the model would hardly have sa
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,11 +40,17 @@ class ModelView:
     def __init__(self, model, processor, cfg: WorldConfig, batch_size: int = 64):
         self.model, self.processor, self.cfg, self.batch_size = model, processor, cfg, batch_size
         self._p_yes: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()     # the server answers requests on several threads; one model call at a time
 
     def p_yes(self, image, questions: Sequence[str]) -> list[float]:
         """The model's P(yes) for each question about ``image``: its first-token probability of "Yes" against
         "No" (renormalised over the two)."""
         key = W.image_key(image)
+        with self._lock:
+            self._fill(image, key, questions)
+        return [self._p_yes[(key, q)] for q in questions]
+
+    def _fill(self, image, key: str, questions: Sequence[str]) -> None:
         todo = [q for q in dict.fromkeys(questions) if (key, q) not in self._p_yes]
         if todo:
             lps = score_responses(self.model, self.processor, [image] * len(todo), list(todo),
@@ -51,12 +58,12 @@ class ModelView:
             for q, (yes, no) in zip(todo, lps, strict=True):
                 a, b = float(yes[0]), float(no[0])
                 self._p_yes[(key, q)] = float(1.0 / (1.0 + np.exp(b - a)))
-        return [self._p_yes[(key, q)] for q in questions]
 
     def surprisal(self, image, instruction: str, responses: Sequence[str]) -> list[float]:
         """Each response's mean per-token −log P under the model (EOS included)."""
-        lps = score_responses(self.model, self.processor, image, instruction, list(responses),
-                              batch_size=self.batch_size)
+        with self._lock:
+            lps = score_responses(self.model, self.processor, image, instruction, list(responses),
+                                  batch_size=self.batch_size)
         return [float(-np.mean(lp)) if len(lp) else 0.0 for lp in lps]
 
 
