@@ -50,14 +50,21 @@ import numpy as np
 import pandas as pd
 
 from m3po_utils import evaluation as C
+from m3po_utils import results as RS
 from m3po_utils import rules
 from m3po_utils import scoring as E
 from m3po_utils import selection as S
 from m3po_utils import shapes as W
+from m3po_utils.candidates import generate_candidates
 from m3po_utils.config import Preset, parse_assessor
+from m3po_utils.dpo import LOG_FILE, adapters_dir, base_loader, load_adapter, train_pairs
 from m3po_utils.io import atomic_write_json
+from m3po_utils.judge.self_judge import ModelView
+from m3po_utils.judge.server import Assessor
+from m3po_utils.mas import clip_scorer, combine, judge_items, open_judge, score_candidates, verifier_truth
 from m3po_utils.progress import Progress
-from m3po_utils.rundir import RunDir
+from m3po_utils.rundir import RunDir, run_command
+from m3po_utils.shapes.prompts import ImageResolver, preference_prompts
 
 STAGE = "11_hard_negatives"
 KINDS = ("pope_adversarial", "mme")
@@ -166,7 +173,6 @@ class Pools:
     """The candidate pool of each seed with the MAS of each assessor, built on demand and cached on disk."""
 
     def __init__(self, run_dir, cfg: Preset, splits: dict[str, list[W.Scene]]):
-        from m3po_utils.shapes.prompts import ImageResolver
 
         self.run, self.cfg, self.splits = Path(run_dir), cfg, splits
         self.root = RunDir(run_dir).root / "hardneg"
@@ -202,10 +208,6 @@ class Pools:
         return table
 
     def _fresh_pool(self, seed: int) -> pd.DataFrame:
-        from m3po_utils.candidates import generate_candidates
-        from m3po_utils.dpo import base_loader
-        from m3po_utils.mas import clip_scorer, open_judge, score_candidates, verifier_truth
-        from m3po_utils.shapes.prompts import preference_prompts
 
         gc = self.cfg.generation
         folder = self.root / "pools" / str(seed)
@@ -214,7 +216,7 @@ class Pools:
             generate_candidates(model, processor, preference_prompts(self.cfg, self.splits), self.resolver,
                                 n_candidates=gc.n_candidates, temperature=gc.temperature, top_p=gc.top_p,
                                 top_k=gc.top_k, max_new_tokens=gc.max_new_tokens, batch_size=gc.batch_size,
-                                seed=gc.seed + POOL_SEED_STEP * seed, run_dir=folder, progress=False)
+                                seed=gc.seed + POOL_SEED_STEP * seed, run_dir=folder, progress=True)
         cands = RunDir(folder).load_candidates().to_pandas()
         scored_path = folder / "scored.json"
         if scored_path.is_file():
@@ -222,7 +224,7 @@ class Pools:
         else:
             with open_judge(self.cfg, self.run, splits=self.splits) as judge:
                 scored = score_candidates(cands, self.cfg.mas, self.resolver, clip=clip_scorer(self.cfg, self.run),
-                                          judge=judge)
+                                          judge=judge, progress=True)
             scenes = {s.scene_id: s for part in self.splits.values() for s in part}
             scored["truth"] = verifier_truth(cands, scenes, self.cfg.world)
             scored = scored[["prompt_id", "cand_idx", "clip_raw", "clip_score", "judge_score", "judge_ok", "mas",
@@ -237,7 +239,6 @@ class Pools:
         key = (seed, assessor)
         if key in self._tables:
             return self._tables[key]
-        from m3po_utils.mas import combine
 
         base = self.base_table(seed)
         name, _ = parse_assessor(assessor)
@@ -253,8 +254,6 @@ class Pools:
 
     def judge_scores(self, seed: int, assessor: str, table: pd.DataFrame) -> pd.DataFrame:
         """The assessor's judge score of every candidate (cached per seed and assessor)."""
-        from m3po_utils.judge.server import Assessor
-        from m3po_utils.mas import judge_items, open_judge
 
         path = self.root / "assessors" / str(seed) / f"{assessor.replace(':', '_')}.json"
         if path.is_file():
@@ -278,8 +277,6 @@ class Pools:
 
     def model_view(self):
         if self._view is None:
-            from m3po_utils.dpo import base_loader
-            from m3po_utils.judge.self_judge import ModelView
 
             model, processor = base_loader(self.cfg, self.run)()
             self._view = ModelView(model.eval(), processor, self.cfg.world)
@@ -476,7 +473,6 @@ def _save_stats(path: Path, stats: np.ndarray) -> None:
 
 def base_stats(run_dir, cfg: Preset, ev: Evaluator) -> np.ndarray:
     """The base model's counts on the evaluation questions (cached)."""
-    from m3po_utils.dpo import base_loader
 
     path = RunDir(run_dir).root / "hardneg" / f"base_{ev.key[:16]}.npy"     # dropped by Pools when 00-02 change
     cached = _load_stats(path)
@@ -491,8 +487,6 @@ def base_stats(run_dir, cfg: Preset, ev: Evaluator) -> np.ndarray:
 
 def run_condition(run_dir, cfg: Preset, pools: Pools, ev: Evaluator, c: Condition) -> dict:
     """Select, train and evaluate one condition (or read it back); returns its record."""
-    from m3po_utils.dpo import LOG_FILE, adapters_dir, base_loader, load_adapter, train_pairs
-
     sc = cfg.selection
     sel, groups, truth = select(pools, c, cfg)
     ref_groups, _ = pools.groups(c.seed, c.assessor, c.confidence)
@@ -996,8 +990,6 @@ def map_title(df: pd.DataFrame, n_bases: int) -> str:
 def other_bases(cfg: Preset, run_dir) -> dict[str, list[dict]]:
     """The map rows of each run directory in ``hardneg.other_bases`` whose notebook 11 finished, by base name;
     a directory without a finished notebook 11, or of another preset, is an error naming it and the fix."""
-    from m3po_utils import results as RS
-    from m3po_utils.rundir import run_command
 
     out: dict[str, list[dict]] = {}
     for other in cfg.hardneg.other_bases:
