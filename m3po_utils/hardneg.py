@@ -639,6 +639,8 @@ def map_rows(records: Sequence[dict], boot: C.Bootstrap, base_label: str = "this
             if sft is not None:
                 s = _delta(boot, m3, sft, metric)
                 row |= {f"{short}_vs_sft": s["delta"], f"{short}_vs_sft_lo": s["lo"], f"{short}_vs_sft_hi": s["hi"]}
+        if m3 in boot.point and ref in boot.point:     # the smallest difference this budget would detect (80 %)
+            row |= {"f1_mde": boot.mde(m3, ref, F1), "mme_mde": boot.mde(m3, ref, MME)}
         mine, theirs = by_label[m3], by_label[ref]
         row |= {"same_pair_as_bvw": _mean(mine, "selection", "same_pair_as_bvw"),
                 "same_rejected_verdict_as_bvw": _mean(mine, "selection", "same_rejected_verdict_as_bvw"),
@@ -887,6 +889,11 @@ def map_paragraph(df: pd.DataFrame, n_bases: int) -> str:
                f"clear difference in {counts.get('no clear difference', 0)} (helps / hurts: M3PO − best-vs-worst "
                f"at least {pts:g} POPE-adversarial F1 point{'' if pts == 1 else 's'} or {HELPS[MME]:g} MME in one "
                f"direction, with the 95 % interval beyond 0, {where}).")
+    every = df[df[col] != "not run on every base"]
+    if "f1_mde" in every and every["f1_mde"].notna().any():
+        out.append(f"This budget detects a difference of {every['f1_mde'].median() * 100:.1f} F1 points or "
+                   f"{every['mme_mde'].median():.0f} MME with 80 % power (the median minimum detectable difference "
+                   "over these conditions and bases).")
     if len(helped):
         out.append("It helps in: " + "; ".join(f"{r.setting} ({r.method})" for r in helped.itertuples()) + ".")
     if len(hurt):

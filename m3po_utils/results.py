@@ -474,6 +474,8 @@ class MapRow(_Strict):
     mme_vs_sft: Num = None
     mme_vs_sft_lo: Num = None
     mme_vs_sft_hi: Num = None
+    f1_mde: Num = None
+    mme_mde: Num = None
     same_pair_as_bvw: Num = None
     same_rejected_verdict_as_bvw: Num = None
     margin_m3po: Num = None

@@ -219,6 +219,9 @@ def test_the_paragraph_on_one_base_says_so_and_an_empty_map_says_so():
     df = H.combine_bases({"seed-0 base": a})
     text = H.map_paragraph(df, 1)
     assert "on this one base" in text and "no clear difference in 1" in text
+    assert "detects" not in text                                   # no MDE recorded: no sentence about it
+    df["f1_mde"], df["mme_mde"] = 0.012, 14.0
+    assert "detects a difference of 1.2 F1 points or 14 MME with 80 % power" in H.map_paragraph(df, 1)
     assert "best-vs-worst's on 50% of prompts" in text
     assert "empty" in H.map_paragraph(pd.DataFrame(), 1)
     assert "stay as they are" in H.defaults_advice(df, load_preset("shapes"))
