@@ -15,6 +15,7 @@ from typing import Any
 
 from m3po_utils import results as R
 from m3po_utils import rules
+from m3po_utils import wording as W
 from m3po_utils.scoring import HEADLINE
 
 HEADER = "## What we learnt here"
@@ -28,10 +29,8 @@ def _f(x: Any, digits: int = 3) -> str:
 
 
 def _pct(x: Any) -> str:
-    try:
-        return f"{100 * float(x):.0f} %"
-    except (TypeError, ValueError):
-        return "n/a"
+    """A share in words that never rounds to certainty (:func:`m3po_utils.wording.share`)."""
+    return W.share(x)
 
 
 Delta = R.Delta | R.PairedDelta
@@ -82,14 +81,15 @@ def _candidates(r: R.CandidatesResults) -> list[str]:
     lines = [f"{g.rows} candidates were sampled, {g.n_candidates} for each of {g.prompts} prompts, in "
              f"{_f(g.seconds, 1)} s; {_pct(r.eos_share)} ended with their end-of-sequence token."]
     if d.share_prompts_with_spread is not None:
-        lines.append(f"A prompt gets {_f(d.mean_distinct, 1)} distinct answers on average and "
-                     f"{_pct(d.share_prompts_with_spread)} of prompts have candidates of different quality — "
-                     f"the only prompts a preference pair can come from; {_pct(d.candidate_accuracy)} of all "
-                     "candidates are fully correct.")
+        lines.append(f"A prompt gets {_f(d.mean_distinct, 1)} distinct answers on average; on "
+                     f"{_pct(d.share_prompts_with_spread)} of prompts the verifier scores its candidates "
+                     "differently (partial credit counts), the prompts a MAS-ranked pair can come from; "
+                     f"{_pct(d.candidate_accuracy)} of all candidates are fully correct.")
     cov = r.coverage_by_n
     if cov.k and cov.share_with_pair is not None:
-        lines.append(f"With {cov.k[0]} candidate(s) per prompt {_pct(cov.share_with_pair[0])} of prompts could "
-                     f"give a pair; with {cov.k[-1]}, {_pct(cov.share_with_pair[-1])}.")
+        lines.append(f"A stricter pair, a fully correct candidate beside one that is not (what the oracle trains "
+                     f"on): with {cov.k[0]} candidate(s) per prompt {_pct(cov.share_with_pair[0])} of prompts have "
+                     f"one; with {cov.k[-1]}, {_pct(cov.share_with_pair[-1])}.")
     return lines
 
 
@@ -100,7 +100,9 @@ def _mas(r: R.MasResults) -> list[str]:
              "mean, MAS."]
     top1 = r.agreement["mas"].top1 if r.agreement and "mas" in r.agreement else None
     if top1 is not None:
-        lines.append(f"MAS puts a fully correct candidate on top for {_pct(top1)} of the prompts that have one.")
+        lines.append(f"Over the prompts whose candidates the verifier scores differently, the candidate MAS ranks "
+                     f"first has the prompt's best truth score {_pct(top1)} of the time (a tie for first place "
+                     "counts the share of its candidates that are best).")
     contrast = {k: v for k, v in (r.contrast or {}).items() if isinstance(v, dict) and "CLIP" in v}
     if contrast:
         clip = sum(v["CLIP"] for v in contrast.values()) / len(contrast)
@@ -128,9 +130,10 @@ def _confidence(r: R.ConfidenceResults) -> list[str]:
              "is needed."]
     cal = r.calibration
     if cal is not None:
-        lines.append(f"A confident answer is wrong {_pct(cal.p_wrong_given_confident)} of the time, an unsure one "
-                     f"{_pct(cal.p_wrong_given_unsure)}; {_pct(cal.prompts_with_confident_wrong)} of prompts "
-                     "with a wrong candidate have a confident wrong one — the negatives M3PO looks for.")
+        lines.append(f"A confident answer (in the more likely half of its prompt's candidates by summed log P) is "
+                     f"wrong {_pct(cal.p_wrong_given_confident)} of the time, an unsure one "
+                     f"{_pct(cal.p_wrong_given_unsure)}; {_pct(cal.prompts_with_confident_wrong)} of all prompts "
+                     "have a confident wrong candidate — the negatives M3PO looks for.")
     le = [v.length_vs_sum for v in (r.length_effect or {}).values() if v.length_vs_sum is not None]
     if le:
         lines.append(f"The summed log P falls with length (mean correlation {_f(sum(le) / len(le), 2)} over "
@@ -145,24 +148,31 @@ def _selection(r: R.SelectionResults) -> list[str]:
              f"{r.prompts} prompts; {_pct(m3.differs_from_reference if m3 else None)} of them differ from "
              "best-vs-worst."]
     if m3 is not None and bw is not None and m3.hard_negative_rate is not None and bw.hard_negative_rate is not None:
-        more = m3.hard_negative_rate > bw.hard_negative_rate
+        more = W.compare_shares(m3.hard_negative_rate, bw.hard_negative_rate) == "more than"
         lines.append(f"Its rejected answer is one the model is confident in (a hard negative) for "
                      f"{_pct(m3.hard_negative_rate)} of pairs, against {_pct(bw.hard_negative_rate)} for "
                      "best-vs-worst" + (": the confidence term shifts the negatives as intended." if more else
-                                        ": at these settings the confidence term does not raise that share."))
+                                        ": at these settings the confidence term does not raise that share by "
+                                        "more than 2 points."))
     if m3 is not None and m3.rejected_wrong is not None:
+        others = {k: v.rejected_wrong for k, v in st.items() if k != "m3po" and v.rejected_wrong is not None}
         lines.append(f"{_pct(m3.rejected_wrong)} of M3PO's rejected answers are wrong by the verifier, "
-                     f"{_pct(bw.rejected_wrong if bw else None)} of best-vs-worst's.")
+                     f"{_pct(bw.rejected_wrong if bw else None)} of best-vs-worst's"
+                     + (f" and at least {_pct(min(others.values()))} of every other rule's: with a judge this close "
+                        "to the verifier, this checks the MAS ordering rather than telling the rules apart."
+                        if others and min(others.values()) >= 0.9 else "."))
     leads = {(d.strategy, d.family): d for d in r.yes_no_leads}
     lm, lb = leads.get(("m3po", "existence")), leads.get(("best_worst", "existence"))
     if lm and lb:
-        harder = lm.push_to_no > lb.push_to_no
+        how = {"more than": "harder than", "fewer than": "less than", "about as many as": "about as hard as"}[
+            W.compare_shares(lm.push_to_no, lb.push_to_no)]
         lines.append(f'On existence questions the rejected answer says "yes" in {_pct(lm.rejected_yes)} of '
                      f'M3PO\'s pairs and {_pct(lb.rejected_yes)} of best-vs-worst\'s (the chosen one in '
-                     f'{_pct(lm.chosen_yes)} and {_pct(lb.chosen_yes)}): '
-                     + ('M3PO pushes the model harder towards "no" — a confident wrong answer to "Is there a …?" is '
-                        'usually a hallucinated object.' if harder else
-                        'M3PO does not push the model harder towards "no" than best-vs-worst.'))
+                     f'{_pct(lm.chosen_yes)} and {_pct(lb.chosen_yes)}), so by rejected-"yes" minus chosen-"yes" '
+                     f'M3PO pushes towards "no" {how} best-vs-worst ({lm.push_to_no:+.2f} against '
+                     f'{lb.push_to_no:+.2f}); in {_pct(lm.same_answer)} of M3PO\'s existence pairs both answers give '
+                     f'the same yes/no and differ only in what follows. Whether the model\'s yes-ratio moves is '
+                     'notebook 06\'s measurement.')
     lines.append(f"The penalty is in nats and MAS in [0, 1]: at α ≈ {_f(r.unit_scales.alpha_balance, 3)} "
                  "the median penalty equals the median MAS gap, which is why a small α already saturates the "
                  "hard-negative rate.")
@@ -266,7 +276,8 @@ def evaluation_conclusion(r: R.EvaluationResults) -> list[str]:
                  + (f"Within the noise: {'; '.join(flat)}." if flat else ""))
     for other in ("best_worst", "random"):
         ds = [(m, _by(rows, f"m3po − {other}", m)) for m in metrics]
-        changed = [f"{m} {_interval(d, _digits(m))}" for m, d in ds if d is not None and _moved(d)]
+        changed = [f"{m} {_interval(d, _digits(m))} ({'better' if _better(m, d) else 'worse'})"
+                   for m, d in ds if d is not None and _moved(d)]
         if any(d is not None for _, d in ds):
             lines.append(f"Against {label[other]}, M3PO " + (f"differs on {'; '.join(changed)}."
                                                               if changed else "differs on no metric."))
@@ -294,8 +305,9 @@ def evaluation_conclusion(r: R.EvaluationResults) -> list[str]:
                      + ". Differences below these are no evidence either way.")
     lines += _power_by_scenes(r, control, label[control])
     lines += _testbed_bars(r)
-    lines.append("Notebook 10 asks *why*: it varies α and δ, the judge's noise and the number of candidates, and "
-                 "separates what the hard negatives add from the chosen answers alone.")
+    lines.append("Two notebooks that run on request take this further: notebook 10 varies α and δ, the judge's "
+                 "noise and the number of candidates (`./m3po run --from 10 --to 10`), and notebook 11 maps where "
+                 "M3PO's hard negatives help or hurt (`./m3po run --from 11 --to 11`).")
     return lines
 
 

@@ -3,7 +3,7 @@
 Layers, bottom to top (a module may import only modules of a lower layer, or of its own subpackage in the
 order given there; stages may import earlier stages only):
 
-    0  io                                   files written atomically, strict JSON
+    0  io, wording                          files written atomically, strict JSON; the words of generated claims
     1  config, stats                        presets; statistics used by several stages
     2  shapes/                              the shapes world: scenes -> instructions -> verifier -> prompts
     3  models/                              lvlm -> templates -> generate -> sft, lora -> trl_api, clip -> clip_score
@@ -26,7 +26,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "m3po_utils"
 
 RANK = {
-    "io": 0, "progress": 0, "rules": 0.5, "config": 1, "stats": 1, "results": 1,
+    "io": 0, "progress": 0, "wording": 0, "rules": 0.5, "config": 1, "stats": 1, "results": 1,
     "shapes": 2, "shapes.scenes": 2.1, "shapes.instructions": 2.2, "shapes.verifier": 2.3, "shapes.prompts": 2.4,
     "models": 3, "models.lvlm": 3.1, "models.templates": 3.2, "models.generate": 3.3, "models.sft": 3.4,
     "models.lora": 3.4, "models.trl_api": 3.5, "models.clip": 3.1, "models.clip_score": 3.2,

@@ -31,7 +31,10 @@ def test_a_change_is_claimed_only_when_its_interval_excludes_zero():
     assert "Against best-vs-worst DPO (α = 0), M3PO differs on no metric." in text
     assert "moves pope_adversarial_f1 +0.050 [+0.030, +0.070] (better) against the base; it does not move " \
            "mme_total, so no selection rule can be judged on it" in text
-    assert "mme_total 11.9" in text and "Notebook 10" in text
+    assert "mme_total 11.9" in text and "notebook 10" in text and "on request" in text
+    # a change against another control names its direction: a higher CHAIR_i is worse
+    r["deltas"].append(_d("m3po − best_worst", "chair_i", 0.035, 0.010, 0.060))
+    assert "M3PO differs on chair_i +0.035 [+0.010, +0.060] (worse)." in summary("06_evaluation", r)
 
 
 def test_the_mme_total_is_split_by_subtask_largest_change_first():
@@ -115,7 +118,11 @@ def test_selection_summary_says_which_strategy_pushes_existence_towards_no():
     bw = lead | {"strategy": "best_worst", "rejected_yes": 0.707, "push_to_no": 0.224}
     out = summary("04_selection", base | {"yes_no_leads": [lead, bw]})
     assert 'says "yes" in 82 % of M3PO\'s pairs and 71 % of best-vs-worst\'s' in out
-    assert "(the chosen one in 48 % and 48 %)" in out and 'harder towards "no"' in out
+    assert "(the chosen one in 48 % and 48 %)" in out and 'towards "no" harder than best-vs-worst (+0.34 against +0.22)' in out
+    assert "in 55 % of M3PO's existence pairs both answers give the same yes/no" in out
+    assert "hallucinated" not in out                     # a cause the numbers beside it do not show
     out = summary("04_selection", base | {"yes_no_leads": [lead | {"push_to_no": 0.1}, bw]})
-    assert 'does not push the model harder towards "no"' in out
+    assert 'towards "no" less than best-vs-worst' in out
+    out = summary("04_selection", base | {"yes_no_leads": [lead | {"push_to_no": 0.235}, bw]})
+    assert 'towards "no" about as hard as best-vs-worst' in out        # 1.1 points apart: no direction claimed
     assert "existence questions" not in summary("04_selection", base)
