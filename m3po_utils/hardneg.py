@@ -51,7 +51,7 @@ import pandas as pd
 
 from m3po_utils import evaluation as C
 from m3po_utils import results as RS
-from m3po_utils import rules
+from m3po_utils import rules, wording
 from m3po_utils import scoring as E
 from m3po_utils import selection as S
 from m3po_utils import shapes as W
@@ -901,21 +901,32 @@ def map_paragraph(df: pd.DataFrame, n_bases: int) -> str:
         h = df[df[["experiment", "setting", "method"]].apply(tuple, axis=1).isin(
             set(hurt[["experiment", "setting", "method"]].apply(tuple, axis=1)))]
         drift = h["chosen_drift_m3po"] - h["chosen_drift_bvw"]
+        margin = h["margin_m3po"] - h["margin_bvw"]
         yes = h["yes_ratio_m3po"] - h["yes_ratio_bvw"]
         if drift.notna().any():
-            more = int((drift < 0).sum())
-            out.append(f"Where it hurts, M3PO's chosen answers end with less likelihood than best-vs-worst's in "
-                       f"{more} of {int(drift.notna().sum())} (condition, base) cells (chosen drift in nats, mean "
-                       f"over the last 10 steps) and its POPE yes-ratio is lower in {int((yes < 0).sum())} of "
-                       f"{int(yes.notna().sum())}.")
+            out.append(f"Where it hurts, against best-vs-worst in the same (condition, base) cell: M3PO's chosen "
+                       f"answers end with less likelihood in {int((drift < 0).sum())} of {int(drift.notna().sum())} "
+                       f"cells (chosen drift in nats, mean over the last 10 steps), its learnt margin is smaller in "
+                       f"{int((margin < 0).sum())} of {int(margin.notna().sum())} and its POPE yes-ratio is lower "
+                       f"in {int((yes < 0).sum())} of {int(yes.notna().sum())}.")
+        verdict = h["same_rejected_verdict_as_bvw"]
+        if verdict.notna().any():
+            out.append(f"Its rejected answer gives the same yes/no verdict as best-vs-worst's on "
+                       f"{_span(verdict)} of prompts and is the same pair on {_span(h['same_pair_as_bvw'])}.")
     none = judged[judged[col] == "no clear difference"]
     if len(none):
         same = none["same_pair_as_bvw"]
         if same.notna().any():
-            lo, hi = f"{same.min():.0%}", f"{same.max():.0%}"
-            out.append(f"Where it makes no clear difference, M3PO's pair is best-vs-worst's on "
-                       f"{lo if lo == hi else f'{lo}–{hi}'} of prompts.")
+            out.append(f"Where it makes no clear difference, M3PO's pair is best-vs-worst's on {_span(same)} of "
+                       "prompts.")
     return " ".join(out)
+
+
+def _span(values: pd.Series) -> str:
+    """The range of a column of shares in words ("43 %" or "38 %–57 %"), never rounded to 100 % or 0 %."""
+    v = values.dropna()
+    lo, hi = wording.share(v.min()), wording.share(v.max())
+    return lo if lo == hi else f"{lo}–{hi}"
 
 
 # ------------------------------------------------------------------------------------------------ the notebook's units

@@ -210,7 +210,9 @@ def test_the_paragraph_counts_only_conditions_run_on_every_base():
     text = H.map_paragraph(df, 2)
     assert "Of the 1 condition measured on both bases" in text
     assert "hurts in 1" in text and "It hurts in: SFT weight 0 (M3PO)" in text
-    assert "end with less likelihood than best-vs-worst's in 2 of 2" in text
+    assert "chosen answers end with less likelihood in 2 of 2 cells" in text
+    assert "learnt margin is smaller in 2 of 2" in text and "yes-ratio is lower in 2 of 2" in text
+    assert "same yes/no verdict as best-vs-worst's on 90 % of prompts and is the same pair on 50 %" in text
     assert "helps in 0" in text and "It helps in" not in text
 
 
@@ -222,7 +224,9 @@ def test_the_paragraph_on_one_base_says_so_and_an_empty_map_says_so():
     assert "detects" not in text                                   # no MDE recorded: no sentence about it
     df["f1_mde"], df["mme_mde"] = 0.012, 14.0
     assert "detects a difference of 1.2 F1 points or 14 MME with 80 % power" in H.map_paragraph(df, 1)
-    assert "best-vs-worst's on 50% of prompts" in text
+    assert "best-vs-worst's on 50 % of prompts" in text
+    df["same_pair_as_bvw"] = 0.9996                                 # a share below 1 never prints as 100 %
+    assert "on more than 99 % of prompts" in H.map_paragraph(df, 1)
     assert "empty" in H.map_paragraph(pd.DataFrame(), 1)
     assert "stay as they are" in H.defaults_advice(df, load_preset("shapes"))
 
