@@ -311,6 +311,97 @@ def evaluation_conclusion(r: R.EvaluationResults) -> list[str]:
     return lines
 
 
+VERDICT_CONTROLS = ("best_of_n", "best_worst", "random")
+VERDICT_HEADER = "## Verdict"
+
+
+def verdict(ev: R.EvaluationResults, selection: R.SelectionResults | None = None, mas: R.MasResults | None = None,
+            base_seed: int | None = None, judge_noise: float | None = None) -> str:
+    """Notebook 06's and report.md's opening: does M3PO beat each control here, on which benchmark and by how much
+    (paired 95 % intervals of notebook 06), then why, from this run's own measurements — how often M3PO's pair is
+    each control's (notebook 04), how close MAS is to the truth at this judge noise (notebook 02), the share of the
+    oracle's gain each method recovers, and whether the push towards "no" that notebook 04's pairs predict shows
+    in notebook 06's yes-ratio."""
+    from m3po_utils.evaluation import KEY_METRICS
+
+    label = {k: rules.label(k) for k in (*VERDICT_CONTROLS, "oracle", "m3po")}
+    short = {"best_of_n": "best-of-N SFT", "best_worst": "best-vs-worst DPO", "random": "random-pair DPO",
+             "oracle": "the oracle"}
+    name = {"pope_adversarial_f1": "POPE-adversarial F1", "mme_total": "the MME-style total"}
+    metrics = [m for m in KEY_METRICS if any(d.metric == m for d in ev.deltas)]
+    per, better_than, worse_than = [], [], []
+    for c in VERDICT_CONTROLS:
+        ds = [(m, _by(ev.deltas, f"m3po − {c}", m)) for m in metrics]
+        ds = [(m, d) for m, d in ds if d is not None]
+        if not ds:
+            continue
+        up = [m for m, d in ds if _moved(d) and _better(m, d)]
+        down = [m for m, d in ds if _moved(d) and not _better(m, d)]
+        better_than += [c] if up and not down else []
+        worse_than += [c] if down else []
+        per.append(f"against {label[c]}: " + "; ".join(
+            f"{name.get(m, m)} {W.difference(d.delta, d.lo, d.hi, HEADLINE.get(m, True), _digits(m))}"
+            for m, d in ds))
+    if not per:
+        return ""
+    seed = f" (seed-{base_seed} base)" if base_seed is not None else ""
+    n = len(per)
+    if len(better_than) == n:
+        head = f"Yes: on this run{seed} M3PO beats all {n} controls on at least one headline benchmark"
+    elif better_than:
+        head = (f"In part: on this run{seed} M3PO beats {', '.join(label[c] for c in better_than)} but not "
+                f"the other {n - len(better_than)} of its {n} controls")
+    else:
+        head = f"No: on this run{seed} M3PO beats none of its {n} controls on POPE-adversarial F1 or the MME-style total"
+    if worse_than:
+        head += f", and is worse than {', '.join(label[c] for c in worse_than)} on at least one"
+    lines = [f"**Does M3PO beat its controls here?** {head} (M3PO − control, paired 95 % intervals; "
+             + " — ".join(per) + ")."]
+    why = []
+    agree = {a["reference"]: a for a in (selection.m3po_agreement or [])} if selection is not None else {}
+    if agree:
+        parts = []
+        for ref, a in agree.items():
+            v = a.get("same_rejected_verdict")
+            parts.append(f"{short.get(ref, ref)} on {W.share(a['same_pair'])} of {a['prompts']} prompts (same chosen "
+                         f"answer on {W.share(a['same_chosen'])}"
+                         + (f", same rejected yes/no on {W.share(v)} of the {a['yes_no_prompts']} yes/no prompts"
+                            if v is not None else "") + ")")
+        why.append("M3PO's pair (chosen and rejected answer) is the one of " + "; of ".join(parts)
+                   + ": two rules can only teach differently where their pairs differ, and POPE and MME read only "
+                   "the yes/no.")
+    if mas is not None and mas.spearman is not None and mas.spearman.mas is not None:
+        noise = ("" if judge_noise is None else
+                 f" at judge noise σ = {judge_noise:g}" + (" (the judge is the verifier's score, rounded)"
+                                                           if judge_noise == 0 else ""))
+        why.append(f"MAS correlates with the verifier's truth at Spearman ρ = {_f(mas.spearman.mas)}{noise}, so "
+                   "every rule ranks candidates by nearly the truth.")
+    oracle = ev.oracle or {}
+    for m in metrics:
+        row = oracle.get(m)
+        if not row or not row.get("moves"):
+            continue
+        got = [f"{short.get(k, label[k])} {W.share(row[k])}" for k in (*VERDICT_CONTROLS, "m3po") if row.get(k) is not None]
+        if got:
+            why.append(f"The oracle moves {name.get(m, m)} by {W.interval(row['gain'], row['gain_lo'], row['gain_hi'], _digits(m))} "
+                       f"over the base; the share of that gain each method recovers: " + ", ".join(got) + ".")
+    yes = {k: ev.metrics.get(k, {}).get("pope_adversarial_yes_ratio") for k in ("m3po", "best_worst")}
+    leads = {(d.strategy, d.family): d for d in (selection.yes_no_leads if selection is not None else [])}
+    lm, lb = leads.get(("m3po", "existence")), leads.get(("best_worst", "existence"))
+    if lm and lb and all(v is not None for v in yes.values()):
+        predicted = W.compare_shares(lm.push_to_no, lb.push_to_no)
+        dy = float(yes["m3po"].mean) - float(yes["best_worst"].mean)
+        measured = "about the same" if abs(dy) <= 0.01 else ("lower" if dy < 0 else "higher")
+        expect = {"more than": "lower", "fewer than": "higher", "about as many as": "about the same"}[predicted]
+        why.append(f"Notebook 04's existence pairs push towards \"no\" {lm.push_to_no:+.2f} (M3PO) against "
+                   f"{lb.push_to_no:+.2f} (best-vs-worst), which predicts a {expect} POPE-adversarial yes-ratio for "
+                   f"M3PO; measured here {_f(yes['m3po'].mean)} against {_f(yes['best_worst'].mean)} ({measured}"
+                   + (", as predicted)." if measured == expect else ", not as predicted)."))
+    if why:
+        lines.append("**Why, from this run:** " + " ".join(why))
+    return "\n\n".join(lines)
+
+
 def _testbed_bars(r: R.EvaluationResults) -> list[str]:
     """How many of the testbed's bars (``m3po_utils.testbed``) this run meets, and what missed."""
     rows = [x for x in r.testbed_bars or [] if x.met is not None]

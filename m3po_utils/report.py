@@ -180,7 +180,7 @@ def build_report(run_dir: str | Path) -> str:
         if err is not None or not isinstance(data, dict):
             out += [f"_Could not read `results/{path.name}`: {err or 'not a JSON object'}._", ""]
             continue
-        rows = flatten({k: v for k, v in data.items() if k not in ("report_md", "learnt")})
+        rows = flatten({k: v for k, v in data.items() if k not in ("report_md", "learnt", "verdict")})
         if rows:
             out += [_table(("name", "value"), rows), ""]
     return "\n".join(out).rstrip() + "\n"

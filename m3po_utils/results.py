@@ -282,6 +282,7 @@ class SelectionResults(Record):
     disagreements: int
     yes_no_leads: list[YesNoLead]
     pair_agreement: list[dict[str, Any]] | None = None
+    m3po_agreement: list[dict[str, Any]] | None = None   # selection.agreement_with: M3PO's pair vs bvw / random / oracle
 
 
 # ------------------------------------------------------------------------------------------ 05 DPO
@@ -395,6 +396,7 @@ class EvaluationResults(Record):
     hallucination_changes: dict[str, Any] | None = None
     benchmark_files: dict[str, Any] | None = None
     m3po_vs_best_of_n: Verdicts | None = None
+    verdict: str | None = None                      # learnt.verdict: does M3PO beat each control here, and why
     report_md: str | None = None
 
 

@@ -349,3 +349,29 @@ def pair_agreement(groups: dict[str, dict], sels: dict[str, Selection], families
                  for fam, n in sorted(counts.items())]
     cols = ["strategy", "family", "prompts", "same_chosen", "same_rejected", "same_pair", "same_rejected_verdict"]
     return pd.DataFrame(rows, columns=cols).set_index(["strategy", "family"])
+
+
+def agreement_with(groups: dict[str, dict], sels: dict[str, Selection], families: dict[str, str],
+                   strategy: str = "m3po", references: Sequence[str] = ("best_worst", "random", "oracle")) -> list[dict]:
+    """How often ``strategy``'s pair is each reference's, over all families (:func:`pair_agreement` per reference,
+    weighted by prompts; the rejected-verdict share over the yes/no families' prompts only). References without a
+    selection, or with no shared prompt, are left out."""
+    out = []
+    for ref in references:
+        if ref not in sels or strategy not in sels or ref == strategy:
+            continue
+        df = pair_agreement(groups, {ref: sels[ref], strategy: sels[strategy]}, families, reference=ref)
+        if strategy not in df.index.get_level_values(0):
+            continue
+        d = df.loc[strategy]
+        n = int(d["prompts"].sum())
+        if not n:
+            continue
+        yn = d[d["same_rejected_verdict"].notna()]
+        out.append({"reference": ref, "prompts": n,
+                     **{k: float((d[k] * d["prompts"]).sum() / n) for k in ("same_chosen", "same_rejected",
+                                                                             "same_pair")},
+                     "yes_no_prompts": int(yn["prompts"].sum()),
+                     "same_rejected_verdict": float((yn["same_rejected_verdict"] * yn["prompts"]).sum()
+                                                    / yn["prompts"].sum()) if len(yn) else None})
+    return out

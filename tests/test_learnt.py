@@ -126,3 +126,61 @@ def test_selection_summary_says_which_strategy_pushes_existence_towards_no():
     out = summary("04_selection", base | {"yes_no_leads": [lead | {"push_to_no": 0.235}, bw]})
     assert 'towards "no" about as hard as best-vs-worst' in out        # 1.1 points apart: no direction claimed
     assert "existence questions" not in summary("04_selection", base)
+
+
+# ------------------------------------------------------------------------------------------ the verdict
+
+def _verdict_inputs(f1_bvw=(0.001, -0.01, 0.012), same_pair=0.43):
+    from records import record
+    deltas = [_d("m3po − best_of_n", "pope_adversarial_f1", -0.003, -0.008, 0.002),
+              _d("m3po − best_of_n", "mme_total", -3.0, -9.5, 2.5),
+              _d("m3po − best_worst", "pope_adversarial_f1", *f1_bvw),
+              _d("m3po − best_worst", "mme_total", 1.0, -4.0, 6.0),
+              _d("m3po − random", "pope_adversarial_f1", 0.0, -0.01, 0.01),
+              _d("m3po − random", "mme_total", 0.0, -5.0, 5.0)]
+    yes = {k: {"pope_adversarial_yes_ratio": {"mean": v, "lo": v - 0.01, "hi": v + 0.01}}
+           for k, v in (("m3po", 0.540), ("best_worst", 0.542))}
+    oracle = {"pope_adversarial_f1": {"gain": 0.075, "gain_lo": 0.05, "gain_hi": 0.1, "moves": True, "m3po": 0.9,
+                                      "best_worst": 0.9989, "best_of_n": 1.0, "random": 0.95},
+              "mme_total": {"gain": 3.0, "gain_lo": -2.0, "gain_hi": 8.0, "moves": False, "m3po": 0.1}}
+    ev = record("06_evaluation", {"deltas": deltas, "metrics": yes, "oracle": oracle})
+    lead = {"strategy": "m3po", "family": "existence", "pairs": 240, "chosen_yes": 0.48, "rejected_yes": 0.89,
+            "push_to_no": 0.41, "same_answer": 0.3}
+    sel = record("04_selection", {
+        "yes_no_leads": [lead, lead | {"strategy": "best_worst", "rejected_yes": 0.62, "push_to_no": 0.14}],
+        "m3po_agreement": [{"reference": "best_worst", "prompts": 1067, "same_chosen": 1.0, "same_rejected": 0.43,
+                            "same_pair": same_pair, "yes_no_prompts": 600, "same_rejected_verdict": 0.86}]})
+    mas = record("02_mas", {"spearman": {"clip": 0.3, "judge": 0.97, "mas": 0.97}})
+    return ev, sel, mas
+
+
+def test_the_verdict_answers_for_every_control_with_its_direction():
+    ev, sel, mas = _verdict_inputs()
+    text = L.verdict(ev, sel, mas, base_seed=0, judge_noise=0.0)
+    assert text.startswith("**Does M3PO beat its controls here?** No: on this run (seed-0 base) M3PO beats none "
+                           "of its 3 controls")
+    assert "against best-of-N SFT: POPE-adversarial F1 -0.003 [-0.008, +0.002], within the noise" in text
+    assert "worse than" not in text
+    # why: the pair agreement with its denominators, MAS at this noise, the oracle's gain where it moves
+    assert "is the one of best-vs-worst DPO on 43 % of 1067 prompts (same chosen answer on 100 %, same rejected " \
+           "yes/no on 86 % of the 600 yes/no prompts)" in text
+    assert "ρ = 0.970 at judge noise σ = 0 (the judge is the verifier's score, rounded)" in text
+    assert "best-vs-worst DPO more than 99 %" in text and "best-of-N SFT 100 %" in text   # 0.9989 is not 100 %
+    assert "moves the MME-style total" not in text                 # the oracle does not move it: no share of it
+    # 04 predicts a lower yes-ratio for M3PO (it pushes harder towards "no"); 06 measures 0.540 vs 0.542
+    assert "predicts a lower POPE-adversarial yes-ratio for M3PO; measured here 0.540 against 0.542 (about the " \
+           "same, not as predicted)" in text
+
+
+def test_the_verdict_in_part_and_worse():
+    ev, sel, mas = _verdict_inputs(f1_bvw=(0.02, 0.01, 0.03))
+    assert "In part: on this run M3PO beats best-vs-worst DPO (α = 0) but not the other 2 of its 3 controls" in \
+        L.verdict(ev, sel, mas)
+    assert "higher (better)" in L.verdict(ev, sel, mas)
+    ev, sel, mas = _verdict_inputs(f1_bvw=(-0.13, -0.168, -0.089))
+    text = L.verdict(ev, None, None)
+    assert "No: on this run M3PO beats none" in text and ", and is worse than best-vs-worst DPO (α = 0)" in text
+    assert "-0.130 [-0.168, -0.089], lower (worse)" in text
+    assert "M3PO's pair" not in text and "Spearman" not in text    # no 02 / 04 records: no reason from them
+    ev, sel, mas = _verdict_inputs(same_pair=0.9996)
+    assert "on more than 99 % of 1067 prompts" in L.verdict(ev, sel, mas)

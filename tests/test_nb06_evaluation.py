@@ -87,9 +87,14 @@ def test_06_evaluation(smoke_run):
     report = (smoke_run / "report.md").read_text()
     assert "| method | mme_total | pope_adversarial_f1" in report and "| M3PO |" in report
     # the page leads with the series' conclusion, then the table and the stages; raw figures in the appendix
-    assert report.index("## Conclusion") < report.index("| method | mme_total") < report.index("## Stages") \
-        < report.index("## What each stage learnt") < report.index("## Appendix")
-    assert r["learnt"].startswith("## What we learnt here") and "Notebook 10" in r["learnt"]
+    assert report.index("## Verdict") < report.index("## Conclusion") < report.index("| method | mme_total") \
+        < report.index("## Stages") < report.index("## What each stage learnt") < report.index("## Appendix")
+    assert r["learnt"].startswith("## What we learnt here") and "notebook 10" in r["learnt"]
+    # the verdict: one answer per control, then the reason from notebooks 02 and 04 of this run
+    assert r["verdict"].startswith("**Does M3PO beat its controls here?** ")
+    for control in ("best-of-N SFT", "best-vs-worst DPO", "random-pair DPO"):
+        assert f"against {control}" in r["verdict"], control
+    assert "**Why, from this run:** M3PO's pair (chosen and rejected answer) is the one of" in r["verdict"] and "Spearman ρ" in r["verdict"]
     for name in ("00_world", "01_candidates", "02_mas", "03_confidence", "04_selection", "05_dpo"):
         assert load_results(smoke_run, name)["learnt"].startswith("## What we learnt here"), name
 

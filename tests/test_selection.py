@@ -266,3 +266,39 @@ def test_yes_no_leads_count_which_verdict_each_strategy_rejects():
                                                             "push_to_no": 0.0, "same_answer": 1.0}
     assert t.loc[("m3po", "yn_color"), "push_to_no"] == -1.0          # chosen "Yes", rejected "No"
     assert S.yes_no_leads(groups, sels, {"e1": "describe"}).empty
+
+
+def _sel(name, pairs):
+    from m3po_utils.rules import PromptChoice, Selection
+    return Selection(name, 0.5, 0.1, [PromptChoice(p, [pr]) if pr else PromptChoice(p, skip="no_spread")
+                                      for p, pr in pairs.items()])
+
+
+def test_pair_agreement_by_hand():
+    # three prompts: two existence (yes/no read), one description; texts by candidate index
+    groups = {"a": {"text": ["No.", "Yes, a red circle.", "Yes, a blue circle."]},
+              "b": {"text": ["Yes.", "No.", "Yes, two."]},
+              "c": {"text": ["A red square.", "A blue disc.", "A square."]}}
+    fam = {"a": "existence", "b": "existence", "c": "description"}
+    sels = {"best_worst": _sel("best_worst", {"a": (0, 1), "b": (0, 1), "c": (0, 1)}),
+            "m3po": _sel("m3po", {"a": (0, 2), "b": (0, 1), "c": (2, 1)}),
+            "random": _sel("random", {"a": (0, 1), "b": None, "c": (0, 1)})}
+    df = S.pair_agreement(groups, sels, fam)
+    ex = df.loc[("m3po", "existence")]
+    # a: same chosen, rejected text differs but says "yes" like best-vs-worst's; b: the same pair
+    assert ex["prompts"] == 2 and ex["same_chosen"] == 1.0 and ex["same_rejected"] == 0.5
+    assert ex["same_pair"] == 0.5 and ex["same_rejected_verdict"] == 1.0
+    de = df.loc[("m3po", "description")]
+    assert de["same_chosen"] == 0.0 and de["same_rejected"] == 1.0 and math.isnan(de["same_rejected_verdict"])
+    assert df.loc[("random", "existence")]["prompts"] == 1              # only prompts where both have a pair
+    # over all families, weighted by prompts; the verdict share over the yes/no prompts only
+    rows = {r["reference"]: r for r in S.agreement_with(groups, sels, fam, references=("best_worst", "random",
+                                                                                       "oracle"))}
+    assert set(rows) == {"best_worst", "random"}                        # no oracle selection: left out
+    bw = rows["best_worst"]
+    assert bw["prompts"] == 3 and bw["yes_no_prompts"] == 2
+    assert bw["same_chosen"] == pytest.approx(2 / 3) and bw["same_pair"] == pytest.approx(1 / 3)
+    assert bw["same_rejected"] == pytest.approx(2 / 3) and bw["same_rejected_verdict"] == 1.0
+    assert rows["random"]["prompts"] == 2 and rows["random"]["same_pair"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="reference='oracle'"):
+        S.pair_agreement(groups, sels, fam, reference="oracle")
