@@ -50,6 +50,21 @@ def test_rendering_without_a_browser(explorer):
     assert explorer.show(static=True) is None           # papermill path displays the figure itself
 
 
+def test_a_still_widget_lists_what_live_mode_would_and_says_how_to_open_it(explorer, monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    explorer.show(static=True, alpha=0.5, delta=0.1)
+    kinds = [type(o).__name__ for o in shown]
+    assert kinds[1:] == ["HTML", "Markdown"]                      # the figure, then the example table, the caption
+    assert "m3po-explorer" in shown[1].data and "<th>rejected (Rl)</th>" in shown[1].data
+    caption = shown[2].data
+    assert "shown here as a still for alpha = 0.5, delta = 0.1" in caption
+    assert "Its controls: α, δ, strategy, family, only pairs α changes, prompt." in caption
+    assert "`./m3po lab`" in caption and "run it from the top" in caption
+
+
 def test_bad_focus():
     df = pd.DataFrame({"prompt_id": ["p"] * 2, "cand_idx": [0, 1], "text": ["a", "b"], "mas": [0.1, 0.2],
                        "logprob_sum": [-1.0, -2.0]})

@@ -47,6 +47,18 @@ class Widget:
     def link(self, controls: dict) -> None:
         """Hook for controls that depend on each other (a prompt list that follows a family filter)."""
 
+    def control_names(self, **initial) -> list[str]:
+        """The labels of the live controls, in the order they are laid out."""
+        return [getattr(c, "description", "") or key for key, c in self.controls(**initial).items()]
+
+    def caption(self, initial: dict) -> str:
+        """The line under a static widget: that it is one, its controls, the values shown, and how to open it live."""
+        shown = ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}"
+                          for k, v in initial.items() if v is not None)
+        return (f"*A live widget, shown here as a still{f' for {shown}' if shown else ''}. Its controls: "
+                f"{', '.join(self.control_names(**initial))}. To use them, open this notebook in JupyterLab "
+                "(`./m3po lab`) and run it from the top.*")
+
     def show(self, static: bool | None = None, **initial):
         """Controls in JupyterLab; the static figure for ``initial`` under papermill (or when ``static=True``).
 
@@ -59,10 +71,14 @@ class Widget:
 
         state = self.update(**initial)
         if static:
+            from IPython.display import HTML, Markdown
+
             fig = self.figure(state)
             plt.close(fig)       # shown once, here, not again by the inline backend
             audit.note(fig)
             display(fig)
+            display(HTML(self.html(state)))      # what the live widget lists under its figure
+            display(Markdown(self.caption(initial)))
             return None
         import ipywidgets as w
 
