@@ -580,18 +580,20 @@ def _mme_label(path: str) -> str:
 def benchmark_frame(scores: dict[str, dict[str, dict]]):
     """method → :func:`benchmark_files` output as one table: POPE accuracy per file (and setting, for a parquet
     holding all three); per MME source its perception total and, where cognition subtasks were asked, its
-    cognition total — the official tool's two sums, never added up."""
+    cognition total — the official tool's two sums, never added up. Each row names its question count
+    (``n=…``): a fixture of a dozen questions checks a path, it does not measure a model."""
     import pandas as pd
 
     def cells(b: dict) -> dict:
         out = {}
         for k, v in b.items():
+            n = f" (n={v['n']})" if "n" in v else ""
             if k.startswith("mme"):
-                out[f"{k} perception"] = v["perception"]
+                out[f"{k} perception{n}"] = v["perception"]
                 if any(t.get("group") == "cognition" for t in v.get("subtasks", {}).values()):
-                    out[f"{k} cognition"] = v["cognition"]
+                    out[f"{k} cognition{n}"] = v["cognition"]
             else:
-                out[k] = v["accuracy"]
+                out[f"{k} accuracy{n}"] = v["accuracy"]
         return out
 
     return pd.DataFrame({m: cells(b) for m, b in scores.items()})

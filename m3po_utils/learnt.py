@@ -67,8 +67,9 @@ def _world(r: R.WorldResults) -> list[str]:
     if fam:
         best, worst = max(fam, key=fam.get), min(fam, key=fam.get)
         lines.append(f"Across instruction families its greedy accuracy runs from {_f(fam[worst])} ({worst}) to "
-                     f"{_f(fam[best])} ({best}); descriptions hallucinate at CHAIR_i "
-                     f"{_f(lv.describe.chair_i)}.")
+                     f"{_f(fam[best])} ({best}) — a family's verifier checks the whole answer, the clause after a "
+                     "yes or no included, so a yes/no family scores below POPE, which reads only the yes or no; "
+                     f"descriptions hallucinate at CHAIR_i {_f(lv.describe.chair_i)}.")
     if r.clip is not None:
         clip = r.clip.retrieval
         lines.append(f"The tiny CLIP retrieves the right description first for {_pct(clip.top1)} of held-out "

@@ -289,9 +289,9 @@ def test_benchmark_paths_and_frame():
     df = C.benchmark_frame({"base": {"pope:a.json": {"accuracy": 0.5, "f1": 0.1},
                                      "mme:data/mme": {"subtasks": {"count": {"group": "perception"}},
                                                       "perception": 283.0, "cognition": 0.0},
-                                     "mme:x/MME": real}})
-    assert df["base"].to_dict() == {"pope:a.json": 0.5, "mme:data/mme perception": 283.0,
-                                    "mme:x/MME perception": 150.0, "mme:x/MME cognition": 95.0}
+                                     "mme:x/MME": real | {"n": 12}}})
+    assert df["base"].to_dict() == {"pope:a.json accuracy": 0.5, "mme:data/mme perception": 283.0,
+                                    "mme:x/MME perception (n=12)": 150.0, "mme:x/MME cognition (n=12)": 95.0}
 
 
 def test_mde_recovered_share_and_oracle_table():

@@ -127,6 +127,22 @@ def test_candidate_inspector_sorts_by_confidence_and_summarises():
     assert ins.show(static=True) is None
 
 
+def test_the_inspector_opens_on_a_prompt_it_can_teach_with_and_its_title_is_true_of_it():
+    df = _candidates()
+    df.loc[df.prompt_id == "p1", "correct"] = [True, False, False]       # p1: the most likely answer is right
+    df.loc[df.prompt_id == "p1", "logprob_sum"] = [-0.5, -1.5, -1.6]
+    ins = CandidateInspector(df)
+    assert ins.teaching_prompt() == "p2"                                   # wrong first, right below
+    assert ins.title(ins.update(prompt="p2")).endswith("the first correct one is number 2 — a pair preference "
+                                                       "training can learn from")
+    assert ins.title(ins.update(prompt="p1")).endswith("the most likely one is correct")
+    df["correct"] = False
+    ins = CandidateInspector(df)
+    assert ins.teaching_prompt() == "p1"                                   # none like that: the first prompt
+    assert ins.title(ins.update()).endswith("none of them is correct")     # no question asked of a missing answer
+    assert CandidateInspector(df.drop(columns=["correct"])).teaching_prompt("existence") == "p2"
+
+
 def test_mas_weights_recombine_the_recorded_scores():
     df = _candidates().assign(clip_score=[0.9, 0.2, 0.3, 0.8, 0.1], judge_score=[0.0, 1.0, 1.0, 0.0, 1.0],
                               judge_ok=True, truth=[0.0, 1.0, 1.0, 0.0, 1.0])

@@ -55,6 +55,33 @@ class CandidateInspector(Widget):
             raise ValueError(f"family={family!r} is not among this run's families {self.families()[1:]}")
         return [p for p, f in self.family_of.items() if family == ALL or f == family]
 
+    def teaching_prompt(self, family: str = ALL) -> str:
+        """The first prompt of ``family`` whose most likely candidate is wrong while a less likely one is right (the
+        prompts preference training can fix); without verdicts, or where no prompt is like that, the first one."""
+        prompts = self.prompts(family)
+        if "correct" not in self.frame:
+            return prompts[0]
+        for p in prompts:
+            g = self.by_prompt[p].sort_values(["logprob_sum", "cand_idx"], ascending=[False, True], kind="stable")
+            ok = g["correct"].astype(bool).to_numpy()
+            if not ok[0] and ok.any():
+                return p
+        return prompts[0]
+
+    @staticmethod
+    def title(state: CandidateState) -> str:
+        """The figure's point for this prompt: where the first correct candidate is, or that there is none."""
+        n = len(state.rows)
+        if not state.rows or state.rows[0]["correct"] is None:
+            return f"{n} samples of one prompt, most likely first"
+        ranks = [i for i, r in enumerate(state.rows, 1) if r["correct"]]
+        if not ranks:
+            return f"{n} samples of one prompt, most likely first: none of them is correct"
+        if ranks[0] == 1:
+            return f"{n} samples of one prompt, most likely first: the most likely one is correct"
+        return (f"{n} samples of one prompt, most likely first: the first correct one is number {ranks[0]} — "
+                "a pair preference training can learn from")
+
     def update(self, family: str = ALL, prompt: str | None = None) -> CandidateState:
         prompts = self.prompts(family)
         if prompt is None or prompt not in prompts:
@@ -99,8 +126,7 @@ class CandidateInspector(Widget):
         verdict = "" if state.rows[0]["correct"] is None else \
             "   green: correct · orange: partly · red: wrong"
         ax.set_title(short(f"{state.instruction}  (reference: {state.reference})", 80) + verdict, fontsize=8)
-        fig.suptitle("N samples of one prompt, most likely first: how far down is the first correct one?",
-                     fontsize=10)
+        fig.suptitle(self.title(state), fontsize=10)
         fig.tight_layout()
         return fig
 
