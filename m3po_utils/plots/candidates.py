@@ -52,8 +52,14 @@ def temperature_effect(summary: pd.DataFrame, n: int):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
     ax1.plot(summary["temperature"], summary["distinct_answers"], marker="o")
     ax1.axhline(n, color="grey", lw=0.8, ls="--")
+    ax1.set_ylim(0, n * 1.08)                     # from 0: a change of one or two answers is not inflated
     ax1.set_xlabel("temperature")
     ax1.set_ylabel(f"distinct answers (of {n})")
+    d = summary["distinct_answers"].to_numpy()
+    fig.suptitle(f"From T = {summary['temperature'].iloc[0]:g} to {summary['temperature'].iloc[-1]:g}: distinct "
+                 f"answers {d[0]:g} → {d[-1]:g} of {n}, the model's own log P of its samples "
+                 f"{summary['mean_logprob_sum'].iloc[0]:.1f} → {summary['mean_logprob_sum'].iloc[-1]:.1f} nats",
+                 fontsize=10)
     ax2.plot(summary["temperature"], summary["mean_logprob_sum"], marker="o", color="tab:red")
     ax2.set_xlabel("temperature")
     ax2.set_ylabel("mean log P(R | I, Q) under the model")

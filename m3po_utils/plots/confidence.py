@@ -42,17 +42,33 @@ def confidence_distributions(table: pd.DataFrame):
     return fig
 
 
-def sum_vs_mean(table: pd.DataFrame):
-    """Length against the summed (left) and the mean (right) log-prob, coloured by correctness if known."""
-    import seaborn as sns
+def sum_vs_mean(table: pd.DataFrame, per_class: int = 1500, seed: int = 0):
+    """Length against the summed (left) and the mean (right) log-prob, coloured by correctness if known.
 
-    hue = "correct" if "correct" in table else None
+    Thousands of candidates share a few integer lengths, so the points are thinned to at most ``per_class`` per
+    verdict (a seeded sample, said in the title), jittered across their length, and the smaller class is drawn on
+    top: neither class hides the other."""
+    rng = np.random.default_rng(seed)
+    groups = ([(k, g) for k, g in table.groupby("correct")] if "correct" in table else [(None, table)])
+    groups.sort(key=lambda kg: -len(kg[1]))                     # the larger class first, the smaller on top
+    colours = {True: "tab:green", False: "tab:red", None: "tab:blue"}
+    names = {True: "correct", False: "not fully correct", None: "candidates"}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    shown = 0
     for ax, col, label in ((ax1, "conf_sum", "summed log P(R)"), (ax2, "conf_mean", "mean log P per token")):
-        sns.scatterplot(data=table, x="length", y=col, hue=hue, ax=ax, s=12, alpha=0.5,
-                        palette={True: "tab:green", False: "tab:red"} if hue else None)
+        for key, g in groups:
+            g = g.sample(n=per_class, random_state=seed) if len(g) > per_class else g
+            x = g["length"].to_numpy(float) + rng.uniform(-0.3, 0.3, len(g))
+            ax.scatter(x, g[col], s=6, alpha=0.35, color=colours.get(key, "tab:blue"),
+                       label=f"{names.get(key, key)} ({len(g)} shown)")
+            shown += len(g) if ax is ax1 else 0
         ax.set_ylabel(label)
-        ax.set_xlabel("tokens")
+        ax.set_xlabel("tokens (jittered)")
+    ax2.legend(fontsize=8, markerscale=2)
+    rho = {c: table["length"].corr(table[c], method="spearman") for c in ("conf_sum", "conf_mean")}
+    fig.suptitle(f"Length against log P: Spearman ρ {rho['conf_sum']:+.2f} for the sum, {rho['conf_mean']:+.2f} for "
+                 f"the per-token mean ({shown} of {len(table)} candidates shown, at most {per_class} per verdict)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 

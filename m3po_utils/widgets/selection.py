@@ -120,7 +120,7 @@ class PairExplorer(Widget):
         f = state.focus
         image = self.load_image(f["prompt_id"]) if self.load_image is not None else None
         ratios = ([0.7] if image is not None else []) + [1.3, 1.0]
-        fig, axes = plt.subplots(1, len(ratios), figsize=(4.2 * sum(ratios) + 1, 4.2),
+        fig, axes = plt.subplots(1, len(ratios), figsize=(4.2 * sum(ratios) + 1, 5.0),
                                  gridspec_kw={"width_ratios": ratios})
         if image is not None:
             axes[0].imshow(image)
@@ -146,7 +146,7 @@ class PairExplorer(Widget):
         ax.set_xlabel("log P(R | I, Q) under the base model (nats)")
         ax.set_ylabel("MAS")
         ax.set_title(short(f["instruction"], 55), fontsize=9)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)  # off the data
         ax2.axis("off")
         lines = [f"{state.strategy}: α = {state.alpha:.2f}, δ = {state.delta:.2f}", "over every prompt:", ""]
         lines += [f"{short(k, 22):>22} {v:6.3f}" for k, v in state.stats.items()]
