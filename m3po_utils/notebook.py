@@ -29,3 +29,15 @@ def start(run_dir: str | Path, preset: str, overrides: dict[str, Any] | None, st
     check_not_busy(run)
     begin_stage(run, stage)
     return cfg, run
+
+
+def collapsed(frame, title: str, rows_open: int = 12):
+    """A long table folded under a one-line title (an HTML ``<details>``) so the page stays readable; a table of at
+    most ``rows_open`` rows is returned as it is. The title names the row count, and the full table stays one
+    click away in the executed notebook and its HTML."""
+    if len(frame) <= rows_open:
+        return frame
+    from IPython.display import HTML
+
+    return HTML(f"<details><summary><b>{title}</b> — {len(frame)} rows (click to open)</summary>"
+                f"{frame.to_html()}</details>")

@@ -143,3 +143,15 @@ def test_image_strip_keeps_long_answers_in_their_own_panel():
     fig = image_strip([np.zeros((8, 8, 3))] * 6, [caption] * 6, cols=3)
     assert problems(fig) == []
     plt.close(fig)
+
+
+def test_a_long_table_is_folded_under_its_title_and_a_short_one_is_not():
+    import pandas as pd
+
+    from m3po_utils.notebook import collapsed
+
+    short = pd.DataFrame({"a": range(3)})
+    assert collapsed(short, "x") is short
+    html = collapsed(pd.DataFrame({"a": range(56)}), "Every paired difference").data
+    assert html.startswith("<details><summary><b>Every paired difference</b> — 56 rows (click to open)</summary>")
+    assert html.count("<tr>") == 57 and html.endswith("</details>")          # the whole table, folded
