@@ -260,10 +260,25 @@ def reference_columns(ds, processor, generation_processor=None,
                 stats.completion_mismatch += 1
                 if sampled and sampled[-1] != tok.eos_token_id:
                     stats.no_eos += 1
-                if len(stats.examples) < max_examples:
-                    stats.examples.append({"text": texts[side], "sampled": tok.convert_ids_to_tokens(sampled),
+                reason = mismatch_reason(sampled, ids, tok.eos_token_id)
+                # a few of each kind, so the table shows every reason rather than five empty answers
+                if (len(stats.examples) < max_examples
+                        and sum(e["reason"] == reason for e in stats.examples) < max(1, max_examples // 2)):
+                    stats.examples.append({"reason": reason, "text": texts[side],
+                                           "sampled": tok.convert_ids_to_tokens(sampled),
                                            "retokenised": tok.convert_ids_to_tokens(ids)})
     return ref_c, ref_r, stats
+
+
+def mismatch_reason(sampled: list[int], retokenised: list[int], eos_id: int | None) -> str:
+    """Why a response's sampled tokens cannot serve as its reference: in words a reader of notebook 05 can check."""
+    if sampled and sampled[-1] != eos_id:
+        return "no end-of-sequence token: the sample hit the length limit"
+    if len(sampled) <= 1:
+        return "an empty answer: the model sampled only the end-of-sequence token"
+    if len(retokenised) != len(sampled):
+        return f"the text re-tokenises into {len(retokenised)} tokens, not the {len(sampled)} sampled"
+    return "the text re-tokenises into other tokens of the same count"
 
 
 def _n_image_parts(prompt: list[dict]) -> int:

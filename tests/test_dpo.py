@@ -390,3 +390,12 @@ def test_validation_prompts_ask_existence_both_ways():
     exist = [ins.reference for _, ins in rows if ins.family == "existence"]
     yes = sum(r.startswith("Yes") for r in exist) / len(exist)
     assert 0.35 < yes < 0.65                 # not all "No": a model that only says "No" scores half
+
+
+def test_a_reference_mismatch_is_explained_in_words():
+    from m3po_utils.dpo import mismatch_reason
+    eos = 2
+    assert mismatch_reason([2], [], eos).startswith("an empty answer")
+    assert mismatch_reason([5, 6], [5, 6], eos).startswith("no end-of-sequence token")
+    assert mismatch_reason([5, 6, 2], [5, 7, 8, 2], eos) == "the text re-tokenises into 4 tokens, not the 3 sampled"
+    assert mismatch_reason([5, 6, 2], [5, 7, 2], eos) == "the text re-tokenises into other tokens of the same count"
