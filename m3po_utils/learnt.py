@@ -16,6 +16,7 @@ from typing import Any
 from m3po_utils import results as R
 from m3po_utils import rules
 from m3po_utils import wording as W
+from m3po_utils.evaluation import KEY_METRICS
 from m3po_utils.scoring import HEADLINE
 
 HEADER = "## What we learnt here"
@@ -323,8 +324,6 @@ def verdict(ev: R.EvaluationResults, selection: R.SelectionResults | None = None
     each control's (notebook 04), how close MAS is to the truth at this judge noise (notebook 02), the share of the
     oracle's gain each method recovers, and whether the push towards "no" that notebook 04's pairs predict shows
     in notebook 06's yes-ratio."""
-    from m3po_utils.evaluation import KEY_METRICS
-
     label = {k: rules.label(k) for k in (*VERDICT_CONTROLS, "oracle", "m3po")}
     short = {"best_of_n": "best-of-N SFT", "best_worst": "best-vs-worst DPO", "random": "random-pair DPO",
              "oracle": "the oracle"}

@@ -69,7 +69,7 @@ import pandas as pd
 from datasets import Dataset
 from PIL import Image
 
-from m3po_utils import rules
+from m3po_utils import rules, wording
 from m3po_utils import shapes as W
 from m3po_utils.config import MasConfig, Preset, SelectionConfig
 from m3po_utils.io import AtomicDir
@@ -300,7 +300,7 @@ def coverage(table: pd.DataFrame, mc: MasConfig) -> dict[str, Any]:
         why = ", ".join(f"{v} {k}" for k, v in out["failures_by_kind"].items()) or "no judge error recorded"
         example = next((e for e in errors if e), "")
         raise MasIncomplete(
-            f"{missing} of {n} candidates ({out['missing_share']:.1%}) have no MAS — more than "
+            f"{missing} of {n} candidates ({wording.share(out['missing_share'], 1)}) have no MAS — more than "
             f"mas.max_missing={mc.max_missing:g} allows (judge failures: {why}"
             + (f"; e.g. {example[:160]!r}" if example else "") + "). Fix the judge and rerun notebook 02: the "
             "answers already in mas/judge_cache.sqlite are reused and only the failed ones are sent again.")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from m3po_utils import results as R
+from m3po_utils import wording
 from m3po_utils.scoring import MME_SUBTASKS as _MME
 from m3po_utils.scoring import POPE_SETTINGS
 
@@ -86,7 +87,7 @@ def _pope(acc: Mapping[str, float | None], share: float | None, bars: Bars) -> d
         misses.append(f"gap {100 * gap:.1f} points")
     measured = " / ".join(f"{v:.3f}" for v in acc.values()) + f", gap {100 * gap:.1f} points"
     if share is not None:
-        measured += f", {100 * share:.1f} % of adversarial false positives are mates"
+        measured += f", {wording.share(share, 1)} of adversarial false positives are mates"
     return _row("1 POPE", target, measured, misses)
 
 
@@ -116,7 +117,7 @@ def _ift(world: R.WorldResults, base: Mapping[str, R.Interval], bars: Bars) -> d
 
 
 def _headroom(confidence: R.ConfidenceResults, bars: Bars) -> dict:
-    target = (f"pass@N − greedy ≥ {bars.headroom:.2f} and ≥ {100 * bars.confident_wrong:.0f} % confident wrong, "
+    target = (f"pass@N − greedy ≥ {bars.headroom:.2f} and ≥ {wording.share(bars.confident_wrong)} confident wrong, "
               "every family")
     room = confidence.headroom or {}
     if not room:

@@ -65,3 +65,18 @@ def test_shares_compared_in_words_with_a_tolerance():
     assert W.compare_shares(0.393, 0.405) == "about as many as"
     assert W.compare_shares(0.89, 0.62) == "more than"
     assert W.compare_shares(0.5, 0.6) == "fewer than"
+
+
+def test_no_share_is_formatted_as_a_percentage_outside_wording():
+    """The class guard: a share printed with a format spec ("{x:.0%}", "{100 * x:.1f} %") can round 0.9989 to
+    "100 %"; every share of the package, its tools and its notebooks goes through wording.share instead."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"\.\d%\}|100 \* [^}]*:\.\d+f\} ?%")
+    files = [p for d in ("m3po_utils", "tools", "benchmarks") for p in (root / d).rglob("*.py")]
+    files += sorted((root / "notebooks").glob("*.ipynb"))
+    bad = [f"{p.relative_to(root)}:{i}" for p in files if p.name != "wording.py"
+           for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not bad, f"shares formatted outside m3po_utils.wording: {bad}"

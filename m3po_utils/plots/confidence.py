@@ -6,6 +6,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from m3po_utils import wording
+
 
 def logprob_agreement_plot(agree: pd.DataFrame):
     """Generation-time vs teacher-forced log P(R) (left) and the distribution of the differences (right)."""
@@ -103,7 +105,7 @@ def quadrant_heatmap(q: pd.DataFrame):
     import seaborn as sns
 
     share = q.div(q.sum(axis=1).replace(0, 1), axis=0)
-    labels = np.array([[f"{q.iloc[i, j]}\n({share.iloc[i, j]:.0%})" for j in range(q.shape[1])]
+    labels = np.array([[f"{q.iloc[i, j]}\n({wording.share(share.iloc[i, j])})" for j in range(q.shape[1])]
                        for i in range(q.shape[0])])
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     sns.heatmap(share, annot=labels, fmt="", cmap="Reds", vmin=0, vmax=1, cbar=False, ax=ax)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from m3po_utils import wording
 from m3po_utils.evaluation import signed_delta
 from m3po_utils.scoring import HEADLINE
 from m3po_utils.stats import Bootstrap
@@ -54,7 +55,7 @@ def plot_differences(boot: Bootstrap, metrics: Sequence[str], control: str = "ba
         ax.tick_params(axis="x", labelsize=7)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
-    fig.suptitle(f"Paired differences with {boot.ci:.0%} intervals: green = the interval excludes 0 in the better "
+    fig.suptitle(f"Paired differences with {wording.share(boot.ci)} intervals: green = the interval excludes 0 in the better "
                  "direction, red = worse, grey = not distinguishable", fontsize=9)
     fig.tight_layout()
     return fig
