@@ -191,3 +191,16 @@ def test_pair_explorer_filters_by_family_and_by_what_alpha_changes(explorer):
     with pytest.raises(ValueError, match="family='color'"):
         explorer.update(family="color")
     assert problems(explorer.figure(changed)) == []
+
+
+def test_prompt_drop_downs_name_prompts_by_their_instruction(explorer):
+    ins = CandidateInspector(_candidates())
+    c = ins.controls(family="existence")
+    assert c["prompt"].value == "p2" and c["prompt"].label == "Is there a star? · p2"
+    ins.link(c)
+    c["family"].value = "count"                                   # the list follows the family, still labelled
+    assert list(c["prompt"].options) == [("How many? · p1", "p1")]
+    ctl = explorer.controls()
+    labels = [lab for lab, _ in ctl["prompt"].options]
+    assert all(" · " in lab or lab == pid for lab, (_, pid) in zip(labels, ctl["prompt"].options, strict=True))
+    assert "only pairs α changes" in explorer.control_names()

@@ -47,6 +47,11 @@ class Widget:
     def link(self, controls: dict) -> None:
         """Hook for controls that depend on each other (a prompt list that follows a family filter)."""
 
+    def prompt_label(self, prompt_id: str) -> str:
+        """How a drop-down names a prompt: its instruction (where the widget knows it), then its id."""
+        text = (getattr(self, "instruction_of", None) or {}).get(prompt_id, "")
+        return f"{short(text, 50)} · {prompt_id}" if text else str(prompt_id)
+
     def control_names(self, **initial) -> list[str]:
         """The labels of the live controls, in the order they are laid out."""
         return [getattr(c, "description", "") or key for key, c in self.controls(**initial).items()]
@@ -105,8 +110,16 @@ class Widget:
         return None
 
 
-def dropdown(options, value, description: str):
+def labelled(options, label=None) -> list:
+    """``options`` as a drop-down's items: ``(label(o), o)`` pairs when ``label`` is given, else the options."""
+    options = list(options)
+    return [(label(o), o) for o in options] if label is not None else options
+
+
+def dropdown(options, value, description: str, label=None):
+    """A drop-down over ``options`` that starts at ``value`` (else the first); ``label(option)`` is what it shows."""
     import ipywidgets as w
 
     options = list(options)
-    return w.Dropdown(options=options, value=value if value in options else options[0], description=description)
+    return w.Dropdown(options=labelled(options, label), value=value if value in options else options[0],
+                      description=description)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from m3po_utils.widgets.base import Widget, dropdown, short
+from m3po_utils.widgets.base import Widget, dropdown, labelled, short
 
 ALL = "all"
 
@@ -46,6 +46,7 @@ class CandidateInspector(Widget):
         self.load_image = load_image
         self.by_prompt = {p: g for p, g in self.frame.groupby("prompt_id", sort=False)}
         self.family_of = self.frame.groupby("prompt_id", sort=False)["family"].first().to_dict()
+        self.instruction_of = self.frame.groupby("prompt_id", sort=False)["instruction"].first().astype(str).to_dict()
 
     def families(self) -> list[str]:
         return [ALL] + sorted(set(self.family_of.values()))
@@ -146,9 +147,9 @@ class CandidateInspector(Widget):
 
     def controls(self, family: str = ALL, prompt: str | None = None) -> dict:
         fam = dropdown(self.families(), family, "family")
-        return {"family": fam, "prompt": dropdown(self.prompts(fam.value), prompt, "prompt")}
+        return {"family": fam, "prompt": dropdown(self.prompts(fam.value), prompt, "prompt", self.prompt_label)}
 
     def link(self, controls: dict) -> None:
         def follow(change):
-            controls["prompt"].options = self.prompts(change["new"])
+            controls["prompt"].options = labelled(self.prompts(change["new"]), self.prompt_label)
         controls["family"].observe(follow, names="value")

@@ -50,6 +50,8 @@ class TokenViewer(Widget):
         self.frame = frame.assign(cand_idx=frame["cand_idx"].astype(int)).set_index(["prompt_id", "cand_idx"])
         self.decode, self.correct = decode, correct or {}
         self.prompts = list(dict.fromkeys(self.frame.index.get_level_values(0)))
+        if "instruction" in self.frame:
+            self.instruction_of = self.frame.groupby(level=0, sort=False)["instruction"].first().astype(str).to_dict()
 
     def candidates(self, prompt: str) -> list[int]:
         return sorted(int(c) for c in self.frame.loc[prompt].index)
@@ -109,7 +111,7 @@ class TokenViewer(Widget):
     def controls(self, prompt: str | None = None, cand_idx: int = 0) -> dict:
         import ipywidgets as w
 
-        p = dropdown(self.prompts, prompt, "prompt")
+        p = dropdown(self.prompts, prompt, "prompt", self.prompt_label)
         cands = self.candidates(p.value)
         return {"prompt": p, "cand_idx": w.Dropdown(options=cands, value=cand_idx if cand_idx in cands else cands[0],
                                                    description="candidate")}

@@ -48,6 +48,8 @@ class MasWeights(Widget):
         self.frame, self.cfg = frame.reset_index(drop=True), cfg
         self.default = cfg.clip_weight / (cfg.clip_weight + cfg.judge_weight)
         self.prompts = list(dict.fromkeys(self.frame["prompt_id"]))
+        if "instruction" in self.frame:
+            self.instruction_of = self.frame.groupby("prompt_id", sort=False)["instruction"].first().astype(str).to_dict()
         self.curve = pd.DataFrame([self._stats(w) | {"clip_weight": w} for w in GRID]).set_index("clip_weight")
 
     def _mas(self, w: float) -> np.ndarray:
@@ -116,4 +118,4 @@ class MasWeights(Widget):
 
         return {"clip_weight": w.FloatSlider(value=self.default if clip_weight is None else clip_weight, min=0.0,
                                              max=1.0, step=0.05, description="CLIP w", continuous_update=False),
-                "prompt": dropdown(self.prompts, prompt, "prompt")}
+                "prompt": dropdown(self.prompts, prompt, "prompt", self.prompt_label)}

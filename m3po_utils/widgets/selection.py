@@ -17,7 +17,7 @@ import numpy as np
 
 from m3po_utils import rules
 from m3po_utils.rules import Selection, select, selection_stats
-from m3po_utils.widgets.base import Widget, dropdown, short
+from m3po_utils.widgets.base import Widget, dropdown, labelled, short
 
 ALL = "all"
 
@@ -51,6 +51,7 @@ class PairExplorer(Widget):
         if not groups:
             raise ValueError("the explorer needs at least one prompt with candidates")
         self.groups, self.instructions, self.truth = groups, instructions, truth
+        self.instruction_of = instructions
         self.load_image, self.min_margin, self.seed = load_image, min_margin, seed
         self.families = families or {}
         self.focus = focus if focus is not None else next(iter(groups))
@@ -194,7 +195,7 @@ class PairExplorer(Widget):
                                  "strategy"),
             "family": dropdown(self.family_options(), family, "family"),
             "changed_only": w.Checkbox(value=changed_only, description="only pairs α changes"),
-            "prompt": dropdown(self.order, prompt if prompt is not None else self.focus, "prompt"),
+            "prompt": dropdown(self.order, prompt if prompt is not None else self.focus, "prompt", self.prompt_label),
         }
 
     def link(self, controls: dict) -> None:
@@ -204,8 +205,9 @@ class PairExplorer(Widget):
                 return          # α, δ and strategy change the prompt list only under "only pairs α changes"
             st = self.update(**{k: c.value for k, c in controls.items()})
             options = list(st.shown) or self.order
-            if list(controls["prompt"].options) != options:
-                controls["prompt"].options = options       # resets the value to the first: the redraw follows
+            items = labelled(options, self.prompt_label)
+            if list(controls["prompt"].options) != items:
+                controls["prompt"].options = items         # resets the value to the first: the redraw follows
         for key in ("family", "changed_only", "alpha", "delta", "strategy"):
             controls[key].observe(follow, names="value")
 
