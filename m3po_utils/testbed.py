@@ -230,3 +230,15 @@ def table(rows: list[dict]):
     word = {True: "yes", False: "no", None: "not measured"}
     return pd.DataFrame([{"bar": r["bar"], "met": word[r["met"]], "measured": r["measured"],
                           "misses": "; ".join(r["misses"]), "target": r["target"]} for r in rows]).set_index("bar")
+
+
+def styled(frame):
+    """:func:`table` for a notebook page: long cells wrap inside a bounded width, left-aligned and top-aligned,
+    and the ``met`` column is coloured, so the seven bars read as a table rather than one scrolling line each."""
+    colour = {"yes": "background-color: #e5f5e0", "no": "background-color: #fee0d2"}
+    return (frame.style
+            .map(lambda v: colour.get(v, ""), subset=["met"])
+            .set_properties(**{"white-space": "normal", "text-align": "left", "vertical-align": "top",
+                               "max-width": "28em"})
+            .set_table_styles([{"selector": "th", "props": [("text-align", "left"), ("vertical-align", "top"),
+                                                            ("max-width", "22em"), ("white-space", "normal")]}]))

@@ -200,3 +200,13 @@ def test_finished_calibrations_are_checked_from_their_files(tmp_path, capsys):
     assert out[-1] == f"bars met, all calibrations given: {2 * old[0]} of 6"
     with pytest.raises(SystemExit, match="no base.json"):
         tool.recorded_bars(tmp_path)
+
+
+def test_the_bars_table_wraps_and_colours_for_a_notebook_page():
+    df = T.table([{"bar": "1. a", "met": True, "measured": "x" * 200, "misses": [], "target": "t"},
+                  {"bar": "2. b", "met": False, "measured": "y", "misses": ["m1", "m2"], "target": "t"},
+                  {"bar": "3. c", "met": None, "measured": "", "misses": [], "target": "t"}])
+    assert list(df["met"]) == ["yes", "no", "not measured"] and df.loc["2. b", "misses"] == "m1; m2"
+    html = T.styled(df).to_html()
+    assert "white-space: normal" in html and "max-width: 28em" in html
+    assert html.count("#e5f5e0") == 1 and html.count("#fee0d2") == 1        # one met, one missed, one unmeasured
