@@ -258,6 +258,13 @@ def _better(metric: str, d: Delta) -> bool:
     return (float(d.delta) > 0) == HEADLINE.get(metric, True)
 
 
+def _said(d: Delta, higher_is_better: bool = True) -> str:
+    """One word for a difference: "better" / "worse" when its interval excludes 0, else "within the noise"."""
+    if not _moved(d):
+        return "within the noise"
+    return "better" if (float(d.delta) > 0) == higher_is_better else "worse"
+
+
 def evaluation_conclusion(r: R.EvaluationResults) -> list[str]:
     """Notebook 06's conclusion: what moved, by how much, against which control, whether the benchmark could
     move at all (the oracle), and the smallest difference this run could detect."""
@@ -297,7 +304,7 @@ def evaluation_conclusion(r: R.EvaluationResults) -> list[str]:
     split = [(who, subtasks[f"{who} − base"]) for who in ("oracle", "m3po") if f"{who} − base" in subtasks]
     if split:
         lines.append("The MME-style total's change from the base, per subtask: " + "; ".join(
-            f"{label[who]} " + ", ".join(f"{t} {_interval(d, 1)}" for t, d in
+            f"{label[who]} " + ", ".join(f"{t} {_interval(d, 1)} ({_said(d)})" for t, d in
                                          sorted(ds.items(), key=lambda kv: -float(kv[1].delta)))
             for who, ds in split) + ".")
     mde = [d for d in r.mde if d.comparison == f"m3po − {control}"]
@@ -383,7 +390,8 @@ def verdict(ev: R.EvaluationResults, selection: R.SelectionResults | None = None
             continue
         got = [f"{short.get(k, label[k])} {W.share(row[k])}" for k in (*VERDICT_CONTROLS, "m3po") if row.get(k) is not None]
         if got:
-            why.append(f"The oracle moves {name.get(m, m)} by {W.interval(row['gain'], row['gain_lo'], row['gain_hi'], _digits(m))} "
+            gain = W.interval(row["gain"], row["gain_lo"], row["gain_hi"], _digits(m))
+            why.append(f"The oracle moves {name.get(m, m)} by {gain} (better) "
                        f"over the base; the share of that gain each method recovers: " + ", ".join(got) + ".")
     yes = {k: ev.metrics.get(k, {}).get("pope_adversarial_yes_ratio") for k in ("m3po", "best_worst")}
     leads = {(d.strategy, d.family): d for d in (selection.yes_no_leads if selection is not None else [])}
@@ -441,7 +449,8 @@ def _experiments(r: R.ExperimentsResults) -> list[str]:
     lines = []
     neg = r.negatives_vs_sft or []
     if neg:
-        changed = [f"{d.comparison}: {d.metric} {_interval(d, _digits(d.metric))}" for d in neg if _moved(d)]
+        changed = [f"{d.comparison}: {d.metric} {_interval(d, _digits(d.metric))} "
+                   f"({'better' if _better(d.metric, d) else 'worse'})" for d in neg if _moved(d)]
         lines.append("Hard negatives against the chosen answers alone (best-of-N SFT on the same prompts): "
                      + ("; ".join(changed) if changed else "no metric changed beyond its interval") + ".")
     if r.grid:

@@ -43,8 +43,8 @@ def test_the_mme_total_is_split_by_subtask_largest_change_first():
     r = {"deltas": [_d("oracle − base", "mme_total", 22.3, 10.0, 33.0)], "mde": [],
          "mme_subtask_deltas": {"oracle − base": sub, "random − base": sub}}
     text = summary("06_evaluation", r)
-    assert ("per subtask: oracle (verifier-ranked DPO) count +25.4 [+19.0, +31.8], color +5.3 [-1.3, +11.8], "
-            "position -8.4 [-13.4, -3.7].") in text
+    assert ("per subtask: oracle (verifier-ranked DPO) count +25.4 [+19.0, +31.8] (better), color +5.3 [-1.3, "
+            "+11.8] (within the noise), position -8.4 [-13.4, -3.7] (worse).") in text
     assert text.count("count +25.4") == 1                  # only the oracle and M3PO are spelled out, not random
     assert "per subtask" not in summary("06_evaluation", r | {"mme_subtask_deltas": {}})
 

@@ -99,6 +99,47 @@ def test_06_evaluation(smoke_run):
         assert load_results(smoke_run, name)["learnt"].startswith("## What we learnt here"), name
 
 
+INTERVAL = r"[+\-−]\d+(?:\.\d+)? \[[+\-−]?\d+(?:\.\d+)?, [+\-−]?\d+(?:\.\d+)?\]"
+DIRECTION = ("better", "worse", "higher", "lower", "within the noise", "Within the noise", "predicted")
+
+
+def _executed_text(run: Path) -> list[str]:
+    """What a reader of the executed smoke series reads that the code wrote: every markdown and plain-text
+    output of notebooks 00-06, and every recorded generated paragraph (learnt, verdict)."""
+    out = []
+    for nb in sorted((run / "notebooks").glob("0*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            for o in cell.get("outputs", []):
+                data = o.get("data", {})
+                for key in ("text/markdown", "text/plain"):
+                    if key in data:
+                        out.append("".join(data[key]))
+                if o.get("output_type") == "stream":
+                    out.append("".join(o.get("text", "")))
+    for f in sorted((run / "results").glob("0*.json")):
+        data = json.loads(f.read_text())
+        out += [data[k] for k in ("learnt", "verdict") if isinstance(data.get(k), str)]
+    return out
+
+
+def test_the_executed_series_states_no_signed_difference_without_its_direction(smoke_run):
+    """A rendered sentence that gives a signed difference with an interval also says what it means (better,
+    worse, higher, lower, within the noise); tables (lines with "|" or runs of spaces) are not sentences."""
+    import re
+
+    texts = _executed_text(smoke_run)
+    assert sum("What we learnt here" in t for t in texts) >= 7          # the scan reads the generated paragraphs
+    bad = []
+    for text in texts:
+        for line in text.splitlines():
+            if "|" in line or "   " in line or not re.search(INTERVAL, line):
+                continue
+            for sentence in re.split(r"(?<=[.;])\s+(?=[A-Z*])", line):
+                if re.search(INTERVAL, sentence) and not any(w in sentence for w in DIRECTION):
+                    bad.append(sentence[:200])
+    assert not bad, bad
+
+
 def test_power_by_scenes_tool_reads_the_cache_and_reproduces_notebook_06(smoke_run, capsys):
     import importlib.util
 
