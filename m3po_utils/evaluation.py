@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from m3po_utils import rules
+from m3po_utils import rules, wording
 from m3po_utils import scoring as E
 from m3po_utils import selection as S
 from m3po_utils import shapes as W
@@ -342,16 +342,19 @@ def ordering_lines(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE)) ->
     lines = []
     for k in metrics:
         up = HEADLINE.get(k, True)
-        best = max(boot.point, key=lambda m: boot.point[m][k] if up else -boot.point[m][k])
+        winners, _ = wording.best({m: boot.point[m][k] for m in boot.point}, higher_is_better=up)
+        best = winners[0]
         tied, below = [], []
         for m in sorted(boot.point, key=lambda m: boot.point[m][k], reverse=up):
-            if m == best:
+            if m in winners:
                 continue
             d = signed_delta(k, boot.delta(best, m, k))
             (below if d["lo"] > 0 else tied).append(f"{m} {boot.point[m][k]:.3f}")
-        lines.append(f"- **{k}** ({'higher' if up else 'lower'} is better): best {best} {boot.point[best][k]:.3f}; "
-                     f"not distinguishable from it: {', '.join(tied) or 'none'}; reliably worse: "
-                     f"{', '.join(below) or 'none'}")
+        top = (f"best {best} {boot.point[best][k]:.3f}" if len(winners) == 1 else
+               f"no single best: {', '.join(winners)} tie at {boot.point[best][k]:.3f}")
+        lines.append(f"- **{k}** ({'higher' if up else 'lower'} is better): {top}; "
+                     f"not distinguishable from {'it' if len(winners) == 1 else 'them'}: {', '.join(tied) or 'none'}; "
+                     f"reliably worse: {', '.join(below) or 'none'}")
     return lines
 
 

@@ -237,10 +237,12 @@ def _dpo(r: R.DpoResults) -> list[str]:
         base = val["base"].score
         rows = {s: v.score for s, v in val.items() if s != "base" and v.score is not None}
         if rows and base is not None:
-            best = max(rows, key=rows.get)
+            winners, _ = W.best(rows)
+            top = (f"the best adapter, {winners[0]}, {_f(rows[winners[0]])}" if len(winners) == 1 else
+                   f"{', '.join(winners)} tie at the top with {_f(rows[winners[0]])}")
             above = [s for s, v in rows.items() if v > base]
-            lines.append(f"On the validation scenes the base scores {_f(base)}; the best adapter, {best}, "
-                         f"{_f(rows[best])}; {len(above)} of {len(rows)} adapters score above the base. "
+            lines.append(f"On the validation scenes the base scores {_f(base)}; {top}; "
+                         f"{len(above)} of {len(rows)} adapters score above the base. "
                          "These are single-seed point values on validation scenes — notebook 06 measures the "
                          "methods with intervals on the evaluation split.")
     return lines

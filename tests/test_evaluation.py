@@ -201,6 +201,9 @@ def test_verdicts_and_per_seed(scenes, questions):
     lines = C.ordering_lines(boot, ["chair_i"])
     assert lines[0].startswith("- **chair_i** (lower is better): best good 0.000; not distinguishable from it: "
                                "none; reliably worse: bad")
+    tie = C.bootstrap({"a": np.stack([good, good]), "b": np.stack([good, good]), "bad": bad}, n_boot=300)
+    line = C.ordering_lines(tie, ["chair_i"])[0]
+    assert "no single best: a, b tie at 0.000; not distinguishable from them: none" in line and "best a" not in line
     ex = C.answer_examples(questions, {("base", 0): [perfect(q, scenes) for q in questions]}, scene=0)
     assert list(ex.index) == ["base (seed 0)"] and "Describe the image." in ex.columns
 

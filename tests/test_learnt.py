@@ -184,3 +184,12 @@ def test_the_verdict_in_part_and_worse():
     assert "M3PO's pair" not in text and "Spearman" not in text    # no 02 / 04 records: no reason from them
     ev, sel, mas = _verdict_inputs(same_pair=0.9996)
     assert "on more than 99 % of 1067 prompts" in L.verdict(ev, sel, mas)
+
+
+def test_a_tie_is_never_called_best():
+    val = {"base": {"score": 0.5}, "m3po": {"score": 0.6}, "best_worst": {"score": 0.6}, "random": {"score": 0.4}}
+    text = summary("05_dpo", {"validation": val})
+    assert "best_worst, m3po tie at the top with 0.600" in text or "m3po, best_worst tie at the top with 0.600" in text
+    assert "the best adapter" not in text and "2 of 3 adapters score above the base" in text
+    val["m3po"]["score"] = 0.7
+    assert "the best adapter, m3po, 0.700" in summary("05_dpo", {"validation": val})
