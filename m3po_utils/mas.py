@@ -518,12 +518,23 @@ def noise_sweep(cfg: Preset, run_dir: str | Path, cands: pd.DataFrame, clip: Cli
     return pd.DataFrame(rows)
 
 
-def noise_verdict(sweep: pd.DataFrame) -> str:
-    """One sentence: at the noisiest level, does MAS (CLIP + judge) rank better than the judge alone?"""
-    top = sweep.iloc[-1]
-    verdict = "helps" if top["mas_spearman"] > top["judge_spearman"] else "does not help"
-    return (f"at noise {top['noise']:g}: judge alone ρ = {top['judge_spearman']:.3f}, MAS ρ = {top['mas_spearman']:.3f}"
-            f" -> the CLIP share {verdict} here")
+def noise_verdict(sweep: pd.DataFrame, tol: float = 0.01) -> str:
+    """One sentence over every noise level: is MAS (CLIP + judge) ranked closer to the truth than the judge alone?
+
+    The sweep holds one Spearman ρ per score and level, without an interval, so a difference within ``tol`` is
+    called no difference; the CLIP share is said to help only where MAS leads at every level above noise 0."""
+    rows = sweep[sweep["noise"] > 0] if (sweep["noise"] > 0).any() else sweep
+    d = (rows["mas_spearman"] - rows["judge_spearman"]).to_numpy()
+    each = "; ".join(f"noise {r.noise:g}: judge alone ρ = {r.judge_spearman:.3f}, MAS ρ = {r.mas_spearman:.3f}"
+                     for r in sweep.itertuples())
+    if (d > tol).all():
+        verdict = "MAS leads at every level, so the CLIP share helps"
+    elif (d < -tol).all():
+        verdict = "the judge alone leads at every level, so the CLIP share hurts"
+    else:
+        verdict = (f"the two stay within {tol:g} of each other or change places, so this sweep shows no effect of "
+                   "the CLIP share (single values, no interval)")
+    return f"{each} — {verdict}."
 
 
 # --------------------------------------------------------------------------- MAS weights on validation

@@ -234,3 +234,18 @@ def test_contrast_pairs_are_right_versus_wrong(setup):
     assert (acc == 1.0).all()
     frame = mas.contrast_frame(pairs)
     assert len(frame) == 2 * len(pairs) and frame.groupby("prompt_id").size().eq(2).all()
+
+
+def test_the_noise_verdict_needs_a_lead_at_every_level():
+    import pandas as pd
+
+    from m3po_utils.mas import noise_verdict
+
+    def sweep(judge, m):
+        return pd.DataFrame({"noise": [0.0, 1.0, 2.0], "judge_spearman": judge, "mas_spearman": m})
+    # the case the old sentence got wrong: +0.002 at the noisiest level, lower at noise 1
+    text = noise_verdict(sweep([0.99, 0.80, 0.649], [0.99, 0.78, 0.651]))
+    assert "shows no effect of the CLIP share" in text and "helps" not in text
+    assert "noise 2: judge alone ρ = 0.649, MAS ρ = 0.651" in text
+    assert "so the CLIP share helps" in noise_verdict(sweep([0.99, 0.7, 0.6], [0.99, 0.75, 0.66]))
+    assert "so the CLIP share hurts" in noise_verdict(sweep([0.99, 0.8, 0.7], [0.99, 0.7, 0.6]))
