@@ -155,3 +155,23 @@ def test_a_long_table_is_folded_under_its_title_and_a_short_one_is_not():
     html = collapsed(pd.DataFrame({"a": range(56)}), "Every paired difference").data
     assert html.startswith("<details><summary><b>Every paired difference</b> — 56 rows (click to open)</summary>")
     assert html.count("<tr") == 57 and html.endswith("</details>")           # header + 56 rows, folded
+
+
+def test_the_length_scatter_thins_layers_and_titles_its_correlations():
+    import numpy as np
+    import pandas as pd
+
+    from m3po_utils.plots import confidence as P
+    from m3po_utils.plots.audit import problems
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    length = rng.integers(1, 20, n)
+    t = pd.DataFrame({"length": length, "conf_sum": -1.5 * length + rng.normal(0, 1, n),
+                      "conf_mean": -rng.random(n), "correct": rng.random(n) < 0.3})
+    fig = P.sum_vs_mean(t, per_class=1000)
+    title = fig._suptitle.get_text()
+    assert "Spearman ρ -0.9" in title and "2000 of 5000 candidates shown, at most 1000 per verdict" in title
+    labels = [c.get_label() for c in fig.axes[0].collections]
+    assert labels == ["not fully correct (1000 shown)", "correct (1000 shown)"]   # the smaller class drawn last
+    assert problems(fig) == []

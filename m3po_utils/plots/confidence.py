@@ -7,6 +7,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from m3po_utils import wording
+from m3po_utils.stats import spearman
 
 
 def logprob_agreement_plot(agree: pd.DataFrame):
@@ -67,7 +68,7 @@ def sum_vs_mean(table: pd.DataFrame, per_class: int = 1500, seed: int = 0):
         ax.set_ylabel(label)
         ax.set_xlabel("tokens (jittered)")
     ax2.legend(fontsize=8, markerscale=2)
-    rho = {c: table["length"].corr(table[c], method="spearman") for c in ("conf_sum", "conf_mean")}
+    rho = {c: spearman(table["length"], table[c]) for c in ("conf_sum", "conf_mean")}
     fig.suptitle(f"Length against log P: Spearman ρ {rho['conf_sum']:+.2f} for the sum, {rho['conf_mean']:+.2f} for "
                  f"the per-token mean ({shown} of {len(table)} candidates shown, at most {per_class} per verdict)",
                  fontsize=10)
