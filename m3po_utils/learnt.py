@@ -404,7 +404,8 @@ def verdict(ev: R.EvaluationResults, selection: R.SelectionResults | None = None
         measured = "about the same" if abs(dy) <= 0.01 else ("lower" if dy < 0 else "higher")
         expect = {"more than": "lower", "fewer than": "higher", "about as many as": "about the same"}[predicted]
         why.append(f"Notebook 04's existence pairs push towards \"no\" {lm.push_to_no:+.2f} (M3PO) against "
-                   f"{lb.push_to_no:+.2f} (best-vs-worst), which predicts a {expect} POPE-adversarial yes-ratio for "
+                   f"{lb.push_to_no:+.2f} (best-vs-worst), which predicts {'' if expect == 'about the same' else 'a '}{expect} "
+                   "POPE-adversarial yes-ratio for "
                    f"M3PO; measured here {_f(yes['m3po'].mean)} against {_f(yes['best_worst'].mean)} ({measured}"
                    + (", as predicted)." if measured == expect else ", not as predicted)."))
     if why:
