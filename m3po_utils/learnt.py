@@ -46,7 +46,8 @@ def _digits(metric: str) -> int:
 
 
 def _bullets(lines: list[str]) -> str:
-    return "\n".join(f"- {line}" for line in lines if line)
+    """One Markdown bullet per sentence, each starting with a capital (a share can open a sentence)."""
+    return "\n".join(f"- {line[0].upper()}{line[1:]}" for line in lines if line)
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -160,9 +161,10 @@ def _selection(r: R.SelectionResults) -> list[str]:
         others = {k: v.rejected_wrong for k, v in st.items() if k != "m3po" and v.rejected_wrong is not None}
         lines.append(f"{_pct(m3.rejected_wrong)} of M3PO's rejected answers are wrong by the verifier, "
                      f"{_pct(bw.rejected_wrong if bw else None)} of best-vs-worst's"
-                     + (f" and at least {_pct(min(others.values()))} of every other rule's: with a judge this close "
-                        "to the verifier, this checks the MAS ordering rather than telling the rules apart."
-                        if others and min(others.values()) >= 0.9 else "."))
+                     + ((" and every other rule's" if min(others.values()) == 1 else
+                         f" and at least {_pct(min(others.values()))} of every other rule's")
+                        + ": with a judge this close to the verifier, this checks the MAS ordering rather than "
+                          "telling the rules apart." if others and min(others.values()) >= 0.9 else "."))
     leads = {(d.strategy, d.family): d for d in r.yes_no_leads}
     lm, lb = leads.get(("m3po", "existence")), leads.get(("best_worst", "existence"))
     if lm and lb:
