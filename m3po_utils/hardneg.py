@@ -169,6 +169,22 @@ def plan(cfg: Preset, experiments: Sequence[str] | None = None) -> list[Conditio
 
 # ------------------------------------------------------------------------------------------------ pools
 
+def assessor_of(spec: str) -> tuple[float, Assessor]:
+    """The local judge's independent noise and its :class:`Assessor` for an assessor spec (``"noise:2"``,
+    ``"lownoise:1"``, ``"vw:0.9"``, ``"yes:0.3"``, ...; see :func:`m3po_utils.config.parse_assessor`)."""
+    name, x = parse_assessor(spec)
+    noise = x if name in ("noise", "lownoise") else 0.0
+    if name in ("noise", "truth", "clip"):
+        return noise, Assessor()
+    if name == "lownoise":
+        return noise, Assessor(noise_per_nat=x)
+    if name == "vw":
+        return noise, Assessor(verdict_weight=x)
+    if name == "self":
+        return noise, Assessor("self")
+    return noise, Assessor(name, strength=x)
+
+
 class Pools:
     """The candidate pool of each seed with the MAS of each assessor, built on demand and cached on disk."""
 
@@ -258,10 +274,7 @@ class Pools:
         path = self.root / "assessors" / str(seed) / f"{assessor.replace(':', '_')}.json"
         if path.is_file():
             return pd.read_json(path, orient="split")
-        name, x = parse_assessor(assessor)
-        noise = x if name in ("noise", "lownoise") else 0.0
-        a = {"noise": Assessor(), "lownoise": Assessor(noise_per_nat=x), "self": Assessor("self"),
-             "vw": Assessor(verdict_weight=x)}.get(name) or Assessor(name, strength=x)
+        noise, a = assessor_of(assessor)
         view = self.model_view() if a.needs_model else None
         items, rows = judge_items(table, self.resolver)
         raw, ok = np.full(len(table), np.nan), np.zeros(len(table), dtype=bool)

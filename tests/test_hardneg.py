@@ -245,3 +245,17 @@ def test_spearman_by_hand():
     assert H.spearman(np.array([0, 0, 1.0]), np.array([1, 2, 3.0])) == pytest.approx(np.corrcoef([1.5, 1.5, 3], [1, 2, 3])[0, 1])
     assert np.isnan(H.spearman(np.array([1, 1, 1.0]), np.array([1, 2, 3.0])))
     assert np.isnan(H.spearman(np.array([1.0, 2]), np.array([1.0, 2])))
+
+
+def test_every_default_assessor_builds_its_judge():
+    """Each of notebook 11's assessors turns into the local judge's settings (a noise of 2 is no verdict weight)."""
+    from m3po_utils.config import HardNegConfig
+
+    for spec in ("truth", *HardNegConfig().assessors, "vw:0.9"):
+        noise, a = H.assessor_of(spec)
+        assert noise >= 0
+    assert H.assessor_of("noise:2")[0] == 2.0 and H.assessor_of("noise:2")[1].name == "truth"
+    noise, a = H.assessor_of("lownoise:1")
+    assert noise == 1.0 and a.noise_per_nat == 1.0 and a.needs_model
+    assert H.assessor_of("vw:0.9")[1].verdict_weight == 0.9 and H.assessor_of("yes:0.3")[1].strength == 0.3
+    assert H.assessor_of("self")[1].needs_model and H.assessor_of("prior:0.5")[1].name == "prior"
