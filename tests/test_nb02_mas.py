@@ -119,6 +119,6 @@ def test_coverage_bounds_the_share_of_missing_mas():
     assert mas.coverage(table, MasConfig())["failures_by_kind"] == {"server": 2}
     table.loc[:2, ["mas_ok", "judge_ok"]] = False                 # 3 of 200: too many
     table.loc[2, "judge_error"] = "HTTP 401: bad key"
-    with pytest.raises(mas.MasIncomplete, match=r"3 of 200 candidates \(1.5%\).*2 server, 1 auth"):
+    with pytest.raises(mas.MasIncomplete, match=r"3 of 200 candidates \(1.5 %\).*2 server, 1 auth"):
         mas.coverage(table, MasConfig())
     assert mas.coverage(table, MasConfig(max_missing=0.02))["missing"] == 3

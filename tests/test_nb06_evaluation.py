@@ -100,7 +100,8 @@ def test_06_evaluation(smoke_run):
 
 
 INTERVAL = r"[+\-−]\d+(?:\.\d+)? \[[+\-−]?\d+(?:\.\d+)?, [+\-−]?\d+(?:\.\d+)?\]"
-DIRECTION = ("better", "worse", "higher", "lower", "within the noise", "Within the noise", "predicted")
+DIRECTION = ("better", "worse", "higher", "lower", "within the noise", "Within the noise", "predicted",
+             "not distinguishable", "does not move", "no difference")
 
 
 def _executed_text(run: Path) -> list[str]:
