@@ -369,6 +369,21 @@ def signed_delta(metric: str, d: dict[str, float]) -> dict[str, float]:
     return d | {"delta": -d["delta"], "lo": -d["hi"], "hi": -d["lo"]}
 
 
+def interval_frame(boot: Bootstrap, metrics: Sequence[str]):
+    """Mean, lo, hi of ``metrics`` for every model of ``boot``, one row per model (wide: ``<metric>``,
+    ``<metric>_lo``, ``<metric>_hi``): the table notebooks 10 and 11 print and record."""
+    import pandas as pd
+
+    rows = {}
+    for m in boot.point:
+        row = {}
+        for k in metrics:
+            lo, hi = boot.interval(m, k)
+            row |= {k: boot.point[m][k], f"{k}_lo": lo, f"{k}_hi": hi}
+        rows[m] = row
+    return pd.DataFrame(rows).T
+
+
 def oracle_table(boot: Bootstrap, metrics: Sequence[str] = KEY_METRICS, oracle: str = "oracle",
                  base: str = "base"):
     """Can the benchmarks move, and how far does each method get? One row per metric.

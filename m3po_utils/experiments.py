@@ -322,14 +322,7 @@ def sampling_seconds(run_dir, cfg: Preset, budgets: Sequence[int]) -> list[float
 
 def metric_frame(boot: C.Bootstrap, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """Mean, lo, hi of ``metrics`` per setting (wide: ``<metric>``, ``<metric>_lo``, ``<metric>_hi``)."""
-    rows = {}
-    for s in boot.point:
-        row = {}
-        for k in metrics:
-            lo, hi = boot.interval(s, k)
-            row |= {k: boot.point[s][k], f"{k}_lo": lo, f"{k}_hi": hi}
-        rows[s] = row
-    return pd.DataFrame(rows).T
+    return C.interval_frame(boot, metrics)
 
 
 def best_cells(boot: C.Bootstrap, default: str, metrics: Sequence[str] = METRICS) -> pd.DataFrame:

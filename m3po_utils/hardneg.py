@@ -726,14 +726,8 @@ def curve_frame(records: Sequence[dict], boot: C.Bootstrap, x, series) -> pd.Dat
 
 
 def metric_table(boot: C.Bootstrap, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
-    rows = {}
-    for m in boot.point:
-        row = {}
-        for k in metrics:
-            lo, hi = boot.interval(m, k)
-            row |= {k: boot.point[m][k], f"{k}_lo": lo, f"{k}_hi": hi}
-        rows[m] = row
-    return pd.DataFrame(rows).T
+    """Every model's metrics with their intervals (:func:`m3po_utils.evaluation.interval_frame`)."""
+    return C.interval_frame(boot, metrics)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

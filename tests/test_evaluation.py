@@ -412,3 +412,14 @@ def test_mme_by_subtask_splits_the_total_into_its_subtasks(scenes, questions):
     for t, v in ref["subtasks"].items():            # the subtask deltas add up to the total's
         assert deltas[t]["delta"] == pytest.approx(200 - v["score"])
     assert sum(d["delta"] for d in deltas.values()) == pytest.approx(boot.delta("oracle", "base", "mme_total")["delta"])
+
+
+def test_interval_frame_has_every_model_with_its_interval():
+    from m3po_utils.stats import Bootstrap  # noqa: F401  (the type C.bootstrap returns)
+    rng = np.random.default_rng(1)
+    stats = {"a": rng.integers(0, 5, size=(2, 30, len(E.STATS))).astype(float),
+             "b": rng.integers(0, 5, size=(2, 30, len(E.STATS))).astype(float)}
+    boot = C.bootstrap(stats, n_boot=100)
+    df = C.interval_frame(boot, ["mme_total"])
+    assert list(df.index) == ["a", "b"] and list(df.columns) == ["mme_total", "mme_total_lo", "mme_total_hi"]
+    assert (df["mme_total_lo"] <= df["mme_total"]).all() and (df["mme_total"] <= df["mme_total_hi"]).all()
