@@ -11,6 +11,8 @@ import matplotlib
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from m3po_utils import wording  # noqa: E402
+
 matplotlib.use(matplotlib.get_backend())  # keep the notebook's backend; headless runs fall back to Agg
 
 
@@ -87,6 +89,13 @@ def diversity_by_family(div: pd.DataFrame, n: int):
     for ax in axes.flat:
         ax.tick_params(axis="x", rotation=35)
         ax.set_xlabel("")
+    med = div.groupby("family")["distinct"].median()
+    title = (f"Distinct answers per prompt (of {n}): median {med.min():g} ({med.idxmin()}) to {med.max():g} "
+             f"({med.idxmax()})")
+    if has_scores:
+        title += (f"; {wording.share((div['score_spread'] <= 0).mean())} of prompts have no score spread, so no "
+                  "pair")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -106,6 +115,13 @@ def coverage_curve(cov: pd.DataFrame):
         axes[0, 1].set_ylabel("share of prompts")
         axes[0, 1].set_ylim(-0.02, 1.02)
         axes[0, 1].legend()
+    first, last = cov.iloc[0], cov.iloc[-1]
+    title = (f"From k = {int(first['k'])} to {int(last['k'])} candidates: distinct answers {first['mean_distinct']:.1f} "
+             f"→ {last['mean_distinct']:.1f}")
+    if has:
+        title += (f", prompts with a correct and a wrong one {wording.share(first['share_with_pair'])} → "
+                  f"{wording.share(last['share_with_pair'])}")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -118,5 +134,8 @@ def length_histogram(table: pd.DataFrame, max_new_tokens: int):
     sns.histplot(data=table, x="length", hue="family", multiple="stack", discrete=True, ax=ax)
     ax.axvline(max_new_tokens + 0.5, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("tokens (incl. EOS)")
+    cut = float((table["length"] >= max_new_tokens).mean()) if len(table) else float("nan")
+    ax.set_title(f"Median length {table['length'].median():g} tokens; {wording.share(cut)} of candidates reach the "
+                 f"{max_new_tokens}-token limit", fontsize=9)
     fig.tight_layout()
     return fig

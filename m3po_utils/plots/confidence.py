@@ -24,6 +24,10 @@ def logprob_agreement_plot(agree: pd.DataFrame):
     ax2.set_xlabel("log10 |difference| per sequence")
     ax2.set_ylabel("sequences")
     ax2.legend()
+    worst = float(agree["abs_sum_diff"].max()) if len(agree) else float("nan")
+    within = float((agree["abs_sum_diff"] <= 1e-4).mean()) if len(agree) else float("nan")
+    fig.suptitle(f"Captured and re-scored log P agree: largest difference {worst:.1e} nats, "
+                 f"{wording.share(within)} of {len(agree)} sequences within 1e-4", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -41,6 +45,9 @@ def confidence_distributions(table: pd.DataFrame):
         ax.set_ylabel(label)
         ax.set_xlabel("")
         ax.tick_params(axis="x", rotation=40)
+    med = table.groupby("family")["conf_sum"].median()
+    fig.suptitle(f"Confidence depends on the family: median summed log P from {med.min():.1f} ({med.idxmin()}) to "
+                 f"{med.max():.1f} ({med.idxmax()}) nats", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -97,6 +104,10 @@ def calibration_plot(rel: pd.DataFrame, table: pd.DataFrame, bins: int = 5):
     ax2.set_ylabel("share correct")
     ax2.set_ylim(-0.02, 1.02)
     ax2.legend()
+    ends = t.groupby("rank_bin")["correct"].mean()
+    if len(ends) >= 2:
+        fig.suptitle(f"Share correct from the least to the most confident fifth of a prompt's candidates: "
+                     f"{wording.share(ends.iloc[0])} → {wording.share(ends.iloc[-1])}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -112,6 +123,9 @@ def quadrant_heatmap(q: pd.DataFrame):
     sns.heatmap(share, annot=labels, fmt="", cmap="Reds", vmin=0, vmax=1, cbar=False, ax=ax)
     ax.set_xlabel("verifier")
     ax.set_ylabel("model (upper / lower half by log P)")
+    if {"confident", "unsure"} <= set(share.index) and "wrong" in share.columns:
+        ax.set_title(f"Wrong: {wording.share(share.loc['confident', 'wrong'])} of confident, "
+                     f"{wording.share(share.loc['unsure', 'wrong'])} of unsure candidates", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -128,5 +142,9 @@ def self_consistency_plot(table: pd.DataFrame):
     ax.set_xlabel("self-consistency with the other candidates")
     ax.set_ylabel("mean verifier score")
     ax.set_ylim(0, 1)
+    by = t.groupby("sc_bin", observed=True)["verifier_score"].mean()
+    if len(by) >= 2:
+        ax.set_title(f"Mean verifier score {by.iloc[0]:.2f} at the lowest self-consistency, {by.iloc[-1]:.2f} at "
+                     "the highest", fontsize=9)
     fig.tight_layout()
     return fig
