@@ -80,6 +80,10 @@ def training_curves(history: Sequence[dict], metrics: Sequence[str] | None = Non
         ax2.legend(fontsize=7, ncol=2)
     else:
         ax2.axis("off")
+    if "loss" in df and len(df) > 1:             # the curve's point: where the (smoothed) loss started and ended
+        k = max(1, len(df) // 20)
+        start, end = df["loss"].iloc[:k].mean(), df["loss"].iloc[-k:].mean()
+        title = f"{title + ': ' if title else ''}loss {start:.3g} → {end:.3g} over {int(df['step'].iloc[-1])} steps"
     fig.suptitle(title)
     fig.tight_layout()
     return fig
