@@ -4,7 +4,6 @@ A generated sentence is a claim, so its words must be true of the number behind 
 
 * a share prints as a percentage that never rounds to certainty — 0.9989 is "more than 99 %", not "100 %";
   only exactly 1 (or 0) prints "100 %" ("0 %");
-* a share can name its denominator: ``of_(k, n, "prompts")`` prints "k of n prompts (p %)";
 * a difference carries its direction ("higher", "lower") and, with a metric whose better side is known, whether
   that is better or worse; with an interval, whether the interval excludes 0 ("within the noise" when it does not);
 * "best" is said of one winner only; a tie names every tied entry and says "tie".
@@ -44,15 +43,6 @@ def share(x: Any, digits: int = 0) -> str:
     if text.startswith("-") and float(text) == 0:          # -0 from a tiny negative value
         text = text[1:]
     return f"{text} %"
-
-
-def of_(count: Any, total: Any, what: str, digits: int = 0) -> str:
-    """"k of n <what> (p %)": the count, its denominator named, and the share of the two."""
-    k, n = _num(count), _num(total)
-    if k is None or n is None:
-        return f"n/a of n/a {what}"
-    pct = f" ({share(k / n, digits)})" if n > 0 else ""
-    return f"{int(k)} of {int(n)} {what}{pct}"
 
 
 def direction(delta: Any, higher_is_better: bool | None = None, tol: float = 0.0) -> str:

@@ -1,5 +1,5 @@
-"""The wording of generated claims: shares that never round to certainty, named denominators, differences with
-their direction and whether their interval excludes 0, and "best" never said of a tie."""
+"""The wording of generated claims: shares that never round to certainty, differences with their direction and
+whether their interval excludes 0, and "best" never said of a tie."""
 
 import math
 
@@ -22,13 +22,6 @@ def test_a_share_with_a_decimal_keeps_its_bounds():
     assert W.share(0.9994, 1) == "99.9 %"
     assert W.share(0.00049, 1) == "less than 0.1 %"
     assert W.share(0.985, 1) == "98.5 %"
-
-
-def test_a_count_names_its_denominator():
-    assert W.of_(3, 4, "prompts") == "3 of 4 prompts (75 %)"
-    assert W.of_(1066, 1067, "pairs") == "1066 of 1067 pairs (more than 99 %)"
-    assert W.of_(0, 0, "pairs") == "0 of 0 pairs"
-    assert W.of_(None, 3, "pairs") == "n/a of n/a pairs"
 
 
 def test_a_difference_says_its_direction_and_whether_it_is_noise():
