@@ -552,6 +552,65 @@ class HardNegConfig:
                "an integer >= 100")
 
 
+ROUND_CRITERIA = ("score", "correct", "pope_adversarial_f1", "mme_total")
+
+
+@dataclass(frozen=True)
+class RoundsConfig:
+    """Notebook 07: iterative rounds and an adaptive candidate budget (see :mod:`m3po_utils.rounds`).
+
+    ``rounds``: how many rounds each rule trains (round r samples from round r−1's policy; round 1 from the base,
+    i.e. notebook 01's candidates). ``strategies``: the rules, each with its own chain of policies. ``prompts``:
+    ``"reuse"`` (every round re-samples the same preference prompts from the new policy) or ``"split"`` (round r
+    gets the r-th of ``rounds`` disjoint slices of them). ``sft_weight``: the SFT term beside DPO (the series' own
+    is 1). ``steps``: optimiser steps of every round (0 = one epoch of round 1's equal pair budget).
+    ``choose_by``: the validation metric the kept round is chosen on (preference-split validation scenes, never
+    evaluation). ``heldout_samples``: answers sampled per held-out validation prompt for the KL to the base and
+    pass@k. ``n_scenes``: evaluation scenes (0 = the whole split). ``adaptive``: run the adaptive-N comparison;
+    ``wave`` candidates per prompt at a time up to ``n_max`` (0 = ``generation.n_candidates``), stopping once
+    some candidate has MAS ≥ ``mas_bar`` and another, at least ``gap`` below the best in MAS, has
+    log P ≥ log P(best) − ``selection.delta`` (an informative pool: a good answer and a hard negative).
+    """
+
+    rounds: int = 3
+    strategies: tuple[str, ...] = ("m3po", "best_worst", "random")
+    prompts: str = "reuse"
+    sft_weight: float = 1.0
+    steps: int = 0
+    choose_by: str = "score"
+    heldout_samples: int = 4
+    n_scenes: int = 0
+    adaptive: bool = True
+    wave: int = 4
+    n_max: int = 0
+    mas_bar: float = 0.8
+    gap: float = 0.3
+    bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.rounds, int) and 1 <= self.rounds <= 20, "rounds.rounds", self.rounds,
+               "an integer in [1, 20]")
+        known = [n for n in rules.names() if not rules.rule(n).sft_only]
+        _check(len(self.strategies) >= 1 and len(set(self.strategies)) == len(self.strategies)
+               and all(s in known for s in self.strategies), "rounds.strategies", self.strategies,
+               f"one or more distinct pair rules of {tuple(known)}")
+        _check(self.prompts in ("reuse", "split"), "rounds.prompts", self.prompts, "'reuse' or 'split'")
+        _check(self.sft_weight >= 0 and not math.isinf(self.sft_weight), "rounds.sft_weight", self.sft_weight,
+               "a finite float >= 0 (0: plain DPO)")
+        _check(self.choose_by in ROUND_CRITERIA, "rounds.choose_by", self.choose_by, f"one of {ROUND_CRITERIA}")
+        for name in ("steps", "n_scenes", "n_max"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"rounds.{name}",
+                   getattr(self, name), "an integer >= 0 (0 = the default described in RoundsConfig)")
+        _check(isinstance(self.heldout_samples, int) and self.heldout_samples >= 1, "rounds.heldout_samples",
+               self.heldout_samples, "an integer >= 1")
+        _check(isinstance(self.wave, int) and self.wave >= 1, "rounds.wave", self.wave, "an integer >= 1")
+        _check(isinstance(self.adaptive, bool), "rounds.adaptive", self.adaptive, "True or False")
+        _check(0 <= self.mas_bar <= 1, "rounds.mas_bar", self.mas_bar, "a float in [0, 1] (MAS is in [0, 1])")
+        _check(0 <= self.gap <= 1, "rounds.gap", self.gap, "a float in [0, 1]")
+        _check(isinstance(self.bootstrap, int) and self.bootstrap >= 100, "rounds.bootstrap", self.bootstrap,
+               "an integer >= 100")
+
+
 @dataclass(frozen=True)
 class ModelsConfig:
     """Which models the series uses. ``lvlm`` / ``clip_model`` of ``"local"`` mean the shapes world's own."""
@@ -628,6 +687,7 @@ class Preset:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
     hardneg: HardNegConfig = field(default_factory=HardNegConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     seed: int = 0
 
@@ -688,6 +748,7 @@ def _smoke() -> Preset:
                                       seeds=(0,), bootstrap=200),
         hardneg=HardNegConfig(experiments=("E1", "E3"), seeds=(0, 1), sft_weights=(0.0,), steps=4, budgets=(4,),
                               assessors=("yes:0.3",), bootstrap=200),
+        rounds=RoundsConfig(steps=4, heldout_samples=2, wave=2, bootstrap=200),
     )
 
 
@@ -930,7 +991,7 @@ class ConfigChanged(ConfigError):
 FIRST_READER: dict[str, int] = {
     "seed": 0, "world_kind": 0, "world": 0, "lvlm_train": 0, "clip_train": 0, "models": 0,
     "models.judge_model": 2, "models.judge_base_url": 2, "generation": 1, "mas": 2, "selection": 2, "dpo": 5,
-    "evaluation": 6, "experiments": 10, "hardneg": 11,
+    "evaluation": 6, "rounds": 7, "experiments": 10, "hardneg": 11,
 }
 
 

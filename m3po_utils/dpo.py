@@ -611,6 +611,24 @@ def mean_over_last(log: list[dict], metric: str, k: int = 10) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def training_summary(log: Sequence[dict], beta: float, last: int = 10) -> dict[str, float]:
+    """The mean over the last ``last`` logged steps of TRL's DPO metrics: the learnt margin (``rewards/margins``,
+    β-scaled), reward accuracy, and the chosen / rejected answers' summed log-likelihood change against the
+    reference in nats (``rewards/chosen`` / β: below 0 the chosen answer became *less* likely — likelihood
+    displacement), and the final loss."""
+    rows = [r for r in log if "loss" in r][-last:]
+    if not rows:
+        return {}
+
+    def mean(key: str, scale: float = 1.0) -> float:
+        vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+        return float(np.mean(vals)) / scale if vals else float("nan")
+
+    return {"margin": mean("rewards/margins"), "reward_accuracy": mean("rewards/accuracies"),
+            "chosen_drift_nats": mean("rewards/chosen", beta), "rejected_drift_nats": mean("rewards/rejected", beta),
+            "final_loss": mean("loss")}
+
+
 def validation_prompts(scenes, world_cfg, seed: int = 0) -> list[tuple[Any, Any]]:
     """(scene, instruction) pairs: one instruction of every instruction family per validation scene.
 

@@ -651,3 +651,30 @@ def benchmark_files(cfg: Preset, loader: Callable[[], tuple[Any, Any]], sets: di
             out[key] = E.pope_metrics(answers, [r["label"] for r in rows]) | {"n": len(rows),
                                                                                "setting": rows[0]["setting"]}
     return out
+
+
+# ------------------------------------------------------------------------------- a fixed subset of the questions
+
+# What the preference term is expected to move, at a fraction of the full question set's cost: notebooks 07 and 11
+# evaluate many models on these.
+SUBSET_KINDS = ("pope_adversarial", "mme")
+
+
+def subset_questions(scenes: Sequence[W.Scene], cfg: Preset, kinds: Sequence[str] = SUBSET_KINDS) -> list[dict]:
+    """The questions of :func:`~m3po_utils.scoring.eval_questions` of the given kinds on ``scenes``."""
+    return [q for q in E.eval_questions(scenes, cfg.world, seed=cfg.seed) if q["kind"] in kinds]
+
+
+class Evaluator:
+    """The same scenes and questions (``kinds``) for every model: per-scene counts of :data:`STATS`."""
+
+    def __init__(self, cfg: Preset, scenes: Sequence[W.Scene], kinds: Sequence[str] = SUBSET_KINDS):
+        self.cfg, self.scenes = cfg, list(scenes)
+        self.questions = subset_questions(self.scenes, cfg, kinds)
+        self.key = questions_key(self.questions)
+        self.images = [W.render(s, cfg.world) for s in self.scenes]
+
+    def stats(self, model, processor) -> np.ndarray:
+        answers = answer_questions(model, processor, self.images, self.questions,
+                                   batch_size=self.cfg.evaluation.batch_size)
+        return scene_stats(self.scenes, self.questions, answers, self.cfg.world)

@@ -57,7 +57,7 @@ from m3po_utils import selection as S
 from m3po_utils import shapes as W
 from m3po_utils.candidates import generate_candidates
 from m3po_utils.config import Preset, parse_assessor
-from m3po_utils.dpo import LOG_FILE, adapters_dir, base_loader, load_adapter, train_pairs
+from m3po_utils.dpo import LOG_FILE, adapters_dir, base_loader, load_adapter, train_pairs, training_summary
 from m3po_utils.io import atomic_write_json
 from m3po_utils.judge.self_judge import ModelView
 from m3po_utils.judge.server import Assessor
@@ -67,7 +67,7 @@ from m3po_utils.rundir import RunDir, run_command
 from m3po_utils.shapes.prompts import ImageResolver, preference_prompts
 
 STAGE = "11_hard_negatives"
-KINDS = ("pope_adversarial", "mme")
+KINDS = C.SUBSET_KINDS
 F1, MME = "pope_adversarial_f1", "mme_total"
 METRICS = (F1, MME, "pope_adversarial_yes_ratio")
 # "M3PO helps" in a condition: M3PO − best-vs-worst at least this much, its paired 95 % interval above 0, on every
@@ -432,42 +432,16 @@ def _pool_id(cfg: Preset, seed: int) -> str:
     return "run" if seed == 0 or not cfg.hardneg.pool_per_seed else f"pool{seed}"
 
 
-def training_summary(log: Sequence[dict], beta: float, last: int = 10) -> dict[str, float]:
-    """The mean over the last ``last`` logged steps of TRL's DPO metrics: the learnt margin (``rewards/margins``,
-    β-scaled), reward accuracy, and the chosen / rejected answers' summed log-likelihood change against the
-    reference in nats (``rewards/chosen`` / β: below 0 the chosen answer became *less* likely — likelihood
-    displacement), and the final loss."""
-    rows = [r for r in log if "loss" in r][-last:]
-    if not rows:
-        return {}
-
-    def mean(key: str, scale: float = 1.0) -> float:
-        vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-        return float(np.mean(vals)) / scale if vals else float("nan")
-
-    return {"margin": mean("rewards/margins"), "reward_accuracy": mean("rewards/accuracies"),
-            "chosen_drift_nats": mean("rewards/chosen", beta), "rejected_drift_nats": mean("rewards/rejected", beta),
-            "final_loss": mean("loss")}
-
-
 def questions_for(scenes: Sequence[W.Scene], cfg: Preset) -> list[dict]:
-    return [q for q in E.eval_questions(scenes, cfg.world, seed=cfg.seed) if q["kind"] in KINDS]
+    return C.subset_questions(scenes, cfg, KINDS)
 
 
-class Evaluator:
+class Evaluator(C.Evaluator):
     """The fixed evaluation: the same scenes and POPE-adversarial / MME questions for every model."""
 
     def __init__(self, cfg: Preset, splits: dict[str, list[W.Scene]]):
         n = cfg.hardneg.n_scenes
-        self.cfg, self.scenes = cfg, splits["eval"][: n or None]
-        self.questions = questions_for(self.scenes, cfg)
-        self.key = C.questions_key(self.questions)
-        self.images = [W.render(s, cfg.world) for s in self.scenes]
-
-    def stats(self, model, processor) -> np.ndarray:
-        answers = C.answer_questions(model, processor, self.images, self.questions,
-                                     batch_size=self.cfg.evaluation.batch_size)
-        return E.scene_stats(self.scenes, self.questions, answers, self.cfg.world)
+        super().__init__(cfg, splits["eval"][: n or None], KINDS)
 
 
 def _load_stats(path: Path) -> np.ndarray | None:

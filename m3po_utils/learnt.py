@@ -490,10 +490,37 @@ def _hard_negatives(r: R.HardNegResults) -> list[str]:
     return lines
 
 
+def _rounds(r: R.RoundsResults) -> list[str]:
+    lines = list(r.lines)
+    run = [p for p in r.predictions if p.outcome != "not run"]
+    if run:
+        count = {k: sum(p.outcome == k for p in run) for k in ("as predicted", "opposite", "not shown")}
+        lines.append(f"Of the {len(run)} predictions written before the first run, {count['as predicted']} came out as "
+                     f"predicted, {count['opposite']} the opposite way and {count['not shown']} could not be told "
+                     "apart from 0.")
+        wrong = [f"{p.prediction} (measured: {p.measured})" for p in run if p.outcome == "opposite"]
+        if wrong:
+            lines.append("Contradicted: " + "; ".join(wrong) + ".")
+    if r.adaptive is not None:
+        a = r.adaptive
+        ad, fx = a.pools["adaptive"], a.pools["fixed"]
+        d = a.delta.get("pope_adversarial_f1", {})
+        lines.append(f"Adaptive N spent {a.total} candidates on {a.prompts} prompts ({_f(ad['per_prompt'], 1)} per "
+                     f"prompt, at most {a.n_max}); the fixed pool with the same total gave M3PO {int(fx['pairs'])} pairs "
+                     f"against the adaptive pool's {int(ad['pairs'])}, hard-negative rate {_pct(fx['hard_negative_rate'])} "
+                     f"against {_pct(ad['hard_negative_rate'])}; trained on them, adaptive − fixed in POPE-adversarial "
+                     f"F1 is {W.difference(d.get('delta'), d.get('lo'), d.get('hi'), True, 3)}.")
+    secs = list(r.round_seconds.values())
+    if secs:
+        lines.append(f"A round of {len(r.chosen)} rules took {_f(min(secs) / 60, 1)} to {_f(max(secs) / 60, 1)} "
+                     "minutes on this machine (as first computed; a re-run reads them back).")
+    return lines
+
+
 STAGES: dict[str, Callable[[Any], list[str]]] = {
     "00_world": _world, "01_candidates": _candidates, "02_mas": _mas, "03_confidence": _confidence,
     "04_selection": _selection, "05_dpo": _dpo, "06_evaluation": evaluation_conclusion,
-    "10_experiments": _experiments, "11_hard_negatives": _hard_negatives,
+    "07_rounds": _rounds, "10_experiments": _experiments, "11_hard_negatives": _hard_negatives,
 }
 
 

@@ -103,6 +103,21 @@ def _check_series(cfg: Preset, stages: Sequence[int]) -> None:
         if ec.mme_dir and not Path(ec.mme_dir).expanduser().exists():
             raise ConfigError(f"evaluation.mme_dir={ec.mme_dir!r} does not exist; give the MME release folder or the "
                               "lmms-lab parquet export")
+    rc = cfg.rounds
+    if 7 in stages:
+        if rc.n_max > cfg.generation.n_candidates:
+            raise ConfigError(f"rounds.n_max={rc.n_max} exceeds generation.n_candidates={cfg.generation.n_candidates}: "
+                              "the adaptive budget reveals notebook 01's candidates wave by wave; lower rounds.n_max "
+                              "(0 = all of them) or raise generation.n_candidates")
+        if rc.wave > (rc.n_max or cfg.generation.n_candidates):
+            raise ConfigError(f"rounds.wave={rc.wave} is more than the most candidates a prompt may get "
+                              f"({rc.n_max or cfg.generation.n_candidates}); lower rounds.wave")
+        if cfg.world_kind == "hub":
+            raise ConfigError("notebook 07 (rounds) needs the shapes world: it scores every round's pairs and policies "
+                              "against the verifier, which a hub preset does not have")
+        if rc.prompts == "split" and cfg.generation.n_prompts < rc.rounds:
+            raise ConfigError(f"rounds.prompts='split' gives each of rounds.rounds={rc.rounds} rounds a slice of "
+                              f"generation.n_prompts={cfg.generation.n_prompts} prompts; use 'reuse' or fewer rounds")
     if cfg.world_kind == "hub" and 6 in stages and not (ec.pope_files or ec.mme_dir):
         raise ConfigError("a hub preset evaluates on real benchmark files and has none: set evaluation.pope_files "
                           "(with evaluation.pope_images for JSON files) and/or evaluation.mme_dir")

@@ -421,6 +421,48 @@ class ExperimentsResults(Record):
     negatives_vs_sft: list[Delta] | None = None
 
 
+# ------------------------------------------------------------------------------------------ 07 rounds
+
+class ChosenRound(_Strict):
+    round: int
+    criterion: str
+    value: Num
+    by_round: dict[str, Num]
+
+
+class RoundPrediction(_Strict):
+    prediction: str
+    measured: str
+    outcome: str            # "as predicted", "opposite", "not shown" or "not run"
+
+
+class AdaptiveResults(_Strict):
+    pools: Table            # adaptive / fixed / all: candidates, pairs, hard-negative rate, verifier checks
+    families: Table         # mean candidates per prompt, per family and pool
+    evaluation: Table       # base, M3PO on each pool: metrics with intervals
+    delta: Table            # adaptive − fixed per metric: delta, lo, hi
+    total: int
+    prompts: int
+    n_max: int
+
+
+class RoundsResults(Record):
+    settings: dict[str, Any]
+    key: str
+    steps: int
+    rounds: list[dict[str, Any]]            # one row per (rule, round), the base first (round 0)
+    families: Table                         # pool pass@1 / pass@N per family, per (rule, round)
+    chosen: dict[str, ChosenRound]
+    evaluation: Table                       # every model's evaluation metrics with intervals
+    versus: list[dict[str, Any]]
+    eval_scenes: int
+    round_seconds: dict[str, float]         # wall time of each round (all rules), as first computed
+    judge: dict[str, int]                   # judge requests and cache hits of this execution
+    lines: list[str]                        # what the rounds did, in sentences written from the numbers
+    predictions: list[RoundPrediction]
+    adaptive: AdaptiveResults | None = None
+
+
 # ------------------------------------------------------------------------------------------ 11 hard negatives
 
 class PredictionOutcome(_Strict):
@@ -506,7 +548,7 @@ class HardNegResults(Record):
 SCHEMAS: dict[str, type[Record]] = {
     "00_world": WorldResults, "01_candidates": CandidatesResults, "02_mas": MasResults,
     "03_confidence": ConfidenceResults, "04_selection": SelectionResults, "05_dpo": DpoResults,
-    "06_evaluation": EvaluationResults, "10_experiments": ExperimentsResults,
+    "06_evaluation": EvaluationResults, "07_rounds": RoundsResults, "10_experiments": ExperimentsResults,
     "11_hard_negatives": HardNegResults,
 }
 

@@ -3,6 +3,7 @@
     python -m m3po_utils.run --preset shapes --run-dir runs/shapes            # the main series, 00-06
     python -m m3po_utils.run --preset smoke --run-dir runs/smoke -p world.n_train=400
     python -m m3po_utils.run --preset shapes --run-dir runs/shapes --from 3 --to 4 --redo
+    python -m m3po_utils.run --preset shapes --run-dir runs/shapes --from 7 --to 7     # the rounds, on request
     python -m m3po_utils.run --preset shapes --run-dir runs/shapes --from 10 --to 19   # analysis notebooks
 
 Every notebook gets three papermill parameters: ``preset``, ``run_dir`` (absolute) and ``overrides`` (the
@@ -55,7 +56,7 @@ from m3po_utils.rundir import recorded_stages, staleness, stamp, upstream_of
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 NOTEBOOK_RE = re.compile(r"^(\d\d)_[A-Za-z0-9_\-]+\.ipynb$")
-DEFAULT_START, DEFAULT_STOP = 0, 9
+DEFAULT_START, DEFAULT_STOP = 0, R.MAIN_SERIES_END   # the main series; 07 (rounds) and the analyses run on request
 # Inside a notebook: cells done of total, and what a slow cell is doing (its ``# papermill_description=...``
 # comment), on stderr, refreshed at most every 2 s so that a log stays short.
 PROGRESS = {"unit": "cell", "desc": "  cells", "leave": False, "mininterval": 2.0}
@@ -429,7 +430,7 @@ def _run_locked(notebooks: list[Notebook], run: Path, preset: str, overrides: di
     R.bind(run, preset, overrides, redo_from=start if redo else None)
     first = notebooks[0].number
     for nb in discover(notebooks[0].path.parent):     # the stages the range reads and will not run itself
-        if nb.number < min(first, 10):
+        if nb.number < min(first, R.MAIN_SERIES_END + 1):
             found = R.unfinished(run, f"{nb.number:02d}")
             if found is not None:
                 raise UpstreamUnfinished(
@@ -511,8 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="start", type=_notebook_number, default=DEFAULT_START, metavar="NN",
                    help=f"first notebook number (default {DEFAULT_START:02d})")
     p.add_argument("--to", dest="stop", type=_notebook_number, default=None, metavar="NN",
-                   help=f"last notebook number, inclusive (default {DEFAULT_STOP:02d}, or 99 when --from is an "
-                        "analysis notebook, 10+)")
+                   help=f"last notebook number, inclusive (default {DEFAULT_STOP:02d}, or 99 when --from is past "
+                        "the main series: 07 or an analysis notebook, 10+)")
     p.add_argument("-p", "--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset value with a dotted key, e.g. -p world.n_train=400 (repeatable)")
     p.add_argument("--redo", action="store_true", help="run every notebook in the range, even complete ones")

@@ -13,8 +13,8 @@ A sub-run (notebook 06's ``evaluation/seed1``, notebook 10's points) is a run di
 works on it unchanged.
 
 **Freshness.** When the runner finishes a notebook it stamps ``results/NN_name.json`` with a ``run_id`` and the
-``run_id`` of every earlier stage it consumed (``inputs``: every stage numbered below it; analysis notebooks 10+
-consume 00-09). A stage is *stale* when one of those inputs has been re-run, left unfinished or removed since
+``run_id`` of every earlier stage it consumed (``inputs``: every stage numbered below it in the main series 00-06;
+notebook 07 and the analysis notebooks 10+ consume 00-06). A stage is *stale* when one of those inputs has been re-run, left unfinished or removed since
 (:func:`staleness`); the runner re-runs a stale stage and, in turn, everything after it.
 
 **A re-run that fails keeps the previous outputs.** Before the runner re-runs a stage that was complete, it puts
@@ -65,7 +65,7 @@ from m3po_utils.io import atomic_write_json
 # Notebook of each stage, for the "run notebook NN first" messages.
 NOTEBOOKS = {"00": "00 (world and base models)", "01": "01 (candidates)", "02": "02 (MAS)",
              "03": "03 (confidence)", "04": "04 (selection)", "05": "05 (DPO)", "06": "06 (evaluation)",
-             "10": "10 (experiments)", "11": "11 (hard negatives)"}
+             "07": "07 (rounds)", "10": "10 (experiments)", "11": "11 (hard negatives)"}
 TRAINING_INFO = "m3po_training.json"   # written last into models/lvlm and models/clip: the model is finished
 DATASET_STATE = "state.json"           # written by datasets.save_to_disk: the table is complete
 
@@ -215,13 +215,15 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "00": ("models", "world"),
     "01": ("candidates", "candidates.parts", "candidates_validation", "candidates_validation.parts"),
     "02": ("mas/scores",),
-    "03": ("confidence",), "04": ("pairs",), "05": ("adapters",), "06": ("evaluation",), "10": ("experiments",),
+    "03": ("confidence",), "04": ("pairs",), "05": ("adapters",), "06": ("evaluation",), "07": ("rounds",),
+    "10": ("experiments",),
     "11": ("hardneg",),
 }
 # What a stale re-run may reuse: outputs the stage itself checks against its inputs (05: adapters fingerprinted
-# with their settings and pairs; 10: points keyed by their pairs and settings). Everything else of the stage is
+# with their settings and pairs; 07: rounds keyed by their settings and inputs; 10: points keyed by their pairs and settings). Everything else of the stage is
 # computed again — 06's other-seed sub-runs too, whose pairs come from this run's candidates and MAS.
-REUSABLE: dict[str, tuple[str, ...]] = {"05": ("adapters",), "10": ("experiments",), "11": ("hardneg",)}
+REUSABLE: dict[str, tuple[str, ...]] = {"05": ("adapters",), "07": ("rounds",), "10": ("experiments",),
+                                        "11": ("hardneg",)}
 PREVIOUS, FAILED = ".previous", ".failed"
 CANDIDATE_SPLITS = ("pref", "validation")
 
@@ -335,10 +337,16 @@ def stage_number(name: str) -> int:
     return int(m.group(1))
 
 
+# The main series is 00-06: each of its stages reads the ones before it; notebook 07 (rounds) and the analyses (10+)
+# read the main series and nothing after it.
+MAIN_SERIES_END = 6
+
+
 def upstream_of(name: str, names: Sequence[str]) -> list[str]:
-    """The stages ``name`` consumes among ``names``: every lower number; analysis notebooks (10+) use 00-09."""
+    """The stages ``name`` consumes among ``names``: every lower number within the main series (00-06); notebook 07
+    and the analyses (10+) consume 00-06."""
     n = stage_number(name)
-    limit = min(n, 10)
+    limit = min(n, MAIN_SERIES_END + 1)
     return sorted(x for x in names if RESULT_RE.match(x) and stage_number(x) < limit)
 
 

@@ -46,3 +46,12 @@ def hardneg_run(experiments_run):
 
     _audited(run_series, "smoke", experiments_run, start=11, stop=11, kernel="python3")
     return experiments_run
+
+
+@pytest.fixture(scope="session")
+def rounds_run(smoke_run):
+    """The smoke run with notebook 07 (3 rounds of M3PO, best-vs-worst and random pairs; adaptive N) run on it."""
+    from m3po_utils.run import run_series
+
+    _audited(run_series, "smoke", smoke_run, start=7, stop=7, kernel="python3")
+    return smoke_run

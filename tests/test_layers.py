@@ -10,7 +10,7 @@ order given there; stages may import earlier stages only):
     4  judge/                               protocol -> cache -> client, server; benchfiles (real benchmark files)
     5  scoring, rundir                      benchmark questions and scorers; the run directory (paths, loaders)
     6  stages                               world 00 < candidates 01 < mas 02 < confidence 03 < selection 04
-                                            < dpo 05 < evaluation 06 < testbed (its bars, on 00-06's results)
+                                            < dpo 05 < evaluation 06 < rounds 07 < testbed (its bars, on 00-06's results)
                                             < experiments 10
     7  plots/, widgets, report, learnt      figures, widgets, the report, each notebook's closing summary
     8  run, judge/__main__, launch/         entry points (launch/: the stages under accelerate launch)
@@ -33,9 +33,9 @@ RANK = {
     "judge": 4, "judge.protocol": 4.1, "judge.cache": 4.1, "judge.client": 4.2, "judge.self_judge": 4.15, "judge.server": 4.2,
     "benchfiles": 4.9, "scoring": 5, "rundir": 5,
     "world": 6.00, "candidates": 6.01, "mas": 6.02, "confidence": 6.03, "selection": 6.04, "dpo": 6.05,
-    "evaluation": 6.06, "testbed": 6.07, "experiments": 6.10, "hardneg": 6.11,
-    "plots": 7, "plots.audit": 7.05, "plots.world": 7.1, "plots.candidates": 7.1, "plots.mas": 7.1, "plots.confidence": 7.1,
-    "plots.dpo": 7.1, "plots.evaluation": 7.1, "plots.experiments": 7.1, "plots.hardneg": 7.1, "widgets": 7.2, "widgets.base": 7.21, "widgets.candidates": 7.22,
+    "evaluation": 6.06, "rounds": 6.065, "testbed": 6.07, "experiments": 6.10, "hardneg": 6.11,
+    "plots": 7, "plots.audit": 7.05, "plots.curves": 7.05, "plots.world": 7.1, "plots.candidates": 7.1, "plots.mas": 7.1, "plots.confidence": 7.1,
+    "plots.dpo": 7.1, "plots.evaluation": 7.1, "plots.experiments": 7.1, "plots.hardneg": 7.1, "plots.rounds": 7.1, "widgets": 7.2, "widgets.base": 7.21, "widgets.candidates": 7.22,
     "widgets.mas": 7.22, "widgets.confidence": 7.22, "widgets.selection": 7.22, "report": 7, "learnt": 7,
     "preflight": 7, "notebook": 7.5,
     "run": 8, "judge.__main__": 8, "launch": 8, "launch.candidates": 8.1, "launch.dpo": 8.1,

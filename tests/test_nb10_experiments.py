@@ -54,7 +54,7 @@ def test_sweep_resumes_and_retrains_only_what_is_missing(experiments_run):
     assert info["key"] == victim
 
 
-def test_every_figure_of_the_smoke_series_can_be_read(hardneg_run):
+def test_every_figure_of_the_smoke_series_can_be_read(hardneg_run, rounds_run):
     from conftest import figure_audit_path
 
     path = figure_audit_path(hardneg_run)
@@ -63,6 +63,6 @@ def test_every_figure_of_the_smoke_series_can_be_read(hardneg_run):
     notebooks = {x["where"].split()[0] for x in shown}
     # every notebook of the series shows figures; the audit must have seen each of them
     assert {"00_world", "01_candidates", "02_mas", "03_confidence", "04_selection", "05_dpo", "06_evaluation",
-            "10_experiments", "11_hard_negatives"} <= notebooks, notebooks
+            "07_rounds", "10_experiments", "11_hard_negatives"} <= notebooks, notebooks
     bad = [f"{x['where']} {x['titles'][:2]}: {p}" for x in shown for p in x["problems"]]
     assert not bad, "figures that cannot be read:\n" + "\n".join(bad)

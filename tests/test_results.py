@@ -58,7 +58,7 @@ def test_a_field_renamed_in_the_schema_fails_its_readers(monkeypatch):
 
 def test_every_stage_has_a_schema_and_an_unknown_stage_keeps_its_fields():
     assert set(R.SCHEMAS) == {"00_world", "01_candidates", "02_mas", "03_confidence", "04_selection", "05_dpo",
-                              "06_evaluation", "10_experiments", "11_hard_negatives"}
+                              "06_evaluation", "07_rounds", "10_experiments", "11_hard_negatives"}
     rec = R.parse("11_new", {"complete": True, "anything": [1, 2]})
     assert rec.complete is True and rec.model_extra == {"anything": [1, 2]}
 
