@@ -510,6 +510,11 @@ def _rounds(r: R.RoundsResults) -> list[str]:
                      f"against the adaptive pool's {int(ad['pairs'])}, hard-negative rate {_pct(fx['hard_negative_rate'])} "
                      f"against {_pct(ad['hard_negative_rate'])}; trained on them, adaptive − fixed in POPE-adversarial "
                      f"F1 is {W.difference(d.get('delta'), d.get('lo'), d.get('hi'), True, 3)}.")
+        spend = {f: row["adaptive"] for f, row in a.families.items()}
+        if spend:
+            hi, lo = max(spend, key=spend.get), min(spend, key=spend.get)
+            lines.append(f"The adaptive rule spent most on {hi} prompts ({_f(spend[hi], 1)} candidates each) and least "
+                         f"on {lo} ({_f(spend[lo], 1)}).")
     secs = list(r.round_seconds.values())
     if secs:
         lines.append(f"A round of {len(r.chosen)} rules took {_f(min(secs) / 60, 1)} to {_f(max(secs) / 60, 1)} "

@@ -640,6 +640,21 @@ def round_lines(frame: pd.DataFrame, chosen: dict[str, dict], boot: C.Bootstrap,
            "questions, so 0.5 is unbiased).",
            "KL to the base after each round, nats per answer: " + "; ".join(kl)
            + f". It grows in every round for {grows} of {n} rules."]
+    if "m3po" in chosen and last > 1:
+        m3 = body[body["rule"] == rules.label("m3po")].set_index("round")
+        out.append(f"On-policy data: the answers M3PO's round {last} trained on (drawn by its round-{last - 1} policy) "
+                   f"are fully right {wording.share(m3.loc[last, 'pool_pass1'])} of the time, against "
+                   f"{wording.share(m3.loc[1, 'pool_pass1'])} for the base's; among prompts with a wrong answer, the "
+                   f"share with one about as likely as the best answer went from "
+                   f"{wording.share(m3.loc[1, 'confident_wrong'])} to "
+                   f"{wording.share(m3.loc[last, 'confident_wrong'])}, and M3PO's hard-negative rate from "
+                   f"{wording.share(m3.loc[1, 'hard_negative_rate'])} to "
+                   f"{wording.share(m3.loc[last, 'hard_negative_rate'])}: the model it trains has fewer confident "
+                   "mistakes left to find." if m3.loc[last, "confident_wrong"] < m3.loc[1, "confident_wrong"] else
+                   f"On-policy data: among prompts with a wrong answer, the share with one about as likely as the "
+                   f"best answer in M3PO's pool went from "
+                   f"{wording.share(m3.loc[1, 'confident_wrong'])} (the base's) to "
+                   f"{wording.share(m3.loc[last, 'confident_wrong'])} in round {last}: training did not use them up.")
     for s, c in chosen.items():
         name, first = label(s, c["round"]), label(s, 1)
         at = (f"round {c['round']} of {last} (validation {criterion} {c['value']:.3f}"

@@ -104,3 +104,41 @@ def test_round_config_sets_the_sft_weight():
     assert R.settings_key(cfg, {"00_world": "a"}) != R.settings_key(cfg, {"00_world": "b"})
     more = dataclasses.replace(cfg, rounds=dataclasses.replace(cfg.rounds, bootstrap=500))
     assert R.settings_key(cfg, {}) == R.settings_key(more, {})   # the bootstrap changes no model
+
+
+def _frame_and_boot(yes, kl, conf_wrong=(0.6, 0.5)):
+    """Two rules × 2 rounds; yes/kl: per rule, the values of rounds 1 and 2."""
+    from m3po_utils.rules import label
+    from m3po_utils.stats import Bootstrap
+
+    rows = [{"rule": "base", "round": 0, "val_yes_ratio": 0.6, "kl_to_base": 0.0, "pool_pass1": 0.3,
+             "confident_wrong": conf_wrong[0], "hard_negative_rate": float("nan")}]
+    for s in ("m3po", "best_worst"):
+        for r in (1, 2):
+            rows.append({"rule": label(s), "round": r, "val_yes_ratio": yes[s][r - 1], "kl_to_base": kl[s][r - 1],
+                         "pool_pass1": 0.3 + 0.1 * (r - 1), "confident_wrong": conf_wrong[r - 1],
+                         "hard_negative_rate": 0.5})
+    names = [R.BASE] + [R.label(s, r) for s in ("m3po", "best_worst") for r in (1, 2)]
+    draws = {n: {k: np.linspace(-1, 1, 101) * 0.001 + i for k in R.METRICS} for i, n in enumerate(names)}
+    point = {n: {k: float(d[k].mean()) for k in R.METRICS} for n, d in draws.items()}
+    return pd.DataFrame(rows), Bootstrap(point, draws, 0.95)
+
+
+def test_round_lines_say_what_was_measured():
+    frame, boot = _frame_and_boot({"m3po": (0.55, 0.5), "best_worst": (0.5, 0.52)},
+                                  {"m3po": (0.1, 0.2), "best_worst": (0.3, 0.2)})
+    chosen = {"m3po": {"round": 2, "value": 0.7, "criterion": "score"},
+              "best_worst": {"round": 1, "value": 0.6, "criterion": "score"}}
+    lines = R.round_lines(frame, chosen, boot, "score")
+    text = " ".join(lines)
+    assert "falls in every round for 1 of 2 rules" in text
+    assert "grows in every round for 1 of 2 rules" in text
+    assert "M3PO keeps round 2 of 2" in text and "the last round" in text
+    assert "no later round raised its validation score" in text           # round 1 kept: no comparison claimed
+    assert "fewer confident mistakes left" in text                         # the share fell: 60 % -> 50 %
+    # a tie on the pool share is not a fall
+    frame2, boot2 = _frame_and_boot({"m3po": (0.5, 0.5), "best_worst": (0.5, 0.5)},
+                                    {"m3po": (0.1, 0.1), "best_worst": (0.1, 0.1)}, conf_wrong=(0.5, 0.5))
+    text2 = " ".join(R.round_lines(frame2, chosen, boot2, "score"))
+    assert "falls in every round for 0 of 2" in text2 and "grows in every round for 0 of 2" in text2
+    assert "did not use them up" in text2 and "fewer confident mistakes" not in text2
