@@ -748,7 +748,7 @@ def _smoke() -> Preset:
                                       seeds=(0,), bootstrap=200),
         hardneg=HardNegConfig(experiments=("E1", "E3"), seeds=(0, 1), sft_weights=(0.0,), steps=4, budgets=(4,),
                               assessors=("yes:0.3",), bootstrap=200),
-        rounds=RoundsConfig(steps=4, heldout_samples=2, wave=2, bootstrap=200),
+        rounds=RoundsConfig(rounds=2, steps=4, heldout_samples=2, wave=2, bootstrap=200),
     )
 
 

@@ -112,9 +112,6 @@ def _check_series(cfg: Preset, stages: Sequence[int]) -> None:
         if rc.wave > (rc.n_max or cfg.generation.n_candidates):
             raise ConfigError(f"rounds.wave={rc.wave} is more than the most candidates a prompt may get "
                               f"({rc.n_max or cfg.generation.n_candidates}); lower rounds.wave")
-        if cfg.world_kind == "hub":
-            raise ConfigError("notebook 07 (rounds) needs the shapes world: it scores every round's pairs and policies "
-                              "against the verifier, which a hub preset does not have")
         if rc.prompts == "split" and cfg.generation.n_prompts < rc.rounds:
             raise ConfigError(f"rounds.prompts='split' gives each of rounds.rounds={rc.rounds} rounds a slice of "
                               f"generation.n_prompts={cfg.generation.n_prompts} prompts; use 'reuse' or fewer rounds")

@@ -199,6 +199,9 @@ class Rounds:
     """Every round of every rule of notebook 07, cached under ``rounds/<key>/`` (``root`` overrides it)."""
 
     def __init__(self, run_dir, cfg: Preset, splits: dict[str, list[W.Scene]] | None = None, root=None):
+        if cfg.world_kind != "shapes":
+            raise ValueError("notebook 07 (rounds) needs the shapes world: it measures every round's pool, pairs and "
+                             "policy against the verifier, which a hub preset does not have; run it on a shapes preset")
         self.run, self.cfg = Path(run_dir), cfg
         self.splits = splits if splits is not None else RunDir(run_dir).scenes()
         self.rc, self.tcfg = cfg.rounds, round_config(cfg)

@@ -142,3 +142,8 @@ def test_round_lines_say_what_was_measured():
     text2 = " ".join(R.round_lines(frame2, chosen, boot2, "score"))
     assert "falls in every round for 0 of 2" in text2 and "grows in every round for 0 of 2" in text2
     assert "did not use them up" in text2 and "fewer confident mistakes" not in text2
+
+
+def test_a_hub_preset_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="needs the shapes world"):
+        R.Rounds("runs/none", load_preset("llava-1.5-7b"))
