@@ -40,7 +40,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -58,12 +57,12 @@ from m3po_utils import shapes as W
 from m3po_utils.candidates import generate_candidates
 from m3po_utils.config import Preset, parse_assessor
 from m3po_utils.dpo import LOG_FILE, adapters_dir, base_loader, load_adapter, train_pairs, training_summary
-from m3po_utils.io import atomic_write_json
+from m3po_utils.io import atomic_write_frame, atomic_write_json, atomic_write_with
 from m3po_utils.judge.self_judge import ModelView
 from m3po_utils.judge.server import Assessor
-from m3po_utils.mas import clip_scorer, combine, judge_items, open_judge, score_candidates, verifier_truth
+from m3po_utils.mas import combine, judge_items, open_judge, score_pool
 from m3po_utils.progress import Progress
-from m3po_utils.rundir import RunDir, run_command
+from m3po_utils.rundir import RunDir, run_command, run_id
 from m3po_utils.shapes.prompts import ImageResolver, preference_prompts
 
 STAGE = "11_hard_negatives"
@@ -198,7 +197,7 @@ class Pools:
         self._view = None
         # What the caches here were built from (the run ids of notebooks 00-02): a rebuilt base, pool or MAS
         # makes every pool, assessor table and base evaluation of this folder stale, so they are dropped.
-        self.inputs = {s: _run_id(self.run, s) for s in ("00_world", "01_candidates", "02_mas")}
+        self.inputs = {s: run_id(self.run, s) for s in ("00_world", "01_candidates", "02_mas")}
         marker = self.root / "inputs.json"
         try:
             before = json.loads(marker.read_text()) if marker.is_file() else None
@@ -239,13 +238,8 @@ class Pools:
             scored = pd.read_json(scored_path, orient="split")
         else:
             with open_judge(self.cfg, self.run, splits=self.splits) as judge:
-                scored = score_candidates(cands, self.cfg.mas, self.resolver, clip=clip_scorer(self.cfg, self.run),
-                                          judge=judge, progress=True)
-            scenes = {s.scene_id: s for part in self.splits.values() for s in part}
-            scored["truth"] = verifier_truth(cands, scenes, self.cfg.world)
-            scored = scored[["prompt_id", "cand_idx", "clip_raw", "clip_score", "judge_score", "judge_ok", "mas",
-                             "truth"]]
-            _write_frame(scored_path, scored)
+                scored = score_pool(cands, self.cfg, self.run, self.resolver, self.splits, judge, progress=True)
+            atomic_write_frame(scored_path, scored)
         table = cands.merge(scored, on=["prompt_id", "cand_idx"], how="left", validate="one_to_one")
         table["verdict"] = S.verdicts(table)
         return table
@@ -285,7 +279,7 @@ class Pools:
                 raw[p], ok[p] = o.score, o.ok
         out = pd.DataFrame({"prompt_id": table["prompt_id"].to_numpy(), "cand_idx": table["cand_idx"].to_numpy(),
                             "judge_score": (raw - 1.0) / 9.0, "judge_ok": ok})
-        _write_frame(path, out)
+        atomic_write_frame(path, out)
         return out
 
     def model_view(self):
@@ -307,20 +301,6 @@ class Pools:
     def families(self, seed: int) -> dict[str, str]:
         t = self.base_table(seed)
         return dict(zip(t["prompt_id"].astype(str), t["family"].astype(str), strict=False))
-
-
-def _run_id(run: Path, stage: str) -> str | None:
-    try:
-        return json.loads((run / "results" / f"{stage}.json").read_text()).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _write_frame(path: Path, df: pd.DataFrame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_json(tmp, orient="split")
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------ selection
@@ -453,9 +433,7 @@ def _load_stats(path: Path) -> np.ndarray | None:
 
 
 def _save_stats(path: Path, stats: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, stats)
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda tmp: np.save(tmp, stats), suffix=".tmp.npy")
 
 
 def base_stats(run_dir, cfg: Preset, ev: Evaluator) -> np.ndarray:

@@ -29,6 +29,28 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def atomic_write_with(path: str | Path, write, suffix: str = ".tmp") -> Path:
+    """Let ``write(tmp)`` fill a temporary file beside ``path``, then rename it into place (never half a file).
+    ``suffix`` ends the temporary name (``.tmp.npy`` for ``numpy.save``, which adds ``.npy`` otherwise)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_frame(path: str | Path, frame) -> Path:
+    """A pandas table as JSON (``orient="split"``), atomically."""
+    return atomic_write_with(path, lambda tmp: frame.to_json(tmp, orient="split"))
+
+
 def json_ready(data: Any) -> Any:
     """``data`` as plain JSON values: numpy scalars and arrays as Python ones, paths as text, NaN and infinities
     as None."""

@@ -352,6 +352,20 @@ def verifier_truth(df: pd.DataFrame, scenes: dict[str, W.Scene], world_cfg) -> n
     return out
 
 
+POOL_COLUMNS = ("prompt_id", "cand_idx", "clip_raw", "clip_score", "judge_score", "judge_ok", "mas", "truth")
+
+
+def score_pool(cands: pd.DataFrame, cfg: Preset, run_dir: str | Path, load_image: Callable[[str], Image.Image],
+               splits: dict[str, list[W.Scene]], judge: JudgeClient, progress: bool = False) -> pd.DataFrame:
+    """An extra candidate pool (notebooks 07 and 11) scored as notebook 02 scores the run's: the run's CLIP and
+    ``judge`` combined into MAS, with the verifier's truth beside it; :data:`POOL_COLUMNS`."""
+    scored = score_candidates(cands, cfg.mas, load_image, clip=clip_scorer(cfg, run_dir), judge=judge,
+                              progress=progress)
+    scenes = {s.scene_id: s for part in splits.values() for s in part}
+    scored["truth"] = verifier_truth(cands, scenes, cfg.world)
+    return scored[list(POOL_COLUMNS)]
+
+
 def save_mas(table: pd.DataFrame, run_dir: str | Path) -> Path:
     """Write the MAS table to ``run_dir/mas/scores/`` atomically (the judge cache beside it is untouched)."""
     folder = RunDir(run_dir).mas_scores

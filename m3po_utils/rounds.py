@@ -58,7 +58,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,11 +83,11 @@ from m3po_utils.dpo import (
     training_summary,
     validation_metrics,
 )
-from m3po_utils.io import atomic_write_json
-from m3po_utils.mas import clip_scorer, open_judge, score_candidates, verifier_truth
+from m3po_utils.io import atomic_write_frame, atomic_write_json, atomic_write_with
+from m3po_utils.mas import open_judge, score_pool
 from m3po_utils.models.generate import sample_candidates, score_responses
 from m3po_utils.progress import Progress
-from m3po_utils.rundir import RunDir
+from m3po_utils.rundir import RunDir, run_id
 from m3po_utils.scoring import metrics_from_totals
 from m3po_utils.shapes.prompts import (
     ImageResolver,
@@ -114,26 +113,11 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _run_id(run: Path, stage: str) -> str | None:
-    try:
-        return json.loads((run / "results" / f"{stage}.json").read_text()).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def save_frame(path: Path, df: pd.DataFrame) -> None:
-    """Write a table atomically (a temporary name, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_json(tmp, orient="split")
-    os.replace(tmp, path)
+save_frame = atomic_write_frame     # one name for the writes of this stage's tables (a test interrupts it)
 
 
 def _save_array(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda tmp: np.save(tmp, arr), suffix=".tmp.npy")
 
 
 def round_config(cfg: Preset) -> Preset:
@@ -206,7 +190,7 @@ class Rounds:
         self.splits = splits if splits is not None else RunDir(run_dir).scenes()
         self.rc, self.tcfg = cfg.rounds, round_config(cfg)
         self.resolver = ImageResolver(cfg, self.splits)
-        self.inputs = {s: _run_id(self.run, s) for s in ("00_world", "01_candidates", "02_mas")}
+        self.inputs = {s: run_id(self.run, s) for s in ("00_world", "01_candidates", "02_mas")}
         self.key = settings_key(cfg, self.inputs)
         self.root = Path(root) if root is not None else RunDir(run_dir).root / "rounds" / self.key
         self.root.mkdir(parents=True, exist_ok=True)
@@ -269,12 +253,7 @@ class Rounds:
                 raise RuntimeError("a pool needs scoring: pass an open judge")
             t0 = time.perf_counter()
             before = dict(judge.stats)
-            scored = score_candidates(cands, self.cfg.mas, self.resolver, clip=clip_scorer(self.cfg, self.run),
-                                      judge=judge, progress=False)
-            scenes = {s.scene_id: s for part in self.splits.values() for s in part}
-            scored["truth"] = verifier_truth(cands, scenes, self.cfg.world)
-            scored = scored[["prompt_id", "cand_idx", "clip_raw", "clip_score", "judge_score", "judge_ok", "mas",
-                             "truth"]]
+            scored = score_pool(cands, self.cfg, self.run, self.resolver, self.splits, judge)
             cost |= {"score_seconds": time.perf_counter() - t0,
                      "judge_requests": judge.stats["requests"] - before["requests"],
                      "judge_cache_hits": judge.stats["cache_hits"] - before["cache_hits"]}

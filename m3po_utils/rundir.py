@@ -358,6 +358,12 @@ def _record(run: Path, name: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def run_id(run: str | Path, stage: str) -> str | None:
+    """The ``run_id`` the runner stamped on ``stage``'s record in ``run`` (None when there is none)."""
+    rec = _record(Path(run), stage)
+    return rec.get("run_id") if rec else None
+
+
 def recorded_stages(run: Path) -> list[str]:
     """Names of the stages that have a results file in ``run``."""
     folder = run / "results"
