@@ -44,7 +44,7 @@ from m3po_utils.candidates import generate_candidates, generation_info
 from m3po_utils.config import Preset
 from m3po_utils.dpo import adapters_dir, base_loader, load_adapter, train_pairs
 from m3po_utils.evaluation import answer_questions, questions_key
-from m3po_utils.io import atomic_write_json
+from m3po_utils.io import atomic_save_array, atomic_write_json
 from m3po_utils.mas import (
     clip_scorer,
     combine,
@@ -220,12 +220,6 @@ def point_key(p: Point, sel: rules.Selection, cfg: Preset, questions_key: str, m
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save_stats(path: Path, stats: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, stats)
-    os.replace(tmp, path)
-
-
 def _stats_width(path: Path) -> int:
     """Columns of a cached stats array (a cache from before the per-scene counts changed is recomputed)."""
     try:
@@ -261,7 +255,7 @@ def run_point(run_dir, cfg: Preset, pool: CandidatePool, p: Point, scenes: Seque
     answers = answer_questions(model, processor, images, questions, batch_size=cfg.evaluation.batch_size)
     stats = scene_stats(scenes, questions, answers, cfg.world)
     shutil.rmtree(folder / "pairs", ignore_errors=True)          # the pairs are re-derivable; keep the adapter
-    _save_stats(stats_path, stats)
+    atomic_save_array(stats_path, stats)
     record = {"pairs": info["pairs"], "steps": info["steps"], "train_seconds": info["seconds"],
               "seconds": time.perf_counter() - t0}
     atomic_write_json(record_path, record | base)

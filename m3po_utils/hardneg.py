@@ -57,7 +57,7 @@ from m3po_utils import shapes as W
 from m3po_utils.candidates import generate_candidates
 from m3po_utils.config import Preset, parse_assessor
 from m3po_utils.dpo import LOG_FILE, adapters_dir, base_loader, load_adapter, train_pairs, training_summary
-from m3po_utils.io import atomic_write_frame, atomic_write_json, atomic_write_with
+from m3po_utils.io import atomic_save_array, atomic_write_frame, atomic_write_json
 from m3po_utils.judge.self_judge import ModelView
 from m3po_utils.judge.server import Assessor
 from m3po_utils.mas import combine, judge_items, open_judge, score_pool
@@ -432,10 +432,6 @@ def _load_stats(path: Path) -> np.ndarray | None:
     return arr if arr.ndim == 2 and arr.shape[1] == len(E.STATS) else None
 
 
-def _save_stats(path: Path, stats: np.ndarray) -> None:
-    atomic_write_with(path, lambda tmp: np.save(tmp, stats), suffix=".tmp.npy")
-
-
 def base_stats(run_dir, cfg: Preset, ev: Evaluator) -> np.ndarray:
     """The base model's counts on the evaluation questions (cached)."""
 
@@ -446,7 +442,7 @@ def base_stats(run_dir, cfg: Preset, ev: Evaluator) -> np.ndarray:
     model, processor = base_loader(cfg, run_dir)()
     stats = ev.stats(model.eval(), processor)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save_stats(path, stats)
+    atomic_save_array(path, stats)
     return stats
 
 
@@ -479,7 +475,7 @@ def run_condition(run_dir, cfg: Preset, pools: Pools, ev: Evaluator, c: Conditio
     model = load_adapter(model, adapters_dir(folder, "adapter")).merge_and_unload().eval()
     stats = ev.stats(model, processor)
     shutil.rmtree(folder / "pairs", ignore_errors=True)         # re-derivable; the adapter and its log stay
-    _save_stats(stats_path, stats)
+    atomic_save_array(stats_path, stats)
     record = {"pairs_trained": info["pairs"], "steps": info["steps"], "train_seconds": info["seconds"],
               "seconds": time.perf_counter() - t0,
               "training": {} if rules.rule(c.strategy).sft_only else training_summary(log, ccfg.dpo.beta)}

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to a temporary file beside ``path`` and rename it into place (never half a file)."""
@@ -44,6 +46,11 @@ def atomic_write_with(path: str | Path, write, suffix: str = ".tmp") -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_save_array(path: str | Path, array) -> Path:
+    """A numpy array (``.npy``), atomically."""
+    return atomic_write_with(path, lambda tmp: np.save(tmp, array), suffix=".tmp.npy")
 
 
 def atomic_write_frame(path: str | Path, frame) -> Path:

@@ -17,6 +17,7 @@ from m3po_utils import results as R
 from m3po_utils import rules
 from m3po_utils import wording as W
 from m3po_utils.evaluation import KEY_METRICS
+from m3po_utils.rounds import spend_sentence
 from m3po_utils.scoring import HEADLINE
 
 HEADER = "## What we learnt here"
@@ -512,9 +513,7 @@ def _rounds(r: R.RoundsResults) -> list[str]:
                      f"F1 is {W.difference(d.get('delta'), d.get('lo'), d.get('hi'), True, 3)}.")
         spend = {f: row["adaptive"] for f, row in a.families.items()}
         if spend:
-            hi, lo = max(spend, key=spend.get), min(spend, key=spend.get)
-            lines.append(f"The adaptive rule spent most on {hi} prompts ({_f(spend[hi], 1)} candidates each) and least "
-                         f"on {lo} ({_f(spend[lo], 1)}).")
+            lines.append(spend_sentence(spend))
     secs = list(r.round_seconds.values())
     if secs:
         lines.append(f"A round of {len(r.chosen)} rules took {_f(min(secs) / 60, 1)} to {_f(max(secs) / 60, 1)} "

@@ -83,7 +83,7 @@ from m3po_utils.dpo import (
     training_summary,
     validation_metrics,
 )
-from m3po_utils.io import atomic_write_frame, atomic_write_json, atomic_write_with
+from m3po_utils.io import atomic_save_array, atomic_write_frame, atomic_write_json
 from m3po_utils.mas import open_judge, score_pool
 from m3po_utils.models.generate import sample_candidates, score_responses
 from m3po_utils.progress import Progress
@@ -114,10 +114,6 @@ def _hash(obj) -> str:
 
 
 save_frame = atomic_write_frame     # one name for the writes of this stage's tables (a test interrupts it)
-
-
-def _save_array(path: Path, arr: np.ndarray) -> None:
-    atomic_write_with(path, lambda tmp: np.save(tmp, arr), suffix=".tmp.npy")
 
 
 def round_config(cfg: Preset) -> Preset:
@@ -303,8 +299,8 @@ class Rounds:
                                  batch_size=ec.batch_size)
         val_stats = self.val_ev.stats(model, processor)
         eval_stats = self.eval_ev.stats(model, processor)
-        _save_array(folder / "val_stats.npy", val_stats)
-        _save_array(folder / "eval_stats.npy", eval_stats)
+        atomic_save_array(folder / "val_stats.npy", val_stats)
+        atomic_save_array(folder / "eval_stats.npy", eval_stats)
         vm = metrics_from_totals(val_stats.sum(axis=0))
         val |= {k: float(vm[k]) for k in METRICS}
         held = self.heldout(model, processor, base)
@@ -351,12 +347,11 @@ class Rounds:
             for s in strategies:
                 pools[s], costs[s] = self.pool(s, r)
         seed = self.cfg.selection.seed + r - 1
-        picked, stats, tables = {}, {}, {}
+        stats, tables = {}, {}
         for s in strategies:
             groups, truth, sels = select_pool(pools[s], self.cfg, strategies, seed)
             stats[s] = pair_stats(groups, truth, sels, s, self.families)
             stats[s]["pool"] = pool_quality(pools[s], self.cfg.selection.delta)
-            picked[s] = sels[s]
             if not sels[s].n_pairs:
                 raise ValueError(f"{rules.label(s)} selected no pairs in round {r} (skipped: {sels[s].skipped}); "
                                  "lower selection.min_margin or use fewer rounds")
@@ -383,12 +378,11 @@ class Rounds:
             rec = {"strategy": s, "round": r, "pairs_trained": n, "steps": info["steps"],
                    "reference": info.get("reference"), "training": training_summary(log, self.tcfg.dpo.beta),
                    "train_seconds": train_seconds} | stats[s] | costs[s] | ev
-            rec["round_seconds"] = (time.perf_counter() - t_round) / len(strategies)   # set below for the round
             out.append(rec)
         total = time.perf_counter() - t_round
         for rec in out:
             if not rec.get("cached"):
-                rec["round_seconds"] = total
+                rec["round_seconds"] = total           # the round's wall time, all of its rules together
                 atomic_write_json(self.folder(rec["strategy"], r) / "record.json", rec)
         return out
 
@@ -536,6 +530,18 @@ def spend_by_family(spends: dict[str, dict[str, int]], families: dict[str, str])
     return pd.DataFrame(rows)
 
 
+def spend_sentence(spend: dict[str, float]) -> str:
+    """Where the adaptive rule spent most and least, in words: every family tied at the top (or bottom) is named,
+    and a rule that spent the same everywhere says so."""
+    vals = {f: round(float(v), 1) for f, v in spend.items()}
+    top, bottom = max(vals.values()), min(vals.values())
+    if top == bottom:
+        return f"The adaptive rule spent the same on every family ({top:.1f} candidates per prompt)."
+    hi = " and ".join(f for f, v in vals.items() if v == top)
+    lo = " and ".join(f for f, v in vals.items() if v == bottom)
+    return f"The adaptive rule spent most on {hi} ({top:.1f} candidates per prompt) and least on {lo} ({bottom:.1f})."
+
+
 def adaptive(rd: Rounds, progress: bool = True) -> dict:
     """Adaptive against fixed N at equal total candidates on the base's pool: pairs, their quality, what each pool
     spends per family, and M3PO trained on each pool's pairs (same steps) and evaluated."""
@@ -569,7 +575,6 @@ def adaptive(rd: Rounds, progress: bool = True) -> dict:
         tables[name] = RunDir(f).load_pairs("m3po")
     tables, n = equal_budget(tables)
     steps = rd.steps()
-    base = None
     stats = {}
     for name in Progress.over(["adaptive", "fixed"], "adaptive N", unit="model", enabled=progress):
         f = folder / name
@@ -579,10 +584,9 @@ def adaptive(rd: Rounds, progress: bool = True) -> dict:
                         model_loader=base_loader(cfg, rd.run), steps=steps)
             model, processor = base_loader(cfg, rd.run)()
             model = load_adapter(model, f / "adapter").merge_and_unload().eval()
-            _save_array(path, rd.eval_ev.stats(model, processor))
+            atomic_save_array(path, rd.eval_ev.stats(model, processor))
         stats[name] = np.load(path)
         rows[name]["pairs_trained"] = n
-    del base
     arrays = {BASE: rd.eval_stats("", 0)[None]} | {f"M3PO · {k} N": v[None] for k, v in stats.items()}
     boot = C.bootstrap(arrays, n_boot=rc.bootstrap, seed=0)
     d = {k: boot.delta("M3PO · adaptive N", "M3PO · fixed N", k) for k in METRICS}
@@ -597,7 +601,7 @@ def _pct(x: float) -> str:
     return wording.share(x)
 
 
-def _falls(values: Sequence[float], sign: int) -> bool:
+def _monotone(values: Sequence[float], sign: int) -> bool:
     d = np.diff(np.asarray(values, dtype=float))
     return bool(len(d) and np.all(sign * d > 0))
 
@@ -614,8 +618,8 @@ def round_lines(frame: pd.DataFrame, chosen: dict[str, dict], boot: C.Bootstrap,
         y = [base["val_yes_ratio"], *g["val_yes_ratio"]]
         yes.append(f"{rule} " + " → ".join(f"{v:.3f}" for v in y))
         kl.append(f"{rule} " + " → ".join(f"{v:.2f}" for v in g["kl_to_base"]))
-        falls += _falls(y, -1)
-        grows += _falls(g["kl_to_base"], 1)
+        falls += _monotone(y, -1)
+        grows += _monotone(g["kl_to_base"], 1)
     n = len(groups)
     out = [f"POPE-adversarial yes-ratio on the validation scenes, the base ({base['val_yes_ratio']:.3f}) first: "
            + "; ".join(yes) + f". It falls in every round for {falls} of {n} rules (POPE asks as many yes as no "

@@ -147,3 +147,11 @@ def test_round_lines_say_what_was_measured():
 def test_a_hub_preset_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="needs the shapes world"):
         R.Rounds("runs/none", load_preset("llava-1.5-7b"))
+
+
+def test_where_the_adaptive_rule_spent_names_ties_and_never_a_false_most():
+    assert R.spend_sentence({"color": 4.0, "count": 4.0}) == ("The adaptive rule spent the same on every family "
+                                                              "(4.0 candidates per prompt).")
+    text = R.spend_sentence({"color": 10.3, "describe": 15.2, "fmt_start": 15.2, "count": 11.0})
+    assert text.startswith("The adaptive rule spent most on describe and fmt_start (15.2")
+    assert "least on color (10.3)" in text

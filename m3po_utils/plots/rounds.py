@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from m3po_utils.plots.curves import plot_curves
+from m3po_utils.rounds import spend_sentence
 
 PANELS = (("val_yes_ratio", "POPE-adversarial yes-ratio (validation)"), ("kl_to_base", "KL to the base (nats/answer)"),
           ("hard_negative_rate", "hard-negative rate of the pairs"), ("val_score", "validation score (verifier)"))
@@ -53,9 +54,7 @@ def plot_spend(families: pd.DataFrame, pass1: dict[str, float] | None = None):
     ax.set_xticks(pos, fam.index, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("candidates per prompt", fontsize=8)
     ax.legend(fontsize=7, loc="lower right")
-    hi, lo = fam["adaptive"].idxmax(), fam["adaptive"].idxmin()
     order = " (families from the lowest base pass@1 to the highest)" if pass1 else ""
-    ax.set_title(f"Adaptive N spends most on {hi} ({fam.loc[hi, 'adaptive']:.1f} per prompt) and least on {lo} "
-                 f"({fam.loc[lo, 'adaptive']:.1f}){order}", fontsize=9)
+    ax.set_title(spend_sentence(fam["adaptive"].to_dict()).removesuffix(".") + order, fontsize=9)
     fig.tight_layout()
     return fig
