@@ -190,10 +190,12 @@ class ClipTrainConfig:
 # the MME-style yes/no families at 8 % each (were 3-4 %) and descriptions at 16 % (were 30 %). Under the old mix
 # only 9 % of the prompts asked what MME asks, and training on the truth moved the MME-style total by +11 on the
 # default base; with this mix by +33 (POPE-adversarial F1 +4.5 -> +5.2 points). The old mix is in LEGACY_VALUES.
+# Questions with IFEval-style constraints (``ifeval``) and two-turn follow-ups (``dialogue``) were added at weight
+# 0.10 each on top (the others are normalised with them), so that a preference rule has pairs to teach them from.
 PREF_FAMILY_WEIGHTS: tuple[tuple[str, float], ...] = (
     ("describe", 0.16), ("existence", 0.2), ("color", 0.06), ("count", 0.06), ("position", 0.06),
     ("fmt_one_word", 0.055), ("fmt_list", 0.055), ("fmt_start", 0.055), ("fmt_max_words", 0.055),
-    ("yn_position", 0.08), ("yn_color", 0.08), ("yn_count", 0.08),
+    ("yn_position", 0.08), ("yn_color", 0.08), ("yn_count", 0.08), ("ifeval", 0.10), ("dialogue", 0.10),
 )
 
 

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from m3po_utils import dialogue
 from m3po_utils import shapes as W
 from m3po_utils.config import DpoConfig, Preset
 from m3po_utils.io import AtomicDir, atomic_write_json
@@ -108,10 +109,8 @@ def _expand_image(text: str, processor) -> str:
 
 
 def _user_text(prompt: list[dict]) -> str:
-    content = prompt[-1]["content"]
-    if isinstance(content, str):
-        return content
-    return "".join(c.get("text") or "" for c in content if c.get("type") == "text")
+    """The instruction string of a TRL prompt (a dialogue's history included)."""
+    return dialogue.from_messages(prompt)
 
 
 def check_pairs(ds, strategy: str, reuse_reference: bool = True, check_images: bool = True) -> None:

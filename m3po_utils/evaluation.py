@@ -62,6 +62,7 @@ from m3po_utils.scoring import (
     metrics_from_totals,
     scene_stats,
 )
+from m3po_utils.shapes import visual_ifeval
 from m3po_utils.shapes.prompts import ImageResolver
 from m3po_utils.stats import Bootstrap, fmt_interval, resample
 
@@ -133,15 +134,25 @@ def questions_key(questions: Sequence[dict]) -> str:
     return hashlib.sha256(json.dumps([(q["scene"], q["question"]) for q in questions]).encode()).hexdigest()[:16]
 
 
+# Families whose right answer can be longer than the default budget: a description in capital letters, which the
+# shapes world's tokenizer (trained on lowercase text) spells nearly letter by letter, needs up to ~140 tokens.
+MAX_NEW_TOKENS = {"ifeval": 160}
+
+
 def answer_questions(model, processor, images: Sequence, questions: Sequence[dict], batch_size: int = 100,
                      max_new_tokens: int = 48, progress: bool = False) -> list[str]:
     """Greedy answers to ``questions`` (``images[q["scene"]]``); each distinct (scene, question) is asked once,
-    grouped by family so that a batch of yes/no questions stops after a few tokens."""
+    grouped by family so that a batch of yes/no questions stops after a few tokens. ``max_new_tokens`` bounds every
+    family but those of ``MAX_NEW_TOKENS``, which get at least their own budget."""
 
     unique = sorted({(q["family"], q["scene"], q["question"]) for q in questions})
-    answers = greedy_answers(model, processor, [images[s] for _, s, _ in unique], [t for _, _, t in unique],
-                             max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
-    lookup = {(s, t): a for (_, s, t), a in zip(unique, answers, strict=True)}
+    lookup: dict[tuple[int, str], str] = {}
+    budget = {f: max(max_new_tokens, MAX_NEW_TOKENS.get(f, 0)) for f, _, _ in unique}
+    for limit in sorted(set(budget.values())):
+        part = [u for u in unique if budget[u[0]] == limit]
+        answers = greedy_answers(model, processor, [images[s] for _, s, _ in part], [t for _, _, t in part],
+                                 max_new_tokens=limit, batch_size=batch_size, progress=progress)
+        lookup |= {(s, t): a for (_, s, t), a in zip(part, answers, strict=True)}
     return [lookup[(q["scene"], q["question"])] for q in questions]
 
 
@@ -360,6 +371,9 @@ def ordering_lines(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE)) ->
 
 # The two metrics the series' headline question is asked on (the paper's POPE and MME claims).
 KEY_METRICS = ("pope_adversarial_f1", "mme_total")
+# The instruction-following metrics the oracle table adds where the question set asks them (the shapes world).
+INSTRUCTION_METRICS = ("ift", "ifeval_seen_prompt_strict", "ifeval_held_prompt_strict", "dialogue_right",
+                       "dialogue_carried")
 
 
 def signed_delta(metric: str, d: dict[str, float]) -> dict[str, float]:
@@ -535,6 +549,117 @@ def _interval_table(boot: Bootstrap, part: str, parts: Sequence[str], measures: 
                 row[x] = fmt_interval(boot.point[m][k], *boot.interval(m, k), digits=(digits or {}).get(x, 3))
             rows.append(row)
     return pd.DataFrame(rows).set_index(["method", part])
+
+
+IFEVAL_MEASURES = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose", "binding_strict",
+                   "content", "right")
+
+
+def ifeval_table(boot: Bootstrap, measures: Sequence[str] = IFEVAL_MEASURES):
+    """Per method and constraint split (``seen``: the types the base trained on, ``held``: types it never saw):
+    IFEval's four accuracies (prompt / instruction level, strict / loose), the instruction-level strict accuracy over
+    the constraints that bind (``binding_strict``: the plain right answer would break them), the share of answers
+    whose content is right, and the share right on both (every constraint followed strictly and the content correct), each with its
+    interval; empty when the question set has no such questions (benchmark files)."""
+    import pandas as pd
+
+    first = next(iter(boot.point.values()), {})
+    splits = [s for s in E.IFEVAL_SPLITS if f"ifeval_{s}_prompt_strict" in first]
+    if not splits:
+        return pd.DataFrame()
+    return _interval_table(boot, "types", splits, measures, "ifeval_{}_{}")
+
+
+def intervals(boot: Bootstrap, names: dict[str, str]) -> dict[str, dict[str, dict]]:
+    """``{method: {name: {"mean", "lo", "hi"}}}`` for ``names`` (name -> metric) the bootstrap has."""
+    out: dict[str, dict[str, dict]] = {}
+    for m in boot.point:
+        for name, k in names.items():
+            if k in boot.point[m]:
+                lo, hi = boot.interval(m, k)
+                out.setdefault(m, {})[name] = {"mean": float(boot.point[m][k]), "lo": float(lo), "hi": float(hi)}
+    return out
+
+
+def ifeval_intervals(boot: Bootstrap, measures: Sequence[str] = IFEVAL_MEASURES) -> dict[str, dict[str, dict]]:
+    """``{method: {"<split>_<measure>": {"mean", "lo", "hi"}}}``: what :func:`ifeval_table` prints, as numbers."""
+    return intervals(boot, {f"{s}_{x}": f"ifeval_{s}_{x}" for s in E.IFEVAL_SPLITS for x in measures})
+
+
+def ifeval_by_type(scenes: Sequence[W.Scene], cfg: Preset, questions: Sequence[dict],
+                   answers: dict[tuple[str, int], list[str]]):
+    """Per constraint type (rows, with whether the base trained on it) and method (columns): the share of that
+    type's instructions followed strictly, over every seed; ``n`` counts the instructions of the type asked and
+    ``binds`` the share of them that bind (the plain right answer would break them)."""
+    import pandas as pd
+
+    rows = [k for k, q in enumerate(questions) if q["kind"].startswith("ifeval_")]
+    if not rows:
+        return pd.DataFrame()
+    followed: dict[str, dict[str, list[float]]] = {}
+    for (method, _), ans in answers.items():
+        for k in rows:
+            q = questions[k]
+            s = visual_ifeval.score(q["question"], scenes[q["scene"]], ans[k], cfg.world)
+            for iid, ok in zip(s["ids"], s["strict"], strict=True):
+                followed.setdefault(iid, {}).setdefault(method, []).append(float(ok))
+    n: dict[str, int] = {}
+    binds: dict[str, int] = {}
+    any_answers = next(iter(answers.values()))
+    for k in rows:
+        q = questions[k]
+        s = visual_ifeval.score(q["question"], scenes[q["scene"]], any_answers[k], cfg.world)
+        for iid, b in zip(s["ids"], s["binding"], strict=True):
+            n[iid] = n.get(iid, 0) + 1
+            binds[iid] = binds.get(iid, 0) + int(b)
+    table = pd.DataFrame({rules.label(m): {i: float(np.mean(v[m])) for i, v in followed.items()}
+                          for m in dict.fromkeys(m for m, _ in answers)})
+    table.insert(0, "binds", pd.Series({i: binds[i] / n[i] for i in n}))
+    table.insert(0, "n", pd.Series(n))
+    table.insert(0, "trained on", ["yes" if i in W.ifeval.SEEN else "no (held out)" for i in table.index])
+    order = [i for i in (*W.ifeval.SEEN, *W.ifeval.HELD_OUT) if i in table.index]
+    return table.loc[order]
+
+
+DIALOGUE_METRICS = ("dialogue_right", "dialogue_clean_right", "dialogue_carried", "dialogue_history",
+                    "dialogue_image")
+
+
+def dialogue_table(boot: Bootstrap, metrics: Sequence[str] = DIALOGUE_METRICS):
+    """Per method, the two-turn metrics with their intervals (empty without two-turn questions): right in context,
+    right after a truthful first answer, the share of made-up shapes carried into the follow-up (lower is better),
+    consistent with the history, consistent with the image."""
+    import pandas as pd
+
+    if not all(k in next(iter(boot.point.values()), {}) for k in metrics):
+        return pd.DataFrame()
+    return pd.DataFrame({rules.label(m): {k.removeprefix("dialogue_"): fmt_interval(boot.point[m][k],
+                                                                                   *boot.interval(m, k))
+                                          for k in metrics} for m in boot.point}).T
+
+
+def dialogue_example(scenes: Sequence[W.Scene], cfg: Preset, questions: Sequence[dict],
+                     answers: dict[tuple[str, int], list[str]], made_up: bool = True):
+    """The first two-turn question whose first answer made a shape up (``made_up``; else one that told the truth),
+    and every model's follow-up answer with its verdict: ``(question, truth, table)``, or None without one."""
+    import pandas as pd
+
+    for k, q in enumerate(questions):
+        if q["kind"] != "dialogue":
+            continue
+        scene = scenes[q["scene"]]
+        _, params = W.parse_instruction(q["question"], cfg.world)
+        if (scene.obj(W.referred_shape(params, cfg.world)) is None) != made_up:
+            continue
+        rows = []
+        for (m, seed), ans in answers.items():
+            c = W.follow_up_check(scene, params, ans[k], cfg.world)
+            rows.append({"model": f"{rules.label(m)} (seed {seed})", "answer": ans[k],
+                         "right": bool(c["history_ok"] and c["content"].score == 1.0), "carried": c["carried"],
+                         "about the shape asked": c["history_ok"], "true of the image": c["image_ok"]})
+        truth = W.describe(scene, cfg.world)
+        return q["question"], truth, pd.DataFrame(rows).set_index("model")
+    return None
 
 
 def mme_subtasks(boot: Bootstrap) -> list[str]:

@@ -312,6 +312,8 @@ def evaluation_conclusion(r: R.EvaluationResults) -> list[str]:
             f"{label[who]} " + ", ".join(f"{t} {_interval(d, 1)} ({_said(d)})" for t, d in
                                          sorted(ds.items(), key=lambda kv: -float(kv[1].delta)))
             for who, ds in split) + ".")
+    lines += ifeval_lines(r, label)
+    lines += dialogue_lines(r, label)
     mde = [d for d in r.mde if d.comparison == f"m3po − {control}"]
     if mde:
         lines.append(f"The smallest difference M3PO − {label[control]} this run would detect (80 % power): "
@@ -414,6 +416,69 @@ def verdict(ev: R.EvaluationResults, selection: R.SelectionResults | None = None
     if why:
         lines.append("**Why, from this run:** " + " ".join(why))
     return "\n\n".join(lines)
+
+
+IFEVAL_SPLIT_WORDS = {"seen": "types the base trained on", "held": "types held out of its training"}
+
+
+def ifeval_lines(r: R.EvaluationResults, label: Mapping[str, str]) -> list[str]:
+    """The IFEval-style instructions in two sentences: every method's strict prompt-level accuracy on the constraint
+    types the base trained on and on the held-out ones (and whether held-out lies below seen for every method), then
+    whether the oracle moves each and how M3PO compares with best-vs-worst DPO."""
+    table = r.ifeval or {}
+    splits = [s for s in IFEVAL_SPLIT_WORDS if any(f"{s}_prompt_strict" in v for v in table.values())]
+    if not splits:
+        return []
+    methods = [m for m in table if all(f"{s}_prompt_strict" in table[m] for s in splits)]
+    acc = {m: {s: float(table[m][f"{s}_prompt_strict"].mean) for s in splits} for m in methods}
+    lines = ["**IFEval-style instructions** (share of prompts whose every constraint is followed, strict; "
+             + " / ".join(IFEVAL_SPLIT_WORDS[s] for s in splits) + "): "
+             + "; ".join(f"{label.get(m, m)} {' / '.join(_f(acc[m][s]) for s in splits)}" for m in methods) + "."]
+    if len(splits) == 2 and methods:
+        lower = [m for m in methods if acc[m]["held"] < acc[m]["seen"]]
+        if len(lower) == len(methods):
+            lines[0] += " Every method follows the held-out types less often than the trained ones."
+        elif not lower:
+            lines[0] += " No method follows the held-out types less often than the trained ones."
+        else:
+            lines[0] += (" The held-out types are followed less often than the trained ones by "
+                         + ", ".join(label.get(m, m) for m in lower) + ", not by "
+                         + ", ".join(label.get(m, m) for m in methods if m not in lower) + ".")
+    parts = []
+    for who, other in (("oracle", "base"), ("m3po", "best_worst")):
+        ds = [(s, _by(r.deltas, f"{who} − {other}", f"ifeval_{s}_prompt_strict")) for s in splits]
+        ds = [(s, d) for s, d in ds if d is not None]
+        if ds:
+            parts.append(f"{label.get(who, who)} − {label.get(other, other)}: "
+                         + ", ".join(f"{'trained' if s == 'seen' else 'held-out'} types {_interval(d)} ({_said(d)})"
+                                     for s, d in ds))
+    if parts:
+        lines.append("On those accuracies, " + "; ".join(parts) + ".")
+    return lines
+
+
+def dialogue_lines(r: R.EvaluationResults, label: Mapping[str, str]) -> list[str]:
+    """Two-turn dialogues in two sentences: every method's share of follow-ups right in context and of made-up shapes
+    carried over from the first answer, then the oracle's and M3PO's (against best-vs-worst) differences."""
+    table = r.dialogue or {}
+    methods = [m for m in table if {"right", "carried"} <= set(table[m])]
+    if not methods:
+        return []
+    lines = ["**Two-turn dialogues** (follow-ups right in context / made-up shapes of the first answer carried into "
+             "the follow-up, lower is better): "
+             + "; ".join(f"{label.get(m, m)} {_f(table[m]['right'].mean)} / {_f(table[m]['carried'].mean)}"
+                         for m in methods) + "."]
+    parts = []
+    for who, other in (("oracle", "base"), ("m3po", "best_worst")):
+        ds = [(name, _by(r.deltas, f"{who} − {other}", f"dialogue_{name}"), up)
+              for name, up in (("right", True), ("carried", False))]
+        ds = [(name, d, up) for name, d, up in ds if d is not None]
+        if ds:
+            parts.append(f"{label.get(who, who)} − {label.get(other, other)}: "
+                         + ", ".join(f"{name} {_interval(d)} ({_said(d, up)})" for name, d, up in ds))
+    if parts:
+        lines.append("On the dialogues, " + "; ".join(parts) + ".")
+    return lines
 
 
 def _testbed_bars(r: R.EvaluationResults) -> list[str]:

@@ -393,6 +393,10 @@ class EvaluationResults(Record):
     mde_by_scenes: list[MdeByScenes] | None = None
     testbed_bars: list[Bar] | None = None
     mme_subtask_deltas: dict[str, dict[str, PairedDelta]] | None = None
+    ifeval: dict[str, dict[str, Interval]] | None = None     # method -> "<seen|held>_<measure>" (ifeval_intervals)
+    ifeval_types: Table | None = None    # constraint type -> trained on, n, share followed strictly per method
+    dialogue: dict[str, dict[str, Interval]] | None = None   # method -> right, clean_right, carried, history, image
+    dialogue_example: dict[str, Any] | None = None           # question, truth, every model's follow-up answer
     hallucination_changes: dict[str, Any] | None = None
     benchmark_files: dict[str, Any] | None = None
     m3po_vs_best_of_n: Verdicts | None = None

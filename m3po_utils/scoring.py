@@ -40,6 +40,8 @@ from m3po_utils.benchfiles import load_mme_dir as load_mme_dir  # re-exported: s
 from m3po_utils.benchfiles import load_pope_file as load_pope_file  # re-exported
 from m3po_utils.config import WorldConfig
 from m3po_utils.models.generate import greedy_answers
+from m3po_utils.shapes import ifeval as IF
+from m3po_utils.shapes import visual_ifeval
 
 POPE_SETTINGS = ("random", "popular", "adversarial")
 # MME-style perception subtasks the shapes world supports, and the yes/no family that asks each.
@@ -496,6 +498,84 @@ def _ift_count(t: Tally) -> None:
         t.add(q["scene"], "ift_followed", float(not v.format_violations))
 
 
+IFEVAL_SPLITS = {"seen": IF.SEEN, "held": IF.HELD_OUT}    # constraint types trained on / never trained on
+IFEVAL_COUNTS = ("n", "prompt_strict", "prompt_loose", "inst_n", "inst_strict", "inst_loose", "bind_n", "bind_strict",
+                 "content", "right")
+
+
+def _ifeval_rows(scenes, cfg, seed):
+    """Per scene one question with constraints of the types the base model trained on (``seen``) and one with types
+    it never saw (``held``), one or two constraints in turn, from their own random stream (``seed + 3``)."""
+    rng = np.random.default_rng(seed + 3)
+    rows = []
+    for i, scene in enumerate(scenes):
+        for split, types in IFEVAL_SPLITS.items():
+            ins = W.make_instruction("ifeval", scene, cfg, rng=rng, types=types, n_constraints=1 + i % 2)
+            rows.append({"kind": f"ifeval_{split}", "scene": i, "family": "ifeval", "question": ins.text,
+                         "reference": ins.reference})
+    return rows
+
+
+def _ifeval_count(t: Tally) -> None:
+    for _, q, a in t.rows(lambda k: k.startswith("ifeval_")):
+        i, pre = q["scene"], q["kind"]
+        s = visual_ifeval.score(q["question"], t.scenes[i], a, t.cfg)
+        for name, v in (("n", 1), ("prompt_strict", all(s["strict"])), ("prompt_loose", all(s["loose"])),
+                        ("inst_n", len(s["strict"])), ("inst_strict", sum(s["strict"])),
+                        ("inst_loose", sum(s["loose"])), ("bind_n", sum(s["binding"])),
+                        ("bind_strict", sum(ok for ok, b in zip(s["strict"], s["binding"], strict=True) if b)),
+                        ("content", s["content_correct"]), ("right", s["right"])):
+            t.add(i, f"{pre}_{name}", float(v))
+
+
+def _ifeval_metrics(c) -> dict:
+    m = {}
+    for split in IFEVAL_SPLITS:
+        n, inst = c(f"ifeval_{split}_n"), c(f"ifeval_{split}_inst_n")
+        for mode in ("strict", "loose"):
+            m[f"ifeval_{split}_prompt_{mode}"] = _div(c(f"ifeval_{split}_prompt_{mode}"), n)
+            m[f"ifeval_{split}_instruction_{mode}"] = _div(c(f"ifeval_{split}_inst_{mode}"), inst)
+        m[f"ifeval_{split}_binding_strict"] = _div(c(f"ifeval_{split}_bind_strict"), c(f"ifeval_{split}_bind_n"))
+        m[f"ifeval_{split}_content"] = _div(c(f"ifeval_{split}_content"), n)
+        m[f"ifeval_{split}_right"] = _div(c(f"ifeval_{split}_right"), n)
+    return m
+
+
+def _dialogue_rows(scenes, cfg, seed):
+    """Per scene one two-turn question (``dialogue``) from its own random stream (``seed + 4``): on every other scene
+    the first answer made a shape up and the follow-up asks about it (where the scene has an absent partner)."""
+    rng = np.random.default_rng(seed + 4)
+    rows = []
+    for i, scene in enumerate(scenes):
+        ins = W.make_instruction(W.DIALOGUE, scene, cfg, rng=rng, hallucinated=bool(i % 2))
+        rows.append({"kind": "dialogue", "scene": i, "family": W.DIALOGUE, "question": ins.text,
+                     "reference": ins.reference})
+    return rows
+
+
+def _dialogue_count(t: Tally) -> None:
+    for _, q, a in t.rows(lambda k: k == "dialogue"):
+        i = q["scene"]
+        _, params = W.parse_instruction(q["question"], t.cfg)
+        c = W.follow_up_check(t.scenes[i], params, a, t.cfg)
+        right = c["history_ok"] and c["content"].score == 1.0
+        t.add(i, "dlg_n")
+        t.add(i, "dlg_right", float(right))
+        t.add(i, "dlg_history", float(c["history_ok"]))
+        t.add(i, "dlg_image", float(c["image_ok"]))
+        t.add(i, "dlg_made_up_n" if c["made_up"] else "dlg_clean_n")
+        t.add(i, "dlg_carried", float(c["carried"]))
+        t.add(i, "dlg_clean_right", float(right and not c["made_up"]))
+
+
+def _dialogue_metrics(c) -> dict:
+    return {"dialogue_right": _div(c("dlg_right"), c("dlg_n")),
+            "dialogue_history": _div(c("dlg_history"), c("dlg_n")),
+            "dialogue_image": _div(c("dlg_image"), c("dlg_n")),
+            "dialogue_clean_right": _div(c("dlg_clean_right"), c("dlg_clean_n")),
+            "dialogue_carried": _div(c("dlg_carried"), c("dlg_made_up_n"))}
+
+
 def _yes_no_count(t: Tally) -> None:
     for _, q, a in t.rows(lambda k: k.startswith("pope_") or k == "mme"):
         t.add(q["scene"], "yn_n")
@@ -541,14 +621,25 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("ift", "this project's verifier", ("ift_n", "ift_correct", "ift_followed"), _ift_count,
               lambda c: ift_formula(c("ift_correct"), c("ift_followed"), c("ift_n")),
               (Headline("ift", True, 6, (("ift_n",),)),), scene_question=_ift_row),
+    Benchmark("ifeval", "Zhou et al. 2023 (IFEval) checks and scoring; content by this project's verifier",
+              tuple(f"ifeval_{s}_{c}" for s in IFEVAL_SPLITS for c in IFEVAL_COUNTS), _ifeval_count,
+              _ifeval_metrics, (Headline("ifeval_seen_prompt_strict", True, 7, (("ifeval_seen_n",),)),
+                                Headline("ifeval_held_prompt_strict", True, 8, (("ifeval_held_n",),))),
+              questions=_ifeval_rows),
+    Benchmark("dialogue", "this project: a follow-up about a shape the first answer named, scored in context",
+              ("dlg_n", "dlg_right", "dlg_history", "dlg_image", "dlg_clean_n", "dlg_clean_right", "dlg_made_up_n",
+               "dlg_carried"), _dialogue_count, _dialogue_metrics,
+              (Headline("dialogue_right", True, 9, (("dlg_n",),)),
+               Headline("dialogue_carried", False, 10, (("dlg_made_up_n",),))), questions=_dialogue_rows),
     Benchmark("yes_no_compliance", "this project (a guard: a model that stops answering yes/no loses MME)",
               ("yn_n", "yn_ok"), _yes_no_count, lambda c: {"yes_no_compliance": _div(c("yn_ok"), c("yn_n"))},
-              (Headline("yes_no_compliance", True, 9, (("yn_n",),)),)),
+              (Headline("yes_no_compliance", True, 13, (("yn_n",),)),)),
     Benchmark("judge", "the judge of notebook 02; win rate against the SFT base",
               ("judge_n", "judge_sum", "judge_win"), _judge_count,
               lambda c: {"judge_score": _div(c("judge_sum"), c("judge_n")),
                          "judge_win_rate": _div(c("judge_win"), c("judge_n"))},
-              (Headline("judge_score", True, 7, (("judge_n",),)), Headline("judge_win_rate", True, 8, (("judge_n",),))),
+              (Headline("judge_score", True, 11, (("judge_n",),)),
+               Headline("judge_win_rate", True, 12, (("judge_n",),))),
               scene_question=_short_row),
 )
 

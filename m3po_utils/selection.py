@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from m3po_utils import rules
+from m3po_utils import dialogue, rules
 from m3po_utils.io import AtomicDir
 from m3po_utils.models.generate import quiet_datasets
 from m3po_utils.rules import (
@@ -32,8 +32,9 @@ from m3po_utils.stats import spearman
 # --------------------------------------------------------------------------- pairs on disk
 
 def user_turn(instruction: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image", "text": None},
-                                         {"type": "text", "text": instruction}]}]
+    """TRL's conversational prompt of an instruction: one user turn with the image, or a dialogue's turns (the
+    history in the prompt, so DPO trains on the last answer only)."""
+    return dialogue.messages(instruction, image_part={"type": "image", "text": None})
 
 
 def assistant_turn(text: str) -> list[dict]:

@@ -423,3 +423,24 @@ def test_interval_frame_has_every_model_with_its_interval():
     df = C.interval_frame(boot, ["mme_total"])
     assert list(df.index) == ["a", "b"] and list(df.columns) == ["mme_total", "mme_total_lo", "mme_total_hi"]
     assert (df["mme_total_lo"] <= df["mme_total"]).all() and (df["mme_total"] <= df["mme_total_hi"]).all()
+
+
+def test_answers_with_constraints_get_their_longer_budget(monkeypatch):
+    """A description in capital letters is spelled nearly letter by letter by the shapes world's tokenizer: the
+    IFEval-style questions are answered with ``MAX_NEW_TOKENS["ifeval"]`` new tokens, every other family with the
+    caller's budget, and each answer lands on its own question."""
+    from m3po_utils import evaluation as C
+
+    calls = []
+
+    def fake(model, processor, images, questions, max_new_tokens, batch_size, progress):
+        calls.append((max_new_tokens, list(questions)))
+        return [f"{q} @ {max_new_tokens}" for q in questions]
+
+    monkeypatch.setattr(C, "greedy_answers", fake)
+    qs = [{"family": "ifeval", "scene": 0, "question": "Describe the image. Write in capital letters."},
+          {"family": "describe", "scene": 0, "question": "Describe the image."},
+          {"family": "ifeval", "scene": 1, "question": "Describe the image. Write in capital letters."}]
+    out = C.answer_questions(None, None, ["img0", "img1"], qs, max_new_tokens=48)
+    assert [c[0] for c in calls] == [48, C.MAX_NEW_TOKENS["ifeval"]]
+    assert out == [f"{qs[0]['question']} @ 160", "Describe the image. @ 48", f"{qs[2]['question']} @ 160"]

@@ -627,6 +627,11 @@ def test_self_judge_scores_claims_by_the_models_p_yes(world):
     # a description's score is the mean claim probability; a claim-free answer scores 0
     d = q("describe")
     assert self_scores(view, None, d, ["There is a square.", "Nothing."])[0] == pytest.approx([0.1, 0.0])
+    # with IFEval-style constraints: half the share of constraints followed, half the content's score as an answer
+    # to the question (its format taken off)
+    c = d + " " + W.ifeval.describe("startend:quotation") + " " + W.ifeval.describe("punctuation:no_comma")
+    assert self_scores(view, None, c, ['"There is a square."', "There is a square, really."])[0] == pytest.approx(
+        [0.5 * 1.0 + 0.5 * 0.1, 0.5 * 0.0 + 0.5 * 0.1])
 
 
 def test_self_judge_behind_the_server_with_a_real_model(world, index):

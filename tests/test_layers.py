@@ -26,8 +26,8 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "m3po_utils"
 
 RANK = {
-    "io": 0, "progress": 0, "wording": 0, "rules": 0.5, "config": 1, "stats": 1, "results": 1,
-    "shapes": 2, "shapes.scenes": 2.1, "shapes.instructions": 2.2, "shapes.ifeval": 2.25, "shapes.visual_ifeval": 2.35, "shapes.verifier": 2.3, "shapes.prompts": 2.4,
+    "io": 0, "progress": 0, "wording": 0, "rules": 0.5, "dialogue": 0.5, "config": 1, "stats": 1, "results": 1,
+    "shapes": 2, "shapes.scenes": 2.1, "shapes.instructions": 2.2, "shapes.ifeval": 2.15, "shapes.visual_ifeval": 2.35, "shapes.verifier": 2.3, "shapes.prompts": 2.4,
     "models": 3, "models.lvlm": 3.1, "models.templates": 3.2, "models.generate": 3.3, "models.sft": 3.4,
     "models.lora": 3.4, "models.trl_api": 3.5, "models.clip": 3.1, "models.clip_score": 3.2,
     "judge": 4, "judge.protocol": 4.1, "judge.cache": 4.1, "judge.client": 4.2, "judge.self_judge": 4.15, "judge.server": 4.2,

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from m3po_utils import dialogue
+
 INPUT_MARKER = "INPUT (JSON):"  # the judge prompt puts its instruction / responses after this line
 
 
@@ -45,13 +47,18 @@ PROMPTS: dict[str, JudgePrompt] = {
 
 
 def judge_messages(prompt: JudgePrompt, image_url: str, instruction: str, responses: Sequence[str] | str) -> list[dict]:
-    """Chat messages for one request: ``responses`` a string (pointwise) or a list (listwise)."""
+    """Chat messages for one request: ``responses`` a string (pointwise) or a list (listwise). A dialogue's earlier
+    turns (:mod:`m3po_utils.dialogue`) go before its last question as ``conversation``, so the judge reads the
+    response in context."""
+    history = dialogue.conversation(instruction)
+    payload = {"conversation": history, "instruction": dialogue.question(instruction)} if history else {
+        "instruction": instruction}
     if isinstance(responses, str):
         head = prompt.pointwise
-        payload = {"instruction": instruction, "response": responses}
+        payload["response"] = responses
     else:
         head = prompt.listwise.format(n=len(responses))
-        payload = {"instruction": instruction, "responses": list(responses)}
+        payload["responses"] = list(responses)
     text = f"{head}\n\n{INPUT_MARKER}\n{json.dumps(payload, ensure_ascii=False)}"
     return [{"role": "system", "content": prompt.system},
             {"role": "user", "content": [{"type": "text", "text": text},

@@ -13,7 +13,10 @@ question its verdict (the question itself, answered yes or no). A claim's probab
 first-token probability of "Yes" against "No" — or 1 − P(yes) for a "no". An answer scores like the verifier
 scores it, with probabilities in place of truths: yes/no answers ``w · P(verdict) + (1 − w) · mean P(clause
 claims)``; format instructions ``0.5 · format followed + 0.5 · mean P(claims)``; the rest the mean claim
-probability (0 without a claim).
+probability (0 without a claim); a colour or position answer that only denies the shape claims it is absent. A
+follow-up of a dialogue is judged like a colour or position question about the shape its history names. A question
+with IFEval-style constraints scores ``0.5 · share of constraints
+followed + 0.5 ·`` the score of its content (the answer with its format taken off) as an answer to the question.
 
 **Surprisal** is the answer's mean per-token −log P under the model (teacher-forced): the server's noise can grow
 with it, an assessor that is least reliable where the model would hardly have said the answer.
@@ -90,6 +93,8 @@ def claims(family: str, params: dict, response: str, cfg: WorldConfig) -> tuple[
         out += [(q("yn_color", shape=shape, color=c), True) for c in W.colors_in(response, cfg)]
     elif family in ("position", "yn_position") and shape:
         out += [(q("yn_position", shape=shape, position=p), True) for p in W.positions_in(response, cfg)]
+    if family in ("color", "position") and shape and not out and W.denies(response):
+        out.append((q("existence", shape=shape), False))    # "There is no star": right if there is none
     elif family in ("count", "yn_count"):
         out += [(q("yn_count", n=n), True) for n in W.numbers_in(response) if 1 <= n <= 9]
     return verdict, out
@@ -100,6 +105,15 @@ def self_scores(view: ModelView, image, instruction: str, responses: Sequence[st
     """The self-judge's score in [0, 1] of each response (see the module docs), and a reason for each."""
     cfg = view.cfg
     family, params = W.parse_instruction(instruction, cfg)
+    followed: list[float] | None = None
+    if family == W.DIALOGUE:    # the history says which shape is asked about; the claims are about the image
+        family, params = params["attr"], {"shape": W.referred_shape(params, cfg)}
+    if family == "ifeval":      # the content is judged as an answer to the question; the format by IFEval's checks
+        constraints = W.ifeval.thaw(params["constraints"])
+        followed = [float(np.mean(W.ifeval.score(constraints, r)["strict"])) for r in responses]
+        responses = [W.ifeval.content_of(constraints, r) for r in responses]
+        family = params.pop("content_family")
+        params.pop("constraints")
     per = [claims(family, params, r, cfg) for r in responses]
     asked = [qq for verdict, rest in per for qq, _ in ([verdict] if verdict else []) + rest]
     p = dict(zip(asked, view.p_yes(image, asked), strict=True)) if asked else {}
@@ -108,7 +122,7 @@ def self_scores(view: ModelView, image, instruction: str, responses: Sequence[st
         return p[claim[0]] if claim[1] else 1.0 - p[claim[0]]
 
     scores, reasons = [], []
-    for r, (verdict, rest) in zip(responses, per, strict=True):
+    for k, (r, (verdict, rest)) in enumerate(zip(responses, per, strict=True)):
         clause = float(np.mean([prob(c) for c in rest])) if rest else 0.0
         if family in W.YES_NO_FAMILIES:
             v = 0.0 if verdict is None else verdict_weight * prob(verdict) + (1 - verdict_weight) * clause
@@ -116,6 +130,8 @@ def self_scores(view: ModelView, image, instruction: str, responses: Sequence[st
             v = 0.5 * (not W.format_violations(family, r, params, cfg)) + 0.5 * clause
         else:
             v = clause
+        if followed is not None:
+            v = 0.5 * followed[k] + 0.5 * v
         scores.append(float(v))
         reasons.append(f"self-judged {len(rest) + (verdict is not None)} claim(s) at mean P {v:.2f}")
     return scores, reasons

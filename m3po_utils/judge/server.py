@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from m3po_utils import dialogue
 from m3po_utils import shapes as W
 from m3po_utils.config import WorldConfig
 from m3po_utils.judge.protocol import INPUT_MARKER
@@ -281,6 +282,13 @@ class JudgeServer:
         instruction = payload.get("instruction")
         if not isinstance(instruction, str):
             raise JudgeRequestError(400, "the INPUT block has no 'instruction' string", "unparseable_prompt")
+        history = payload.get("conversation", [])
+        if history:      # a dialogue: the instruction is its last question, asked after these turns
+            try:
+                instruction = dialogue.from_messages([*history, {"role": "user", "content": instruction}])
+            except (dialogue.DialogueError, AttributeError, KeyError, TypeError):
+                raise JudgeRequestError(400, "the INPUT block's 'conversation' is not a list of alternating user / "
+                                        "assistant turns {'role', 'content'}", "unparseable_prompt") from None
         listwise = "responses" in payload
         responses = payload.get("responses") if listwise else [payload.get("response")]
         if not isinstance(responses, list) or not responses or not all(isinstance(r, str) for r in responses):

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from m3po_utils import dialogue
 from m3po_utils import shapes as W
 from m3po_utils.config import LvlmTrainConfig, WorldConfig
 from m3po_utils.models.lvlm import (
@@ -61,13 +62,13 @@ from m3po_utils.models.templates import image_batch, n_image_tokens, prompt_for
 from m3po_utils.progress import Progress
 
 # Sampling weight of each instruction family in the SFT mix (existence questions come in yes/no pairs).
-LONG_FAMILIES = ("describe", "fmt_list", "fmt_start", "fmt_max_words")
+LONG_FAMILIES = ("describe", "fmt_list", "fmt_start", "fmt_max_words", "ifeval")
 
 
 FAMILY_WEIGHTS = {
     "describe": 1.0, "existence": 3.0, "color": 1.5, "count": 1.0, "position": 1.5,
     "fmt_one_word": 0.5, "fmt_list": 0.5, "fmt_start": 0.5, "fmt_max_words": 0.5,
-    "yn_position": 1.0, "yn_color": 1.0, "yn_count": 1.0,
+    "yn_position": 1.0, "yn_color": 1.0, "yn_count": 1.0, "ifeval": 2.0, "dialogue": 2.0,
 }
 
 
@@ -249,7 +250,7 @@ def build_base(train_scenes: Sequence[W.Scene], world_cfg: WorldConfig, cfg: Lvl
     corpus: list[str] = []
     for scene in train_scenes[: min(len(train_scenes), 2000)]:
         for ins in W.instructions_for(scene, world_cfg, rng):
-            corpus += [ins.text, " " + ins.reference]
+            corpus += [*dialogue.texts(ins.text), " " + ins.reference]
     if cfg.architecture == "qwen2_5_vl":
         corpus += ["user\n", "assistant\n", " Yes", " No"] * 50
         tokenizer = train_qwen_tokenizer(corpus, cfg.vocab_size)

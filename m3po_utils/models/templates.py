@@ -13,13 +13,15 @@ import math
 import weakref
 from collections.abc import Sequence
 
+from m3po_utils import dialogue
+
 _FIXED_COUNT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # image processor -> tokens of a blank image
 
 
 def prompt_for(processor, question: str) -> str:
-    """The chat-templated prompt (with one image placeholder) that ends where the answer starts."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
+    """The chat-templated prompt (with one image placeholder, in the first user turn) that ends where the answer
+    starts; a dialogue's earlier turns (:mod:`m3po_utils.dialogue`) come before it as chat turns."""
+    return processor.apply_chat_template(dialogue.messages(question), add_generation_prompt=True)
 
 
 def merged_patches(processor) -> bool:

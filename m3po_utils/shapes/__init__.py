@@ -6,8 +6,13 @@ into the preference prompts of stage 01 (or reads a prompts file for hub presets
 are re-exported here, so ``from m3po_utils import shapes as W; W.render(...)`` reads as one module.
 """
 
+from m3po_utils.shapes import ifeval
 from m3po_utils.shapes.instructions import (
+    CONTENT_FAMILIES,
+    DIALOGUE,
     FAMILIES,
+    FOLLOW_UPS,
+    IFEVAL,
     SHAPE_FAMILIES,
     START_PHRASE,
     TEMPLATES,
@@ -16,10 +21,13 @@ from m3po_utils.shapes.instructions import (
     UnknownInstruction,
     describe,
     existence_instruction,
+    follow_up_reference,
     instructions_for,
     make_instruction,
+    named_shapes,
     parse_instruction,
     question_text,
+    referred_shape,
 )
 from m3po_utils.shapes.scenes import (
     BACKGROUND,
@@ -52,6 +60,7 @@ from m3po_utils.shapes.verifier import (
     Verdict,
     colors_in,
     denies,
+    follow_up_check,
     format_violations,
     mentioned_objects,
     numbers_in,
@@ -63,7 +72,11 @@ from m3po_utils.shapes.verifier import (
 
 __all__ = [
     "BACKGROUND",
+    "CONTENT_FAMILIES",
+    "DIALOGUE",
     "FAMILIES",
+    "FOLLOW_UPS",
+    "IFEVAL",
     "PALETTE",
     "POSITION_NAMES_3",
     "SHAPE_FAMILIES",
@@ -91,15 +104,20 @@ __all__ = [
     "existence_instruction",
     "format_violations",
     "image_key",
+    "follow_up_check",
+    "follow_up_reference",
+    "ifeval",
     "instructions_for",
     "load_world",
     "make_instruction",
+    "named_shapes",
     "make_splits",
     "mentioned_objects",
     "numbers_in",
     "object_mentions",
     "parse_instruction",
     "question_text",
+    "referred_shape",
     "position_name",
     "position_phrase",
     "positions_in",

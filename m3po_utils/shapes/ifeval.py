@@ -172,6 +172,65 @@ def describe(instruction_id: str, kwargs: Mapping | None = None) -> str:
     return _type(instruction_id).describe(**(kwargs or {}))
 
 
+def _quoted(text: str) -> list[str]:
+    return re.findall(r'"([^"]*)"', text)
+
+
+# The inverse of ``describe``: a pattern of each sentence (case-insensitive, anchored at the end of a prompt) and the
+# keyword arguments read back from its match.
+_PARSERS: dict[str, tuple[re.Pattern, Callable[[re.Match], dict]]] = {i: (re.compile(p + r"\s*$", re.IGNORECASE), f)
+                                                                       for i, p, f in (
+    ("keywords:existence", r'use the words? ("[^"]*"(?: and "[^"]*")*) in your answer\.',
+     lambda m: {"keywords": _quoted(m.group(1))}),
+    ("keywords:forbidden_words", r'do not use the words? ("[^"]*"(?: or "[^"]*")*)\.',
+     lambda m: {"forbidden_words": _quoted(m.group(1))}),
+    ("punctuation:no_comma", r"do not use any commas\.", lambda m: {}),
+    ("change_case:english_lowercase", r"write your whole answer in lowercase letters\.", lambda m: {}),
+    ("change_case:english_capital", r"write your whole answer in capital letters\.", lambda m: {}),
+    ("length_constraints:number_sentences", r"answer in (less than|at least) (\d+) sentences?\.",
+     lambda m: {"num_sentences": int(m.group(2)), "relation": m.group(1).lower()}),
+    ("length_constraints:number_words", r"answer in (less than|at least) (\d+) words\.",
+     lambda m: {"num_words": int(m.group(2)), "relation": m.group(1).lower()}),
+    ("detectable_format:number_bullet_lists",
+     r"answer as a markdown list of exactly (\d+) bullet points \(lines starting with \*\)\.",
+     lambda m: {"num_bullets": int(m.group(1))}),
+    ("detectable_format:json_format", r"give your answer as json\.", lambda m: {}),
+    ("json_keys", r'give your answer as a json object with the keys ("[^"]*"(?:, "[^"]*")*)\.',
+     lambda m: {"keys": _quoted(m.group(1))}),
+    ("startend:end_checker", r'end your answer with the phrase "([^"]+)"', lambda m: {"end_phrase": m.group(1)}),
+    ("startend:quotation", r"wrap your whole answer in double quotation marks\.", lambda m: {}),
+    ("detectable_format:title", r"give your answer a title in double angular brackets, such as <<shapes>>\.",
+     lambda m: {}),
+)}
+
+
+def split_constraints(text: str) -> tuple[str, list[tuple[str, dict]]]:
+    """``(question, instructions)``: the constraint sentences :func:`describe` wrote at the end of a prompt, read
+    back in the order they were written, and the question before them (``instructions`` empty when there are
+    none)."""
+    head, found = " ".join(str(text).split()), []
+    while True:
+        for iid, (pattern, kwargs) in _PARSERS.items():
+            m = pattern.search(head)
+            if m and (m.start() == 0 or head[m.start() - 1] == " "):
+                found.append((iid, kwargs(m)))
+                head = head[: m.start()].rstrip()
+                break
+        else:
+            return head, found[::-1]
+
+
+def freeze(instructions: Sequence[tuple[str, Mapping | None]]) -> tuple:
+    """Instructions as a hashable tuple ``((id, sorted kwargs items), ...)``, lists as tuples."""
+    return tuple((i, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in (kw or {}).items())))
+                 for i, kw in instructions)
+
+
+def thaw(frozen: Sequence[tuple[str, Sequence]]) -> list[tuple[str, dict]]:
+    """The inverse of :func:`freeze`."""
+    return [(i, {k: list(v) if isinstance(v, tuple) else v for k, v in kw}) for i, kw in frozen]
+
+
 def _type(instruction_id: str) -> InstructionType:
     if instruction_id not in TYPES:
         raise KeyError(f"instruction {instruction_id!r} is not one of {sorted(TYPES)}")
@@ -232,9 +291,92 @@ def content(response: str) -> str:
     return text
 
 
+def content_of(instructions: Sequence[tuple[str, Mapping | None]], response: str) -> str:
+    """What a response to a prompt with these ``instructions`` says, its format taken off (:func:`content`) and the
+    end phrase an ``startend:end_checker`` asked for removed."""
+    text = response
+    for i, kw in instructions:
+        if i == "startend:end_checker":
+            text = without_end(text, (kw or {})["end_phrase"])
+    return content(text)
+
+
 def without_end(response: str, end_phrase: str) -> str:
     """The response without a trailing ``end_phrase`` (case-insensitive), as :func:`_end` would find it."""
     t = response.strip().strip('"')
     if t.lower().endswith(end_phrase.strip().lower()):
         t = t[: len(t) - len(end_phrase.strip())]
     return t.strip()
+
+
+# ---------------------------------------------------------------------------- constraints on answers about an image
+
+# The types a model may train on and the types kept out of training, so that a table shows generalisation to
+# constraints never seen (the shapes world's split; IFEval itself has no such split).
+SEEN = ("punctuation:no_comma", "change_case:english_lowercase", "startend:quotation",
+        "detectable_format:number_bullet_lists", "json_keys", "startend:end_checker", "keywords:existence")
+HELD_OUT = ("change_case:english_capital", "detectable_format:title", "keywords:forbidden_words",
+            "length_constraints:number_sentences", "length_constraints:number_words")
+END_PHRASES = ("That is all.", "Thank you.")
+KEYWORDS = ("picture", "shapes")
+FORBIDDEN = ("there", "image", "very", "really")
+
+
+def items(answer: str) -> list[str]:
+    """The items of an answer a bullet list would hold: its comma- or "and"-separated parts."""
+    parts = [p.strip(" .") for p in answer.replace(" and ", ", ").split(",")]
+    return [p for p in parts if p]
+
+
+def draw_kwargs(instruction_id: str, reference: str, rng) -> dict:
+    """Keyword arguments of one instruction for a question whose reference answer is ``reference``, drawn with the
+    numpy generator ``rng`` so that the reference, formatted (:func:`ideal_response`), can follow them."""
+    words = count_words(reference)
+    sentences = max(1, count_sentences(reference))
+    if instruction_id == "keywords:existence":
+        return {"keywords": [KEYWORDS[int(rng.integers(len(KEYWORDS)))]]}
+    if instruction_id == "keywords:forbidden_words":
+        pool = [w for w in FORBIDDEN if not re.search(r"\b" + w + r"\b", reference, flags=re.IGNORECASE)]
+        return {"forbidden_words": [pool[int(rng.integers(len(pool)))]]}
+    if instruction_id == "length_constraints:number_sentences":
+        return ({"num_sentences": sentences + 1, "relation": "less than"} if rng.random() < 0.5
+                else {"num_sentences": sentences, "relation": "at least"})
+    if instruction_id == "length_constraints:number_words":
+        return ({"num_words": words + int(rng.integers(2, 6)), "relation": "less than"} if rng.random() < 0.5
+                else {"num_words": max(1, words - int(rng.integers(0, 2))), "relation": "at least"})
+    if instruction_id == "detectable_format:number_bullet_lists":
+        return {"num_bullets": len(items(reference))}
+    if instruction_id == "json_keys":
+        return {"keys": ["answer"]}
+    if instruction_id == "startend:end_checker":
+        return {"end_phrase": END_PHRASES[int(rng.integers(len(END_PHRASES)))]}
+    _type(instruction_id)
+    return {}
+
+
+def ideal_response(reference: str, instructions: Sequence[tuple[str, Mapping | None]]) -> str:
+    """``reference`` formatted to follow ``instructions``, in a fixed order: wording (no comma, keywords), structure
+    (bullets, JSON, title), the end phrase, quotes, case."""
+    ids = {i: (kw or {}) for i, kw in instructions}
+    ans = reference.strip()
+    if "punctuation:no_comma" in ids:
+        ans = ans.replace(", ", " and ").replace(",", " and")
+    if "keywords:existence" in ids:
+        ans = ans.rstrip(".") + " in the " + " and ".join(ids["keywords:existence"]["keywords"]) + "."
+    if "detectable_format:number_bullet_lists" in ids:
+        ans = "\n".join(f"* {x}" for x in items(ans))
+    if "json_keys" in ids:
+        ans = json.dumps({k: ans for k in ids["json_keys"]["keys"]})
+    elif "detectable_format:json_format" in ids:
+        ans = json.dumps({"answer": ans})
+    if "detectable_format:title" in ids:
+        ans = f"<<Shapes>>\n{ans}"
+    if "startend:end_checker" in ids:
+        ans = f"{ans} {ids['startend:end_checker']['end_phrase']}"
+    if "startend:quotation" in ids:
+        ans = f'"{ans}"'
+    if "change_case:english_lowercase" in ids:
+        ans = ans.lower()
+    if "change_case:english_capital" in ids:
+        ans = ans.upper()
+    return ans

@@ -9,11 +9,29 @@ from typing import Any
 
 import numpy as np
 
+from m3po_utils import dialogue
 from m3po_utils.config import WorldConfig
-from m3po_utils.shapes.scenes import Obj, Scene, mates_of, position_name, position_phrase
+from m3po_utils.shapes import ifeval as I
+from m3po_utils.shapes.scenes import Obj, Scene, annotated, mates_of, position_name, position_phrase
 
 FAMILIES = ("describe", "existence", "color", "count", "position", "fmt_one_word", "fmt_list", "fmt_start",
-            "fmt_max_words", "yn_position", "yn_color", "yn_count")
+            "fmt_max_words", "yn_position", "yn_color", "yn_count", "ifeval", "dialogue")
+
+
+# ``ifeval``: a question of one of these families followed by one or two IFEval-style constraints
+# (:mod:`m3po_utils.shapes.ifeval`); its reference is the family's, formatted to follow them.
+IFEVAL = "ifeval"
+CONTENT_FAMILIES = ("describe", "existence", "color", "count", "position")
+
+# ``dialogue``: two turns. The first asks for the shapes (a description or a list) and holds its answer — the truth,
+# or, in a *hallucinated* history, the truth plus the absent co-occurrence partner a prior-following model would add;
+# the second asks about one shape that answer mentioned, by its place. Its right answer depends on the image and on
+# the first answer: the shape's colour or position, or, when the first answer made it up, that it is not there.
+DIALOGUE = "dialogue"
+OPENERS = ("describe", "fmt_list")
+FOLLOW_UPS = {"color": "What color is the {ordinal} shape you mentioned?",
+              "position": "Where is the {ordinal} shape you mentioned?"}
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth")
 
 
 # Yes/no questions (MME-style perception: half true, half false); the answers are justified, see
@@ -162,14 +180,27 @@ def yes_no_reference(family: str, scene: Scene, params: dict[str, Any], cfg: Wor
 
 def make_instruction(family: str, scene: Scene, cfg: WorldConfig, rng: np.random.Generator | None = None,
                      shape: str | None = None, n: int | None = None, color: str | None = None,
-                     position: str | None = None) -> Instruction:
+                     position: str | None = None, content_family: str | None = None,
+                     constraints: tuple | None = None, types: Sequence[str] = I.SEEN,
+                     n_constraints: int | None = None, history: tuple | None = None, ordinal: int | None = None,
+                     attr: str | None = None, hallucinated: bool | None = None) -> Instruction:
     """Build one instruction of ``family`` for ``scene`` with its reference answer.
 
     Unset ``shape`` / ``n`` are drawn with ``rng`` (existence: present or absent shape 50/50; other shape
     families: a present shape; n = #objects + 0..2). Without ``rng`` the defaults are the first object and
     n = #objects + 1. A colour / position question about an absent shape has the reference
     ``"There is no {shape}."`` (one word ``"None"`` for fmt_one_word).
+
+    ``ifeval``: a question of ``content_family`` (drawn from ``CONTENT_FAMILIES`` when unset) with ``constraints``
+    (``ifeval.freeze``d; when unset, ``n_constraints`` distinct ones — 1 or 2 at random when unset — drawn from
+    ``types``); see :func:`ifeval_instruction`. ``dialogue``: see :func:`dialogue_instruction`.
     """
+    if family == DIALOGUE:
+        return dialogue_instruction(scene, cfg, rng, history=history, ordinal=ordinal, attr=attr,
+                                    hallucinated=hallucinated)
+    if family == IFEVAL:
+        return ifeval_instruction(scene, cfg, rng, content_family, constraints, types, n_constraints,
+                                  shape=shape, n=n, color=color, position=position)
     if family not in FAMILIES:
         raise UnknownInstruction(f"unknown instruction family {family!r}; families: {', '.join(FAMILIES)}")
     shapes = [o.shape for o in scene.objects]
@@ -225,6 +256,114 @@ def make_instruction(family: str, scene: Scene, cfg: WorldConfig, rng: np.random
                        params=tuple(sorted(params.items())))
 
 
+def ifeval_instruction(scene: Scene, cfg: WorldConfig, rng: np.random.Generator | None = None,
+                       content_family: str | None = None, constraints: tuple | None = None,
+                       types: Sequence[str] = I.SEEN, n_constraints: int | None = None, tries: int = 50,
+                       **content_args) -> Instruction:
+    """A question of ``content_family`` followed by IFEval-style constraints; the reference is the question's,
+    formatted by :func:`ifeval.ideal_response`. Drawn constraints are redrawn until that reference follows them all
+    (a bullet count, a word limit and a forbidden word are drawn to fit the reference), so every drawn prompt can be
+    answered right; given ``constraints`` are taken as they are."""
+    if content_family is not None and content_family not in CONTENT_FAMILIES:
+        raise UnknownInstruction(f"content_family={content_family!r} is not a question family; use one of "
+                                 f"{', '.join(CONTENT_FAMILIES)}")
+    unknown = [t for t in types if t not in I.TYPES]
+    if unknown:
+        raise UnknownInstruction(f"instruction types {unknown} are not among {sorted(I.TYPES)}")
+    if constraints is None and rng is None:
+        raise ValueError("an ifeval instruction needs rng to draw its constraints, or the constraints themselves")
+    if n_constraints is not None and not 1 <= n_constraints <= len(types):
+        raise ValueError(f"n_constraints={n_constraints} must be between 1 and the {len(types)} types given")
+    for _ in range(tries):
+        fam = content_family or CONTENT_FAMILIES[int(rng.integers(len(CONTENT_FAMILIES)))]
+        content = make_instruction(fam, scene, cfg, rng=rng, **{k: v for k, v in content_args.items()
+                                                                 if v is not None})
+        cons = constraints
+        if cons is None:
+            k = n_constraints or 1 + int(rng.random() < 0.5)
+            ids = [types[int(i)] for i in rng.choice(len(types), size=min(k, len(types)), replace=False)]
+            cons = I.freeze([(i, I.draw_kwargs(i, content.reference, rng)) for i in ids])
+        instructions = I.thaw(cons)
+        reference = I.ideal_response(content.reference, instructions)
+        if constraints is None and not all(I.score(instructions, reference)["strict"]):
+            continue
+        text = " ".join([content.text, *(I.describe(i, kw) for i, kw in instructions)])
+        params = dict(content.params) | {"content_family": fam, "constraints": cons}
+        return Instruction(family=IFEVAL, text=text, reference=reference, params=tuple(sorted(params.items())))
+    raise ValueError(f"no draw of constraints from {list(types)} that the reference of a {content_family or 'content'}"
+                     f" question about scene {scene.scene_id} can follow, in {tries} tries")
+
+
+_SHAPE_RES: dict[tuple[str, ...], re.Pattern] = {}
+
+
+def named_shapes(text: str, cfg: WorldConfig) -> list[str]:
+    """The distinct shapes a text names, in order of first naming (a plural counts, a negation does not matter):
+    what "the second shape you mentioned" counts over."""
+    pattern = _SHAPE_RES.get(cfg.shapes)
+    if pattern is None:
+        names = sorted(cfg.shapes, key=len, reverse=True)
+        pattern = _SHAPE_RES[cfg.shapes] = re.compile(r"\b(" + "|".join(re.escape(s) for s in names) + r")(?:e?s)?\b")
+    return list(dict.fromkeys(m.group(1) for m in pattern.finditer(str(text).lower())))
+
+
+def follow_up_reference(scene: Scene, shape: str, attr: str, cfg: WorldConfig) -> str:
+    obj = scene.obj(shape)
+    if obj is None:
+        return f"There is no {shape} in the image."
+    return f"The {shape} is {obj.color}." if attr == "color" else f"The {shape} is {position_phrase(obj.cell, cfg.grid)}."
+
+
+def dialogue_instruction(scene: Scene, cfg: WorldConfig, rng: np.random.Generator | None = None,
+                         history: tuple | None = None, ordinal: int | None = None, attr: str | None = None,
+                         hallucinated: bool | None = None, p_hallucinated: float = 0.5) -> Instruction:
+    """A two-turn instruction (see ``DIALOGUE``). Unset parts are drawn with ``rng``: the opener (a description or a
+    list), whether the first answer is hallucinated (``p_hallucinated``; a scene with no absent partner cannot be),
+    the attribute asked and which shape — the made-up one in a hallucinated history, else one the image has. A given
+    ``history`` (``((question, answer),)``) is kept as it is, and ``ordinal`` then names a shape of its answer."""
+    if attr is None:
+        if rng is None:
+            raise ValueError("a dialogue instruction needs rng to draw its follow-up, or attr, ordinal and history")
+        attr = tuple(FOLLOW_UPS)[int(rng.integers(len(FOLLOW_UPS)))]
+    if attr not in FOLLOW_UPS:
+        raise UnknownInstruction(f"attr={attr!r}: a follow-up asks for one of {', '.join(FOLLOW_UPS)}")
+    if history is None:
+        if rng is None:
+            raise ValueError("a dialogue instruction needs rng to draw its first turn, or the history itself")
+        opener = OPENERS[int(rng.integers(len(OPENERS)))]
+        told = scene
+        hall = rng.random() < p_hallucinated if hallucinated is None else hallucinated
+        # the made-up shape sits in a random free cell, so it can come anywhere in the answer (objects are in
+        # reading order)
+        told = (annotated(scene, cfg, rng) if hall else None) or scene
+        first = make_instruction(opener, told, cfg)
+        history = ((first.text, first.reference),)
+        if ordinal is None:
+            shapes = [o.shape for o in told.objects]
+            made_up = [k for k, s in enumerate(shapes) if not scene.has(s)]
+            ordinal = 1 + (made_up[0] if made_up else int(rng.integers(len(shapes))))
+    history = tuple((str(q), str(a)) for q, a in history)
+    mentioned = named_shapes(history[-1][1], cfg)
+    if ordinal is None or not 1 <= int(ordinal) <= min(len(mentioned), len(ORDINALS)):
+        raise UnknownInstruction(f"ordinal={ordinal!r}: the first answer names {len(mentioned)} shape(s) "
+                                 f"({', '.join(mentioned) or 'none'}); ask about one of them")
+    ordinal = int(ordinal)
+    question = FOLLOW_UPS[attr].format(ordinal=ORDINALS[ordinal - 1])
+    reference = follow_up_reference(scene, mentioned[ordinal - 1], attr, cfg)
+    params = {"attr": attr, "history": history, "ordinal": ordinal}
+    return Instruction(family=DIALOGUE, text=dialogue.encode(history, question), reference=reference,
+                       params=tuple(sorted(params.items())))
+
+
+def referred_shape(params: dict, cfg: WorldConfig) -> str:
+    """The shape a ``dialogue`` follow-up asks about: the ``ordinal``-th shape its history's last answer names."""
+    mentioned = named_shapes(params["history"][-1][1], cfg)
+    k = int(params["ordinal"])
+    if not 1 <= k <= len(mentioned):
+        raise UnknownInstruction(f"the follow-up asks about shape {k} of an answer that names {len(mentioned)}")
+    return mentioned[k - 1]
+
+
 def question_text(family: str, shape: str | None = None, n: int | None = None, color: str | None = None,
                   position: str | None = None) -> str:
     """The text of an instruction of ``family`` with these parameters — no scene, no reference: what a judge that
@@ -259,11 +398,32 @@ def _template_regex(family: str) -> re.Pattern:
     return re.compile(pattern + r"\s*[.?!]?")
 
 
-_TEMPLATE_RES = {f: _template_regex(f) for f in FAMILIES}
+_TEMPLATE_RES = {f: _template_regex(f) for f in TEMPLATES}
 
 
 def parse_instruction(text: str, cfg: WorldConfig) -> tuple[str, dict]:
-    """Inverse of the templates (case and surrounding space ignored): ``(family, {"shape": ..., "n": ...})``."""
+    """Inverse of the templates (case and surrounding space ignored): ``(family, {"shape": ..., "n": ...})``.
+
+    A question followed by IFEval-style constraint sentences parses as ``("ifeval", {"content_family": ...,
+    "constraints": ..., <the question's parameters>})``, which :func:`make_instruction` takes back."""
+    history, last = dialogue.decode(str(text))
+    if history:
+        for attr, template in FOLLOW_UPS.items():
+            pattern = re.escape(template.lower()).replace(re.escape("{ordinal}"), "(?P<ordinal>[a-z]+)")
+            m = re.fullmatch(pattern, _normalise(last))
+            if m and m.group("ordinal") in ORDINALS:
+                params = {"attr": attr, "history": tuple(history), "ordinal": ORDINALS.index(m.group("ordinal")) + 1}
+                referred_shape(params, cfg)
+                return DIALOGUE, params
+        follow = "; ".join(repr(t) for t in FOLLOW_UPS.values())
+        raise UnknownInstruction(f"unknown follow-up {last!r} after a first turn; supported follow-ups: {follow}")
+    head, constraints = I.split_constraints(str(text))
+    if constraints:
+        family, params = parse_instruction(head, cfg)
+        if family not in CONTENT_FAMILIES:
+            raise UnknownInstruction(f"constraints follow a {family!r} question in {text!r}; IFEval-style "
+                                     f"constraints are asked of {', '.join(CONTENT_FAMILIES)} questions")
+        return IFEVAL, params | {"content_family": family, "constraints": I.freeze(constraints)}
     norm = _normalise(str(text))
     for family, regex in _TEMPLATE_RES.items():
         m = regex.fullmatch(norm)

@@ -6,7 +6,18 @@ import re
 from dataclasses import asdict, dataclass
 
 from m3po_utils.config import WorldConfig
-from m3po_utils.shapes.instructions import START_PHRASE, _yes_no_truth, parse_instruction
+from m3po_utils.shapes import ifeval as I
+from m3po_utils.shapes.instructions import (
+    DIALOGUE,
+    IFEVAL,
+    ORDINALS,
+    START_PHRASE,
+    _yes_no_truth,
+    named_shapes,
+    parse_instruction,
+    question_text,
+    referred_shape,
+)
 from m3po_utils.shapes.instructions import YES_NO_FAMILIES as YES_NO
 from m3po_utils.shapes.scenes import Scene, position_name
 
@@ -374,6 +385,10 @@ def verify(scene: Scene, instruction_text: str, response: str, cfg: WorldConfig,
     family, params = parse_instruction(instruction_text, cfg)
     response = "" if response is None else str(response)
     shape = params.get("shape")
+    if family == IFEVAL:
+        return _verify_constrained(scene, params, response, cfg, verdict_weight)
+    if family == DIALOGUE:
+        return _verify_follow_up(scene, params, response, cfg)
 
     if family in YES_NO:
         truth = "yes" if _yes_no_truth(family, scene, params, cfg) else "no"
@@ -427,3 +442,78 @@ def verify(scene: Scene, instruction_text: str, response: str, cfg: WorldConfig,
     ok = fmt_ok and content.score == 1.0
     expl = f"format {'ok' if fmt_ok else 'violated: ' + '; '.join(violations)}; content: {content.note}"
     return Verdict(score, ok, family, expl, content.hallucinated, content.missed, content.wrong, violations)
+
+
+def _verify_constrained(scene: Scene, params: dict, response: str, cfg: WorldConfig, verdict_weight: float) -> Verdict:
+    """A question with IFEval-style constraints: half the score is the share of constraints followed (IFEval's strict
+    check), half the question's own score on the answer with its format taken off (``ifeval.content_of``); right
+    when every constraint is followed and the content is right — the project's IFT rule."""
+    instructions = I.thaw(params["constraints"])
+    question = question_text(params["content_family"], **{k: params[k] for k in ("shape", "n", "color", "position")
+                                                          if k in params})
+    inner = verify(scene, question, I.content_of(instructions, response), cfg, verdict_weight)
+    followed = I.score(instructions, response)["strict"]
+    broken = tuple(f"does not follow {i}" for (i, _), ok in zip(instructions, followed, strict=True) if not ok)
+    score = 0.5 * sum(followed) / len(followed) + 0.5 * inner.score
+    fmt = "format ok" if not broken else "format violated: " + "; ".join(broken)
+    return Verdict(score, not broken and inner.correct, IFEVAL, f"{fmt}; content: {inner.explanation}",
+                   inner.hallucinated, inner.missed, inner.wrong_attributes, broken + inner.format_violations)
+
+
+def follow_up_check(scene: Scene, params: dict, response: str, cfg: WorldConfig) -> dict:
+    """How a follow-up answer (a ``dialogue`` instruction's last turn) stands against the image and the history.
+
+    ``shape``: the shape the question refers to (the ``ordinal``-th the first answer named); ``made_up``: the image
+    does not have it (the first answer hallucinated it). ``history_ok``: the answer is about that shape — the first
+    shape it names is that one, or it names none. A colour or position the answer gives belongs to that shape unless
+    the answer attaches it to another one ("There is no star, but there is a red circle." gives the star no colour).
+    ``content``: right when it gives the shape's true colour or position and no other, or, for a made-up shape, says
+    it is not there and gives it none. ``image_ok``: it asserts nothing false about the image — no absent shape
+    asserted, no wrong colour or position for a shape it names or for the shape asked. ``carried``: the first answer
+    made the shape up and this one, about that shape, goes along with it (does not deny it, or gives it an
+    attribute).
+    """
+    shape = referred_shape(params, cfg)
+    attr = params["attr"]
+    named = named_shapes(response, cfg)
+    history_ok = not named or named[0] == shape
+    obj = scene.obj(shape)
+    made_up = obj is None
+    asserted_ok = True
+    taken = set()
+    for m in mentioned_objects(response, cfg):
+        if m.shape != shape:
+            taken.add(m.color if attr == "color" else m.position)
+        o = scene.obj(m.shape)
+        if o is None or (m.color and m.color != o.color) or (m.position and m.position != position_name(o.cell, cfg.grid)):
+            asserted_ok = False
+    given = colors_in(response, cfg) if attr == "color" else positions_in(response, cfg)
+    found = [x for x in given if x not in taken] if history_ok else []
+    if made_up:
+        ok = denies(response) and not found
+        note = (f"correctly says there is no {shape}" if ok else
+                f"there is no {shape}, but the answer gives {attr} {', '.join(found)}" if found else
+                f"there is no {shape}; the answer does not say so")
+        content = _Content(float(ok), hallucinated=() if ok else (shape,), note=note)
+    else:
+        truth = obj.color if attr == "color" else position_name(obj.cell, cfg.grid)
+        ok = found == [truth]
+        note = (f"{attr} {truth} is right" if ok else f"{attr} {', '.join(found) or 'not given'}, truth {truth}")
+        content = _Content(float(ok), wrong=() if ok else (f"{shape}: {note}",), note=note)
+    image_ok = asserted_ok and (not found or (not made_up and ok))
+    return {"shape": shape, "made_up": made_up, "history_ok": history_ok, "image_ok": image_ok,
+            "carried": made_up and history_ok and not ok, "content": content}
+
+
+def _verify_follow_up(scene: Scene, params: dict, response: str, cfg: WorldConfig) -> Verdict:
+    """A follow-up is right when it is about the shape the history named (``history_ok``) and answers for that shape
+    what the image shows — its colour or position, or that it is not there."""
+    c = follow_up_check(scene, params, response, cfg)
+    content = c["content"]
+    where = f"the {ORDINALS[int(params['ordinal']) - 1]} shape the first answer named ({c['shape']})"
+    if not c["history_ok"]:
+        other = named_shapes(response, cfg)[0]
+        return Verdict(0.0, False, DIALOGUE, f"answers about the {other}, not {where}", content.hallucinated,
+                       content.missed, (f"answers about {other}, not {c['shape']}",) + content.wrong)
+    return Verdict(content.score, content.score == 1.0, DIALOGUE, f"{where}: {content.note}", content.hallucinated,
+                   content.missed, content.wrong)
