@@ -9,8 +9,8 @@ vanilla DPO:
 1. POPE accuracy in [0.78, 0.90] on every setting, adversarial at least 3 points below random (and the share of
    adversarial false positives that are co-occurrence mates, reported).
 2. Every MME-style subtask learnt but imperfect: accuracy in [0.60, 0.90].
-3. IFT in [0.30, 0.75], and no format family's greedy accuracy (the four IFT formats and the IFEval-style
-   constraints of the trained types) at or below 0.05 or at or above 0.95.
+3. IFT in [0.30, 0.75], and no instruction-following family's greedy accuracy (the four IFT formats, the
+   IFEval-style constraints of the trained types, the two-turn follow-ups) at or below 0.05 or at or above 0.95.
 4. Room for self-sampling: pass@N − greedy ≥ 0.15 for every family, and for every family at least 30 % of the
    prompts with a wrong candidate have a confident one.
 5. The benchmarks move: the oracle lifts POPE-adversarial F1 by ≥ 3 points and the MME-style total by ≥ 30, with
@@ -104,11 +104,12 @@ def _mme(acc: Mapping[str, float | None], plus: Mapping[str, float | None], bars
 
 
 def _ift(world: R.WorldResults, base: Mapping[str, R.Interval], bars: Bars) -> dict:
-    target = (f"IFT in [{bars.ift_range[0]:.2f}, {bars.ift_range[1]:.2f}]; no format family ≤ {bars.format_floor:.2f} "
+    target = (f"IFT in [{bars.ift_range[0]:.2f}, {bars.ift_range[1]:.2f}]; no format, IFEval-style or two-turn family "
+              f"≤ {bars.format_floor:.2f} "
               f"or ≥ {bars.format_ceiling:.2f}")
     ift = _mean(base, "ift")
     fams = {k.removeprefix("acc_"): float(v) for k, v in (world.lvlm.families if world.lvlm else {}).items()
-            if k.startswith(("acc_fmt_", "acc_ifeval"))}
+            if k.startswith(("acc_fmt_", "acc_ifeval", "acc_dialogue"))}
     if ift is None:
         return _row("3 IFT", target, "not measured", None)
     misses = [] if _inside(ift, bars.ift_range) else [f"IFT {ift:.3f}"]

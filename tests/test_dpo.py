@@ -138,6 +138,10 @@ def test_reference_columns_reuse_only_exact_token_matches(run):
     ref_c, ref_r, stats = D.reference_columns(pairs, TA.training_processor(processor), processor)
     assert stats.responses == 2 * len(pairs) and 0 < stats.matched <= stats.responses
     assert stats.prompt_mismatch == 0
+    # two-turn prompts too: TRL renders the history as chat turns exactly as generation did
+    two_turn = [i for i, p in enumerate(pairs["prompt"]) if len(p) == 3]
+    assert two_turn and all(pairs[i]["family"] == "dialogue" for i in two_turn)
+    assert not all(np.isnan(ref_c[i]) and np.isnan(ref_r[i]) for i in two_turn)
     for i, row in enumerate(pairs):
         for side, ref in (("chosen", ref_c), ("rejected", ref_r)):
             if np.isnan(ref[i]):

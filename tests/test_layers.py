@@ -3,7 +3,7 @@
 Layers, bottom to top (a module may import only modules of a lower layer, or of its own subpackage in the
 order given there; stages may import earlier stages only):
 
-    0  io, wording                          files written atomically, strict JSON; the words of generated claims
+    0  io, wording, dialogue                files written atomically, strict JSON; the words of generated claims; turns
     1  config, stats                        presets; statistics used by several stages
     2  shapes/                              the shapes world: scenes -> instructions -> verifier -> prompts
     3  models/                              lvlm -> templates -> generate -> sft, lora -> trl_api, clip -> clip_score

@@ -64,6 +64,8 @@ def test_a_run_inside_every_bar_meets_all_seven():
     (3, ("metrics", "base", "ift"), _m(0.29), "3", "IFT 0.290"),
     (0, ("lvlm", "families", "acc_fmt_start"), 0.05, "3", "fmt_start 0.050"),                # at the floor
     (0, ("lvlm", "families", "acc_fmt_list"), 0.95, "3", "fmt_list 0.950"),
+    (0, ("lvlm", "families", "acc_ifeval"), 0.96, "3", "ifeval 0.960"),                      # the new families
+    (0, ("lvlm", "families", "acc_dialogue"), 0.02, "3", "dialogue 0.020"),
     (2, ("headroom", "existence", "pass@N − greedy"), 0.14, "4", "existence room 0.14"),
     (2, ("headroom", "existence", "confident_wrong"), 0.29, "4", "existence confident wrong 0.29"),
     (3, ("oracle", "pope_adversarial_f1", "gain"), 0.029, "5", "F1 +2.9 points"),
