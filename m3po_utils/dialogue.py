@@ -36,9 +36,9 @@ def encode(history: Sequence[tuple[str, str]], question: str) -> str:
     """The instruction string of ``question`` asked after ``history`` (``(question, answer)`` pairs, oldest first)."""
     parts = []
     for q, a in history:
-        for what, t in (("question", q), ("answer", a)):
+        for what, t in (("a question", q), ("an answer", a)):
             if "\n[" in t or not t.strip():
-                raise DialogueError(f"a {what} of the history is empty or holds a turn marker: {t!r}")
+                raise DialogueError(f"{what} of the history is empty or holds a turn marker: {t!r}")
         parts += [q.strip(), ASSISTANT, a.strip(), USER]
     return "".join(parts) + question.strip()
 

@@ -69,12 +69,27 @@ def test_an_unwritable_run_dir_is_refused():
     ('{"image": "a.png", "instruction": null}', "'instruction' is null, not a string"),
     ('{"image": 3, "instruction": "Describe."}', "'image' is 3, not a string"),
     ('{"image": "a.png"}', "is not a JSON object with 'image' and 'instruction'"),
+    ('{"image": "a.png", "instruction": "And its colour?", "history": ["Describe."]}',
+     "'history' is .* not a list of \\[question, answer\\] pairs"),
+    ('{"image": "a.png", "instruction": "And its colour?", "history": [["Describe.", ""]]}',
+     "p.jsonl:1: an answer of the history is empty"),
 ])
 def test_prompts_file_rows_are_checked(tmp_path, line, words):
     path = tmp_path / "p.jsonl"
     path.write_text(line + "\n")
     with pytest.raises(ValueError, match=words):
         file_prompts(path)
+
+
+def test_a_prompts_file_row_with_a_history_is_a_dialogue(tmp_path):
+    from m3po_utils import dialogue
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"image": "a.png", "instruction": "What color is it?",
+                                "history": [["What is in the picture?", "A cat on a sofa."]]}) + "\n")
+    (row,) = file_prompts(path)
+    assert dialogue.decode(row["instruction"]) == ([("What is in the picture?", "A cat on a sofa.")],
+                                                   "What color is it?")
 
 
 def test_prompts_file_encoding_and_image_paths(tmp_path):

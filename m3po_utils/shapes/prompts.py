@@ -6,7 +6,8 @@ shape (any absent shape when there is none), which is where the base model hallu
 preference split (``validation_scenes``) is kept out of the prompts: it is the held-out set that later stages
 tune on (never the evaluation split).
 
-Hub presets: prompts come from a JSON-lines file of ``{"image": path, "instruction": text}``.
+Hub presets: prompts come from a JSON-lines file of ``{"image": path, "instruction": text}``; an optional
+``"history": [[question, answer], ...]`` makes the instruction the follow-up of a dialogue (:mod:`m3po_utils.dialogue`).
 
 Images are referenced by string so tables stay small and portable: ``scene:<scene_id>`` in the shapes world
 (rendered on demand, deterministically) or a file path. :func:`load_image` resolves either.
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from m3po_utils import dialogue
 from m3po_utils import shapes as W
 from m3po_utils.config import ConfigError, Preset
 
@@ -110,7 +112,9 @@ def _prompt_rows(scenes: Sequence[W.Scene], wc, rng: np.random.Generator, prefix
 
 def file_prompts(path: str | Path, n: int | None = None, check_images: bool = False) -> list[dict]:
     """Prompt rows from a JSON-lines file (hub presets); UTF-8, one ``{"image": path, "instruction": text}``
-    object per line (optional ``id``, ``family``, ``reference``). ``check_images``: every image must be a file."""
+    object per line (optional ``id``, ``family``, ``reference``, and ``history``: earlier turns as ``[question,
+    answer]`` pairs, which make the instruction a dialogue's follow-up). ``check_images``: every image must be a
+    file."""
     path = Path(path)
     if path.is_dir():
         raise FileNotFoundError(f"prompts file {str(path)!r} is a directory; set generation.prompts_file to a "
@@ -139,6 +143,15 @@ def file_prompts(path: str | Path, n: int | None = None, check_images: bool = Fa
                 raise ValueError(f"{path}:{line_no}: {key!r} is {json.dumps(value)}, not a string")
         if not instruction.strip():
             raise ValueError(f"{path}:{line_no} has an empty instruction")
+        history = item.get("history") or []
+        if not isinstance(history, list) or not all(
+                isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t) for t in history):
+            raise ValueError(f"{path}:{line_no}: 'history' is {json.dumps(history)[:120]}, not a list of "
+                             "[question, answer] pairs of strings")
+        try:
+            instruction = dialogue.encode([tuple(t) for t in history], instruction)
+        except dialogue.DialogueError as exc:
+            raise ValueError(f"{path}:{line_no}: {exc}") from None
         image_path = Path(image) if Path(image).is_absolute() else path.parent / image
         if check_images and not image_path.is_file():
             what = "is a directory" if image_path.is_dir() else "does not exist"
