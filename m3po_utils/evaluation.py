@@ -372,8 +372,8 @@ def ordering_lines(boot: Bootstrap, metrics: Sequence[str] = tuple(HEADLINE)) ->
 # The two metrics the series' headline question is asked on (the paper's POPE and MME claims).
 KEY_METRICS = ("pope_adversarial_f1", "mme_total")
 # The instruction-following metrics the oracle table adds where the question set asks them (the shapes world).
-INSTRUCTION_METRICS = ("ift", "ifeval_seen_prompt_strict", "ifeval_held_prompt_strict", "dialogue_right",
-                       "dialogue_carried")
+INSTRUCTION_METRICS = ("ift", "ifeval_seen_prompt_strict", "ifeval_seen_right", "ifeval_held_prompt_strict",
+                       "dialogue_right", "dialogue_carried")
 
 
 def signed_delta(metric: str, d: dict[str, float]) -> dict[str, float]:

@@ -419,6 +419,8 @@ def verdict(ev: R.EvaluationResults, selection: R.SelectionResults | None = None
 
 
 IFEVAL_SPLIT_WORDS = {"seen": "types the base trained on", "held": "types held out of its training"}
+IFEVAL_HEADLINE_WORDS = {"trained types right": "ifeval_seen_right",
+                         "held-out types followed": "ifeval_held_prompt_strict"}
 
 
 def ifeval_lines(r: R.EvaluationResults, label: Mapping[str, str]) -> list[str]:
@@ -444,16 +446,19 @@ def ifeval_lines(r: R.EvaluationResults, label: Mapping[str, str]) -> list[str]:
             lines[0] += (" The held-out types are followed less often than the trained ones by "
                          + ", ".join(label.get(m, m) for m in lower) + ", not by "
                          + ", ".join(label.get(m, m) for m in methods if m not in lower) + ".")
+    right = [m for m in methods if "seen_right" in table[m]]
+    if right:
+        lines.append("Right in format *and* content on the trained types (the project's IFT rule): "
+                     + "; ".join(f"{label.get(m, m)} {_f(table[m]['seen_right'].mean)}" for m in right) + ".")
     parts = []
     for who, other in (("oracle", "base"), ("m3po", "best_worst")):
-        ds = [(s, _by(r.deltas, f"{who} − {other}", f"ifeval_{s}_prompt_strict")) for s in splits]
-        ds = [(s, d) for s, d in ds if d is not None]
+        ds = [(name, _by(r.deltas, f"{who} − {other}", k)) for name, k in IFEVAL_HEADLINE_WORDS.items()]
+        ds = [(name, d) for name, d in ds if d is not None]
         if ds:
             parts.append(f"{label.get(who, who)} − {label.get(other, other)}: "
-                         + ", ".join(f"{'trained' if s == 'seen' else 'held-out'} types {_interval(d)} ({_said(d)})"
-                                     for s, d in ds))
+                         + ", ".join(f"{name} {_interval(d)} ({_said(d)})" for name, d in ds))
     if parts:
-        lines.append("On those accuracies, " + "; ".join(parts) + ".")
+        lines.append("On the IFEval-style headline metrics, " + "; ".join(parts) + ".")
     return lines
 
 

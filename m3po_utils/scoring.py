@@ -623,7 +623,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               (Headline("ift", True, 6, (("ift_n",),)),), scene_question=_ift_row),
     Benchmark("ifeval", "Zhou et al. 2023 (IFEval) checks and scoring; content by this project's verifier",
               tuple(f"ifeval_{s}_{c}" for s in IFEVAL_SPLITS for c in IFEVAL_COUNTS), _ifeval_count,
-              _ifeval_metrics, (Headline("ifeval_seen_prompt_strict", True, 7, (("ifeval_seen_n",),)),
+              _ifeval_metrics, (Headline("ifeval_seen_right", True, 7, (("ifeval_seen_n",),)),
                                 Headline("ifeval_held_prompt_strict", True, 8, (("ifeval_held_n",),))),
               questions=_ifeval_rows),
     Benchmark("dialogue", "this project: a follow-up about a shape the first answer named, scored in context",

@@ -16,9 +16,9 @@ SCENE = W.Scene("s", "eval", (W.Obj("circle", "red", 0), W.Obj("square", "blue",
 MADE_UP = "a red circle at the top left, a green star at the top right, a blue square at the center."
 
 
-def _ask(answer: str, ordinal: int, attr: str = "color") -> W.Instruction:
+def _ask(answer: str, ordinal: int, attr: str = "color", by_name: bool = False) -> W.Instruction:
     return W.make_instruction("dialogue", SCENE, CFG, history=(("Describe the image.", answer),), ordinal=ordinal,
-                              attr=attr)
+                              attr=attr, by_name=by_name)
 
 
 def test_the_instruction_string_round_trips_through_chat_turns():
@@ -76,6 +76,11 @@ def test_a_follow_up_is_right_only_about_the_shape_named_and_true_of_the_image()
         assert (v.correct, c["history_ok"], c["image_ok"], c["carried"]) == (right, hist, img, carried), answer
         assert c["made_up"] and c["shape"] == "star"
     assert W.verify(SCENE, square.text, "The square is at the center.", CFG).correct
+    by_name = _ask(MADE_UP, 2, by_name=True)                       # the same question, the shape named
+    assert by_name.text.endswith("[user] What color is the star you mentioned?")
+    assert W.parse_instruction(by_name.text, CFG)[1] == params | {"by_name": True}
+    with pytest.raises(W.UnknownInstruction, match="which the first answer does not name"):
+        W.parse_instruction(D.encode([("Describe the image.", MADE_UP)], "What color is the heart you mentioned?"), CFG)
     wrong = W.verify(SCENE, square.text, "The square is at the top left.", CFG)
     assert not wrong.correct and wrong.family == "dialogue"
     with pytest.raises(W.UnknownInstruction, match="names 3 shape"):

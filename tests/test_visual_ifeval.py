@@ -118,7 +118,7 @@ def _iv(mean, lo=None, hi=None):
 
 
 def _ifeval(seen, held):
-    return {"seen_prompt_strict": _iv(seen), "held_prompt_strict": _iv(held)}
+    return {"seen_prompt_strict": _iv(seen), "held_prompt_strict": _iv(held), "seen_right": _iv(seen / 2)}
 
 
 def _d(comparison, metric, delta, lo, hi):
@@ -137,16 +137,17 @@ def test_the_ifeval_sentence_says_what_the_numbers_say(held, said):
     from m3po_utils import learnt as L
 
     r = {"ifeval": {"base": _ifeval(0.5, held[0]), "m3po": _ifeval(0.5, held[1])},
-         "deltas": [_d("oracle − base", "ifeval_seen_prompt_strict", 0.1, 0.05, 0.15),
+         "deltas": [_d("oracle − base", "ifeval_seen_right", 0.1, 0.05, 0.15),
                     _d("oracle − base", "ifeval_held_prompt_strict", 0.0, -0.02, 0.03),
-                    _d("m3po − best_worst", "ifeval_seen_prompt_strict", -0.04, -0.07, -0.01)], "mde": []}
+                    _d("m3po − best_worst", "ifeval_seen_right", -0.04, -0.07, -0.01)], "mde": []}
     text = L.summary("06_evaluation", complete("06_evaluation", r))
     assert (f"types the base trained on / types held out of its training): SFT base 0.500 / {held[0]:.3f}; "
             f"M3PO 0.500 / {held[1]:.3f}.") in text
     assert said in text
-    assert ("oracle (verifier-ranked DPO) − SFT base: trained types +0.100 [+0.050, +0.150] (better), held-out types "
-            "+0.000 [-0.020, +0.030] (within the noise); M3PO − best-vs-worst DPO (α = 0): trained types -0.040 "
-            "[-0.070, -0.010] (worse)") in text
+    assert ("oracle (verifier-ranked DPO) − SFT base: trained types right +0.100 [+0.050, +0.150] (better), held-out "
+            "types followed +0.000 [-0.020, +0.030] (within the noise); M3PO − best-vs-worst DPO (α = 0): trained "
+            "types right -0.040 [-0.070, -0.010] (worse)") in text
+    assert "(the project's IFT rule): SFT base 0.250; M3PO 0.250." in text
     assert "IFEval" not in L.summary("06_evaluation", complete("06_evaluation", {"deltas": [], "mde": []}))
 
 

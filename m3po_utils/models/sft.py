@@ -68,8 +68,14 @@ LONG_FAMILIES = ("describe", "fmt_list", "fmt_start", "fmt_max_words", "ifeval")
 FAMILY_WEIGHTS = {
     "describe": 1.0, "existence": 3.0, "color": 1.5, "count": 1.0, "position": 1.5,
     "fmt_one_word": 0.5, "fmt_list": 0.5, "fmt_start": 0.5, "fmt_max_words": 0.5,
-    "yn_position": 1.0, "yn_color": 1.0, "yn_count": 1.0, "ifeval": 2.0, "dialogue": 2.0,
+    "yn_position": 1.0, "yn_color": 1.0, "yn_count": 1.0, "ifeval": 1.0, "dialogue": 1.0,
 }
+
+
+# Share of the two-turn SFT examples whose first answer makes a shape up (the follow-up then says it is not there).
+# Half, as in the preference prompts, taught a base that denies whatever it is asked about (carried 0.000, follow-ups
+# about the shape asked 0.42 on the reference run of issue 40's first calibration); a quarter leaves it the error.
+DIALOGUE_MADE_UP = 0.25
 
 
 # Families whose answers an annotator writes from the scene as a whole (annotation noise reaches these only).
@@ -102,7 +108,8 @@ def sft_examples(scenes: Sequence[W.Scene], cfg: WorldConfig, seed: int, annotat
         # the annotator mentions the partner (captions, lists, counts, "is there"); questions about one
         # object's colour or position stay about the objects the image shows. Every family is drawn before the
         # opposite-polarity question below, so the random stream (and the examples at noise 0) stay as they were.
-        drawn = [W.make_instruction(f, text_scene if f in MENTION_FAMILIES else scene, cfg, rng=rng)
+        drawn = [W.make_instruction(f, text_scene if f in MENTION_FAMILIES else scene, cfg, rng=rng,
+                                    p_hallucinated=DIALOGUE_MADE_UP)
                  for f in W.FAMILIES]
         for ins in drawn:
             out.append(Example(i, ins.family, ins.text, ins.reference))

@@ -25,12 +25,12 @@ CONTENT_FAMILIES = ("describe", "existence", "color", "count", "position")
 
 # ``dialogue``: two turns. The first asks for the shapes (a description or a list) and holds its answer — the truth,
 # or, in a *hallucinated* history, the truth plus the absent co-occurrence partner a prior-following model would add;
-# the second asks about one shape that answer mentioned, by its place. Its right answer depends on the image and on
-# the first answer: the shape's colour or position, or, when the first answer made it up, that it is not there.
+# the second asks about one shape that answer mentioned, by its place ("the second shape you mentioned") or by its
+# name ("the star you mentioned"). Its right answer depends on the image and on the first answer: the shape's colour
+# or position, or, when the first answer made it up, that it is not there.
 DIALOGUE = "dialogue"
 OPENERS = ("describe", "fmt_list")
-FOLLOW_UPS = {"color": "What color is the {ordinal} shape you mentioned?",
-              "position": "Where is the {ordinal} shape you mentioned?"}
+FOLLOW_UPS = {"color": "What color is the {ref} you mentioned?", "position": "Where is the {ref} you mentioned?"}
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth")
 
 
@@ -183,7 +183,8 @@ def make_instruction(family: str, scene: Scene, cfg: WorldConfig, rng: np.random
                      position: str | None = None, content_family: str | None = None,
                      constraints: tuple | None = None, types: Sequence[str] = I.SEEN,
                      n_constraints: int | None = None, history: tuple | None = None, ordinal: int | None = None,
-                     attr: str | None = None, hallucinated: bool | None = None) -> Instruction:
+                     attr: str | None = None, hallucinated: bool | None = None, by_name: bool | None = None,
+                     p_hallucinated: float = 0.5) -> Instruction:
     """Build one instruction of ``family`` for ``scene`` with its reference answer.
 
     Unset ``shape`` / ``n`` are drawn with ``rng`` (existence: present or absent shape 50/50; other shape
@@ -197,7 +198,7 @@ def make_instruction(family: str, scene: Scene, cfg: WorldConfig, rng: np.random
     """
     if family == DIALOGUE:
         return dialogue_instruction(scene, cfg, rng, history=history, ordinal=ordinal, attr=attr,
-                                    hallucinated=hallucinated)
+                                    hallucinated=hallucinated, by_name=by_name, p_hallucinated=p_hallucinated)
     if family == IFEVAL:
         return ifeval_instruction(scene, cfg, rng, content_family, constraints, types, n_constraints,
                                   shape=shape, n=n, color=color, position=position)
@@ -316,22 +317,27 @@ def follow_up_reference(scene: Scene, shape: str, attr: str, cfg: WorldConfig) -
 
 def dialogue_instruction(scene: Scene, cfg: WorldConfig, rng: np.random.Generator | None = None,
                          history: tuple | None = None, ordinal: int | None = None, attr: str | None = None,
-                         hallucinated: bool | None = None, p_hallucinated: float = 0.5) -> Instruction:
+                         hallucinated: bool | None = None, by_name: bool | None = None,
+                         p_hallucinated: float = 0.5) -> Instruction:
     """A two-turn instruction (see ``DIALOGUE``). Unset parts are drawn with ``rng``: the opener (a description or a
     list), whether the first answer is hallucinated (``p_hallucinated``; a scene with no absent partner cannot be),
-    the attribute asked and which shape — the made-up one in a hallucinated history, else one the image has. A given
-    ``history`` (``((question, answer),)``) is kept as it is, and ``ordinal`` then names a shape of its answer."""
+    the attribute asked, which shape — the made-up one in a hallucinated history, else one the image has — and
+    whether the follow-up names it or gives its place (``by_name``, half and half). A given ``history``
+    (``((question, answer),)``) is kept as it is, and ``ordinal`` then names a shape of its answer."""
     if attr is None:
         if rng is None:
             raise ValueError("a dialogue instruction needs rng to draw its follow-up, or attr, ordinal and history")
         attr = tuple(FOLLOW_UPS)[int(rng.integers(len(FOLLOW_UPS)))]
+    if by_name is None:
+        if rng is None:
+            raise ValueError("a dialogue instruction needs rng to draw how it refers to the shape, or by_name")
+        by_name = bool(rng.random() < 0.5)
     if attr not in FOLLOW_UPS:
         raise UnknownInstruction(f"attr={attr!r}: a follow-up asks for one of {', '.join(FOLLOW_UPS)}")
     if history is None:
         if rng is None:
             raise ValueError("a dialogue instruction needs rng to draw its first turn, or the history itself")
         opener = OPENERS[int(rng.integers(len(OPENERS)))]
-        told = scene
         hall = rng.random() < p_hallucinated if hallucinated is None else hallucinated
         # the made-up shape sits in a random free cell, so it can come anywhere in the answer (objects are in
         # reading order)
@@ -348,9 +354,10 @@ def dialogue_instruction(scene: Scene, cfg: WorldConfig, rng: np.random.Generato
         raise UnknownInstruction(f"ordinal={ordinal!r}: the first answer names {len(mentioned)} shape(s) "
                                  f"({', '.join(mentioned) or 'none'}); ask about one of them")
     ordinal = int(ordinal)
-    question = FOLLOW_UPS[attr].format(ordinal=ORDINALS[ordinal - 1])
-    reference = follow_up_reference(scene, mentioned[ordinal - 1], attr, cfg)
-    params = {"attr": attr, "history": history, "ordinal": ordinal}
+    shape = mentioned[ordinal - 1]
+    question = FOLLOW_UPS[attr].format(ref=shape if by_name else f"{ORDINALS[ordinal - 1]} shape")
+    reference = follow_up_reference(scene, shape, attr, cfg)
+    params = {"attr": attr, "by_name": bool(by_name), "history": history, "ordinal": ordinal}
     return Instruction(family=DIALOGUE, text=dialogue.encode(history, question), reference=reference,
                        params=tuple(sorted(params.items())))
 
@@ -409,12 +416,22 @@ def parse_instruction(text: str, cfg: WorldConfig) -> tuple[str, dict]:
     history, last = dialogue.decode(str(text))
     if history:
         for attr, template in FOLLOW_UPS.items():
-            pattern = re.escape(template.lower()).replace(re.escape("{ordinal}"), "(?P<ordinal>[a-z]+)")
+            pattern = re.escape(template.lower()).replace(re.escape("{ref}"), "(?P<ref>[a-z][a-z ]*?)")
             m = re.fullmatch(pattern, _normalise(last))
-            if m and m.group("ordinal") in ORDINALS:
-                params = {"attr": attr, "history": tuple(history), "ordinal": ORDINALS.index(m.group("ordinal")) + 1}
-                referred_shape(params, cfg)
-                return DIALOGUE, params
+            if not m:
+                continue
+            ref = m.group("ref")
+            named = named_shapes(history[-1][1], cfg)
+            if ref.endswith(" shape") and ref.removesuffix(" shape") in ORDINALS:
+                params = {"attr": attr, "by_name": False, "history": tuple(history),
+                          "ordinal": ORDINALS.index(ref.removesuffix(" shape")) + 1}
+            elif ref in cfg.shapes and ref in named:
+                params = {"attr": attr, "by_name": True, "history": tuple(history), "ordinal": named.index(ref) + 1}
+            else:
+                raise UnknownInstruction(f"the follow-up {last!r} refers to {ref!r}, which the first answer does not "
+                                         f"name (it names {', '.join(named) or 'no shape'})")
+            referred_shape(params, cfg)
+            return DIALOGUE, params
         follow = "; ".join(repr(t) for t in FOLLOW_UPS.values())
         raise UnknownInstruction(f"unknown follow-up {last!r} after a first turn; supported follow-ups: {follow}")
     head, constraints = I.split_constraints(str(text))
