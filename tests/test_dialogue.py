@@ -69,6 +69,7 @@ def test_a_follow_up_is_right_only_about_the_shape_named_and_true_of_the_image()
         "green": (False, True, False, True),
         "The circle is red.": (False, False, True, False),           # true, but not what was asked
         "There is no star, but there is a red circle.": (True, True, True, False),
+        "There is no circle in the image.": (False, False, False, False),   # denies a shape that is there
     }
     for answer, (right, hist, img, carried) in cases.items():
         v = W.verify(SCENE, star.text, answer, CFG)

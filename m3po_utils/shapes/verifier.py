@@ -468,8 +468,8 @@ def follow_up_check(scene: Scene, params: dict, response: str, cfg: WorldConfig)
     shape it names is that one, or it names none. A colour or position the answer gives belongs to that shape unless
     the answer attaches it to another one ("There is no star, but there is a red circle." gives the star no colour).
     ``content``: right when it gives the shape's true colour or position and no other, or, for a made-up shape, says
-    it is not there and gives it none. ``image_ok``: it asserts nothing false about the image — no absent shape
-    asserted, no wrong colour or position for a shape it names or for the shape asked. ``carried``: the first answer
+    it is not there and gives it none. ``image_ok``: it says nothing false about the image — no absent shape
+    asserted, no present one denied, no wrong colour or position for a shape it names or for the shape asked. ``carried``: the first answer
     made the shape up and this one, about that shape, goes along with it (does not deny it, or gives it an
     attribute).
     """
@@ -479,9 +479,11 @@ def follow_up_check(scene: Scene, params: dict, response: str, cfg: WorldConfig)
     history_ok = not named or named[0] == shape
     obj = scene.obj(shape)
     made_up = obj is None
-    asserted_ok = True
+    asserted = mentioned_objects(response, cfg)
+    # a shape the answer names only to deny it ("There is no heart") must be absent
+    asserted_ok = all(scene.obj(s) is None for s in named if s not in {m.shape for m in asserted})
     taken = set()
-    for m in mentioned_objects(response, cfg):
+    for m in asserted:
         if m.shape != shape:
             taken.add(m.color if attr == "color" else m.position)
         o = scene.obj(m.shape)
