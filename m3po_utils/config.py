@@ -407,7 +407,9 @@ class EvaluationConfig:
     scenes give the ``ci`` intervals. ``pope_files`` / ``pope_images`` / ``mme_dir``: real benchmark files on
     local disk, evaluated with the same parsers when set: POPE question files (JSON lines or a JSON array, with
     ``pope_images`` their image folder; or lmms-lab parquet, images embedded) and MME (the release folder, its
-    zip's nesting, or lmms-lab parquet) — see :mod:`m3po_utils.benchfiles`.
+    zip's nesting, or lmms-lab parquet) — see :mod:`m3po_utils.benchfiles`. ``long_answer_tokens``: the new-token
+    budget of the answers that can be long (IFEval-style constraints: a description in capital letters is spelt
+    nearly letter by letter by the shapes world's tokenizer, up to ~140 tokens); every other answer gets 48.
     """
 
     # the SFT base and the main series' rules, in the tables' order (each rule's ``rank``)
@@ -417,6 +419,7 @@ class EvaluationConfig:
     bootstrap: int = 2000
     ci: float = 0.95
     batch_size: int = 100
+    long_answer_tokens: int = 160
     pope_files: tuple[str, ...] = ()
     pope_images: str = ""
     mme_dir: str = ""
@@ -437,6 +440,8 @@ class EvaluationConfig:
         _check(0.5 <= self.ci < 1, "evaluation.ci", self.ci, "a float in [0.5, 1)")
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1, "evaluation.batch_size",
                self.batch_size, "a positive integer")
+        _check(isinstance(self.long_answer_tokens, int) and self.long_answer_tokens >= 1,
+               "evaluation.long_answer_tokens", self.long_answer_tokens, "a positive integer")
         json_files = [f for f in self.pope_files if not str(f).lower().endswith(".parquet")]
         _check(not json_files or bool(self.pope_images), "evaluation.pope_images", self.pope_images,
                "the folder of the POPE images when evaluation.pope_files has JSON files (parquet embeds them)")
@@ -745,7 +750,7 @@ def _smoke() -> Preset:
                                    text_heads=2, steps=30, batch_size=16),
         generation=GenerationConfig(n_candidates=4, max_new_tokens=24, n_prompts=40, batch_size=64),
         dpo=DpoConfig(batch_size=4, max_pairs=16, lora_r=4, lora_alpha=8),
-        evaluation=EvaluationConfig(seeds=(0, 1), bootstrap=200),
+        evaluation=EvaluationConfig(seeds=(0, 1), bootstrap=200, long_answer_tokens=48),
         experiments=ExperimentsConfig(alphas=(0.0, 0.5), deltas=(0.0, 0.1), noise_levels=(0.0, 2.0), budgets=(2, 8),
                                       seeds=(0,), bootstrap=200),
         hardneg=HardNegConfig(experiments=("E1", "E3"), seeds=(0, 1), sft_weights=(0.0,), steps=4, budgets=(4,),

@@ -135,19 +135,20 @@ def questions_key(questions: Sequence[dict]) -> str:
 
 
 # Families whose right answer can be longer than the default budget: a description in capital letters, which the
-# shapes world's tokenizer (trained on lowercase text) spells nearly letter by letter, needs up to ~140 tokens.
-MAX_NEW_TOKENS = {"ifeval": 160}
+# shapes world's tokenizer (trained on lowercase text) spells nearly letter by letter, needs up to ~140 tokens
+# (``evaluation.long_answer_tokens``).
+LONG_ANSWER_FAMILIES = ("ifeval",)
 
 
 def answer_questions(model, processor, images: Sequence, questions: Sequence[dict], batch_size: int = 100,
-                     max_new_tokens: int = 48, progress: bool = False) -> list[str]:
+                     max_new_tokens: int = 48, progress: bool = False, long_answer_tokens: int = 160) -> list[str]:
     """Greedy answers to ``questions`` (``images[q["scene"]]``); each distinct (scene, question) is asked once,
     grouped by family so that a batch of yes/no questions stops after a few tokens. ``max_new_tokens`` bounds every
-    family but those of ``MAX_NEW_TOKENS``, which get at least their own budget."""
+    family but those of ``LONG_ANSWER_FAMILIES``, which get ``long_answer_tokens``."""
 
     unique = sorted({(q["family"], q["scene"], q["question"]) for q in questions})
     lookup: dict[tuple[int, str], str] = {}
-    budget = {f: max(max_new_tokens, MAX_NEW_TOKENS.get(f, 0)) for f, _, _ in unique}
+    budget = {f: long_answer_tokens if f in LONG_ANSWER_FAMILIES else max_new_tokens for f, _, _ in unique}
     for limit in sorted(set(budget.values())):
         part = [u for u in unique if budget[u[0]] == limit]
         answers = greedy_answers(model, processor, [images[s] for _, s, _ in part], [t for _, _, t in part],
@@ -260,7 +261,8 @@ def cached_answers(run_dir, cfg: Preset, method: str, seed: int, images: Sequenc
     if stored is not None:
         return stored
     model, processor = load_method(cfg, run_dir, method, seed)
-    answers = answer_questions(model, processor, images, questions, batch_size=cfg.evaluation.batch_size)
+    answers = answer_questions(model, processor, images, questions, batch_size=cfg.evaluation.batch_size,
+                               long_answer_tokens=cfg.evaluation.long_answer_tokens)
     atomic_write_json(path, {"method": method, "seed": seed, "questions": key, "answers": answers})
     return answers
 
@@ -801,5 +803,6 @@ class Evaluator:
 
     def stats(self, model, processor) -> np.ndarray:
         answers = answer_questions(model, processor, self.images, self.questions,
-                                   batch_size=self.cfg.evaluation.batch_size)
+                                   batch_size=self.cfg.evaluation.batch_size,
+                                   long_answer_tokens=self.cfg.evaluation.long_answer_tokens)
         return scene_stats(self.scenes, self.questions, answers, self.cfg.world)

@@ -252,7 +252,8 @@ def run_point(run_dir, cfg: Preset, pool: CandidatePool, p: Point, scenes: Seque
                        model_loader=loader, max_pairs=max_pairs)
     model, processor = loader()
     model = load_adapter(model, adapters_dir(folder, "adapter")).merge_and_unload().eval()
-    answers = answer_questions(model, processor, images, questions, batch_size=cfg.evaluation.batch_size)
+    answers = answer_questions(model, processor, images, questions, batch_size=cfg.evaluation.batch_size,
+                               long_answer_tokens=cfg.evaluation.long_answer_tokens)
     stats = scene_stats(scenes, questions, answers, cfg.world)
     shutil.rmtree(folder / "pairs", ignore_errors=True)          # the pairs are re-derivable; keep the adapter
     atomic_save_array(stats_path, stats)

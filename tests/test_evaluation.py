@@ -379,7 +379,7 @@ def test_a_corrupt_answers_cache_is_set_aside_and_answered_again(tmp_path, monke
 
     calls = []
     monkeypatch.setattr(C, "load_method", lambda cfg, run, method, seed: ("model", "processor"))
-    monkeypatch.setattr(C, "answer_questions", lambda m, p, images, qs, batch_size: calls.append(1) or
+    monkeypatch.setattr(C, "answer_questions", lambda m, p, images, qs, batch_size, long_answer_tokens: calls.append(1) or
                         [f"answer {i}" for i in range(len(qs))])
     cfg = load_preset("smoke")
     questions = [{"scene": 0, "question": "Is there a red circle?"}] * 3
@@ -427,8 +427,8 @@ def test_interval_frame_has_every_model_with_its_interval():
 
 def test_answers_with_constraints_get_their_longer_budget(monkeypatch):
     """A description in capital letters is spelled nearly letter by letter by the shapes world's tokenizer: the
-    IFEval-style questions are answered with ``MAX_NEW_TOKENS["ifeval"]`` new tokens, every other family with the
-    caller's budget, and each answer lands on its own question."""
+    IFEval-style questions are answered with ``long_answer_tokens`` new tokens (``evaluation.long_answer_tokens``),
+    every other family with the caller's budget, and each answer lands on its own question."""
     from m3po_utils import evaluation as C
 
     calls = []
@@ -441,6 +441,6 @@ def test_answers_with_constraints_get_their_longer_budget(monkeypatch):
     qs = [{"family": "ifeval", "scene": 0, "question": "Describe the image. Write in capital letters."},
           {"family": "describe", "scene": 0, "question": "Describe the image."},
           {"family": "ifeval", "scene": 1, "question": "Describe the image. Write in capital letters."}]
-    out = C.answer_questions(None, None, ["img0", "img1"], qs, max_new_tokens=48)
-    assert [c[0] for c in calls] == [48, C.MAX_NEW_TOKENS["ifeval"]]
+    out = C.answer_questions(None, None, ["img0", "img1"], qs, max_new_tokens=48, long_answer_tokens=160)
+    assert [c[0] for c in calls] == [48, 160] and "ifeval" in C.LONG_ANSWER_FAMILIES
     assert out == [f"{qs[0]['question']} @ 160", "Describe the image. @ 48", f"{qs[2]['question']} @ 160"]
