@@ -561,8 +561,8 @@ def ifeval_table(boot: Bootstrap, measures: Sequence[str] = IFEVAL_MEASURES):
     """Per method and constraint split (``seen``: the types the base trained on, ``held``: types it never saw):
     IFEval's four accuracies (prompt / instruction level, strict / loose), the instruction-level strict accuracy over
     the constraints that bind (``binding_strict``: the plain right answer would break them), the share of answers
-    whose content is right, and the share right on both (every constraint followed strictly and the content correct), each with its
-    interval; empty when the question set has no such questions (benchmark files)."""
+    whose content is right, and the share right on both (every constraint followed strictly and the content
+    correct), each with its interval; empty when the question set has no such questions (benchmark files)."""
     import pandas as pd
 
     first = next(iter(boot.point.values()), {})
@@ -599,21 +599,17 @@ def ifeval_by_type(scenes: Sequence[W.Scene], cfg: Preset, questions: Sequence[d
     if not rows:
         return pd.DataFrame()
     followed: dict[str, dict[str, list[float]]] = {}
-    for (method, _), ans in answers.items():
+    n: dict[str, int] = {}
+    binds: dict[str, int] = {}
+    for j, ((method, _), ans) in enumerate(answers.items()):
         for k in rows:
             q = questions[k]
             s = visual_ifeval.score(q["question"], scenes[q["scene"]], ans[k], cfg.world)
-            for iid, ok in zip(s["ids"], s["strict"], strict=True):
+            for iid, ok, b in zip(s["ids"], s["strict"], s["binding"], strict=True):
                 followed.setdefault(iid, {}).setdefault(method, []).append(float(ok))
-    n: dict[str, int] = {}
-    binds: dict[str, int] = {}
-    any_answers = next(iter(answers.values()))
-    for k in rows:
-        q = questions[k]
-        s = visual_ifeval.score(q["question"], scenes[q["scene"]], any_answers[k], cfg.world)
-        for iid, b in zip(s["ids"], s["binding"], strict=True):
-            n[iid] = n.get(iid, 0) + 1
-            binds[iid] = binds.get(iid, 0) + int(b)
+                if j == 0:      # what was asked, counted once (every model got the same questions)
+                    n[iid] = n.get(iid, 0) + 1
+                    binds[iid] = binds.get(iid, 0) + int(b)
     table = pd.DataFrame({rules.label(m): {i: float(np.mean(v[m])) for i, v in followed.items()}
                           for m in dict.fromkeys(m for m, _ in answers)})
     table.insert(0, "binds", pd.Series({i: binds[i] / n[i] for i in n}))
@@ -657,7 +653,7 @@ def dialogue_example(scenes: Sequence[W.Scene], cfg: Preset, questions: Sequence
         for (m, seed), ans in answers.items():
             c = W.follow_up_check(scene, params, ans[k], cfg.world)
             rows.append({"model": f"{rules.label(m)} (seed {seed})", "answer": ans[k],
-                         "right": bool(c["history_ok"] and c["content"].score == 1.0), "carried": c["carried"],
+                         "right": c["right"], "carried": c["carried"],
                          "about the shape asked": c["history_ok"], "true of the image": c["image_ok"]})
         truth = W.describe(scene, cfg.world)
         return q["question"], truth, pd.DataFrame(rows).set_index("model")

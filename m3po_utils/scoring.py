@@ -558,7 +558,7 @@ def _dialogue_count(t: Tally) -> None:
         i = q["scene"]
         _, params = W.parse_instruction(q["question"], t.cfg)
         c = W.follow_up_check(t.scenes[i], params, a, t.cfg)
-        right = c["history_ok"] and c["content"].score == 1.0
+        right = c["right"]
         t.add(i, "dlg_n")
         t.add(i, "dlg_right", float(right))
         t.add(i, "dlg_history", float(c["history_ok"]))

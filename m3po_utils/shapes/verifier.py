@@ -471,7 +471,7 @@ def follow_up_check(scene: Scene, params: dict, response: str, cfg: WorldConfig)
     it is not there and gives it none. ``image_ok``: it says nothing false about the image — no absent shape
     asserted, no present one denied, no wrong colour or position for a shape it names or for the shape asked. ``carried``: the first answer
     made the shape up and this one, about that shape, goes along with it (does not deny it, or gives it an
-    attribute).
+    attribute). ``right``: about the shape asked and its content right — the verdict.
     """
     shape = referred_shape(params, cfg)
     attr = params["attr"]
@@ -504,7 +504,7 @@ def follow_up_check(scene: Scene, params: dict, response: str, cfg: WorldConfig)
         content = _Content(float(ok), wrong=() if ok else (f"{shape}: {note}",), note=note)
     image_ok = asserted_ok and (not found or (not made_up and ok))
     return {"shape": shape, "made_up": made_up, "history_ok": history_ok, "image_ok": image_ok,
-            "carried": made_up and history_ok and not ok, "content": content}
+            "carried": made_up and history_ok and not ok, "right": history_ok and ok, "content": content}
 
 
 def _verify_follow_up(scene: Scene, params: dict, response: str, cfg: WorldConfig) -> Verdict:
@@ -517,5 +517,5 @@ def _verify_follow_up(scene: Scene, params: dict, response: str, cfg: WorldConfi
         other = named_shapes(response, cfg)[0]
         return Verdict(0.0, False, DIALOGUE, f"answers about the {other}, not {where}", content.hallucinated,
                        content.missed, (f"answers about {other}, not {c['shape']}",) + content.wrong)
-    return Verdict(content.score, content.score == 1.0, DIALOGUE, f"{where}: {content.note}", content.hallucinated,
+    return Verdict(content.score, c["right"], DIALOGUE, f"{where}: {content.note}", content.hallucinated,
                    content.missed, content.wrong)
